@@ -1,0 +1,29 @@
+# robench: `make install` sets up .venv and the embedded dataset; `make test` runs the test suite.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+SUDO   := $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
+
+.PHONY: install test data clean
+
+install: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# The embedded default dataset: Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/).
+data:
+	@if [ -f $(FMNIST) ] || [ -f data/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+	  echo "Fashion-MNIST is missing and apt-get is unavailable: put the four Fashion-MNIST IDX .gz files in ./data/fashion-mnist/."; \
+	fi
+
+test: install
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,324 @@
+"""Save, load and inspect checkpoints. Safe by default: no code from a file runs unless the user trusts it.
+
+Formats read:
+- robench's own ``.pt`` (``torch.save`` of {robench_format, meta, state_dict}) and ``.safetensors`` (metadata
+  key ``robench`` holds the JSON meta): the model is rebuilt from the meta alone;
+- a plain state dict or a RobustBench zoo file (``state_dict`` key, ``module.``/``model.`` prefixes), given
+  ``arch``/``activation``/``dataset`` by the caller or by a sidecar model card ``<file>.json``;
+- an exported program (``torch.export``, ``.pt2``), run as is;
+- a pickled ``nn.Module``, only with ``trust=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+from .data import dataset_info
+from .errors import RobenchError
+from .nn.activations import activation_modules, parse_activation
+from .nn.architectures import Normalized, create_model
+
+FORMAT_VERSION = 1
+TRUST_HINT = "pass --trust-checkpoint (trust=True) only if you trust where the file came from"
+
+
+@dataclass
+class Checkpoint:
+    model: nn.Module
+    meta: dict
+    sha256: str
+    path: Path | None = None
+    format: str = "robench"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or (self.path.stem if self.path else "model")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+# -------------------------------------------------------------------------------------------- save
+def model_meta(arch: str, activation: str, dataset: str | None = None, **extra) -> dict:
+    """The metadata robench needs to rebuild a model: dataset defaults filled in."""
+    meta = {"arch": arch, "activation": str(parse_activation(activation))}
+    if dataset:
+        info = dataset_info(dataset)
+        meta.update(dataset=info.name, num_classes=info.num_classes, input_shape=list(info.shape),
+                    mean=list(info.mean), std=list(info.std))
+    meta.update({k: v for k, v in extra.items() if v is not None})
+    return meta
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
+    """Write ``model`` with ``meta`` to .pt or .safetensors, atomically. Returns the path."""
+    path = Path(path)
+    missing = [k for k in ("arch", "activation", "num_classes", "input_shape") if k not in meta]
+    if missing:
+        raise RobenchError(f"Checkpoint metadata lacks {', '.join(missing)}; build it with robench.model_meta().")
+    net = model.net if isinstance(model, Normalized) else model
+    meta = {**meta, "robench_version": __version__}
+    if isinstance(model, Normalized) and model.normalize.enabled:
+        meta.setdefault("mean", model.normalize.mean.flatten().tolist())
+        meta.setdefault("std", model.normalize.std.flatten().tolist())
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_model
+
+            save_model(net, str(tmp), metadata={"robench": json.dumps(meta, sort_keys=True),
+                                               "robench_format": str(FORMAT_VERSION)})
+        else:
+            sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            torch.save({"robench_format": FORMAT_VERSION, "meta": meta, "state_dict": sd}, tmp)
+    return path
+
+
+# -------------------------------------------------------------------------------------------- load
+def _model_card(path: Path) -> dict:
+    for card in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if card.is_file() and card != path:
+            try:
+                return json.loads(card.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise RobenchError(f"The model card {card} is not valid JSON ({e}); fix or remove it.") from e
+    return {}
+
+
+def _torch_load(path: Path, trust: bool):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as e:
+        text = str(e)
+        if not trust and ("Weights only load failed" in text and
+                          any(k in text for k in ("Unsupported global", "GLOBAL", "not an allowed global",
+                                                  "Unsupported operand", "REDUCE", "BUILD"))):
+            raise RobenchError(f"{path} needs arbitrary unpickling to load, which could run code from the file; "
+                               f"{TRUST_HINT}.") from e
+        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+                           "format); re-save it with torch.save or robench.") from e
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
+            ImportError, TypeError, IndexError, MemoryError, OverflowError) as e:
+        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+                           "format); re-save it with torch.save or robench.") from e
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    for prefix in ("module.", "model.", "module.", "model."):
+        if sd and all(k.startswith(prefix) or k.startswith("normalize.") for k in sd) and any(
+                k.startswith(prefix) for k in sd):
+            sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+    return sd
+
+
+def _find_state_dict(obj) -> dict | None:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model", "net"):
+            if isinstance(obj.get(key), dict):
+                return obj[key]
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return obj
+    return None
+
+
+def _check_finite(sd: dict, path: Path) -> None:
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+            raise RobenchError(f"{path} has NaN or Inf values in its weights (first in {k}); it cannot be evaluated.")
+
+
+def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
+    _check_finite(sd, path)
+    try:
+        result = model.net.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # size mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:3]
+        raise RobenchError(f"{path} does not fit {meta.get('arch')} with {meta.get('num_classes')} classes: "
+                           + "; ".join(lines).rstrip(".") + ".") from e
+    # keys the model shares (a network-wide activation) may be saved under one name only
+    shared = {k for k, p in model.net.state_dict(keep_vars=True).items()
+              if sum(q is p for q in model.net.state_dict(keep_vars=True).values()) > 1}
+    missing = [k for k in result.missing_keys if k not in shared]
+    if missing or result.unexpected_keys:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+        if result.unexpected_keys:
+            u = result.unexpected_keys
+            parts.append(f"unexpected {', '.join(u[:3])}" + (" ..." if len(u) > 3 else ""))
+        raise RobenchError(f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}): "
+                           f"{'; '.join(parts)}; check --arch and --activation.")
+
+
+def _build(meta: dict, path: Path) -> Normalized:
+    shape = meta.get("input_shape") or [3, 32, 32]
+    return create_model(meta["arch"], activation=meta.get("activation", "relu"),
+                        num_classes=int(meta["num_classes"]), in_channels=int(shape[0]),
+                        input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
+
+
+def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
+    card = _model_card(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    meta = {**card, **given}
+    dataset = meta.get("dataset")
+    if dataset:
+        info = dataset_info(dataset)
+        meta["dataset"] = info.name
+        meta.setdefault("num_classes", info.num_classes)
+        meta.setdefault("input_shape", list(info.shape))
+    meta.setdefault("activation", "relu")
+    meta["source_format"] = kind
+    return meta
+
+
+def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None = None,
+                    activation: str | None = None, dataset: str | None = None,
+                    num_classes: int | None = None, mean=None, std=None) -> Checkpoint:
+    """Load any supported checkpoint; the returned ``.model`` is in eval mode on the CPU."""
+    path = Path(path)
+    if not path.exists():
+        raise RobenchError(f"No such checkpoint: {path}.")
+    if path.is_dir():
+        raise RobenchError(f"{path} is a folder, not a checkpoint file.")
+    if path.stat().st_size == 0:
+        raise RobenchError(f"{path} is empty (0 bytes), so it is not a checkpoint.")
+    overrides = {"arch": arch, "activation": activation, "dataset": dataset, "num_classes": num_classes,
+                 "mean": mean, "std": std}
+    digest = sha256_file(path)
+    if path.suffix == ".safetensors":
+        ckpt = _load_safetensors(path, overrides)
+    elif path.suffix == ".pt2":
+        ckpt = _load_exported(path, overrides)
+    else:
+        ckpt = _load_pickle(path, trust, overrides)
+    ckpt.sha256, ckpt.path = digest, path
+    ckpt.model.eval()
+    return ckpt
+
+
+def _load_safetensors(path: Path, overrides: dict) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise RobenchError(f"{path} is not a readable safetensors file (corrupt or truncated).") from e
+    if "robench" in header:
+        meta = json.loads(header["robench"])
+        meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
+        kind = "robench"
+    else:
+        meta, kind = _foreign_meta(path, overrides, "safetensors"), "state-dict"
+    return _from_state_dict(path, sd, meta, kind)
+
+
+def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str) -> Checkpoint:
+    if not meta.get("arch") or not meta.get("num_classes"):
+        raise RobenchError(f"{path} holds only weights and no model card; name its architecture and dataset "
+                           f"with --arch and --dataset (and --activation if not ReLU), or write {path.name}.json.")
+    sd = _strip_prefixes(sd)
+    for key, field_ in (("normalize.mean", "mean"), ("normalize.std", "std"), ("mu", "mean"), ("sigma", "std")):
+        if key in sd:  # a zoo file that carries its own normalization layer
+            meta.setdefault(field_, sd.pop(key).flatten().tolist())
+    model = _build(meta, path)
+    _load_weights(model, sd, path, meta)
+    return Checkpoint(model, meta, "", format=kind)
+
+
+def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
+    obj = _torch_load(path, trust)
+    if isinstance(obj, dict) and "robench_format" in obj:
+        if int(obj["robench_format"]) > FORMAT_VERSION:
+            raise RobenchError(f"{path} was written by a newer robench (format {obj['robench_format']}); "
+                               "upgrade robench to read it.")
+        meta = dict(obj["meta"])
+        meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
+        return _from_state_dict(path, obj["state_dict"], meta, "robench")
+    if isinstance(obj, nn.Module):
+        meta = _foreign_meta(path, overrides, "pickled-module")
+        return Checkpoint(_wrap_module(obj, meta), meta, "", format="pickled-module")
+    sd = _find_state_dict(obj)
+    if sd is None:
+        raise RobenchError(f"{path} holds a {type(obj).__name__}, not a model or a state dict.")
+    return _from_state_dict(path, sd, _foreign_meta(path, overrides, "state-dict"), "state-dict")
+
+
+def _wrap_module(module: nn.Module, meta: dict) -> nn.Module:
+    if not meta.get("dataset"):
+        raise RobenchError("This file carries no dataset; name it with --dataset.")
+    meta.setdefault("arch", type(module).__name__)
+    if meta.get("mean") is not None:
+        return Normalized(module, meta["mean"], meta["std"])
+    return module
+
+
+def _load_exported(path: Path, overrides: dict) -> Checkpoint:
+    try:
+        program = torch.export.load(str(path))
+    except Exception as e:  # torch.export raises many types for a bad file
+        raise RobenchError(f"{path} is not a readable exported program (torch.export .pt2).") from e
+    meta = _foreign_meta(path, overrides, "exported-program")
+    meta["arch"] = meta.get("arch") or "exported"
+    module = program.module()
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # older torch: exported programs are already traced in the mode they were exported in
+    return Checkpoint(_wrap_module(module, meta), meta, "", format="exported-program")
+
+
+# -------------------------------------------------------------------------------------------- info
+def checkpoint_info(ckpt: Checkpoint) -> dict:
+    """What `robench info` shows: metadata, parameter count and learned activation parameters."""
+    params = {id(p): p for p in ckpt.model.parameters()}
+    acts = []
+    names = {id(m): n for n, m in ckpt.model.named_modules()}
+    for m in activation_modules(ckpt.model):
+        if m.learned:
+            acts.append({"module": names.get(id(m), "?"), "activation": m.name, "share": m.share,
+                         "values": m.learned_values()})
+    return {
+        "path": str(ckpt.path), "sha256": ckpt.sha256, "format": ckpt.format,
+        "parameters": sum(p.numel() for p in params.values()),
+        "size_bytes": ckpt.path.stat().st_size if ckpt.path else None,
+        "meta": ckpt.meta, "activations": acts,
+    }
+
+
+__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "checkpoint_info", "model_meta",
+           "sha256_file", "atomic_path"]
