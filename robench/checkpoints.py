@@ -160,25 +160,21 @@ def _check_finite(sd: dict, path: Path) -> None:
 
 def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
     _check_finite(sd, path)
-    try:
-        result = model.net.load_state_dict(sd, strict=False)
-    except RuntimeError as e:  # size mismatches
-        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln][:3]
-        raise RobenchError(f"{path} does not fit {meta.get('arch')} with {meta.get('num_classes')} classes: "
-                           + "; ".join(lines).rstrip(".") + ".") from e
-    # keys the model shares (a network-wide activation) may be saved under one name only
-    shared = {k for k, p in model.net.state_dict(keep_vars=True).items()
-              if sum(q is p for q in model.net.state_dict(keep_vars=True).values()) > 1}
-    missing = [k for k in result.missing_keys if k not in shared]
-    if missing or result.unexpected_keys:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
-        if result.unexpected_keys:
-            u = result.unexpected_keys
-            parts.append(f"unexpected {', '.join(u[:3])}" + (" ..." if len(u) > 3 else ""))
-        raise RobenchError(f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}): "
-                           f"{'; '.join(parts)}; check --arch and --activation.")
+    own = model.net.state_dict(keep_vars=True)
+    # a network-wide activation is one tensor under several names; a file may carry it under one
+    aliases = {k for k, p in own.items() if sum(q is p for q in own.values()) > 1}
+    missing = [k for k in own if k not in sd and k not in aliases]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} ({'x'.join(map(str, sd[k].shape))} in the file, {'x'.join(map(str, own[k].shape))} in the model)"
+             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", wrong))
+             if keys]
+    if parts:
+        raise RobenchError(f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}, "
+                           f"{meta.get('num_classes')} classes): {'; '.join(parts)}; "
+                           "check --arch, --activation and --dataset.")
+    model.net.load_state_dict({k: v for k, v in sd.items()}, strict=False)
 
 
 def _build(meta: dict, path: Path) -> Normalized:
@@ -287,6 +283,22 @@ def _wrap_module(module: nn.Module, meta: dict) -> nn.Module:
     return module
 
 
+class _Exported(nn.Module):
+    """An exported program's module. It is traced in the mode it was exported in, so ``train()``/``eval()``
+    do not reach into it (torch refuses that)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        return self
+
+    def forward(self, x):
+        return self.module(x)
+
+
 def _load_exported(path: Path, overrides: dict) -> Checkpoint:
     try:
         program = torch.export.load(str(path))
@@ -294,12 +306,7 @@ def _load_exported(path: Path, overrides: dict) -> Checkpoint:
         raise RobenchError(f"{path} is not a readable exported program (torch.export .pt2).") from e
     meta = _foreign_meta(path, overrides, "exported-program")
     meta["arch"] = meta.get("arch") or "exported"
-    module = program.module()
-    try:
-        module.eval()
-    except NotImplementedError:
-        pass  # older torch: exported programs are already traced in the mode they were exported in
-    return Checkpoint(_wrap_module(module, meta), meta, "", format="exported-program")
+    return Checkpoint(_wrap_module(_Exported(program.module()), meta), meta, "", format="exported-program")
 
 
 # -------------------------------------------------------------------------------------------- info

@@ -1,0 +1,60 @@
+"""Small builders shared by the tests: real on-disk formats, tiny models."""
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import robench
+
+
+def write_idx(path: Path, array: np.ndarray, gz: bool = True) -> Path:
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    data = header + array.tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+    return path
+
+
+def write_mnist_like(folder: Path, n_test: int = 50, n_train: int = 80, gz: bool = True, seed: int = 0):
+    """IDX files with a learnable pattern: class k lights up row block k."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for prefix, n in (("t10k", n_test), ("train", n_train)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        imgs = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
+        for i, k in enumerate(labels):
+            imgs[i, 2 * k + 4: 2 * k + 6, :] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", imgs, gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
+        out[prefix] = (imgs, labels)
+    return out
+
+
+def write_cifar(folder: Path, files, n: int = 20, label_key: str = "labels", classes: int = 10, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        d = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+             label_key.encode(): rng.integers(0, classes, n).tolist()}
+        with open(folder / f, "wb") as fh:
+            pickle.dump(d, fh)
+
+
+def tiny_model(activation="relu", seed=0):
+    torch.manual_seed(seed)
+    return robench.create_model("lenet5", activation, num_classes=10, in_channels=1, input_size=28,
+                                mean=[0.286], std=[0.353]).eval()
+
+
+def save_tiny(path, activation="relu", seed=0, **extra):
+    model = tiny_model(activation, seed)
+    robench.save_checkpoint(model, path, robench.model_meta("lenet5", activation, "fashion-mnist", **extra))
+    return model

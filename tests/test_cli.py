@@ -1,0 +1,54 @@
+import torch
+from typer.testing import CliRunner
+
+from robench import __version__
+from robench.cli import app
+
+from helpers import save_tiny
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_version_and_help_list_every_command():
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"robench {__version__}"
+    r = invoke("--help")
+    assert r.exit_code == 0
+    for cmd in ("models", "activations", "info"):
+        assert cmd in r.output
+
+
+def test_models_and_activations_tables():
+    r = invoke("models")
+    assert r.exit_code == 0 and "wrn-D-W" in r.output and "preact_resnet18" in r.output
+    r = invoke("activations")
+    assert r.exit_code == 0
+    for name in ("splash", "pssilu", "psoftplus", "prelu", "apl", "swish"):
+        assert name in r.output
+
+
+def test_info_on_a_saved_checkpoint(tmp_path):
+    save_tiny(tmp_path / "m.safetensors", "splash", name="tiny-splash")
+    r = invoke("info", tmp_path / "m.safetensors")
+    assert r.exit_code == 0, r.output
+    assert "tiny-splash" in r.output and "lenet5" in r.output and "slopes_pos=[1, 0, 0, 0]" in r.output
+
+
+def test_user_errors_are_one_sentence_with_exit_code_2(tmp_path):
+    import os
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'PWNED'}",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    for args in (["info", tmp_path / "missing.pt"], ["info", tmp_path / "evil.pt"]):
+        r = invoke(*args)
+        assert r.exit_code == 2
+        assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+        assert r.output.startswith("Error: ")
+    assert not (tmp_path / "PWNED").exists()
