@@ -25,3 +25,51 @@ def info(path: str | Path, trust: bool = False, **overrides) -> dict:
 
 def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
     return load_checkpoint(path, trust=trust, **overrides)
+
+
+def evaluate(checkpoints, *, config: str | Path | None = None, **options):
+    """White-box evaluation; returns a DataFrame (one row per model x eps), per-example outcomes in
+    ``df.attrs["outcomes"]``. ``config`` names a TOML suite whose keys fill in what is not given."""
+    from .config import EvalConfig, load_suite
+    from .engine.evaluate import evaluate as run
+
+    progress = options.pop("progress", None)
+    settings = {**(load_suite(config) if config else {}), **{k: v for k, v in options.items() if v is not None}}
+    valid = set(EvalConfig.__dataclass_fields__)
+    for key in settings:
+        if key not in valid:
+            from .errors import unknown
+
+            raise unknown("evaluation option", key, valid)
+    cfg = EvalConfig(**settings)
+    if checkpoints:
+        cfg.checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    pgd = {"steps": cfg.pgd_steps, "restarts": cfg.pgd_restarts, "loss": cfg.pgd_loss}
+    if cfg.pgd_step_size is not None:
+        from .config import parse_eps
+
+        pgd["step_size"] = parse_eps(cfg.pgd_step_size).value
+    return run(cfg.checkpoints, dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n,
+               subset=cfg.subset, seed=cfg.seed, norm=cfg.norm, eps=cfg.eps, attacks=cfg.attacks, pgd=pgd,
+               batch_size=cfg.batch_size, device=cfg.device, store=cfg.store, force=cfg.force,
+               trust=cfg.trust_checkpoint, arch=cfg.arch, activation=cfg.activation,
+               progress=progress)
+
+
+def write_table(df, path: str | Path) -> Path:
+    """Write a results table as CSV or JSON, atomically (temp file + rename)."""
+    from .checkpoints import atomic_path
+    from .errors import RobenchError
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise RobenchError(f"--out must end in .csv or .json, not {path.name}.")
+    try:
+        with atomic_path(path) as tmp:
+            if path.suffix == ".csv":
+                df.to_csv(tmp, index=False)
+            else:
+                df.to_json(tmp, orient="records", indent=2)
+    except OSError as e:
+        raise RobenchError(f"Cannot write {path} ({e.strerror}).") from None
+    return path

@@ -14,8 +14,9 @@ from typer.core import TyperGroup
 from . import __version__, api
 from .errors import RobenchError
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+_WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
+out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
+err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WIDTH)
 
 
 class _Group(TyperGroup):
@@ -106,6 +107,103 @@ def info(
     for a in d["activations"]:
         vals = "; ".join(f"{k}={_short(v)}" for k, v in a["values"].items())
         out.print(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}")
+
+
+@app.command("eval")
+def eval_(
+    checkpoints: list[Path] = typer.Argument(None, help="Checkpoint files to evaluate."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
+    n: Optional[int] = typer.Option(None, "--n", help="Number of test examples [default: 1000]."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random starts, AutoAttack, subsets [default: 0]."),
+    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
+    eps: Optional[list[str]] = typer.Option(None, "--eps", help="Budget, e.g. 8/255; repeat for a sweep."),
+    attack: Optional[list[str]] = typer.Option(None, "--attack", help="pgd, fgsm, autoattack[:plus|:rand], "
+                                               "apgd-ce ... square, fb:NAME(k=v); repeat for a cascade."),
+    pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="PGD steps [default: 20]."),
+    pgd_restarts: Optional[int] = typer.Option(None, "--pgd-restarts", help="PGD restarts [default: 1]."),
+    pgd_step_size: Optional[str] = typer.Option(None, "--pgd-step-size", help="PGD step size [default: 2.5*eps/steps]."),
+    pgd_loss: Optional[str] = typer.Option(None, "--pgd-loss", help="ce, dlr or margin [default: ce]."),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or "
+                                         "results/robench.sqlite]."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the table to FILE.csv or FILE.json."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML suite file with the same settings."),
+    force: bool = typer.Option(False, "--force", help="Recompute a run that is already in the store."),
+    trust: bool = TRUST, arch: Optional[str] = ARCH, activation: Optional[str] = ACT,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress or table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON line per result row."),
+):
+    """Attack checkpoints white-box (PGD, AutoAttack, Foolbox) and report clean and robust accuracy."""
+    opts = dict(dataset=dataset, data_dir=str(data_dir) if data_dir else None, n=n, subset=subset, seed=seed,
+                norm=norm, eps=eps or None, attacks=attack or None, pgd_steps=pgd_steps,
+                pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size, pgd_loss=pgd_loss, batch_size=batch_size,
+                device=device, store=str(store) if store else None, force=force or None,
+                trust_checkpoint=trust or None, arch=arch, activation=activation)
+    ckpts = [str(c) for c in checkpoints] if checkpoints else None
+    if quiet or as_json:
+        df = api.evaluate(ckpts, config=config, **opts)
+    else:
+        with _EvalProgress() as prog:
+            df = api.evaluate(ckpts, config=config, progress=prog.update, **opts)
+    if out_file:
+        api.write_table(df, out_file)
+    if as_json:
+        for row in df.to_dict(orient="records"):
+            print(json.dumps(row, default=str))
+    elif not quiet:
+        out.print(results_table(df))
+        if out_file:
+            out.print(f"Wrote {out_file}")
+
+
+def _pct(acc, lo, hi) -> str:
+    return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def results_table(df) -> Table:
+    t = Table("model", "norm", "eps", "attacks", "n", "clean % [95% CI]", "robust % [95% CI]", "flags")
+    for r in df.itertuples():
+        t.add_row(r.model, r.norm, r.eps, r.attacks, str(r.n), _pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
+                  _pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), r.flags or "-")
+    return t
+
+
+class _EvalProgress:
+    """One rich progress bar per checkpoint x attack set: examples done, robust so far, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("robust {task.fields[robust]}"), TimeRemainingColumn(),
+                                 console=err, transient=False)
+        self.tasks, self.robust = {}, {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, ev: dict):
+        rid = ev["run_id"]
+        if ev["event"] == "start":
+            note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
+            self.robust[rid] = 0
+            self.tasks[rid] = self.progress.add_task(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}",
+                                                     total=ev["total"], completed=ev["done"], robust="-")
+        elif ev["event"] == "batch":
+            self.robust[rid] += ev["robust"]
+            self.progress.update(self.tasks[rid], completed=ev["done"], robust=self.robust[rid])
+        elif ev["event"] == "end":
+            last = ev["rows"][-1] if ev["rows"] else None
+            if last:
+                self.progress.update(self.tasks[rid], completed=last["n"],
+                                     robust=f"{last['robust_acc']:.1f}% at eps {last['eps']}")
 
 
 def _short(v) -> str:

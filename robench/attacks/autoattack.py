@@ -1,0 +1,108 @@
+"""The official AutoAttack, run through the PyPI package ``pyautoattack`` at its official budgets.
+
+The cascade is run one member at a time on the examples still robust, exactly as
+``run_standard_evaluation`` orders it (same robust subsets, same order, same batches, the member's seed
+reset before it runs), so the per-example outcomes equal a direct pyautoattack run on the same batch, and
+robench also knows which member broke each example. AutoAttack's checks (randomness, softmax outputs,
+zero gradients ...) are captured as flags instead of lost in a log.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import RobenchError, unknown
+from .base import Attack, AttackOutput
+
+MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+VERSIONS = {
+    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
+    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
+    "rand": ("apgd-ce", "apgd-dlr"),
+}
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        msg = "AutoAttack: " + record.getMessage().split(" See flags_doc.md")[0]
+        if msg not in self.messages:
+            self.messages.append(msg)
+
+
+@contextmanager
+def _captured_warnings():
+    logger = logging.getLogger("auto-attack")
+    handler, old = _Capture(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = old
+
+
+class AutoAttack(Attack):
+    """``version``: standard, plus or rand; ``members``: a subset run with the version's settings."""
+
+    def __init__(self, version: str = "standard", members: tuple[str, ...] | None = None,
+                 batch_size: int = 250):
+        if version not in VERSIONS:
+            raise unknown("AutoAttack version", version, VERSIONS)
+        for m in members or ():
+            if m not in MEMBERS:
+                raise unknown("AutoAttack member", m, MEMBERS)
+        self.version, self.members = version, tuple(members or VERSIONS[version])
+        self.batch_size = batch_size
+        self.name = (f"autoattack" if version == "standard" and members is None else
+                     f"autoattack:{version}" if members is None else "+".join(self.members))
+
+    def _adversary(self, model, device, eps, norm, seed):
+        from pyautoattack import AutoAttack as Official
+
+        adv = Official(model, device=device, eps=eps, norm=norm, seed=seed, version=self.version)
+        adv.attacks_to_run = list(self.members)
+        return adv
+
+    def budget(self) -> dict:
+        import pyautoattack
+
+        adv = self._adversary(torch.nn.Identity(), "cpu", 0.0, "Linf", 0)
+        sub = {
+            "apgd-ce": {"iters": adv.apgd.n_iter, "restarts": adv.apgd.n_restarts, "eot": adv.apgd.eot_iter},
+            "apgd-dlr": {"iters": adv.apgd.n_iter, "restarts": adv.apgd.n_restarts, "eot": adv.apgd.eot_iter},
+            "apgd-t": {"iters": adv.apgd_targeted.n_iter, "targets": adv.apgd_targeted.n_target_classes,
+                       "restarts": adv.apgd_targeted.n_restarts},
+            "fab": {"iters": adv.fab.n_iter, "restarts": adv.fab.n_restarts},
+            "fab-t": {"iters": adv.fab.n_iter, "targets": adv.fab.n_target_classes, "restarts": 1},
+            "square": {"queries": adv.square.n_queries, "p_init": adv.square.p_init,
+                       "restarts": adv.square.n_restarts},
+        }
+        return {"name": self.name, "version": self.version, "members": {m: sub[m] for m in self.members},
+                "batch_size": self.batch_size, "implementation": f"pyautoattack {pyautoattack.__version__}"}
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        if norm not in ("Linf", "L2"):
+            raise RobenchError(f"robench runs AutoAttack for Linf and L2, not {norm}.")
+        x_adv, broken_by = x.clone(), [None] * len(x)
+        remaining = torch.arange(len(x), device=x.device)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with _captured_warnings() as flags, torch.random.fork_rng(devices=devices):
+            adv = self._adversary(model, x.device, eps, norm, seed)
+            for member in self.members:
+                if len(remaining) == 0:
+                    break
+                adv.attacks_to_run = [member]
+                xa, ya = adv.run_standard_evaluation(x[remaining], y[remaining], batch_size=self.batch_size)
+                hit = ya != y[remaining]
+                x_adv[remaining[hit]] = xa[hit].to(x.dtype)
+                for i in remaining[hit].tolist():
+                    broken_by[i] = member
+                remaining = remaining[~hit]
+        return AttackOutput(x_adv, broken_by=broken_by, flags=list(flags))

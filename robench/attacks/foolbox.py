@@ -1,0 +1,64 @@
+"""Any Foolbox 3 attack by class name: ``fb:NAME`` or ``fb:NAME(key=value, ...)``."""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+from ..errors import RobenchError, unknown
+from .base import Attack, AttackOutput, example_seed
+
+_DISTANCES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
+
+
+def _norm_of(attack) -> str | None:
+    dist = getattr(attack, "distance", None)
+    return _DISTANCES.get(type(dist).__name__.replace("LpDistance", "").lower()) or (
+        _DISTANCES.get(str(dist).lower()) if dist is not None else None)
+
+
+class FoolboxAttack(Attack):
+    def __init__(self, cls_name: str, options: dict):
+        import foolbox.attacks as fa
+
+        cls = getattr(fa, cls_name, None)
+        names = [n for n in dir(fa) if n.endswith("Attack") or n.endswith("PGD") or n in ("FGSM", "FGM")]
+        if not (inspect.isclass(cls) and issubclass(cls, fa.base.Attack)):
+            raise unknown("Foolbox attack", cls_name, names)
+        sig = inspect.signature(cls.__init__)
+        bad = [k for k in options if k not in sig.parameters or k == "self"]
+        if bad:
+            valid = [p for p in sig.parameters if p not in ("self", "kwargs")]
+            raise RobenchError(f"fb:{cls_name} has no option {bad[0]}; its options are {', '.join(valid)}.")
+        try:
+            self.attack = cls(**options)
+        except (TypeError, ValueError) as e:
+            raise RobenchError(f"fb:{cls_name} rejected its options ({e}).") from None
+        self.cls_name, self.options = cls_name, options
+        self.name = f"fb:{cls_name}"
+        defaults = {k: p.default for k, p in sig.parameters.items()
+                    if p.default is not inspect.Parameter.empty and _plain(p.default)}
+        self._budget = {**defaults, **options}
+        self.norm = _norm_of(self.attack)
+
+    def budget(self) -> dict:
+        import foolbox
+
+        return {"name": self.name, **{k: v for k, v in self._budget.items()}, "norm": self.norm,
+                "implementation": f"foolbox {foolbox.__version__}"}
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        import foolbox as fb
+
+        if self.norm and self.norm != norm:
+            raise RobenchError(f"{self.name} is an {self.norm} attack; run it with --norm {self.norm}.")
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # Foolbox draws from torch's global generator
+            torch.manual_seed(example_seed(seed, int(idx[0]) if len(idx) else 0, self.name))
+            fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
+            _, clipped, _ = self.attack(fmodel, x, y, epsilons=eps)
+        return AttackOutput(clipped.detach())
+
+
+def _plain(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float, str))

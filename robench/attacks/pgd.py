@@ -1,0 +1,151 @@
+"""robench's own PGD (Madry et al.) for Linf and L2; FGSM is its one-step case.
+
+Random start, restarts, step size (default 2.5*eps/steps), losses ce / dlr / margin, untargeted or
+targeted (each of the top-k wrong classes in turn, as APGD-T does). Success counts at any iterate: an
+example leaves the batch the moment it is misclassified, and its adversarial point is kept.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..errors import RobenchError
+from .base import Attack, AttackOutput, example_seed, lp_norm
+
+LOSSES = ("ce", "dlr", "margin")
+
+
+def _others_max(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return z.masked_fill(F.one_hot(cls, z.shape[1]).bool(), float("-inf")).amax(1)
+
+
+def attack_loss(z: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example loss to ascend. Untargeted: push away from y; targeted: pull towards ``target``."""
+    zy = z.gather(1, y[:, None])[:, 0]
+    if target is None:
+        if loss == "ce":
+            return F.cross_entropy(z, y, reduction="none")
+        if loss == "margin":
+            return _others_max(z, y) - zy
+        s = z.sort(1, descending=True).values  # DLR (Croce & Hein 2020)
+        return -(zy - _others_max(z, y)) / (s[:, 0] - s[:, 2] + 1e-12)
+    zt = z.gather(1, target[:, None])[:, 0]
+    if loss == "ce":
+        return -F.cross_entropy(z, target, reduction="none")
+    if loss == "margin":
+        return zt - _others_max(z, target)
+    s = z.sort(1, descending=True).values  # targeted DLR
+    return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
+
+
+class PGD(Attack):
+    name = "pgd"
+
+    def __init__(self, steps: int = 20, restarts: int = 1, step_size: float | None = None,
+                 rel_step_size: float = 2.5, loss: str = "ce", random_start: bool = True,
+                 targeted: bool = False, targets: int = 9):
+        if loss not in LOSSES:
+            raise RobenchError(f'PGD loss "{loss}" is not one of {", ".join(LOSSES)}.')
+        if steps < 1 or restarts < 1 or targets < 1:
+            raise RobenchError("PGD needs at least one step, one restart and one target.")
+        if step_size is not None and step_size <= 0:
+            raise RobenchError("The PGD step size must be positive.")
+        self.steps, self.restarts, self.step_size, self.rel_step_size = steps, restarts, step_size, rel_step_size
+        self.loss, self.random_start, self.targeted, self.targets = loss, random_start, targeted, targets
+
+    def budget(self) -> dict:
+        size = self.step_size if self.step_size is not None else f"{self.rel_step_size:g}*eps/steps"
+        b = {"name": self.name, "steps": self.steps, "restarts": self.restarts, "step_size": size,
+             "loss": self.loss, "random_start": self.random_start, "targeted": self.targeted}
+        if self.targeted:
+            b["targets"] = self.targets
+        b["version"] = f"robench {__version__}"
+        return b
+
+    def alpha(self, eps: float) -> float:
+        return self.step_size if self.step_size is not None else self.rel_step_size * eps / self.steps
+
+    def _start(self, x, idx, eps, norm, seed, restart):
+        """Uniform in the Linf ball, or a random direction with a uniform radius in the L2 ball; drawn
+        per example from its own generator, so the result does not depend on how examples are batched."""
+        if not self.random_start:
+            return torch.zeros_like(x)
+        draws = []
+        for i in idx.tolist():
+            g = torch.Generator().manual_seed(example_seed(seed, i, restart, norm, "pgd-start"))
+            if norm == "Linf":
+                draws.append((2 * torch.rand(x.shape[1:], generator=g) - 1) * eps)
+            else:
+                u = torch.randn(x.shape[1:], generator=g)
+                draws.append(u / u.norm().clamp_min(1e-12) * eps * torch.rand(1, generator=g))
+        d = torch.stack(draws).to(x.device, x.dtype)
+        return (x + d).clamp(0, 1) - x
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        x_adv = x.clone()
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        targets = None
+        if self.targeted:
+            with torch.no_grad():
+                z = model(x)
+            k = min(self.targets, z.shape[1] - 1)
+            targets = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).topk(k, 1).indices
+        rounds = [(r, t) for t in range(targets.shape[1] if targets is not None else 1)
+                  for r in range(self.restarts)]
+        for restart, t in rounds:
+            live = (~fooled).nonzero()[:, 0]
+            if len(live) == 0:
+                break
+            tgt = targets[live, t] if targets is not None else None
+            found, xa = self._one_run(model, x[live], y[live], tgt, idx[live.cpu()], eps, norm, seed,
+                                      restart + t * self.restarts)
+            x_adv[live[found]] = xa[found]
+            fooled[live[found]] = True
+        return AttackOutput(x_adv)
+
+    def _one_run(self, model, x, y, target, idx, eps, norm, seed, restart):
+        """One PGD run; returns (fooled mask, adversarial points) over the batch."""
+        alpha = self.alpha(eps)
+        delta = self._start(x, idx, eps, norm, seed, restart)
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        best = x.clone()
+        live = torch.arange(len(x), device=x.device)
+        xl, yl, tl = x, y, target
+        view = (-1,) + (1,) * (x.dim() - 1)
+        for step in range(self.steps + 1):
+            delta.requires_grad_(True)
+            z = model(xl + delta)
+            hit = z.argmax(1) != yl
+            if step < self.steps:
+                (g,) = torch.autograd.grad(attack_loss(z, yl, self.loss, tl).sum(), delta)
+            delta = delta.detach()
+            if hit.any():  # keep the adversarial point and drop the example from the batch
+                best[live[hit]] = xl[hit] + delta[hit]
+                found[live[hit]] = True
+                keep = ~hit
+                if not keep.any():
+                    break
+                live, xl, yl, delta = live[keep], xl[keep], yl[keep], delta[keep]
+                tl = tl[keep] if tl is not None else None
+                if step < self.steps:
+                    g = g[keep]
+            if step == self.steps:
+                break
+            with torch.no_grad():
+                if norm == "Linf":
+                    delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+                else:
+                    delta = delta + alpha * g / lp_norm(g, norm).clamp_min(1e-12).view(view)
+                    delta = delta * (eps / lp_norm(delta, norm).clamp_min(1e-12)).clamp(max=1).view(view)
+                delta = (xl + delta).clamp(0, 1) - xl
+        return found, best
+
+
+class FGSM(PGD):
+    """One step of size eps from the clean point (Goodfellow et al. 2015)."""
+
+    name = "fgsm"
+
+    def __init__(self, loss: str = "ce", **_):
+        super().__init__(steps=1, restarts=1, rel_step_size=1.0, loss=loss, random_start=False)

@@ -1,0 +1,115 @@
+"""Run specifications: eps parsing, the evaluation config dataclass, TOML suite files."""
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
+from pathlib import Path
+
+from .errors import RobenchError, closest, unknown
+
+NORMS = ("Linf", "L2")
+
+
+@dataclass(frozen=True, order=True)
+class Eps:
+    """An eps budget: the exact float and the string the user wrote ("8/255")."""
+
+    value: float
+    text: str = field(compare=False)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_eps(text: str | float | Eps) -> Eps:
+    """Parse "8/255", "0.031" or "0.5"; negative, unparsable or division by zero is one sentence."""
+    if isinstance(text, Eps):
+        return text
+    if isinstance(text, (int, float)):
+        value, raw = float(text), repr(float(text)) if not float(text).is_integer() else str(text)
+    else:
+        raw = str(text).strip()
+        try:
+            if "/" in raw:
+                num, den = raw.split("/", 1)
+                value = float(Fraction(num.strip()) / Fraction(den.strip()))
+            else:
+                value = float(raw)
+        except (ValueError, ZeroDivisionError):
+            raise RobenchError(f'Cannot read eps "{raw}"; write it as a number such as 0.1 or a fraction '
+                               'such as 8/255.') from None
+    if not math.isfinite(value) or value < 0:
+        raise RobenchError(f'eps "{raw}" must be a finite number of zero or more.')
+    return Eps(value, raw)
+
+
+def parse_norm(norm: str) -> str:
+    for n in NORMS:
+        if str(norm).lower() == n.lower():
+            return n
+    raise unknown("norm", norm, NORMS)
+
+
+def check_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
+    """Inputs live in [0, 1]: an Linf eps above 1, or an L2 eps above the diameter of the cube, is an error."""
+    limit = 1.0 if norm == "Linf" else math.sqrt(input_numel)
+    if eps.value > limit:
+        raise RobenchError(f"eps {eps} is above the largest meaningful {norm} budget ({limit:g}) for inputs "
+                           "in [0, 1]; did you mean a fraction such as 8/255?")
+
+
+@dataclass
+class EvalConfig:
+    """Everything `robench eval` needs; a TOML suite file holds the same keys."""
+
+    checkpoints: list[str] = field(default_factory=list)
+    dataset: str | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    n: int = 1000
+    subset: str = "first"
+    seed: int = 0
+    norm: str = "Linf"
+    eps: list[str] = field(default_factory=list)
+    attacks: list[str] = field(default_factory=lambda: ["pgd"])
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    pgd_step_size: float | None = None
+    pgd_loss: str = "ce"
+    batch_size: str = "auto"
+    device: str = "auto"
+    store: str | None = None
+    out: str | None = None
+    force: bool = False
+    trust_checkpoint: bool = False
+    arch: str | None = None
+    activation: str | None = None
+
+
+def load_suite(path: str | Path) -> dict:
+    """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RobenchError(f"No such suite file: {path}.") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise RobenchError(f"{path} is not valid TOML ({e}).") from None
+    data = data.get("eval", data)
+    valid = {f.name for f in fields(EvalConfig)}
+    out = {}
+    for key, value in data.items():
+        k = key.replace("-", "_")
+        if k not in valid:
+            near = closest(k, valid)
+            hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys are {', '.join(sorted(valid))}."
+            raise RobenchError(f'{path}: unknown key "{key}"{hint}')
+        out[k] = value
+    for k in ("eps", "attacks", "checkpoints"):
+        if k in out and not isinstance(out[k], list):
+            out[k] = [out[k]]
+    if "eps" in out:
+        out["eps"] = [str(e) for e in out["eps"]]
+    return out

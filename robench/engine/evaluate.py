@@ -1,0 +1,242 @@
+"""White-box evaluation: clean accuracy, a cascade of attacks over an ascending eps sweep, per-example worst
+case, batch by batch into the store (resumable), summarised with n and Wilson 95% intervals.
+
+Per batch: clean prediction; for each eps in ascending order, each attack in turn sees only the examples
+still robust (a perturbation that works at eps also works at any larger eps, so an example broken at a
+smaller eps is not attacked again). Every candidate from an attack is projected into the eps ball and
+[0, 1] and re-checked with an fp32 forward pass before it counts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import __version__
+from ..attacks.base import Attack, lp_norm, project
+from ..attacks.registry import create_attack
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..config import Eps, check_eps_range, parse_eps, parse_norm
+from ..data import Split, dataset_info, load_split, select_indices
+from ..errors import RobenchError
+from ..reporting.stats import wilson
+from ..store import Store
+from .batching import auto_batch_size, parse_batch_size, resolve_device
+
+SQUARE_MARGIN = 0.002  # AutoAttack's own rule: Square lowering robust accuracy by > 0.2 pt is suspicious
+
+
+@dataclass
+class Target:
+    """A model to evaluate with what identifies it."""
+
+    model: nn.Module
+    name: str
+    checkpoint: str | None
+    sha256: str
+    meta: dict
+
+
+def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
+    if isinstance(item, nn.Module):
+        h = hashlib.sha256()
+        for k, v in item.state_dict().items():
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {})
+    ck = item if isinstance(item, Checkpoint) else load_checkpoint(item, trust=trust, **overrides)
+    return Target(ck.model, ck.name, str(ck.path) if ck.path else None, ck.sha256, ck.meta)
+
+
+@contextmanager
+def attack_mode(model: nn.Module):
+    """Eval mode and parameter gradients off for the duration; the caller's settings come back after."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, r in flags:
+            p.requires_grad_(r)
+        model.train(was_training)
+
+
+def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> None:
+    """The model must return finite logits of shape (batch, num_classes), not probabilities."""
+    if out.dim() != 2 or out.shape[0] != batch:
+        raise RobenchError(f"{name} returns outputs of shape {tuple(out.shape)}; robench needs logits of "
+                           f"shape (batch, classes).")
+    if out.shape[1] != num_classes:
+        raise RobenchError(f"{name} returns {out.shape[1]} outputs per example but the dataset has "
+                           f"{num_classes} classes; check --dataset.")
+    if not torch.isfinite(out).all():
+        raise RobenchError(f"{name} returns NaN or Inf outputs on clean inputs; it cannot be evaluated.")
+    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device),
+                                                            atol=1e-4):
+        raise RobenchError(f"{name} returns probabilities (its outputs sum to 1), which hide gradients from "
+                           "attacks; remove the final softmax so that it returns logits.")
+
+
+def run_key(t: Target, dataset: str, split: str, idx: torch.Tensor, subset: str, seed: int, norm: str,
+            eps: list[Eps], attacks: list[Attack], batch_size: int) -> str:
+    payload = {"sha256": t.sha256, "dataset": dataset, "split": split, "subset": subset, "seed": seed,
+               "examples": hashlib.sha256(idx.numpy().tobytes()).hexdigest(), "norm": norm,
+               "eps": [repr(e.value) for e in eps], "attacks": [a.budget() for a in attacks],
+               "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], norm: str, seed: int):
+    """Clean and per-eps robust flags for one batch, plus which attack broke each example and any flags."""
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    robust = clean.clone()
+    rows, flags = [], []
+    broken_by: list[str | None] = [None] * len(x)
+    for eps in eps_list:
+        for attack in attacks:
+            live = robust.nonzero()[:, 0]
+            if len(live) == 0:
+                break
+            out = attack.run(model, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
+            flags += [f for f in out.flags if f not in flags]
+            x_adv = out.x_adv.to(x.device, torch.float32)
+            excess = lp_norm(x_adv - x[live], norm) - eps.value
+            if (excess > 1e-6 * max(1.0, eps.value)).any() or x_adv.min() < 0 or x_adv.max() > 1:
+                x_adv = project(x[live], x_adv, eps.value, norm)
+            with torch.no_grad():
+                hit = model(x_adv).argmax(1) != y[live]
+            for j in hit.nonzero()[:, 0].tolist():
+                i = int(live[j])
+                broken_by[i] = (out.broken_by[j] if out.broken_by and out.broken_by[j] else attack.name)
+            robust[live[hit]] = False
+        for j in range(len(x)):
+            rows.append((eps.text, int(idx[j]), int(clean[j]), int(robust[j]),
+                         broken_by[j] if not robust[j] and clean[j] else None))
+    return rows, flags
+
+
+def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000,
+             subset: str = "first", seed: int = 0, norm: str = "Linf", eps=None, attacks=("pgd",),
+             pgd: dict | None = None, batch_size="auto", device: str = "auto", store=None, force: bool = False,
+             trust: bool = False, arch: str | None = None, activation: str | None = None,
+             progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Evaluate checkpoints (paths, Checkpoint objects or nn.Modules). One row per model x eps; the
+    per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame keyed by run_id)."""
+    if isinstance(checkpoints, (str, Path, nn.Module, Checkpoint)):
+        checkpoints = [checkpoints]
+    if not checkpoints:
+        raise RobenchError("Name at least one checkpoint to evaluate.")
+    norm = parse_norm(norm)
+    if not attacks:
+        raise RobenchError("Name at least one attack (e.g. --attack pgd).")
+    bs_given = parse_batch_size(batch_size)
+    dev = resolve_device(device)
+    eps_given = [parse_eps(e) for e in (eps or [])]
+    db = Store(store)
+    overrides = {"arch": arch, "activation": activation, "dataset": dataset}
+    splits: dict[str, Split] = {}
+    rows, outcomes = [], []
+    notify = progress or (lambda event: None)
+    # every checkpoint is checked before any attack runs, so a bad one fails fast
+    targets = [as_target(c, i, trust, overrides) for i, c in enumerate(checkpoints)]
+    for t in targets:
+        ds = dataset or t.meta.get("dataset")
+        if not ds:
+            raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
+        info = dataset_info(ds)
+        data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, split, data_dir))
+        eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
+        for e in eps_list:
+            check_eps_range(e, norm, math.prod(info.shape))
+        idx = select_indices(len(data), n, seed, subset)
+        model = t.model.to(dev)
+        with attack_mode(model):
+            x0, _ = data.batch(idx[: min(len(idx), 8)])
+            with torch.no_grad():
+                check_logits(model(x0.to(dev)), len(x0), info.num_classes, t.checkpoint or t.name)
+            bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
+            atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
+            key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, atk, bs)
+            fields = {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": info.name,
+                      "split": split, "n": len(idx), "subset": subset, "seed": seed, "norm": norm,
+                      "eps": [[e.text, e.value] for e in eps_list], "attacks": [a.budget() for a in atk],
+                      "batch_size": bs, "device": str(dev), "dtype": "float32",
+                      "robench_version": __version__, "torch_version": torch.__version__, "model_meta": t.meta}
+            run_id, status = db.open_run(key, fields, force=force)
+            done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
+            todo = [i for i in idx.tolist() if i not in done]
+            notify({"event": "start", "model": t.name, "run_id": run_id, "total": len(idx), "done": len(done),
+                    "attacks": [a.name for a in atk], "resumed": bool(done) and status != "done",
+                    "cached": status == "done"})
+            for start in range(0, len(todo), bs):
+                b = torch.tensor(todo[start: start + bs])
+                tic = time.perf_counter()
+                x, y = data.batch(b)
+                batch_rows, flags = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic)
+                notify({"event": "batch", "model": t.name, "run_id": run_id,
+                        "done": len(done) + min(start + bs, len(todo)), "total": len(idx),
+                        "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
+            if status != "done":
+                db.finish(run_id)
+        model.to("cpu")
+        summary, per_example = summarize(db, run_id)
+        rows += summary
+        outcomes.append(per_example.assign(run_id=run_id, model=t.name))
+        notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+    db.close()
+    df = pd.DataFrame(rows)
+    df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
+    return df
+
+
+def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
+    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals."""
+    run = db.run(run_id)
+    oc = db.outcomes(run_id)
+    names = [a["name"] for a in run["attacks"]]
+    rows = []
+    for text, value in run["eps"]:
+        o = oc[oc.eps == text]
+        n = len(o)
+        k_clean, k_rob = int(o.clean.sum()), int(o.robust.sum())
+        c_lo, c_hi = wilson(k_clean, n)
+        r_lo, r_hi = wilson(k_rob, n)
+        broken = Counter(o.broken_by.dropna())
+        flags = list(run["flags"])
+        if n and "square" in broken and any(a.get("members", {}).get("square") and len(a["members"]) > 1
+                                            for a in run["attacks"]):
+            drop = broken["square"] / n
+            if drop > SQUARE_MARGIN:
+                flags.append(f"AutoAttack: Square (black-box) broke {drop:.2%} of examples that its white-box "
+                             "attacks left robust; the evaluation may be unreliable (gradient masking).")
+        rows.append({
+            "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
+            "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
+            "dataset": run["dataset"], "split": run["split"], "norm": run["norm"], "eps": text,
+            "eps_value": value, "attacks": "+".join(names), "n": n,
+            "clean_acc": 100 * k_clean / n if n else float("nan"), "clean_ci_low": 100 * c_lo,
+            "clean_ci_high": 100 * c_hi,
+            "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,
+            "robust_ci_high": 100 * r_hi,
+            "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": "; ".join(flags),
+            "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
+            "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],
+            "wall_time_s": round(run["wall_time"], 3), "robench_version": run["robench_version"],
+            "torch_version": run["torch_version"], "run_id": run_id,
+        })
+    return rows, oc
