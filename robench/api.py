@@ -42,18 +42,35 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
 
             raise unknown("evaluation option", key, valid)
     cfg = EvalConfig(**settings)
+    if cfg.out:
+        _check_table_path(cfg.out)
     if checkpoints:
-        cfg.checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+        from torch import nn
+
+        single = isinstance(checkpoints, (str, Path, nn.Module))
+        cfg.checkpoints = [checkpoints] if single else list(checkpoints)
     pgd = {"steps": cfg.pgd_steps, "restarts": cfg.pgd_restarts, "loss": cfg.pgd_loss}
     if cfg.pgd_step_size is not None:
         from .config import parse_eps
 
         pgd["step_size"] = parse_eps(cfg.pgd_step_size).value
-    return run(cfg.checkpoints, dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n,
+    df = run(cfg.checkpoints, dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n,
                subset=cfg.subset, seed=cfg.seed, norm=cfg.norm, eps=cfg.eps, attacks=cfg.attacks, pgd=pgd,
                batch_size=cfg.batch_size, device=cfg.device, store=cfg.store, force=cfg.force,
                trust=cfg.trust_checkpoint, arch=cfg.arch, activation=cfg.activation,
                progress=progress)
+    if cfg.out:
+        write_table(df, cfg.out)
+    return df
+
+
+def _check_table_path(path) -> Path:
+    from .errors import RobenchError
+
+    path = Path(path)
+    if path.suffix not in (".csv", ".json"):
+        raise RobenchError(f"--out must end in .csv or .json, not {path.name}.")
+    return path
 
 
 def write_table(df, path: str | Path) -> Path:
@@ -61,9 +78,7 @@ def write_table(df, path: str | Path) -> Path:
     from .checkpoints import atomic_path
     from .errors import RobenchError
 
-    path = Path(path)
-    if path.suffix not in (".csv", ".json"):
-        raise RobenchError(f"--out must end in .csv or .json, not {path.name}.")
+    path = _check_table_path(path)
     try:
         with atomic_path(path) as tmp:
             if path.suffix == ".csv":

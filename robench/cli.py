@@ -141,15 +141,14 @@ def eval_(
                 norm=norm, eps=eps or None, attacks=attack or None, pgd_steps=pgd_steps,
                 pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size, pgd_loss=pgd_loss, batch_size=batch_size,
                 device=device, store=str(store) if store else None, force=force or None,
-                trust_checkpoint=trust or None, arch=arch, activation=activation)
+                trust_checkpoint=trust or None, arch=arch, activation=activation,
+                out=str(out_file) if out_file else None)
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     if quiet or as_json:
         df = api.evaluate(ckpts, config=config, **opts)
     else:
         with _EvalProgress() as prog:
             df = api.evaluate(ckpts, config=config, progress=prog.update, **opts)
-    if out_file:
-        api.write_table(df, out_file)
     if as_json:
         for row in df.to_dict(orient="records"):
             print(json.dumps(row, default=str))

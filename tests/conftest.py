@@ -24,3 +24,15 @@ def _isolate(monkeypatch, tmp_path):
     for var in ("ROBENCH_DATA", "ROBENCH_STORE", "ROBENCH_DEBUG"):
         monkeypatch.delenv(var, raising=False)
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A LeNet5 trained briefly on the real Fashion-MNIST, saved as a robench checkpoint."""
+    if not fmnist_available():
+        pytest.skip("Fashion-MNIST is not installed") if not os.environ.get("CI") else None
+    from helpers import train_fmnist
+
+    path = tmp_path_factory.mktemp("zoo") / "lenet5-relu.pt"
+    train_fmnist(path)
+    return path

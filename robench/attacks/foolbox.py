@@ -12,9 +12,10 @@ _DISTANCES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
 
 
 def _norm_of(attack) -> str | None:
+    """The norm a Foolbox attack measures its eps in (its ``distance``: "Linf distance", "L2 distance")."""
     dist = getattr(attack, "distance", None)
-    return _DISTANCES.get(type(dist).__name__.replace("LpDistance", "").lower()) or (
-        _DISTANCES.get(str(dist).lower()) if dist is not None else None)
+    word = str(dist).split()[0].lower() if dist is not None else ""
+    return _DISTANCES.get(word)
 
 
 class FoolboxAttack(Attack):

@@ -1,0 +1,229 @@
+"""The evaluation engine, the store and `robench eval`: resume, concurrency, bad input, end to end."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import robench
+from robench.cli import app
+from robench.errors import RobenchError
+from robench.reporting.stats import wilson
+
+from helpers import save_tiny, write_mnist_like
+
+runner = CliRunner()
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def outcomes(store, run_id=None):
+    con = sqlite3.connect(store)
+    q = "SELECT run_id, eps, idx, clean, robust, broken_by FROM outcomes ORDER BY run_id, eps, idx"
+    rows = con.execute(q).fetchall()
+    con.close()
+    return rows
+
+
+def test_wilson_interval():
+    lo, hi = wilson(80, 100)
+    assert lo == pytest.approx(0.7112, abs=1e-3) and hi == pytest.approx(0.8666, abs=1e-3)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_eval_table_has_n_intervals_budget_and_worst_case(trained, tmp_path):
+    df = robench.evaluate([str(trained)], n=100, eps=["0.1", "0.02", "0.05"], attacks=["fgsm", "pgd"],
+                          store=tmp_path / "s.sqlite")
+    assert df.eps.tolist() == ["0.02", "0.05", "0.1"]  # ascending
+    assert (df.n == 100).all() and df.clean_acc.nunique() == 1
+    assert df.robust_acc.is_monotonic_decreasing  # never rises with eps
+    assert (df.robust_ci_low <= df.robust_acc).all() and (df.robust_acc <= df.robust_ci_high).all()
+    budget = json.loads(df.budget[0])
+    assert [b["name"] for b in budget] == ["fgsm", "pgd"] and budget[1]["steps"] == 20
+    oc = df.attrs["outcomes"]
+    assert len(oc) == 300 and set(oc.broken_by.dropna()) <= {"fgsm", "pgd"}
+    # the worst case: robust only if robust under every attack, clean-wrong counts as non-robust
+    assert not ((oc.clean == 0) & (oc.robust == 1)).any()
+    pgd_alone = robench.evaluate([str(trained)], n=100, eps=["0.05"], attacks=["pgd"], store=tmp_path / "s.sqlite")
+    assert df.robust_acc[1] <= pgd_alone.robust_acc[0]
+    row = df.iloc[0]
+    assert row.sha256 and row.device == "cpu" and row["dtype"] == "float32" and row.torch_version == torch.__version__
+
+
+def test_finished_run_is_read_back_and_force_recomputes(trained, tmp_path):
+    store = tmp_path / "s.sqlite"
+    a = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store)
+    events = []
+    b = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store, progress=events.append)
+    assert events[0]["cached"] and not any(e["event"] == "batch" for e in events)
+    pd.testing.assert_frame_equal(a.drop(columns="wall_time_s"), b.drop(columns="wall_time_s"))
+    events.clear()
+    c = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store, force=True, progress=events.append)
+    assert any(e["event"] == "batch" for e in events) and c.robust_acc[0] == a.robust_acc[0]
+    assert len(outcomes(store)) == 40
+
+
+def test_same_command_gives_the_same_numbers(trained, tmp_path):
+    a = robench.evaluate([str(trained)], n=60, eps=["0.05"], store=tmp_path / "a.sqlite", seed=5)
+    b = robench.evaluate([str(trained)], n=60, eps=["0.05"], store=tmp_path / "b.sqlite", seed=5)
+    assert a.attrs["outcomes"].robust.tolist() == b.attrs["outcomes"].robust.tolist()
+
+
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def eval_cmd(ckpt, store, n=600, extra=()):
+    return [sys.executable, "-m", "robench", "eval", str(ckpt), "--n", str(n), "--eps", "0.05", "--eps", "0.1",
+            "--attack", "pgd", "--pgd-steps", "30", "--batch-size", "25", "--store", str(store), "--quiet",
+            *extra]
+
+
+def test_killed_run_resumes_to_identical_outcomes(trained, tmp_path):
+    full = tmp_path / "full.sqlite"
+    subprocess.run(eval_cmd(trained, full), check=True, timeout=300)
+    killed = tmp_path / "killed.sqlite"
+    for attempt in range(3):
+        proc = subprocess.Popen(eval_cmd(trained, killed))
+        deadline = time.time() + 120
+        stored = 0
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+            if killed.exists():
+                try:
+                    stored = len(outcomes(killed))
+                except sqlite3.Error:
+                    continue
+                if stored >= 100:
+                    break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if 0 < stored < 1200:
+            break
+    assert 0 < len(outcomes(killed)) < 1200, "the kill did not land mid-run"
+    subprocess.run(eval_cmd(trained, killed), check=True, timeout=300)
+    assert outcomes(killed) == outcomes(full)
+    assert len(outcomes(full)) == 1200  # 600 examples x 2 eps, no duplicates
+
+
+def test_two_concurrent_processes_on_one_store_both_finish(trained, tmp_path):
+    other = tmp_path / "other.pt"
+    save_tiny(other, "silu")
+    store = tmp_path / "shared.sqlite"
+    procs = [subprocess.Popen(eval_cmd(c, store, n=150), env=ONE_THREAD) for c in (trained, trained, other)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
+    con = sqlite3.connect(store)
+    per_run = dict(con.execute("SELECT run_id, COUNT(*) FROM outcomes GROUP BY run_id").fetchall())
+    status = [r[0] for r in con.execute("SELECT status FROM runs")]
+    con.close()
+    assert sorted(per_run.values()) == [300, 300] and status == ["done", "done"]
+
+
+def test_suite_file_and_out_file(trained, tmp_path):
+    suite = tmp_path / "suite.toml"
+    suite.write_text(f'checkpoints = ["{trained}"]\nn = 30\neps = ["0.05", "8/255"]\nattacks = ["pgd"]\n'
+                     f'pgd_steps = 5\nstore = "{tmp_path / "s.sqlite"}"\n')
+    r = cli("eval", "--config", suite, "--out", tmp_path / "r.csv")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(tmp_path / "r.csv", dtype={"eps": str})
+    assert df.eps.tolist() == ["8/255", "0.05"] and (df.n == 30).all()
+    assert json.loads(df.budget[0])[0]["steps"] == 5 and "flags" in df.columns
+    r = cli("eval", "--config", suite, "--json", "--n", "10")
+    assert r.exit_code == 0 and [json.loads(line)["n"] for line in r.output.strip().splitlines()] == [10, 10]
+    suite.write_text("n = 30\nepz = [0.1]\n")
+    r = cli("eval", "--config", suite)
+    assert r.exit_code == 2 and 'unknown key "epz"; did you mean "eps"?' in r.output
+
+
+@pytest.fixture
+def bad_inputs(tmp_path, trained):
+    import torch.nn as nn
+    model = robench.load_checkpoint(trained).model
+    torch.save(nn.Sequential(model, nn.Softmax(dim=1)), tmp_path / "probs.pt")
+    seven = robench.create_model("lenet5", "relu", num_classes=7, in_channels=1, input_size=28)
+    robench.save_checkpoint(seven, tmp_path / "seven.pt",
+                            {**robench.model_meta("lenet5", "relu", "fashion-mnist"), "num_classes": 7})
+    store = tmp_path / "s.sqlite"
+    robench.evaluate([str(trained)], n=20, eps=["0.05"], store=store)
+    return store
+
+
+BAD = [
+    (["eval", "{dir}/nope.pt"], "No such checkpoint"),
+    (["eval", "{ckpt}", "--eps", "1.5"], "above the largest meaningful Linf budget"),
+    (["eval", "{ckpt}", "--eps", "eight"], 'Cannot read eps "eight"'),
+    (["eval", "{ckpt}", "--eps", "8/0"], 'Cannot read eps "8/0"'),
+    (["eval", "{ckpt}", "--eps", "-0.1"], "zero or more"),
+    (["eval", "{ckpt}", "--norm", "L3"], 'Unknown norm "L3"'),
+    (["eval", "{ckpt}", "--attack", "pgdd"], 'Unknown attack "pgdd"'),
+    (["eval", "{ckpt}", "--dataset", "cifar10"], "No cifar10 test files found"),
+    (["eval", "{dir}/probs.pt", "--trust-checkpoint", "--dataset", "fashion-mnist"], "returns probabilities"),
+    (["eval", "{dir}/seven.pt"], "7 outputs per example but the dataset has 10 classes"),
+    (["eval", "{ckpt}", "--n", "20000"], "only 10000"),
+    (["eval", "{ckpt}", "--batch-size", "zero"], "--batch-size"),
+    (["eval", "{ckpt}", "--device", "cuda:3"], "CUDA is not available"),
+    (["eval", "{ckpt}", "--out", "{dir}/r.xlsx"], "--out must end in .csv or .json"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD, ids=[b[1][:30] for b in BAD])
+def test_bad_input_is_one_sentence_and_leaves_the_store_untouched(bad_inputs, trained, tmp_path, args, fragment):
+    before = outcomes(bad_inputs)
+    args = [a.format(dir=tmp_path, ckpt=trained) for a in args] + ["--store", bad_inputs, "--n", "20"] * (
+        "--n" not in args)
+    if "--n" in args and "--store" not in args:
+        args += ["--store", bad_inputs]
+    r = cli(*args)
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert outcomes(bad_inputs) == before
+    assert not (tmp_path / "r.xlsx").exists()
+
+
+def test_store_that_is_not_sqlite_is_refused_and_kept(trained, tmp_path):
+    bogus = tmp_path / "notes.sqlite"
+    bogus.write_text("my notes, not a database\n" * 100)
+    r = cli("eval", trained, "--n", "5", "--store", bogus)
+    assert r.exit_code == 2 and "not a robench store" in r.output
+    assert bogus.read_text() == "my notes, not a database\n" * 100
+
+
+def test_dataset_defaults_come_from_the_checkpoint(tmp_path):
+    write_mnist_like(tmp_path / "fm", n_test=40)
+    save_tiny(tmp_path / "m.pt")
+    df = robench.evaluate([str(tmp_path / "m.pt")], data_dir=tmp_path / "fm", n=40, store=tmp_path / "s.sqlite",
+                          attacks=["fgsm"])
+    assert df.dataset[0] == "fashion-mnist" and df.eps[0] == "0.1" and df.norm[0] == "Linf"  # its default
+    df = robench.evaluate([str(tmp_path / "m.pt")], data_dir=tmp_path / "fm", n=40, norm="L2", attacks=["fgsm"],
+                          store=tmp_path / "s.sqlite")
+    assert df.eps[0] == "1.5"
+
+
+def test_in_memory_models_can_be_evaluated(tmp_path):
+    write_mnist_like(tmp_path / "fm", n_test=30)
+    model = robench.create_model("lenet5", "splash", in_channels=1, input_size=28)
+    df = robench.evaluate(model, dataset="fashion-mnist", data_dir=tmp_path / "fm", n=30, attacks=["fgsm"],
+                          store=tmp_path / "s.sqlite")
+    assert df.n[0] == 30 and model.training is False and all(p.requires_grad for p in model.parameters())
+    with pytest.raises(RobenchError, match="--dataset"):
+        robench.evaluate(model, n=5, store=tmp_path / "s.sqlite")
+
+
+def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):
+    r = cli("eval", trained, "--n", "200", "--eps", "0.05", "--eps", "0.1", "--attack", "pgd",
+            "--store", tmp_path / "s.sqlite", "--out", tmp_path / "r.json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [row["eps"] for row in rows] == ["0.05", "0.1"] and rows[0]["n"] == 200
+    assert 70 < rows[0]["clean_acc"] < 95  # one pass over 6000 images
+    assert rows[1]["robust_acc"] < rows[0]["robust_acc"] < rows[0]["clean_acc"]
+    assert "lenet5-relu-test" in r.output and "[" in r.output  # the table with intervals
