@@ -130,49 +130,40 @@ class Sigmoid(_Fixed):
 
 
 # --------------------------------------------------------------------------------- learned functions
-class PReLU(Activation):
-    name, formula, grounded = "prelu", "x if x > 0 else alpha*x", True
-    options, learned = {"alpha0": 0.0}, ("alpha",)
+class _Alpha(Activation):
+    """A learned function of one parameter, alpha, started at the option ``alpha0``."""
+
+    options, learned = {"alpha0": 1.0}, ("alpha",)
 
     def __init__(self, channels=None, share=None, **opts):
         super().__init__(channels, share, **opts)
         self._param("alpha", self.opts["alpha0"])
+
+
+class PReLU(_Alpha):
+    name, formula, grounded = "prelu", "x if x > 0 else alpha*x", True
+    options = {"alpha0": 0.0}
 
     def forward(self, x):
         return torch.where(x > 0, x, self._b(self.alpha, x) * x)
 
 
-class PELU(Activation):
+class PELU(_Alpha):
     name, formula, grounded = "pelu", "x if x > 0 else alpha*(exp(x) - 1)", True
-    options, learned = {"alpha0": 1.0}, ("alpha",)
-
-    def __init__(self, channels=None, share=None, **opts):
-        super().__init__(channels, share, **opts)
-        self._param("alpha", self.opts["alpha0"])
 
     def forward(self, x):
         return torch.where(x > 0, x, self._b(self.alpha, x) * torch.expm1(torch.clamp(x, max=0)))
 
 
-class PSiLU(Activation):
+class PSiLU(_Alpha):
     name, formula, grounded = "psilu", "x * sigmoid(|alpha|*x)", True
-    options, learned = {"alpha0": 1.0}, ("alpha",)
-
-    def __init__(self, channels=None, share=None, **opts):
-        super().__init__(channels, share, **opts)
-        self._param("alpha", self.opts["alpha0"])
 
     def forward(self, x):
         return x * torch.sigmoid(self._b(self.alpha, x).abs() * x)
 
 
-class PSoftplus(Activation):
+class PSoftplus(_Alpha):
     name, formula = "psoftplus", "log(1 + exp(|alpha|*x)) / |alpha|"
-    options, learned = {"alpha0": 1.0}, ("alpha",)
-
-    def __init__(self, channels=None, share=None, **opts):
-        super().__init__(channels, share, **opts)
-        self._param("alpha", self.opts["alpha0"])
 
     def forward(self, x):
         a = self._b(self.alpha, x).abs()
