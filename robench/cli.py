@@ -30,6 +30,12 @@ class _Group(TyperGroup):
                 raise
             err.print(f"Error: {e}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            if os.environ.get("ROBENCH_DEBUG"):
+                raise
+            err.print("Interrupted: every finished batch is saved in the store; run the same command again "
+                      "to continue where it stopped.", soft_wrap=True, markup=False)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,

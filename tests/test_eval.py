@@ -227,3 +227,23 @@ def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):
     assert 70 < rows[0]["clean_acc"] < 95  # one pass over 6000 images
     assert rows[1]["robust_acc"] < rows[0]["robust_acc"] < rows[0]["clean_acc"]
     assert "lenet5-relu-test" in r.output and "[" in r.output  # the table with intervals
+
+
+class Quantized(torch.nn.Module):
+    """Rounds its input before the network: zero gradients everywhere, a textbook case of masking."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 8) / 8)
+
+
+def test_autoattack_checks_become_flags(trained, tmp_path):
+    model = Quantized(robench.load_checkpoint(trained).model)
+    df = robench.evaluate(model, dataset="fashion-mnist", n=8, eps=["0.1"], attacks=["apgd-t", "square"],
+                          store=tmp_path / "s.sqlite")
+    flags = df["flags"][0]
+    assert "zero gradient" in flags, flags
+    assert "Square (black-box) broke" in flags and json.loads(df.broken_by[0]).get("square", 0) > 0

@@ -218,12 +218,10 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
         r_lo, r_hi = wilson(k_rob, n)
         broken = Counter(o.broken_by.dropna())
         flags = list(run["flags"])
-        if n and "square" in broken and any(a.get("members", {}).get("square") and len(a["members"]) > 1
-                                            for a in run["attacks"]):
-            drop = broken["square"] / n
-            if drop > SQUARE_MARGIN:
-                flags.append(f"AutoAttack: Square (black-box) broke {drop:.2%} of examples that its white-box "
-                             "attacks left robust; the evaluation may be unreliable (gradient masking).")
+        if n and broken.get("square", 0) / n > SQUARE_MARGIN and len(names) + sum(
+                len(a.get("members", {})) for a in run["attacks"]) > 2:
+            flags.append(f"AutoAttack: Square (black-box) broke {broken['square'] / n:.2%} of examples that the "
+                         "white-box attacks left robust; the evaluation may be unreliable (gradient masking).")
         rows.append({
             "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
             "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
