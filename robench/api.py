@@ -64,6 +64,62 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
     return df
 
 
+def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
+    """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
+    with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
+    from .checkpoints import save_checkpoint, sha256_file
+    from .config import TrainConfig, check_keys
+    from .errors import RobenchError
+    from .training.train import check, fit
+
+    cfg = check(TrainConfig(**check_keys(options, TrainConfig, "train")))
+    path = Path(out) if out else None
+    if path is not None:
+        if path.suffix not in (".pt", ".safetensors"):
+            raise RobenchError(f"--out must end in .pt or .safetensors, not {path.name}.")
+        if path.exists() and not overwrite:
+            raise RobenchError(f"{path} already exists; pass --overwrite to replace it.")
+    model, meta = fit(cfg, progress)
+    if path is None:
+        return Checkpoint(model, meta, "")
+    save_checkpoint(model, path, meta)
+    return Checkpoint(model, meta, sha256_file(path), path)
+
+
+def build_zoo(zoo: str | Path, folder: str | Path | None = None, *, overwrite: bool = False,
+              only: list[str] | None = None, progress=None) -> list[dict]:
+    """Train the members of a zoo file missing from ``folder`` (all with ``overwrite``), then rewrite the
+    table in ``folder``/README.md. Returns one row per member (file, group, status)."""
+    from .training.zoo import build_zoo as build
+
+    folder = Path(folder) if folder else Path(zoo).parent
+    rows = build(zoo, folder, overwrite=overwrite, only=only, progress=progress)
+    write_zoo_readme(folder)
+    return rows
+
+
+ZOO_MARKERS = ("<!-- zoo table: written by robench train --zoo -->", "<!-- end zoo table -->")
+
+
+def write_zoo_readme(folder: str | Path) -> Path:
+    """Put the table of the checkpoints in ``folder`` (from their own metadata) into its README.md,
+    between the zoo-table markers; the rest of the file is left as written."""
+    from .checkpoints import atomic_path
+    from .training.zoo import zoo_markdown, zoo_rows
+
+    readme = Path(folder) / "README.md"
+    table = f"{ZOO_MARKERS[0]}\n{zoo_markdown(zoo_rows(folder))}{ZOO_MARKERS[1]}"
+    text = readme.read_text() if readme.exists() else "# Checkpoints\n\n"
+    if ZOO_MARKERS[0] in text and ZOO_MARKERS[1] in text:
+        head, rest = text.split(ZOO_MARKERS[0], 1)
+        text = head + table + rest.split(ZOO_MARKERS[1], 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + table + "\n"
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text)
+    return readme
+
+
 def _check_table_path(path) -> Path:
     from .errors import RobenchError
 

@@ -89,7 +89,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
     if missing:
         raise RobenchError(f"Checkpoint metadata lacks {', '.join(missing)}; build it with robench.model_meta().")
     net = model.net if isinstance(model, Normalized) else model
-    meta = {**meta, "robench_version": __version__}
+    # plain JSON types only, so a .pt loads with weights_only (torch.__version__, for one, is not a str)
+    meta = json.loads(json.dumps({**meta, "robench_version": __version__}, default=str))
     if isinstance(model, Normalized) and model.normalize.enabled:
         meta.setdefault("mean", model.normalize.mean.flatten().tolist())
         meta.setdefault("std", model.normalize.std.flatten().tolist())

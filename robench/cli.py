@@ -164,6 +164,91 @@ def eval_(
             out.print(f"Wrote {out_file}")
 
 
+@app.command()
+def train(
+    out_path: Optional[Path] = typer.Option(None, "--out", help="Checkpoint to write (.safetensors or .pt); "
+                                            "with --zoo, the folder [default: the zoo file's]."),
+    arch: str = typer.Option("lenet5", "--arch", help="Architecture (see `robench models`)."),
+    activation: str = typer.Option("relu", "--activation", help="Activation spec, e.g. splash or pssilu:share=layer."),
+    dataset: str = typer.Option("fashion-mnist", "--dataset", help="Dataset (local files only)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
+    method: str = typer.Option("standard", "--method", help="standard, pgd-at, trades or fast-at."),
+    norm: str = typer.Option("Linf", "--norm", help="Linf or L2 (adversarial methods)."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="Training budget [default: the dataset's, 0.1 for "
+                                      "Fashion-MNIST]."),
+    steps: int = typer.Option(10, "--steps", help="Attack steps of pgd-at and trades."),
+    step_size: Optional[str] = typer.Option(None, "--step-size", help="Attack step, e.g. 0.01 or 0.25*eps "
+                                            "[default: 2.5*eps/steps; fast-at 1.25*eps]."),
+    trades_beta: float = typer.Option(6.0, "--trades-beta", help="TRADES robustness weight."),
+    epochs: int = typer.Option(10, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (SGD)."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="On conv/linear weights only."),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine, step or constant."),
+    augment: str = typer.Option("auto", "--augment", help="none, crop, flip or crop,flip [default: the dataset's usual]."),
+    train_images: Optional[int] = typer.Option(None, "--train-images", help="Train on the first N images only."),
+    val_size: int = typer.Option(5000, "--val-size", help="Images held out from the end of the training split."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint."),
+    zoo: Optional[Path] = typer.Option(None, "--zoo", help="Train every member of a zoo TOML file instead."),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="With --zoo: only this group or file; repeat."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress."),
+):
+    """Train a network with any registered activation: standard, PGD-AT, TRADES or fast AT."""
+    prog = None if quiet else _TrainProgress()
+    if zoo:
+        rows = api.build_zoo(zoo, out_path, overwrite=overwrite, only=only, progress=prog and prog.update)
+        t = Table("file", "group", "status")
+        for r in rows:
+            t.add_row(r["file"], r["group"], r["status"])
+        out.print(t)
+        return
+    if out_path is None:
+        raise RobenchError("Name the checkpoint to write with --out, e.g. --out checkpoints/lenet5-splash.safetensors.")
+    ck = api.train(out_path, overwrite=overwrite, progress=prog and prog.update, arch=arch, activation=activation,
+                   dataset=dataset, data_dir=str(data_dir) if data_dir else None, method=method, norm=norm, eps=eps,
+                   steps=steps, step_size=step_size, trades_beta=trades_beta, epochs=epochs, batch_size=batch_size,
+                   lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule, augment=augment,
+                   train_images=train_images, val_size=val_size, seed=seed, device=device, name=name)
+    val = ck.meta["validation"]
+    out.print(f"Saved {ck.path} (sha256 {ck.sha256[:12]}): validation clean {val['clean_acc']:.2f}% (n={val['n']}), "
+              f"PGD-{val['pgd']['budget']['steps']} {val['pgd']['acc']:.2f}% at {val['pgd']['norm']} eps "
+              f"{val['pgd']['eps']} (n={val['pgd']['n']})")
+
+
+class _TrainProgress:
+    """A bar per epoch (batches, running loss) and a line per finished epoch."""
+
+    def update(self, ev: dict):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if ev["event"] == "member":
+            err.print(f"[bold]{ev['file']}[/] ({ev['group']})")
+        elif ev["event"] == "start":
+            self.epochs = ev["epochs"]
+            err.print(f"Training on {ev['train']} images, validating on {ev['val']}, device {ev['device']}")
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                                     console=err, transient=True)
+            self.progress.start()
+            self.task = None
+        elif ev["event"] == "batch":
+            if self.task is None:
+                self.task = self.progress.add_task(f"epoch {ev['epoch']}/{self.epochs}", total=ev["batches"], loss="-")
+            self.progress.update(self.task, completed=ev["batch"], loss=f"{ev['loss']:.3f}")
+        elif ev["event"] == "epoch":
+            self.progress.remove_task(self.task)
+            self.task = None
+            err.print(f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
+                      f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
+                      f"  {ev['seconds']:.0f} s")
+            if ev["epoch"] == ev["epochs"]:
+                self.progress.stop()
+
+
 def _pct(acc, lo, hi) -> str:
     return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
 

@@ -88,25 +88,65 @@ class EvalConfig:
     activation: str | None = None
 
 
-def load_suite(path: str | Path) -> dict:
-    """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields."""
+@dataclass
+class TrainConfig:
+    """Everything `robench train` needs: one recipe. A zoo file's groups hold the same keys."""
+
+    arch: str = "lenet5"
+    activation: str = "relu"
+    dataset: str = "fashion-mnist"
+    data_dir: str | None = None
+    method: str = "standard"  # standard | pgd-at | trades | fast-at
+    norm: str = "Linf"
+    eps: str | None = None  # the dataset's default for the norm
+    steps: int = 10  # attack steps of pgd-at and trades
+    step_size: str | None = None  # 2.5*eps/steps (pgd-at, trades); 1.25*eps (fast-at)
+    trades_beta: float = 6.0
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant, per step
+    augment: str = "auto"  # none | flip | crop | crop,flip; auto picks the dataset's usual
+    train_images: int | None = None  # train on the first N images only (quick runs)
+    val_size: int = 5000  # held out from the end of the training split
+    val_pgd_n: int = 1000
+    val_pgd_steps: int = 20
+    seed: int = 0
+    device: str = "auto"
+    name: str | None = None
+
+
+def read_toml(path: str | Path) -> dict:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise RobenchError(f"No such suite file: {path}.") from None
+        raise RobenchError(f"No such file: {path}.") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise RobenchError(f"{path} is not valid TOML ({e}).") from None
-    data = data.get("eval", data)
-    valid = {f.name for f in fields(EvalConfig)}
+
+
+def check_keys(data: dict, cls, where: str, extra: tuple[str, ...] = ()) -> dict:
+    """``data`` with dashes turned to underscores; an unknown key is one sentence naming the closest."""
+    valid = {f.name for f in fields(cls)} | set(extra)
     out = {}
     for key, value in data.items():
         k = key.replace("-", "_")
         if k not in valid:
             near = closest(k, valid)
             hint = f'; did you mean "{near[0]}"?' if near else f"; valid keys are {', '.join(sorted(valid))}."
-            raise RobenchError(f'{path}: unknown key "{key}"{hint}')
+            raise RobenchError(f'{where}: unknown key "{key}"{hint}')
         out[k] = value
+    return out
+
+
+def load_suite(path: str | Path) -> dict:
+    """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields."""
+    data = read_toml(path)
+    out = check_keys(data.get("eval", data), EvalConfig, str(path))
     for k in ("eps", "attacks", "checkpoints"):
         if k in out and not isinstance(out[k], list):
             out[k] = [out[k]]

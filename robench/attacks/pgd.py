@@ -39,6 +39,45 @@ def attack_loss(z: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tenso
     return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
 
 
+@torch.no_grad()
+def ascend(x: torch.Tensor, delta: torch.Tensor, g: torch.Tensor, alpha: float, eps: float,
+           norm: str) -> torch.Tensor:
+    """One projected ascent step: move ``delta`` along the gradient's steepest direction for ``norm``,
+    then back into the eps ball and the [0, 1] box."""
+    view = (-1,) + (1,) * (x.dim() - 1)
+    if norm == "Linf":
+        delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+    else:
+        delta = delta + alpha * g / lp_norm(g, norm).clamp_min(1e-12).view(view)
+        delta = delta * (eps / lp_norm(delta, norm).clamp_min(1e-12)).clamp(max=1).view(view)
+    return (x + delta).clamp(0, 1) - x
+
+
+def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator) -> torch.Tensor:
+    """A uniform draw from the Linf ball, or a random direction with a uniform radius in the L2 ball
+    (drawn on the CPU from ``generator``, so CPU and GPU runs start from the same points)."""
+    if norm == "Linf":
+        d = (2 * torch.rand(x.shape, generator=generator) - 1) * eps
+    else:
+        u = torch.randn(x.shape, generator=generator)
+        r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator)
+        d = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(r.shape) * eps * r
+    d = d.to(x.device, x.dtype)
+    return (x + d).clamp(0, 1) - x
+
+
+def perturb(model, x: torch.Tensor, loss_fn, eps: float, norm: str, steps: int, alpha: float,
+            start: torch.Tensor) -> torch.Tensor:
+    """Plain projected gradient ascent on ``loss_fn(logits)`` (a per-example loss) from ``x + start``;
+    returns the last iterate. Training uses it (Madry PGD-AT, TRADES, fast AT); evaluation uses PGD."""
+    delta = start
+    for _ in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(loss_fn(model(x + delta)).sum(), delta)
+        delta = ascend(x, delta.detach(), g, alpha, eps, norm)
+    return (x + delta).detach()
+
+
 class PGD(Attack):
     name = "pgd"
 
@@ -67,20 +106,12 @@ class PGD(Attack):
         return self.step_size if self.step_size is not None else self.rel_step_size * eps / self.steps
 
     def _start(self, x, idx, eps, norm, seed, restart):
-        """Uniform in the Linf ball, or a random direction with a uniform radius in the L2 ball; drawn
-        per example from its own generator, so the result does not depend on how examples are batched."""
+        """A random start drawn per example from its own generator, so the result does not depend on how
+        examples are batched."""
         if not self.random_start:
             return torch.zeros_like(x)
-        draws = []
-        for i in idx.tolist():
-            g = torch.Generator().manual_seed(example_seed(seed, i, restart, norm, "pgd-start"))
-            if norm == "Linf":
-                draws.append((2 * torch.rand(x.shape[1:], generator=g) - 1) * eps)
-            else:
-                u = torch.randn(x.shape[1:], generator=g)
-                draws.append(u / u.norm().clamp_min(1e-12) * eps * torch.rand(1, generator=g))
-        d = torch.stack(draws).to(x.device, x.dtype)
-        return (x + d).clamp(0, 1) - x
+        return torch.cat([random_start(x[j:j + 1], eps, norm, torch.Generator().manual_seed(
+            example_seed(seed, i, restart, norm, "pgd-start"))) for j, i in enumerate(idx.tolist())])
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         x_adv = x.clone()
@@ -112,7 +143,6 @@ class PGD(Attack):
         best = x.clone()
         live = torch.arange(len(x), device=x.device)
         xl, yl, tl = x, y, target
-        view = (-1,) + (1,) * (x.dim() - 1)
         for step in range(self.steps + 1):
             delta.requires_grad_(True)
             z = model(xl + delta)
@@ -132,13 +162,7 @@ class PGD(Attack):
                     g = g[keep]
             if step == self.steps:
                 break
-            with torch.no_grad():
-                if norm == "Linf":
-                    delta = (delta + alpha * g.sign()).clamp(-eps, eps)
-                else:
-                    delta = delta + alpha * g / lp_norm(g, norm).clamp_min(1e-12).view(view)
-                    delta = delta * (eps / lp_norm(delta, norm).clamp_min(1e-12)).clamp(max=1).view(view)
-                delta = (xl + delta).clamp(0, 1) - xl
+            delta = ascend(xl, delta, g, alpha, eps, norm)
         return found, best
 
 

@@ -32,6 +32,7 @@ class Activation(nn.Module):
     learned: tuple[str, ...] = ()  # names of learned parameters
     default_share: str = "layer"
     grounded: bool = False  # f(0) == 0 by definition
+    grad_clip: dict = {}  # learned parameter -> max gradient norm during training
 
     def __init__(self, channels: int | None = None, share: str | None = None, **opts):
         super().__init__()
@@ -174,6 +175,7 @@ class PSSiLU(Activation):
     name, formula, grounded = "pssilu", "x * (sigmoid(|alpha|*x) - |beta|) / (1 - |beta|)", True
     options, learned = {"alpha0": 1.0, "beta0": 1e-8, "lam": 10.0}, ("alpha", "beta")
     default_share = "network"
+    grad_clip = {"beta": 0.01}  # as in the official PAF code
 
     def __init__(self, channels=None, share=None, **opts):
         super().__init__(channels, share, **opts)
@@ -351,6 +353,13 @@ def activation_penalty(model: nn.Module) -> torch.Tensor | float:
     """Sum of the training penalties the model's activations ask for (0 when none)."""
     terms = [t for m in activation_modules(model) if (t := m.penalty()) is not None]
     return sum(terms) if terms else 0.0
+
+
+def clip_activation_gradients(model: nn.Module) -> None:
+    """Clip the gradient norm of the activation parameters that ask for it (PSSiLU's beta to 0.01)."""
+    for m in activation_modules(model):
+        for pname, max_norm in m.grad_clip.items():
+            nn.utils.clip_grad_norm_([getattr(m, pname)], max_norm)
 
 
 def describe_activations() -> list[dict]:

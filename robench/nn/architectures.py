@@ -280,7 +280,7 @@ def _only(kw: dict) -> dict:
     return {k: kw[k] for k in ("num_classes", "in_channels", "depth", "width") if k in kw}
 
 
-def _resolve(arch: str) -> tuple[ArchInfo, dict]:
+def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
     name = arch.strip().lower().replace("_", "-") if arch.lower().startswith("wrn") else arch.strip().lower()
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
     if m:
@@ -294,7 +294,7 @@ def _resolve(arch: str) -> tuple[ArchInfo, dict]:
 def create_model(arch: str, activation="relu", num_classes: int = 10, in_channels: int = 3,
                  input_size: int = 32, mean=None, std=None) -> Normalized:
     """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory)."""
-    info, extra = _resolve(arch)
+    info, extra = resolve_arch(arch)
     act = activation if isinstance(activation, ActivationFactory) else ActivationFactory(activation)
     net = info.build(act, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **extra)
     return Normalized(net, mean, std)

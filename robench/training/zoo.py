@@ -1,0 +1,93 @@
+"""The checkpoint zoo: groups of recipes that differ only in the activation, read from a TOML file, trained
+member by member (a finished member is kept unless asked to overwrite), and described in a Markdown table."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..config import TrainConfig, check_keys, read_toml
+from ..errors import RobenchError
+from ..nn.activations import parse_activation
+from .train import fit
+
+
+@dataclass
+class Member:
+    group: str
+    file: str
+    config: TrainConfig
+
+
+def member_file(cfg: TrainConfig, suffix: str = ".safetensors") -> str:
+    act = re.sub(r"[^a-z0-9]+", "-", str(parse_activation(cfg.activation)).lower()).strip("-")
+    return f"{cfg.arch}-{act}-{cfg.method}{suffix}"
+
+
+def read_zoo(path: str | Path) -> list[Member]:
+    """Every member of every ``[[group]]``: the group's recipe keys with one of its ``activations``."""
+    data = read_toml(path)
+    groups = data.get("group")
+    if not isinstance(groups, list) or not groups:
+        raise RobenchError(f"{path} has no [[group]] tables; each holds a recipe and a list of activations.")
+    members = []
+    for i, group in enumerate(groups, 1):
+        group = dict(group)
+        name = str(group.pop("name", f"group {i}"))
+        acts = group.pop("activations", None)
+        if not isinstance(acts, list) or not acts:
+            raise RobenchError(f'{path}: group "{name}" needs a non-empty list of activations.')
+        recipe = check_keys(group, TrainConfig, f'{path} group "{name}"')
+        for act in acts:
+            cfg = TrainConfig(**{**recipe, "activation": act})
+            members.append(Member(name, member_file(cfg), cfg))
+    return members
+
+
+def build_zoo(path: str | Path, folder: str | Path | None = None, overwrite: bool = False,
+              only: list[str] | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every member missing from ``folder`` (all of them with ``overwrite``); ``only`` picks
+    members by file name or group. Returns one row per member: file, group, status."""
+    path = Path(path)
+    folder = Path(folder) if folder else path.parent
+    emit = progress or (lambda event: None)
+    rows = []
+    for m in read_zoo(path):
+        if only and m.file not in only and m.group not in only:
+            continue
+        target = folder / m.file
+        if target.exists() and not overwrite:
+            rows.append({"file": m.file, "group": m.group, "status": "kept"})
+            continue
+        emit({"event": "member", "file": m.file, "group": m.group})
+        model, meta = fit(replace(m.config, name=target.stem), progress)
+        save_checkpoint(model, target, {**meta, "zoo_group": m.group})
+        rows.append({"file": m.file, "group": m.group, "status": "trained"})
+    return rows
+
+
+def zoo_rows(folder: str | Path) -> list[dict]:
+    """One row per robench checkpoint in ``folder``, from its own metadata."""
+    rows = []
+    for f in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.pt")):
+        ck = load_checkpoint(f)
+        meta, recipe, val = ck.meta, ck.meta.get("recipe", {}), ck.meta.get("validation", {})
+        rows.append({"file": f.name, "group": meta.get("zoo_group", ""), "arch": meta["arch"],
+                     "activation": meta["activation"], "method": meta.get("training_method", ""),
+                     "eps": recipe.get("eps", "-"), "epochs": recipe.get("epochs", ""),
+                     "val_clean": val.get("clean_acc"), "val_pgd": val.get("pgd", {}).get("acc"),
+                     "params": sum(p.numel() for p in ck.model.parameters()),
+                     "size_kb": round(f.stat().st_size / 1024), "train_s": recipe.get("trained", {}).get("seconds"),
+                     "sha256": ck.sha256[:12]})
+    return rows
+
+
+def zoo_markdown(rows: list[dict]) -> str:
+    head = ("| file | arch | activation | method | eps | epochs | val clean % | val PGD % | params | size KB "
+            "| train s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "".join(
+        f"| {r['file']} | {r['arch']} | {r['activation']} | {r['method']} | {r['eps']} | {r['epochs']} | "
+        f"{r['val_clean']:.2f} | {r['val_pgd']:.2f} | {r['params']:,} | {r['size_kb']} | {r['train_s']} |\n"
+        for r in rows)
