@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 
-.PHONY: install test data clean
+.PHONY: install test data checkpoints clean
 
 install: $(VENV)/.installed data
 
@@ -24,6 +24,11 @@ data:
 
 test: install
 	$(PY) -m pytest
+
+# Rebuild the shipped zoo from scratch with the recipes in checkpoints/zoo.toml (see checkpoints/README.md
+# for how long it takes); the table in checkpoints/README.md is rewritten from the new files.
+checkpoints: install
+	$(VENV)/bin/robench train --zoo checkpoints/zoo.toml --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache

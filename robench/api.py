@@ -1,6 +1,7 @@
 """The Python API that the CLI and users call. Works and returns data; never prints."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .checkpoints import Checkpoint, checkpoint_info, load_checkpoint
@@ -118,6 +119,42 @@ def write_zoo_readme(folder: str | Path) -> Path:
     with atomic_path(readme) as tmp:
         tmp.write_text(text)
     return readme
+
+
+def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard") -> dict:
+    """Write RobustBench-style leaderboards from the store into ``out``: <dataset>_<norm>.csv,
+    model_info/<dataset>/<norm>/<model id>.json and README.md. Returns {"files": [...], "boards": {...}}."""
+    from .checkpoints import atomic_path
+    from .errors import RobenchError
+    from .reporting.leaderboard import default_eps, leaderboards, markdown, model_info
+    from .store import Store
+
+    db = Store(store, readonly=True)
+    try:
+        boards = leaderboards(db)
+    finally:
+        db.close()
+    if not boards:
+        raise RobenchError(f"The store {db.path} holds no finished runs; run `robench eval` first.")
+    out = Path(out)
+    written = []
+
+    def write(path: Path, text: str):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        written.append(path)
+
+    for (dataset, norm), df in boards.items():
+        write(out / f"{dataset}_{norm}.csv", df.to_csv(index=False, lineterminator="\n"))
+        std = default_eps(dataset, norm)
+        for mid, rows in df.groupby("model_id", sort=True):
+            at_std = rows[rows.eps == std]
+            row = (at_std if len(at_std) else rows).iloc[0]
+            write(out / "model_info" / dataset / norm / f"{mid}.json",
+                  json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
+    report = "report.md" if (out / "report.md").exists() else None
+    write(out / "README.md", markdown(boards, report))
+    return {"files": written, "boards": boards}
 
 
 def _check_table_path(path) -> Path:

@@ -219,6 +219,29 @@ def train(
               f"{val['pgd']['eps']} (n={val['pgd']['n']})")
 
 
+@app.command()
+def leaderboard(
+    store: Optional[Path] = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or "
+                                         "results/robench.sqlite]."),
+    out_dir: Path = typer.Option(Path("leaderboard"), "--out", help="Folder to write."),
+):
+    """Write RobustBench-style leaderboards (CSV, model_info JSON, README.md) from the results store."""
+    res = api.leaderboard(str(store) if store else None, out_dir)
+    for (dataset, norm), df in res["boards"].items():
+        for eps, block in df.groupby("eps", sort=False):
+            t = Table("rank", "model", "activation", "training", "clean %", "AutoAttack %", "PGD %", "best known %",
+                      "n", title=f"{dataset} {norm} eps {eps}")
+            for r in block.itertuples():
+                t.add_row(str(r.rank), r.model_id, r.activation, r.training_method, _num(r.clean_acc),
+                          _num(r.autoattack_acc), _num(r.pgd_acc), _num(r.best_known_acc), str(r.n))
+            out.print(t)
+    out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
+
+
+def _num(v) -> str:
+    return "-" if v != v else f"{v:.2f}"
+
+
 class _TrainProgress:
     """A bar per epoch (batches, running loss) and a line per finished epoch."""
 

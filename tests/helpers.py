@@ -61,22 +61,7 @@ def save_tiny(path, activation="relu", seed=0, **extra):
 
 
 def train_fmnist(path, activation="relu", n_train=6000, seed=0):
-    """A LeNet5 trained for one pass over n_train real Fashion-MNIST images (about a second on CPU)."""
-    import torch.nn.functional as F
-    from robench.data import load_split
-
-    torch.manual_seed(seed)
-    data = load_split("fashion-mnist", "train")
-    model = tiny_model(activation, seed).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for i in range(0, n_train, 64):
-        x, y = data.batch(torch.arange(i, min(i + 64, n_train)))
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    robench.save_checkpoint(model, path, robench.model_meta(
-        "lenet5", activation, "fashion-mnist", name=f"lenet5-{activation}-test",
-        recipe={"method": "standard", "epochs": n_train / 60000, "seed": seed}))
-    return model
+    """A LeNet5 trained by `robench train` for one pass over n_train real Fashion-MNIST images (seconds on CPU)."""
+    return robench.api.train(path, arch="lenet5", activation=activation, epochs=1, train_images=n_train,
+                             val_size=1000, val_pgd_n=50, val_pgd_steps=5, seed=seed,
+                             name=f"lenet5-{activation}-test").model

@@ -1,0 +1,67 @@
+"""robench leaderboard: RobustBench's fields, per-example worst case, byte-identical regeneration."""
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+import robench
+from robench.cli import app
+from robench.reporting.leaderboard import COLUMNS
+
+from helpers import save_tiny, write_mnist_like
+
+RB_FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
+             "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote", "unreliable"]
+
+
+def _store():
+    write_mnist_like(Path("data/fashion-mnist"), n_test=60)
+    save_tiny("a.pt", "relu", seed=0, name="tiny-relu", zoo_group="g")
+    save_tiny("b.pt", "splash", seed=1, name="tiny-splash")
+    robench.evaluate(["a.pt", "b.pt"], n=40, eps=["0.02", "0.1"], attacks=["pgd"], store="s.sqlite")
+    robench.evaluate(["a.pt"], n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    return robench.api.leaderboard("s.sqlite", "lb")
+
+
+def test_leaderboard_files_carry_robustbench_fields_and_the_worst_case():
+    res = _store()
+    df = pd.read_csv("lb/fashion-mnist_Linf.csv", dtype={"eps": str})
+    assert list(df.columns) == COLUMNS
+    assert sorted(df.eps.unique()) == ["0.02", "0.1"]
+    for eps, block in df.groupby("eps"):
+        assert list(block["rank"]) == [1, 2]
+        assert list(block.best_known_acc) == sorted(block.best_known_acc, reverse=True)
+    a = df[(df.model_id == "tiny-relu") & (df.eps == "0.1")].iloc[0]
+    # FGSM ran on the first 30 examples, PGD on 40: the worst case is taken per example on the shared 30
+    outcomes = robench.evaluate(["a.pt"], n=40, eps=["0.1"], attacks=["pgd"], store="s.sqlite").attrs["outcomes"]
+    fgsm = robench.evaluate(["a.pt"], n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite").attrs["outcomes"]
+    pgd30 = outcomes[outcomes.idx < 30].set_index("idx").robust
+    worst = (pgd30 & fgsm.set_index("idx").robust).sum()
+    assert a.n == 30 and a.best_known_acc == round(100 * worst / 30, 2)
+    assert a.pgd_n == 40 and a.best_known_by == "fgsm + pgd" and a.venue == "robench zoo"
+    assert "pgd 20 steps" in a.budget and "fgsm 1 steps" in a.budget
+    info = json.loads(Path("lb/model_info/fashion-mnist/Linf/tiny-relu.json").read_text())
+    assert list(info)[:len(RB_FIELDS)] == RB_FIELDS
+    assert info["eps"] == "0.1" and info["external"] == f"{a.best_known_acc:.2f}"  # Fashion-MNIST's default eps
+    assert isinstance(info["clean_acc"], str) and info["autoattack_acc"] == "" and info["unreliable"] is False
+    assert info["robench"]["sha256"] == robench.load_checkpoint("a.pt").sha256
+    readme = Path("lb/README.md").read_text()
+    assert "## fashion-mnist, Linf, eps 0.1" in readme and "| 1 |" in readme
+    assert len(res["files"]) == 4
+
+
+def test_the_same_store_gives_byte_identical_files():
+    first = {p: p.read_bytes() for p in (_store() and Path("lb").rglob("*")) if p.is_file()}
+    r = CliRunner().invoke(app, ["leaderboard", "--store", "s.sqlite", "--out", "lb"])
+    assert r.exit_code == 0 and "tiny-splash" in r.output
+    again = {p: p.read_bytes() for p in Path("lb").rglob("*") if p.is_file()}
+    assert again == first
+
+
+def test_an_empty_or_missing_store_is_one_sentence():
+    r = CliRunner().invoke(app, ["leaderboard", "--store", "none.sqlite"])
+    assert r.exit_code == 2 and "No results store" in r.output
+    robench.store.Store("empty.sqlite").close()
+    r = CliRunner().invoke(app, ["leaderboard", "--store", "empty.sqlite"])
+    assert r.exit_code == 2 and "holds no finished runs" in r.output
