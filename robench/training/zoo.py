@@ -81,7 +81,7 @@ def zoo_rows(folder: str | Path) -> list[dict]:
                      "params": sum(p.numel() for p in ck.model.parameters()),
                      "size_kb": round(f.stat().st_size / 1024), "train_s": recipe.get("trained", {}).get("seconds"),
                      "sha256": ck.sha256[:12]})
-    return rows
+    return sorted(rows, key=lambda r: (r["group"], r["file"]))
 
 
 def zoo_markdown(rows: list[dict]) -> str:
