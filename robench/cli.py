@@ -277,10 +277,19 @@ def _pct(acc, lo, hi) -> str:
 
 
 def results_table(df) -> Table:
+    """The results, with each distinct flag as a numbered note under the table."""
+    notes: list[str] = []
     t = Table("model", "norm", "eps", "attacks", "n", "clean % [95% CI]", "robust % [95% CI]", "flags")
     for r in df.itertuples():
+        marks = []
+        for flag in filter(None, (r.flags or "").split("; ")):
+            if flag not in notes:
+                notes.append(flag)
+            marks.append(f"[{notes.index(flag) + 1}]")
         t.add_row(r.model, r.norm, r.eps, r.attacks, str(r.n), _pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
-                  _pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), r.flags or "-")
+                  _pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), " ".join(marks) or "-")
+    t.caption = "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) or None
+    t.caption_justify = "left"
     return t
 
 

@@ -221,7 +221,7 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
         if n and broken.get("square", 0) / n > SQUARE_MARGIN and len(names) + sum(
                 len(a.get("members", {})) for a in run["attacks"]) > 2:
             flags.append(f"AutoAttack: Square (black-box) broke {broken['square'] / n:.2%} of examples that the "
-                         "white-box attacks left robust; the evaluation may be unreliable (gradient masking).")
+                         "white-box attacks left robust, so the evaluation may be unreliable (gradient masking).")
         rows.append({
             "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
             "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
