@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 
-.PHONY: install test data checkpoints clean
+.PHONY: install test data checkpoints leaderboard clean
 
 install: $(VENV)/.installed data
 
@@ -29,6 +29,14 @@ test: install
 # for how long it takes); the table in checkpoints/README.md is rewritten from the new files.
 checkpoints: install
 	$(VENV)/bin/robench train --zoo checkpoints/zoo.toml --overwrite
+
+# Evaluate every shipped checkpoint with the suite (clean, PGD eps sweep, AutoAttack) into its own store,
+# then write leaderboard/ (tables, model_info, report.md and figures). A second run reads the store.
+SUITE ?= suites/leaderboard.toml
+LEADERBOARD_STORE ?= results/leaderboard.sqlite
+leaderboard: install
+	$(VENV)/bin/robench eval --config $(SUITE) --store $(LEADERBOARD_STORE) --quiet
+	$(VENV)/bin/robench leaderboard --store $(LEADERBOARD_STORE) --out leaderboard
 
 clean:
 	rm -rf $(VENV) .pytest_cache

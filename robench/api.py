@@ -29,40 +29,72 @@ def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
 
 
 def evaluate(checkpoints, *, config: str | Path | None = None, **options):
-    """White-box evaluation; returns a DataFrame (one row per model x eps), per-example outcomes in
-    ``df.attrs["outcomes"]``. ``config`` names a TOML suite whose keys fill in what is not given."""
-    from .config import EvalConfig, load_suite
-    from .engine.evaluate import evaluate as run
+    """White-box evaluation; returns a DataFrame (one row per model x run x eps), per-example outcomes in
+    ``df.attrs["outcomes"]``. ``config`` names a TOML suite (one evaluation, or several ``[[run]]`` tables)
+    whose keys fill in what is not given; ``jobs`` > 1 spreads checkpoint x run tasks over processes."""
+    from .config import load_suite
+    from .engine.evaluate import evaluate_many
 
     progress = options.pop("progress", None)
-    settings = {**(load_suite(config) if config else {}), **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    runs = load_suite(config) if config else [{}]
+    cfgs = [_eval_config({**run, **given}, checkpoints) for run in runs]
+    out = cfgs[0].out
+    if out:
+        _check_table_path(out)
+    tasks = [dict(_engine_options(cfg), checkpoints=cfg.checkpoints) for cfg in cfgs]
+    df = evaluate_many(tasks, jobs=max(int(c.jobs) for c in cfgs), progress=progress)
+    if out:
+        write_table(df, out)
+    return df
+
+
+def _eval_config(settings: dict, checkpoints):
+    from .config import EvalConfig
+    from .errors import unknown
+
     valid = set(EvalConfig.__dataclass_fields__)
     for key in settings:
         if key not in valid:
-            from .errors import unknown
-
             raise unknown("evaluation option", key, valid)
     cfg = EvalConfig(**settings)
-    if cfg.out:
-        _check_table_path(cfg.out)
     if checkpoints:
         from torch import nn
 
-        single = isinstance(checkpoints, (str, Path, nn.Module))
+        single = isinstance(checkpoints, (str, Path, nn.Module, Checkpoint))
         cfg.checkpoints = [checkpoints] if single else list(checkpoints)
+    cfg.checkpoints = _expand(cfg.checkpoints)
+    return cfg
+
+
+def _expand(items: list) -> list:
+    """Checkpoint paths with glob patterns (checkpoints/*.safetensors) expanded, sorted."""
+    import glob
+
+    from .errors import RobenchError
+
+    out = []
+    for item in items:
+        if isinstance(item, (str, Path)) and any(c in str(item) for c in "*?["):
+            hits = sorted(glob.glob(str(item)))
+            if not hits:
+                raise RobenchError(f"No checkpoint matches {item}.")
+            out += hits
+        else:
+            out.append(item)
+    return out
+
+
+def _engine_options(cfg) -> dict:
     pgd = {"steps": cfg.pgd_steps, "restarts": cfg.pgd_restarts, "loss": cfg.pgd_loss}
     if cfg.pgd_step_size is not None:
         from .config import parse_eps
 
         pgd["step_size"] = parse_eps(cfg.pgd_step_size).value
-    df = run(cfg.checkpoints, dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n,
-               subset=cfg.subset, seed=cfg.seed, norm=cfg.norm, eps=cfg.eps, attacks=cfg.attacks, pgd=pgd,
-               batch_size=cfg.batch_size, device=cfg.device, store=cfg.store, force=cfg.force,
-               trust=cfg.trust_checkpoint, arch=cfg.arch, activation=cfg.activation,
-               progress=progress)
-    if cfg.out:
-        write_table(df, cfg.out)
-    return df
+    return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n, subset=cfg.subset,
+                seed=cfg.seed, norm=cfg.norm, eps=cfg.eps, attacks=cfg.attacks, pgd=pgd, batch_size=cfg.batch_size,
+                device=cfg.device, store=cfg.store, force=cfg.force, trust=cfg.trust_checkpoint, arch=cfg.arch,
+                activation=cfg.activation)
 
 
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
@@ -121,27 +153,32 @@ def write_zoo_readme(folder: str | Path) -> Path:
     return readme
 
 
-def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard") -> dict:
+def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard", report: bool = True) -> dict:
     """Write RobustBench-style leaderboards from the store into ``out``: <dataset>_<norm>.csv,
-    model_info/<dataset>/<norm>/<model id>.json and README.md. Returns {"files": [...], "boards": {...}}."""
+    model_info/<dataset>/<norm>/<model id>.json, README.md, and (with ``report``) the activation comparison
+    report.md with its PNG figures. Returns {"files": [...], "boards": {...}}."""
     from .checkpoints import atomic_path
     from .errors import RobenchError
-    from .reporting.leaderboard import default_eps, leaderboards, markdown, model_info
+    from .reporting.leaderboard import default_eps, leaderboards, markdown, model_info, results
     from .store import Store
 
     db = Store(store, readonly=True)
     try:
-        boards = leaderboards(db)
+        res = results(db)
     finally:
         db.close()
+    boards = leaderboards(res)
     if not boards:
         raise RobenchError(f"The store {db.path} holds no finished runs; run `robench eval` first.")
     out = Path(out)
     written = []
 
     def write(path: Path, text: str):
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+        except OSError as e:
+            raise RobenchError(f"Cannot write {path} ({e.strerror}); pass --out with a writable folder.") from None
         written.append(path)
 
     for (dataset, norm), df in boards.items():
@@ -152,9 +189,87 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
             row = (at_std if len(at_std) else rows).iloc[0]
             write(out / "model_info" / dataset / norm / f"{mid}.json",
                   json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
-    report = "report.md" if (out / "report.md").exists() else None
-    write(out / "README.md", markdown(boards, report))
+    if report:
+        from .reporting.compare import report as compare_report
+
+        text, figures = compare_report(res, out)
+        written += figures
+        write(out / "report.md", text)
+    write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
     return {"files": written, "boards": boards}
+
+
+def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alpha: float = 0.05,
+          store: str | Path | None = None, device: str = "auto", data_dir: str | None = None,
+          trust: bool = False, junit: str | Path | None = None, json_out: str | Path | None = None,
+          progress=None) -> dict:
+    """Re-evaluate checkpoints (all of the baseline's, or the ones named) with the configuration the baseline
+    CSV recorded and compare model by model. Returns {"table": DataFrame, "failed": bool, "models": {...}};
+    a checkpoint with a new sha256 is matched by its model id and reported as changed. The baseline's
+    per-example outcomes are read from ``store`` when it holds them (paired test)."""
+    import tempfile
+
+    from .checkpoints import atomic_path
+    from .engine.evaluate import evaluate_many
+    from .errors import RobenchError
+    from .reporting.leaderboard import model_id, results
+    from .reporting.regression import compare, junit_xml, read_baseline, runs_of
+    from .store import Store, store_path
+
+    base_csv = read_baseline(baseline)
+    models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
+    if checkpoints:
+        for c in [checkpoints] if isinstance(checkpoints, (str, Path)) else checkpoints:
+            ck = load_checkpoint(c, trust=trust)
+            hit = base_csv[base_csv.sha256 == ck.sha256]
+            if hit.empty:
+                hit = base_csv[(base_csv.model_id == model_id(ck.meta, ck.name)) | (base_csv.name == ck.name)]
+            if hit.empty:
+                raise RobenchError(f"{c} matches no model of {baseline} by sha256 or by name.")
+            models[hit.iloc[0]["model_id"]] = ck
+    else:
+        for mid, rows in base_csv.groupby("model_id", sort=True):
+            path = rows.iloc[0]["checkpoint"]
+            if not path or not Path(path).exists():
+                raise RobenchError(f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
+                                   "not exist here; name the checkpoints to check.")
+            models[mid] = load_checkpoint(path, trust=trust)
+    tasks = []
+    for mid, ck in models.items():
+        rows = base_csv[base_csv.model_id == mid]
+        data, runs = runs_of(rows)
+        for run in runs:
+            tasks.append(dict(checkpoints=[ck], dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"],
+                              data_dir=data_dir, n=run["n"], eps=run["eps"], attacks=run["attacks"],
+                              batch_size=run["batch_size"], device=device, **data))
+    with tempfile.TemporaryDirectory() as tmp:
+        for t in tasks:
+            t["store"] = str(Path(tmp) / "check.sqlite")
+        evaluate_many(tasks, progress=progress)
+        db = Store(Path(tmp) / "check.sqlite", readonly=True)
+        try:
+            now = results(db)
+        finally:
+            db.close()
+    base = None
+    if store_path(store).exists():
+        db = Store(store, readonly=True)
+        try:
+            base = results(db)
+        finally:
+            db.close()
+    mapping = {ck.sha256: mid for mid, ck in models.items()}
+    table = compare(base_csv, now, mapping, base, tolerance, alpha)
+    if junit:
+        with atomic_path(Path(junit)) as tmp:
+            tmp.write_text(junit_xml(table, tolerance, alpha))
+    if json_out:
+        with atomic_path(Path(json_out)) as tmp:
+            tmp.write_text(json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
+                                       "failed": bool((table.verdict == "fail").any()),
+                                       "rows": table.to_dict(orient="records")}, indent=2) + "\n")
+    return {"table": table, "failed": bool((table.verdict == "fail").any()),
+            "models": {mid: ck.sha256 for mid, ck in models.items()}}
 
 
 def _check_table_path(path) -> Path:

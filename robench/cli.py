@@ -136,7 +136,10 @@ def eval_(
     store: Optional[Path] = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or "
                                          "results/robench.sqlite]."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the table to FILE.csv or FILE.json."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML suite file with the same settings."),
+    config: Optional[Path] = typer.Option(None, "--config", help="TOML suite file with the same settings, "
+                                          "or several [[run]] tables."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes, each running whole checkpoint x "
+                                       "run tasks [default: 1]."),
     force: bool = typer.Option(False, "--force", help="Recompute a run that is already in the store."),
     trust: bool = TRUST, arch: Optional[str] = ARCH, activation: Optional[str] = ACT,
     quiet: bool = typer.Option(False, "--quiet", help="No progress or table."),
@@ -148,7 +151,7 @@ def eval_(
                 pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size, pgd_loss=pgd_loss, batch_size=batch_size,
                 device=device, store=str(store) if store else None, force=force or None,
                 trust_checkpoint=trust or None, arch=arch, activation=activation,
-                out=str(out_file) if out_file else None)
+                out=str(out_file) if out_file else None, jobs=jobs)
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     if quiet or as_json:
         df = api.evaluate(ckpts, config=config, **opts)
@@ -226,9 +229,12 @@ def leaderboard(
     out_dir: Path = typer.Option(Path("leaderboard"), "--out", help="Folder to write."),
 ):
     """Write RobustBench-style leaderboards (CSV, model_info JSON, README.md) from the results store."""
+    from .reporting.leaderboard import shown_eps
+
     res = api.leaderboard(str(store) if store else None, out_dir)
     for (dataset, norm), df in res["boards"].items():
-        for eps, block in df.groupby("eps", sort=False):
+        for eps in shown_eps(df):
+            block = df[df.eps == eps]
             t = Table("rank", "model", "activation", "training", "clean %", "AutoAttack %", "PGD %", "best known %",
                       "n", title=f"{dataset} {norm} eps {eps}")
             for r in block.itertuples():
@@ -236,6 +242,47 @@ def leaderboard(
                           _num(r.autoattack_acc), _num(r.pgd_acc), _num(r.best_known_acc), str(r.n))
             out.print(t)
     out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
+
+
+@app.command()
+def check(
+    checkpoints: list[Path] = typer.Argument(None, help="Checkpoints to check [default: every one the baseline names]."),
+    baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV written by `robench leaderboard`."),
+    tolerance: float = typer.Option(1.0, "--tolerance", help="Largest drop in points that passes."),
+    alpha: float = typer.Option(0.05, "--alpha", help="Significance level a drop must reach to fail."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Store holding the baseline's per-example outcomes "
+                                         "(paired test) [default: $ROBENCH_STORE or results/robench.sqlite]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+    trust: bool = TRUST,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress."),
+):
+    """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
+    if not 0 < alpha < 1 or tolerance < 0:
+        raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
+    ckpts = [str(c) for c in checkpoints] if checkpoints else None
+    kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device,
+              data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)
+    if quiet:
+        res = api.check(baseline, ckpts, **kw)
+    else:
+        with _EvalProgress() as prog:
+            res = api.check(baseline, ckpts, progress=prog.update, **kw)
+    t = Table("model", "eps", "metric", "checkpoint", "baseline %", "now %", "change [95% CI]", "p", "test", "verdict",
+              title=f"robench check against {baseline} (tolerance {tolerance} points, alpha {alpha})")
+    for r in res["table"].itertuples():
+        verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
+        t.add_row(r.model_id, r.eps, r.metric, r.checkpoint, f"{r.baseline:.2f} (n={r.baseline_n})",
+                  f"{r.now:.2f} (n={r.now_n})", f"{r.change:+.2f} {r.ci95}", f"{r.p:.3g}", r.test, verdict)
+    out.print(t)
+    failed = res["table"][res["table"].verdict == "fail"]
+    if len(failed):
+        out.print(f"{len(failed)} of {len(res['table'])} checks failed: "
+                  + ", ".join(sorted({f"{r.model_id} ({r.metric})" for r in failed.itertuples()})), markup=False)
+        raise typer.Exit(1)
+    out.print(f"All {len(res['table'])} checks passed.")
 
 
 def _num(v) -> str:
@@ -312,6 +359,12 @@ class _EvalProgress:
         return self.progress.__exit__(*exc)
 
     def update(self, ev: dict):
+        if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
+            last = ev["rows"][-1]
+            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"
+                                        f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
+                                        f"{ev['seconds']:.0f} s", markup=False)
+            return
         rid = ev["run_id"]
         if ev["event"] == "start":
             note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""

@@ -86,6 +86,7 @@ class EvalConfig:
     trust_checkpoint: bool = False
     arch: str | None = None
     activation: str | None = None
+    jobs: int = 1  # worker processes for a suite (each runs whole checkpoint x run tasks)
 
 
 @dataclass
@@ -143,13 +144,25 @@ def check_keys(data: dict, cls, where: str, extra: tuple[str, ...] = ()) -> dict
     return out
 
 
-def load_suite(path: str | Path) -> dict:
-    """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields."""
+def load_suite(path: str | Path) -> list[dict]:
+    """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields, and optionally
+    ``[[run]]`` tables, each one evaluation with its own keys on top of the top-level ones (a run may carry
+    a ``name``). Returns one settings dict per run."""
     data = read_toml(path)
-    out = check_keys(data.get("eval", data), EvalConfig, str(path))
-    for k in ("eps", "attacks", "checkpoints"):
-        if k in out and not isinstance(out[k], list):
-            out[k] = [out[k]]
-    if "eps" in out:
-        out["eps"] = [str(e) for e in out["eps"]]
+    base = dict(data.get("eval", data))
+    runs = base.pop("run", None)
+    if runs is not None and (not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)):
+        raise RobenchError(f"{path}: write each run as a [[run]] table.")
+    out = []
+    for i, run in enumerate(runs or [{}], 1):
+        run = dict(run)
+        name = str(run.pop("name", f"run {i}"))
+        where = f'{path} run "{name}"' if runs else str(path)
+        settings = {**check_keys(base, EvalConfig, str(path)), **check_keys(run, EvalConfig, where)}
+        for k in ("eps", "attacks", "checkpoints"):
+            if k in settings and not isinstance(settings[k], list):
+                settings[k] = [settings[k]]
+        if "eps" in settings:
+            settings["eps"] = [str(e) for e in settings["eps"]]
+        out.append(settings)
     return out

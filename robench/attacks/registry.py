@@ -1,4 +1,4 @@
-"""Attack specs: ``pgd``, ``pgd(steps=100,loss=dlr)``, ``fgsm``, ``autoattack``, ``autoattack:plus``,
+"""Attack specs: ``none`` (clean accuracy only, on its own), ``pgd``, ``pgd(steps=100,loss=dlr)``, ``fgsm``, ``autoattack``, ``autoattack:plus``,
 ``apgd-ce`` ... ``square`` (AutoAttack members at its official budget), ``fb:NAME(key=value,...)``."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .base import Attack
 from .foolbox import FoolboxAttack
 from .pgd import FGSM, PGD
 
-NAMES = ["pgd", "fgsm", "autoattack", *(f"autoattack:{v}" for v in VERSIONS), *MEMBERS, "fb:NAME(...)"]
+NAMES = ["none", "pgd", "fgsm", "autoattack", *(f"autoattack:{v}" for v in VERSIONS), *MEMBERS, "fb:NAME(...)"]
 
 
 def split_spec(spec: str) -> tuple[str, dict]:
@@ -43,6 +43,8 @@ def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> 
     """Build one attack from its spec. ``pgd`` holds the --pgd-* flags (inline options win)."""
     name, opts = split_spec(spec)
     low = name.lower()
+    if low == "none":
+        raise RobenchError('The attack "none" (clean accuracy only) cannot be combined with other attacks.')
     if low.startswith("fb:"):
         return FoolboxAttack(name[3:], opts)
     try:
@@ -63,3 +65,23 @@ def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> 
     except TypeError as e:
         raise RobenchError(f'Attack "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")) from None
     raise unknown("attack", name, NAMES)
+
+
+def spec_from_budget(budget: dict) -> str:
+    """The spec that rebuilds the attack a stored budget describes (``create_attack(spec).budget()`` gives
+    the budget back, up to the implementation version)."""
+    name = budget["name"]
+    if name == "fgsm":
+        return f"fgsm(loss={budget['loss']})"
+    if name == "pgd":
+        size = budget["step_size"]
+        step = (f"rel_step_size={float(size.split('*')[0])!r}" if isinstance(size, str) else f"step_size={size!r}")
+        opts = [f"steps={budget['steps']}", f"restarts={budget['restarts']}", step, f"loss={budget['loss']}",
+                f"random_start={budget['random_start']}", f"targeted={budget['targeted']}"]
+        if budget.get("targeted"):
+            opts.append(f"targets={budget['targets']}")
+        return f"pgd({','.join(opts)})"
+    if name.startswith("fb:"):
+        opts = {k: v for k, v in budget.items() if k not in ("name", "norm", "implementation")}
+        return f"{name}({','.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else name
+    return name  # autoattack, autoattack:VERSION and single AutoAttack members run at the official budget

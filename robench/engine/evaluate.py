@@ -142,7 +142,8 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
         raise RobenchError("Name at least one checkpoint to evaluate.")
     norm = parse_norm(norm)
     if not attacks:
-        raise RobenchError("Name at least one attack (e.g. --attack pgd).")
+        raise RobenchError("Name at least one attack (e.g. --attack pgd), or none for clean accuracy only.")
+    attacks = [a for a in attacks if str(a).strip().lower() != "none"] if len(attacks) == 1 else list(attacks)
     bs_given = parse_batch_size(batch_size)
     dev = resolve_device(device)
     eps_given = [parse_eps(e) for e in (eps or [])]
@@ -180,7 +181,7 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
             done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
             todo = [i for i in idx.tolist() if i not in done]
             notify({"event": "start", "model": t.name, "run_id": run_id, "total": len(idx), "done": len(done),
-                    "attacks": [a.name for a in atk], "resumed": bool(done) and status != "done",
+                    "attacks": [a.name for a in atk] or ["none"], "resumed": bool(done) and status != "done",
                     "cached": status == "done"})
             for start in range(0, len(todo), bs):
                 b = torch.tensor(todo[start: start + bs])
@@ -202,6 +203,40 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     df = pd.DataFrame(rows)
     df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
     return df
+
+
+def evaluate_many(tasks: list[dict], jobs: int = 1, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Several evaluations (each a dict of ``evaluate``'s arguments), one after the other, or with ``jobs`` > 1
+    as checkpoint x task units spread over that many processes (each with its share of the CPU threads).
+    The results do not depend on ``jobs``: every example's attack is seeded by the example alone."""
+    if jobs <= 1:
+        frames = [evaluate(progress=progress, **t) for t in tasks]
+    else:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        units = [dict(t, checkpoints=[c]) for t in tasks for c in t["checkpoints"]]
+        threads = max(1, torch.get_num_threads() // jobs)
+        notify = progress or (lambda event: None)
+        frames = [None] * len(units)
+        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
+                                    initargs=(threads,)) as pool:
+            futures = {pool.submit(_unit, u): i for i, u in enumerate(units)}
+            for done, fut in enumerate(cf.as_completed(futures), 1):
+                i = futures[fut]
+                frames[i], seconds = fut.result()
+                notify({"event": "unit", "done": done, "total": len(units), "seconds": seconds,
+                        "rows": frames[i].to_dict(orient="records")})
+    outcomes = [f.attrs.pop("outcomes") for f in frames]  # pandas compares attrs when concatenating
+    df = pd.concat(frames, ignore_index=True)
+    df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True)
+    return df
+
+
+def _unit(kwargs: dict) -> tuple[pd.DataFrame, float]:
+    tic = time.perf_counter()
+    df = evaluate(**kwargs)
+    return df, time.perf_counter() - tic
 
 
 def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
@@ -226,7 +261,7 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
             "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
             "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
             "dataset": run["dataset"], "split": run["split"], "norm": run["norm"], "eps": text,
-            "eps_value": value, "attacks": "+".join(names), "n": n,
+            "eps_value": value, "attacks": "+".join(names) or "none", "n": n,
             "clean_acc": 100 * k_clean / n if n else float("nan"), "clean_ci_low": 100 * c_lo,
             "clean_ci_high": 100 * c_hi,
             "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,

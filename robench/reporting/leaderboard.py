@@ -18,11 +18,16 @@ from .stats import wilson
 COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_method", "clean_acc",
            "autoattack_acc", "pgd_acc", "transfer_acc", "best_known_acc", "unreliable", "additional_data",
            "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
-           "pgd_n", "pgd_ci95", "best_known_ci95", "best_known_by", "budget", "flags", "sha256"]
+           "pgd_n", "pgd_ci95", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
+           "config"]
+METRICS = ("clean", "pgd", "autoattack", "best_known")  # transfer joins with `robench transfer`
 
 
 def attack_kind(names: list[str]) -> str:
-    """autoattack (the official cascade in any version), pgd (robench PGD/FGSM only), or other."""
+    """clean (no attack), autoattack (the official cascade in any version), pgd (robench PGD/FGSM only),
+    or other."""
+    if names in ([], ["none"], [""]):
+        return "clean"
     if any(n.startswith("autoattack") for n in names):
         return "autoattack"
     if all(n in ("pgd", "fgsm") for n in names):
@@ -40,20 +45,41 @@ def results(db: Store) -> pd.DataFrame:
     rows = []
     for run_id in db.runs()["run_id"].tolist():
         summary, oc = summarize(db, int(run_id))
-        meta = db.run(int(run_id))["model_meta"]
+        run = db.run(int(run_id))
+        meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
         for r in summary:
             o = oc[oc.eps == r["eps"]]
-            rows.append({**r, "kind": attack_kind(r["attacks"].split("+")), "meta": meta,
-                         "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist()))})
+            rows.append({**r, "kind": attack_kind(r["attacks"].split("+")), "meta": meta, "eps_list": eps_list,
+                         "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
+                         "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
     return pd.DataFrame(rows)
 
 
-def worst_case(runs: pd.DataFrame) -> tuple[int, int, str]:
+def worst_case(runs: pd.DataFrame) -> dict[int, int]:
     """Per-example worst case over every run: on the examples all runs share, an example is robust only
-    if every attack left it robust. Returns (robust count, n, the attacks involved)."""
+    if every attack left it robust."""
     common = set.intersection(*(set(d) for d in runs["robust_by_idx"]))
-    robust = sum(all(d[i] for d in runs["robust_by_idx"]) for i in common)
-    return robust, len(common), " + ".join(sorted(set(runs["attacks"])))
+    return {i: int(all(d[i] for d in runs["robust_by_idx"])) for i in sorted(common)}
+
+
+def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
+    """The per-example outcomes ({idx: 1 if right}) behind each accuracy of one model at one eps: clean from
+    the run with the most examples; pgd and autoattack from their runs with the most examples; best_known,
+    the worst case over every attack run on the examples they share (the lowest single result when they
+    share none). A metric with no run is absent."""
+    out = {"clean": m.sort_values(["n", "run_id"]).iloc[-1]["clean_by_idx"]}
+    for kind in ("pgd", "autoattack"):
+        run = _pick(m, kind)
+        if run is not None:
+            out[kind] = run["robust_by_idx"]
+    attacked = m[m.kind != "clean"]
+    if len(attacked):
+        worst = worst_case(attacked)
+        if not worst:
+            worst = attacked.sort_values(["robust_acc", "n", "run_id"], ascending=[True, False, True]).iloc[0][
+                "robust_by_idx"]
+        out["best_known"] = worst
+    return out
 
 
 def _ci(row) -> str:
@@ -87,9 +113,9 @@ def _budget_summary(budget_json: str) -> str:
     return " + ".join(parts)
 
 
-def leaderboards(db: Store) -> dict[tuple[str, str], pd.DataFrame]:
-    """{(dataset, norm): leaderboard} with COLUMNS, ranked within each eps by best known robust accuracy."""
-    res = results(db)
+def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+    """{(dataset, norm): leaderboard} with COLUMNS from ``results(db)``, ranked within each eps by best known
+    robust accuracy."""
     out = {}
     if res.empty:
         return out
@@ -99,40 +125,62 @@ def leaderboards(db: Store) -> dict[tuple[str, str], pd.DataFrame]:
             for sha, m in runs.groupby("sha256", sort=True):
                 rows.append(_row(m, dataset, norm, eps, eps_value))
         df = pd.DataFrame(rows)
-        df = df.sort_values(["eps_value", "best_known_acc", "clean_acc", "model_id"],
-                            ascending=[True, False, False, True], kind="mergesort")
+        # as RobustBench: by best known robust accuracy, but a model without AutoAttack at that eps ranks
+        # after every model with it (its best known rests on weaker attacks only)
+        df["_aa"] = df["autoattack_n"] > 0
+        df = df.sort_values(["eps_value", "_aa", "best_known_acc", "clean_acc", "model_id"],
+                            ascending=[True, False, False, False, True], kind="mergesort")
         df["rank"] = df.groupby("eps_value").cumcount() + 1
         out[(dataset, norm)] = df[COLUMNS].reset_index(drop=True)
     return out
 
 
+def _acc(d: dict | None) -> tuple[float, int, str]:
+    """(accuracy %, n, "[low, high]") of per-example outcomes; NaN, 0, "" when not measured."""
+    if not d:
+        return math.nan, 0, ""
+    k, n = sum(d.values()), len(d)
+    return round(100 * k / n, 2), n, _fmt_ci(*wilson(k, n))
+
+
 def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -> dict:
     last = m.sort_values("run_id").iloc[-1]
     meta = last["meta"]
-    aa, pgd = _pick(m, "autoattack"), _pick(m, "pgd")
-    k, n, by = worst_case(m)
-    if n == 0:  # the runs share no examples: fall back to the lowest single result
-        low = m.sort_values(["robust_acc", "n", "run_id"], ascending=[True, False, True]).iloc[0]
-        k, n, by = round(low["robust_acc"] * low["n"] / 100), int(low["n"]), low["attacks"]
-    clean = m.sort_values(["n", "run_id"]).iloc[-1]
+    sets = outcome_sets(m)
+    (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (best, n, best_ci) = (
+        _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "best_known"))
+    attacked = m[m.kind != "clean"]
     flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
     return {
         "model_id": model_id(meta, last["model"]), "name": last["model"], "activation": meta.get("activation", ""),
         "architecture": meta.get("arch", ""), "training_method": meta.get("training_method", ""),
-        "clean_acc": round(clean["clean_acc"], 2),
-        "autoattack_acc": round(aa["robust_acc"], 2) if aa is not None else math.nan,
-        "pgd_acc": round(pgd["robust_acc"], 2) if pgd is not None else math.nan,
-        "transfer_acc": math.nan, "best_known_acc": round(100 * k / n, 2) if n else math.nan,
+        "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": math.nan, "best_known_acc": best,
         "unreliable": bool(flags), "additional_data": bool(meta.get("additional_data", False)),
         "venue": meta.get("venue") or ("robench zoo" if meta.get("zoo_group") else ""),
         "dataset": dataset, "norm": norm, "eps": eps, "eps_value": eps_value, "n": n,
-        "clean_n": int(clean["n"]), "clean_ci95": f"[{clean['clean_ci_low']:.2f}, {clean['clean_ci_high']:.2f}]",
-        "autoattack_n": int(aa["n"]) if aa is not None else 0, "autoattack_ci95": _ci(aa) if aa is not None else "",
-        "pgd_n": int(pgd["n"]) if pgd is not None else 0, "pgd_ci95": _ci(pgd) if pgd is not None else "",
-        "best_known_ci95": _fmt_ci(*wilson(k, n)), "best_known_by": by,
-        "budget": " | ".join(_budget_summary(b) for b in sorted(set(m["budget"]))),
-        "flags": "; ".join(flags), "sha256": last["sha256"],
+        "clean_n": clean_n, "clean_ci95": clean_ci, "autoattack_n": aa_n, "autoattack_ci95": aa_ci,
+        "pgd_n": pgd_n, "pgd_ci95": pgd_ci, "best_known_ci95": best_ci,
+        "best_known_by": " + ".join(sorted(set(attacked["attacks"]))),
+        "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
+        "flags": "; ".join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
+        "config": json.dumps(run_config(m), sort_keys=True),
     }
+
+
+def run_config(m: pd.DataFrame) -> dict:
+    """What reproduces a leaderboard row: the data slice and every run behind it (n, eps sweep, attack specs,
+    batch size), in run order."""
+    from ..attacks.registry import spec_from_budget
+
+    first = m.sort_values("run_id").iloc[0]
+    runs = []
+    for _, r in m.sort_values("run_id").iterrows():
+        spec = {"n": int(r["n"]), "eps": r["eps_list"], "attacks": [spec_from_budget(b) for b in
+                                                                   json.loads(r["budget"])] or ["none"],
+                "batch_size": int(r["batch_size"])}
+        if spec not in runs:
+            runs.append(spec)
+    return {"split": first["split"], "subset": first["subset"], "seed": int(first["seed"]), "runs": runs}
 
 
 def model_info(row: pd.Series) -> dict:
@@ -166,14 +214,26 @@ def default_eps(dataset: str, norm: str) -> str | None:
         return None
 
 
+def shown_eps(df: pd.DataFrame) -> list[str]:
+    """The eps values worth a table: those with an AutoAttack result (all of them when none has one)."""
+    with_aa = set(df.loc[df.autoattack_n > 0, "eps"])
+    return [e for e in dict.fromkeys(df.eps) if not with_aa or e in with_aa]
+
+
 def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = None) -> str:
-    lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %, "
-             "with n and Wilson 95% intervals in the CSV files; ranked by best known robust accuracy (the "
-             "lowest robust accuracy any attack reached)."]
+    """The leaderboards in Markdown: per (dataset, norm), a table for every eps that has an AutoAttack result
+    (every eps when none has); the CSV holds every eps."""
+    lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %; "
+             "ranked by best known robust accuracy (per example, the worst case over every attack run). The CSV "
+             "files add n, Wilson 95% intervals, the attack budgets, the configuration and the checkpoint sha256."]
     if report:
         lines += ["", f"The activation comparison is in [{report}]({report})."]
     for (dataset, norm), df in boards.items():
-        for eps, block in df.groupby("eps", sort=False):
+        shown = shown_eps(df)
+        others = [e for e in dict.fromkeys(df.eps) if e not in shown]
+        for eps in shown:
+            block = df[df.eps == eps]
+            no_aa = (block.autoattack_n == 0).any() and (block.autoattack_n > 0).any()
             lines += ["", f"## {dataset}, {norm}, eps {eps}", "",
                       "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Best known "
                       "| n | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -181,4 +241,10 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
                 lines.append(f"| {r.rank} | {r.model_id} | {r.activation} | {r.architecture} | {r.training_method} | "
                              f"{_s(r.clean_acc) or '-'} | {_s(r.autoattack_acc) or '-'} | {_s(r.pgd_acc) or '-'} | "
                              f"{_s(r.best_known_acc)} | {r.n} | {'yes' if r.unreliable else 'no'} |")
+            if no_aa:
+                lines += ["", "Models without an AutoAttack result at this eps are ranked after every model with one: "
+                              "their best known accuracy rests on weaker attacks only."]
+        if others:
+            lines += ["", f"Results at {norm} eps {', '.join(others)} are in [{dataset}_{norm}.csv]"
+                          f"({dataset}_{norm}.csv)."]
     return "\n".join(lines) + "\n"

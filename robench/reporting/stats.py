@@ -42,3 +42,42 @@ def paired_diff_ci(both: int, only_a: int, only_b: int, neither: int, z: float =
     low = d - math.sqrt(max(0.0, (pa - la) ** 2 - 2 * phi * (pa - la) * (ub - pb) + (ub - pb) ** 2))
     high = d + math.sqrt(max(0.0, (ua - pa) ** 2 - 2 * phi * (ua - pa) * (pb - lb) + (pb - lb) ** 2))
     return d, max(-1.0, low), min(1.0, high)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for multiple comparisons (same order as given)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    out, running = [1.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        out[i] = running
+    return out
+
+
+def compare_outcomes(a: dict[int, int], b: dict[int, int]) -> dict:
+    """Paired comparison of per-example outcomes ({idx: 1 if right}) of A against B on the examples both
+    have: the difference in points with Newcombe's 95% interval and the exact McNemar p-value."""
+    common = sorted(set(a) & set(b))
+    both = sum(1 for i in common if a[i] and b[i])
+    only_a = sum(1 for i in common if a[i] and not b[i])
+    only_b = sum(1 for i in common if b[i] and not a[i])
+    d, lo, hi = paired_diff_ci(both, only_a, only_b, len(common) - both - only_a - only_b)
+    return {"diff": 100 * d, "low": 100 * lo, "high": 100 * hi, "p": mcnemar_exact(only_a, only_b),
+            "n": len(common), "only_a": only_a, "only_b": only_b}
+
+
+def unpaired_diff_ci(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
+    """Difference p2 - p1 of two independent proportions with Newcombe's (1998, method 10) hybrid score 95%
+    interval, as fractions: (difference, low, high)."""
+    p1, p2 = (k1 / n1 if n1 else 0.0), (k2 / n2 if n2 else 0.0)
+    l1, u1 = wilson(k1, n1, z)
+    l2, u2 = wilson(k2, n2, z)
+    d = p2 - p1
+    return d, max(-1.0, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)), min(1.0, d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2))
+
+
+def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Two-sided Fisher exact p-value for k1 of n1 against k2 of n2 (independent samples)."""
+    from scipy.stats import fisher_exact as fe
+
+    return float(fe([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)

@@ -1,0 +1,322 @@
+"""The activation comparison report: for every group of models that differ only in their activation (same
+dataset, norm, architecture, training method and training eps), accuracies with n and 95% intervals, the
+change against the ReLU member with paired intervals and exact McNemar p-values from per-example outcomes,
+robust accuracy against eps, the learned activation shapes, the gradient-masking flags and a plain summary.
+Deterministic: the same store gives the same Markdown and the same PNG bytes."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .leaderboard import METRICS, model_id, outcome_sets
+from .stats import compare_outcomes, holm, wilson
+
+LABELS = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack", "transfer": "Transfer",
+          "best_known": "Best known"}
+ALPHA = 0.05
+
+
+@dataclass
+class Member:
+    sha256: str
+    model_id: str
+    activation: str
+    checkpoint: str
+    by_eps: dict[str, dict[str, dict[int, int]]]  # eps -> metric -> {idx: right}
+    flags: list[str]
+    label: str = ""
+
+
+@dataclass
+class Group:
+    dataset: str
+    norm: str
+    arch: str
+    method: str
+    train_eps: str
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        parts = [self.dataset, self.arch, self.method or "model"] + ([f"eps{self.train_eps}"] if self.train_eps else [])
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-").lower()
+
+    @property
+    def title(self) -> str:
+        how = f"{self.method or 'unknown training'}" + (f" at eps {self.train_eps}" if self.train_eps else "")
+        return f"{self.arch}, {how} ({self.dataset}, {self.norm})"
+
+
+def groups(res: pd.DataFrame) -> list[Group]:
+    """Models grouped by what they share besides the activation; only groups of two or more."""
+    if res.empty:
+        return []
+    found: dict[tuple, Group] = {}
+    for (dataset, norm, sha), m in res.groupby(["dataset", "norm", "sha256"], sort=True):
+        last = m.sort_values("run_id").iloc[-1]
+        meta = last["meta"]
+        recipe = meta.get("recipe") or {}
+        key = (dataset, norm, meta.get("arch", "?"), meta.get("training_method", ""),
+               str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
+        group = found.setdefault(key, Group(*key))
+        by_eps = {eps: outcome_sets(block) for eps, block in m.groupby("eps", sort=True)}
+        flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
+        group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
+                                    last["checkpoint"] or "", by_eps, flags))
+    out = []
+    for key in sorted(found):
+        g = found[key]
+        if len(g.members) < 2:
+            continue
+        g.members.sort(key=lambda mb: (mb.activation != "relu", mb.activation, mb.model_id))
+        acts = [mb.activation for mb in g.members]
+        for mb in g.members:
+            mb.label = mb.activation if acts.count(mb.activation) == 1 else mb.model_id
+        out.append(g)
+    return out
+
+
+def _eps_value(text: str) -> float:
+    from ..config import parse_eps
+
+    return parse_eps(text).value
+
+
+def comparison_eps(g: Group) -> str:
+    """The eps the tables use: where the most members have AutoAttack, then where all have a best known
+    result, preferring the training eps, then the largest."""
+    all_eps = sorted({e for mb in g.members for e in mb.by_eps}, key=_eps_value)
+
+    def score(e):
+        aa = sum("autoattack" in mb.by_eps.get(e, {}) for mb in g.members)
+        known = sum("best_known" in mb.by_eps.get(e, {}) for mb in g.members)
+        return aa, known, e == g.train_eps, _eps_value(e)
+
+    return max(all_eps, key=score)
+
+
+def _cell(d: dict | None, with_n: bool) -> str:
+    if not d:
+        return "-"
+    k, n = sum(d.values()), len(d)
+    lo, hi = wilson(k, n)
+    return f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" + (f" (n={n})" if with_n else "")
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def _delta(c: dict | None) -> str:
+    if c is None:
+        return "-"
+    text = f"{c['diff']:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}], {_p(c['p'])}"
+    return f"**{text}**" if c["significant"] else text
+
+
+def deltas(g: Group, eps: str) -> dict[str, dict[str, dict]]:
+    """metric -> member label -> paired comparison against the ReLU member (Holm-adjusted across members)."""
+    ref = g.members[0] if g.members[0].activation == "relu" else None
+    out: dict[str, dict[str, dict]] = {}
+    if ref is None:
+        return out
+    for metric in METRICS:
+        base = ref.by_eps.get(eps, {}).get(metric)
+        if not base:
+            continue
+        rows = {mb.label: compare_outcomes(mb.by_eps[eps][metric], base) for mb in g.members[1:]
+                if metric in mb.by_eps.get(eps, {})}
+        for (label, c), adj in zip(rows.items(), holm([c["p"] for c in rows.values()])):
+            c["p_holm"] = adj
+            c["significant"] = adj < ALPHA
+        out[metric] = rows
+    return out
+
+
+def curve_series(g: Group) -> tuple[str, list[dict]]:
+    """(metric, series) for the robust accuracy against eps figure: PGD when every member has it at two
+    eps or more (one attack, one n), otherwise best known. eps 0 is clean accuracy."""
+    metric = "pgd" if all(sum("pgd" in s for s in mb.by_eps.values()) >= 2 for mb in g.members) else "best_known"
+    series = []
+    for mb in g.members:
+        pts = sorted(((_eps_value(e), s[metric]) for e, s in mb.by_eps.items() if metric in s), key=lambda t: t[0])
+        clean = max((s["clean"] for s in mb.by_eps.values()), key=len)
+        pts = [(0.0, {i: clean[i] for i in pts[0][1] if i in clean} if pts else clean)] + pts
+        acc, low, high = [], [], []
+        for _, d in pts:
+            k, n = sum(d.values()), len(d)
+            lo, hi = wilson(k, n)
+            acc.append(100 * k / n), low.append(100 * lo), high.append(100 * hi)
+        series.append({"label": mb.label, "eps": [p[0] for p in pts], "acc": acc, "low": low, "high": high,
+                       "ref": mb.activation == "relu"})
+    return metric, series
+
+
+def shape_panels(g: Group) -> list[dict]:
+    """Each member's activation instances as functions of x, from its checkpoint's own parameters."""
+    import torch
+
+    from ..checkpoints import load_checkpoint
+    from ..nn.activations import activation_modules
+
+    panels = []
+    for mb in g.members:
+        try:
+            model = load_checkpoint(mb.checkpoint).model
+        except Exception:  # a moved or untrusted checkpoint: the panel says so instead of failing the report
+            panels.append({"title": mb.label, "curves": [], "note": "checkpoint not found"})
+            continue
+        curves = []
+        for k, act in enumerate(activation_modules(model)):
+            def fn(x, act=act):
+                with torch.no_grad():
+                    t = torch.as_tensor(x, dtype=torch.float32)
+                    if act.channels:  # per-channel parameters: the mean over channels
+                        return act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1).numpy()
+                    return act(t).numpy()
+            curves.append((f"layer {k + 1}" if len(activation_modules(model)) > 1 else mb.label, fn))
+        panels.append({"title": mb.label, "curves": curves[:8]})
+    return panels
+
+
+def summary(g: Group, eps: str, dl: dict) -> list[str]:
+    """Plain sentences: what the numbers support and what they do not."""
+    lines = []
+    best = {mb.label: mb.by_eps.get(eps, {}).get("best_known") for mb in g.members}
+    known = {k: 100 * sum(v.values()) / len(v) for k, v in best.items() if v}
+    if known:
+        hi, lo = max(known, key=known.get), min(known, key=known.get)
+        ns = sorted({len(v) for v in best.values() if v})
+        if max(known.values()) == 0:
+            lines.append(f"Every model is at 0% best known robust accuracy at {g.norm} eps {eps}: whatever the "
+                         "activation, these models have no robustness at this budget.")
+        else:
+            lines.append(f"At {g.norm} eps {eps}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
+                         f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples.")
+    ref = g.members[0] if g.members[0].activation == "relu" else None
+    if ref is None:
+        lines.append("There is no ReLU member, so no change against ReLU is computed.")
+    for metric in ("best_known", "pgd", "clean"):
+        rows = dl.get(metric)
+        if not rows or (metric == "best_known" and known and max(known.values()) == 0):
+            continue
+        sig = [(k, c) for k, c in rows.items() if c["significant"]]
+        name = {"best_known": "best known robust accuracy", "pgd": "PGD robust accuracy",
+                "clean": "clean accuracy"}[metric]
+        width = max(c["high"] - c["low"] for c in rows.values()) / 2
+        if sig:
+            parts = ", ".join(f"{k} {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}]" for k, c in sig)
+            lines.append(f"In {name}, {len(sig)} of {len(rows)} activations differ from ReLU significantly "
+                         f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA}): {parts}.")
+        else:
+            lines.append(f"In {name}, no activation differs from ReLU significantly (Holm-adjusted exact McNemar, "
+                         f"alpha {ALPHA}); the 95% intervals of the differences reach up to ±{width:.1f} points, "
+                         "so smaller differences are not ruled out.")
+    pgd, aa = dl.get("pgd", {}), dl.get("autoattack", {})
+    unconfirmed = [(k, aa[k]) for k, c in pgd.items() if c["significant"] and c["diff"] > 0 and k in aa
+                   and not aa[k]["significant"]]
+    if unconfirmed:
+        lines.append("AutoAttack does not confirm the PGD lead of " + ", ".join(
+            f"{k} ({c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] on n={c['n']})" for k, c in unconfirmed)
+            + ": either the lead shrinks under the stronger attack or this n cannot show it.")
+    lines += _far_eps(g, eps)
+    flagged = [mb.label for mb in g.members if mb.flags]
+    if flagged:
+        lines.append(f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
+                     "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
+                     "attacks.")
+    lines.append("Each activation was trained once with one seed, so the intervals cover the sampling of test "
+                 "examples only, not the variation between training runs: a difference here describes these "
+                 "checkpoints, not yet the activations in general.")
+    return lines
+
+
+def _far_eps(g: Group, eps: str) -> list[str]:
+    """A sentence on the largest eps measured beyond the comparison eps: which activations fall significantly
+    below ReLU there (a ranking at one eps need not hold at another)."""
+    ref = g.members[0] if g.members[0].activation == "relu" else None
+    later = sorted({e for mb in g.members for e in mb.by_eps if _eps_value(e) > _eps_value(eps)}, key=_eps_value)
+    if ref is None or not later:
+        return []
+    far = later[-1]
+    rows = {mb.label: compare_outcomes(mb.by_eps[far]["pgd"], ref.by_eps[far]["pgd"]) for mb in g.members[1:]
+            if "pgd" in mb.by_eps.get(far, {}) and "pgd" in ref.by_eps.get(far, {})}
+    if not rows:
+        return []
+    adj = dict(zip(rows, holm([c["p"] for c in rows.values()])))
+    worse = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] < 0]
+    better = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] > 0]
+    base = 100 * sum(ref.by_eps[far]["pgd"].values()) / len(ref.by_eps[far]["pgd"])
+    text = f"At the largest eps measured, {far}, ReLU keeps {base:.1f}% under PGD"
+    if not worse and not better:
+        return [text + "; no activation differs from it significantly there."]
+    parts = [f"{k} {c['diff']:+.1f} points" for k, c in worse + better]
+    return [text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {eps} "
+                   "does not carry over to larger budgets unless these agree."]
+
+
+def report(res: pd.DataFrame, folder: Path, has_transfer: bool = False) -> tuple[str, list[Path]]:
+    """The report's Markdown and figures (written into ``folder``)."""
+    from .plots import activation_shapes, eps_curves
+
+    folder = Path(folder)
+    lines = ["# Activation comparison", "",
+             "Written by `robench leaderboard` from the results store. Each group holds models that differ only in "
+             "their activation. Accuracies are in %, with Wilson 95% intervals in brackets. Changes are against the "
+             "ReLU member, in points, on the same test examples: Newcombe's paired 95% interval and the exact "
+             "McNemar p-value from the per-example outcomes; **bold** marks a change significant at alpha 0.05 "
+             "after Holm's adjustment for the number of activations compared. \"Best known\" is, per example, the "
+             "worst case over every attack run."]
+    files: list[Path] = []
+    found = groups(res)
+    if not found:
+        lines += ["", "No group of two or more models differing only in activation is in the store."]
+    for g in found:
+        eps = comparison_eps(g)
+        dl = deltas(g, eps)
+        lines += ["", f"## {g.title}", ""]
+        lines += [f"- {s}" for s in summary(g, eps, dl)]
+        ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
+        head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
+        lines += ["", f"### Accuracy at {g.norm} eps {eps}", "",
+                  "| Activation | Model | " + " | ".join(head) + " | Transfer | Flags |",
+                  "|---" * (len(METRICS) + 4) + "|"]
+        notes: list[str] = []
+        for mb in g.members:
+            marks = []
+            for f in mb.flags:
+                if f not in notes:
+                    notes.append(f)
+                marks.append(f"[{notes.index(f) + 1}]")
+            cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
+            lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) +
+                         f" | {'-'} | {' '.join(marks) or '-'} |")
+        if notes:
+            lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
+        if not has_transfer:
+            lines += ["", "Transfer: no transfer results are in the store for this group yet."]
+        if dl:
+            shown = [m for m in METRICS if m in dl]
+            lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", "",
+                      "| Activation | " + " | ".join(LABELS[m] for m in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+            for mb in g.members[1:]:
+                lines.append(f"| {mb.label} | " + " | ".join(_delta(dl[m].get(mb.label)) for m in shown) + " |")
+        metric, series = curve_series(g)
+        curve = eps_curves(folder / f"{g.slug}-eps.png", series, f"{g.title}: {LABELS[metric]} vs eps", g.norm,
+                           f"{LABELS[metric]} robust accuracy, %")
+        shapes = activation_shapes(folder / f"{g.slug}-activations.png", shape_panels(g),
+                                   f"Learned activations: {g.title}")
+        files += [curve, shapes]
+        n_curve = sorted({len(d) for mb in g.members for e, d in
+                          ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d})
+        lines += ["", f"### {LABELS[metric]} robust accuracy against eps", "",
+                  f"![{LABELS[metric]} robust accuracy against eps]({curve.name})", "",
+                  f"n = {', '.join(map(str, n_curve))} per point; eps 0 is clean accuracy on the same examples; "
+                  "shaded bands are 95% intervals; ReLU is black and dashed.",
+                  "", "### Learned activation shapes", "", f"![Learned activations]({shapes.name})", "",
+                  "Each activation instance of each checkpoint, drawn from its own learned parameters over "
+                  "[-4, 4]; ReLU dashed."]
+    return "\n".join(lines) + "\n", files

@@ -1,0 +1,118 @@
+"""`robench check`: compare a fresh evaluation with a committed leaderboard CSV, model by model and metric
+by metric. A metric fails when it drops by more than the tolerance and the drop is significant: an exact
+McNemar test on the per-example outcomes when the baseline's are in the store, a Fisher exact test on the
+counts otherwise."""
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import RobenchError
+from .leaderboard import COLUMNS, METRICS, outcome_sets
+from .stats import compare_outcomes, fisher_exact, unpaired_diff_ci
+
+NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
+N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "best_known": "n"}
+ACC_COLUMN = {"clean": "clean_acc", "pgd": "pgd_acc", "autoattack": "autoattack_acc", "best_known": "best_known_acc"}
+
+
+def read_baseline(path: str | Path) -> pd.DataFrame:
+    """A leaderboard CSV written by `robench leaderboard`; anything else is one sentence."""
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"eps": str, "checkpoint": str, "config": str, "sha256": str})
+    except FileNotFoundError:
+        raise RobenchError(f"No such baseline: {path}.") from None
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise RobenchError(f"{path} is not a readable CSV ({str(e).splitlines()[0]}).") from None
+    missing = [c for c in NEEDED if c not in df.columns]
+    if missing:
+        raise RobenchError(f"{path} is not a robench leaderboard CSV (no {', '.join(missing)} column); "
+                           "write one with `robench leaderboard`.")
+    if df.empty:
+        raise RobenchError(f"{path} has no models.")
+    df["checkpoint"] = df["checkpoint"].fillna("")
+    return df[[c for c in COLUMNS if c in df.columns]]
+
+
+def runs_of(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
+    """The data slice and the distinct runs (n, eps, attack specs, batch size) behind a model's rows."""
+    runs, first = [], None
+    for text in rows["config"]:
+        try:
+            cfg = json.loads(text)
+        except (TypeError, ValueError):
+            raise RobenchError("The baseline's config column is not valid JSON; regenerate it with "
+                               "`robench leaderboard`.") from None
+        first = first or cfg
+        runs += [r for r in cfg["runs"] if r not in runs]
+    return {k: first[k] for k in ("split", "subset", "seed")}, runs
+
+
+def _baseline_sets(base: pd.DataFrame | None, row: pd.Series) -> dict:
+    """Per-example outcomes of the baseline row from the store, when the store holds exactly its runs."""
+    if base is None or base.empty:
+        return {}
+    m = base[(base.sha256 == row["sha256"]) & (base.eps == row["eps"]) & (base.dataset == row["dataset"])
+             & (base.norm == row["norm"])]
+    if m.empty:
+        return {}
+    sets = outcome_sets(m)
+    for metric, d in sets.items():  # the store must hold what the CSV reports, or it is not the baseline's
+        acc = row[ACC_COLUMN[metric]]
+        if not d or math.isnan(acc) or len(d) != row[N_COLUMN[metric]] or round(100 * sum(d.values()) / len(d), 2) != acc:
+            return {}
+    return sets
+
+
+def compare(baseline: pd.DataFrame, now: pd.DataFrame, mapping: dict[str, str], base: pd.DataFrame | None,
+            tolerance: float = 1.0, alpha: float = 0.05) -> pd.DataFrame:
+    """One row per baseline model x eps x metric: baseline, now, change in points with its 95% interval, p,
+    test and verdict. ``now`` is ``results()`` of the fresh runs; ``mapping`` maps each fresh sha256 to the
+    baseline model id it stands for."""
+    out = []
+    for _, row in baseline.iterrows():
+        shas = [s for s, mid in mapping.items() if mid == row["model_id"]]
+        if not shas:
+            continue
+        fresh = now[(now.sha256 == shas[0]) & (now.eps == row["eps"])]
+        now_sets = outcome_sets(fresh) if len(fresh) else {}
+        base_sets = _baseline_sets(base, row)
+        for metric in METRICS:
+            n0 = int(row[N_COLUMN[metric]]) if not pd.isna(row[N_COLUMN[metric]]) else 0
+            if n0 == 0 or metric not in now_sets:
+                continue
+            acc0, d1 = float(row[ACC_COLUMN[metric]]), now_sets[metric]
+            k1, n1 = sum(d1.values()), len(d1)
+            if metric in base_sets:
+                c = compare_outcomes(d1, base_sets[metric])
+                change, low, high, p, test = c["diff"], c["low"], c["high"], c["p"], "paired (McNemar)"
+            else:
+                k0 = round(acc0 * n0 / 100)
+                d, lo, hi = unpaired_diff_ci(k0, n0, k1, n1)
+                change, low, high, p, test = 100 * d, 100 * lo, 100 * hi, fisher_exact(k0, n0, k1, n1), "unpaired (Fisher)"
+            drop = change < -tolerance and p < alpha
+            out.append({"model_id": row["model_id"], "eps": row["eps"], "metric": metric,
+                        "checkpoint": "same" if shas[0] == row["sha256"] else "changed",
+                        "baseline": acc0, "baseline_n": n0, "now": round(100 * k1 / n1, 2), "now_n": n1,
+                        "change": round(change, 2), "ci95": f"[{low:+.2f}, {high:+.2f}]", "p": p, "test": test,
+                        "verdict": "fail" if drop else "pass"})
+    return pd.DataFrame(out)
+
+
+def junit_xml(table: pd.DataFrame, tolerance: float, alpha: float) -> str:
+    """JUnit XML: one test case per model x eps x metric, a failure for each significant drop."""
+    suite = ET.Element("testsuite", name="robench check", tests=str(len(table)),
+                       failures=str(int((table.verdict == "fail").sum())) if len(table) else "0")
+    for r in table.itertuples():
+        case = ET.SubElement(suite, "testcase", classname=f"robench.{r.model_id}", name=f"{r.metric} at eps {r.eps}")
+        if r.verdict == "fail":
+            ET.SubElement(case, "failure", message=(
+                f"{r.metric} fell from {r.baseline:.2f}% to {r.now:.2f}% ({r.change:+.2f} points {r.ci95}, "
+                f"p={r.p:.3g}, {r.test}); the tolerance is {tolerance} points at alpha {alpha}"))
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
