@@ -270,12 +270,17 @@ def check(
     else:
         with _EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
-    t = Table("model", "eps", "metric", "checkpoint", "baseline %", "now %", "change [95% CI]", "p", "test", "verdict",
+    table = res["table"]
+    t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
               title=f"robench check against {baseline} (tolerance {tolerance} points, alpha {alpha})")
-    for r in res["table"].itertuples():
+    for r in table.itertuples():
         verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
-        t.add_row(r.model_id, r.eps, r.metric, r.checkpoint, f"{r.baseline:.2f} (n={r.baseline_n})",
-                  f"{r.now:.2f} (n={r.now_n})", f"{r.change:+.2f} {r.ci95}", f"{r.p:.3g}", r.test, verdict)
+        n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"
+        t.add_row(r.model_id + (" (changed)" if r.checkpoint == "changed" else ""), r.eps, r.metric,
+                  f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
+    tests = sorted(set(table.test)) if len(table) else []
+    t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
+    t.caption_justify = "left"
     out.print(t)
     failed = res["table"][res["table"].verdict == "fail"]
     if len(failed):

@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -247,3 +248,35 @@ def test_autoattack_checks_become_flags(trained, tmp_path):
     flags = df["flags"][0]
     assert "zero gradient" in flags, flags
     assert "Square (black-box) broke" in flags and json.loads(df.broken_by[0]).get("square", 0) > 0
+
+
+def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
+    from helpers import save_tiny, write_mnist_like
+
+    write_mnist_like(Path("data/fashion-mnist"), n_test=40)
+    save_tiny("m-a.pt", "relu", seed=0)
+    save_tiny("m-b.pt", "silu", seed=1)
+    Path("suite.toml").write_text('checkpoints = ["m-*.pt"]\nseed = 3\n'
+                                  '[[run]]\nname = "clean"\nattacks = ["none"]\nn = 40\n'
+                                  '[[run]]\nname = "sweep"\nattacks = ["pgd(steps=3)"]\neps = ["0.05", "0.1"]\nn = 20\n')
+    one = robench.evaluate(None, config="suite.toml", store="one.sqlite")
+    two = robench.evaluate(None, config="suite.toml", store="two.sqlite", jobs=2)
+    assert len(one) == 2 + 4 and set(one.attacks) == {"none", "pgd"}
+    clean = one[one.attacks == "none"]
+    assert (clean.n == 40).all() and (clean.robust_acc == clean.clean_acc).all()  # no attack: robust = clean
+    key = ["model", "attacks", "eps"]
+    cols = key + ["n", "clean_acc", "robust_acc"]
+    pd.testing.assert_frame_equal(one[cols].sort_values(key).reset_index(drop=True),
+                                  two[cols].sort_values(key).reset_index(drop=True))
+    oc = ["model", "eps", "idx", "clean", "robust"]
+    a = one.attrs["outcomes"][oc].sort_values(oc).reset_index(drop=True)
+    b = two.attrs["outcomes"][oc].sort_values(oc).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    Path("bad.toml").write_text('[[run]]\nattacks = ["none", "pgd"]\n')
+    r = cli("eval", "m-a.pt", "--config", "bad.toml", "--n", "5")
+    assert r.exit_code == 2 and "cannot be combined" in r.output
+    Path("bad.toml").write_text('[[run]]\nname = "x"\nstep = 3\n')
+    r = cli("eval", "m-a.pt", "--config", "bad.toml")
+    assert r.exit_code == 2 and 'run "x": unknown key "step"' in r.output
+    r = cli("eval", "nothing-*.pt")
+    assert r.exit_code == 2 and "No checkpoint matches nothing-*.pt" in r.output

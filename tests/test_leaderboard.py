@@ -65,3 +65,25 @@ def test_an_empty_or_missing_store_is_one_sentence():
     robench.store.Store("empty.sqlite").close()
     r = CliRunner().invoke(app, ["leaderboard", "--store", "empty.sqlite"])
     assert r.exit_code == 2 and "holds no finished runs" in r.output
+
+
+def test_the_report_compares_each_activation_with_relu_on_the_same_examples():
+    from robench.reporting.stats import compare_outcomes
+
+    _store()
+    text = Path("lb/report.md").read_text()
+    kw = dict(n=40, eps=["0.02", "0.1"], attacks=["pgd"], store="s.sqlite")
+    a = robench.evaluate(["a.pt"], **kw).attrs["outcomes"]
+    b = robench.evaluate(["b.pt"], **kw).attrs["outcomes"]
+    at = lambda o, col: dict(zip(o[o.eps == "0.1"].idx, o[o.eps == "0.1"][col]))  # noqa: E731
+    pgd = compare_outcomes(at(b, "robust"), at(a, "robust"))  # splash minus relu, paired on the 40 examples
+    clean = compare_outcomes(at(b, "clean"), at(a, "clean"))
+    change = text.split("### Change against ReLU")[1]
+    row = next(line for line in change.splitlines() if line.startswith("| splash |"))
+    assert f"{pgd['diff']:+.1f} [{pgd['low']:+.1f}, {pgd['high']:+.1f}]" in row
+    assert f"{clean['diff']:+.1f} [{clean['low']:+.1f}, {clean['high']:+.1f}]" in row
+    assert "### Accuracy at Linf eps 0.1" in text and "| relu | tiny-relu |" in text
+    assert "trained once with one seed" in text  # the summary says what the intervals do not cover
+    for name in ("-eps.png", "-activations.png"):
+        png = next(Path("lb").glob(f"*{name}"))
+        assert f"]({png.name})" in text and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
