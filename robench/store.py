@@ -141,6 +141,10 @@ class Store:
             return cur.lastrowid, "running"
         return self._write(go)
 
+    def is_done(self, key: str) -> bool:
+        row = self.conn.execute("SELECT status FROM runs WHERE key=?", (key,)).fetchone()
+        return bool(row) and row[0] == "done"
+
     def done_indices(self, run_id: int, n_eps: int) -> set[int]:
         rows = self.conn.execute("SELECT idx FROM outcomes WHERE run_id=? GROUP BY idx HAVING COUNT(*)=?",
                                  (run_id, n_eps)).fetchall()

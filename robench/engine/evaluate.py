@@ -133,9 +133,10 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
              subset: str = "first", seed: int = 0, norm: str = "Linf", eps=None, attacks=("pgd",),
              pgd: dict | None = None, batch_size="auto", device: str = "auto", store=None, force: bool = False,
              trust: bool = False, arch: str | None = None, activation: str | None = None,
-             progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+             progress: Callable[[dict], None] | None = None, cached_only: bool = False) -> pd.DataFrame | None:
     """Evaluate checkpoints (paths, Checkpoint objects or nn.Modules). One row per model x eps; the
-    per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame keyed by run_id)."""
+    per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame keyed by run_id). With
+    ``cached_only``, return None unless every run is already finished in the store (nothing is attacked)."""
     if isinstance(checkpoints, (str, Path, nn.Module, Checkpoint)):
         checkpoints = [checkpoints]
     if not checkpoints:
@@ -172,6 +173,9 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
             bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
             atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
             key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, atk, bs)
+            if cached_only and (force or not db.is_done(key)):
+                db.close()
+                return None
             fields = {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": info.name,
                       "split": split, "n": len(idx), "subset": subset, "seed": seed, "norm": norm,
                       "eps": [[e.text, e.value] for e in eps_list], "attacks": [a.budget() for a in atk],
@@ -218,14 +222,15 @@ def evaluate_many(tasks: list[dict], jobs: int = 1, progress: Callable[[dict], N
         units = [dict(t, checkpoints=[c]) for t in tasks for c in t["checkpoints"]]
         threads = max(1, torch.get_num_threads() // jobs)
         notify = progress or (lambda event: None)
-        frames = [None] * len(units)
-        with cf.ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"), initializer=torch.set_num_threads,
-                                    initargs=(threads,)) as pool:
-            futures = {pool.submit(_unit, u): i for i, u in enumerate(units)}
+        frames = [evaluate(**u, cached_only=True) for u in units]  # what the store holds needs no worker
+        todo = [i for i, f in enumerate(frames) if f is None]
+        with cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=mp.get_context("spawn"),
+                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(_unit, units[i]): i for i in todo}
             for done, fut in enumerate(cf.as_completed(futures), 1):
                 i = futures[fut]
                 frames[i], seconds = fut.result()
-                notify({"event": "unit", "done": done, "total": len(units), "seconds": seconds,
+                notify({"event": "unit", "done": done, "total": len(todo), "seconds": seconds,
                         "rows": frames[i].to_dict(orient="records")})
     outcomes = [f.attrs.pop("outcomes") for f in frames]  # pandas compares attrs when concatenating
     df = pd.concat(frames, ignore_index=True)
