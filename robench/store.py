@@ -3,6 +3,10 @@
 A run is one model x data slice x norm x attack cascade x eps sweep x seed, keyed by a hash of all of them.
 Outcomes are committed batch by batch, so a killed run resumes where it stopped; concurrent writers of the
 same run insert the same rows, and the primary key keeps exactly one of each.
+
+Schema 2 adds ``checks`` (gradient-masking diagnostics per model, with their evidence) and ``attack_stats``
+(model queries per attack). A schema-1 store is migrated in place when opened for writing, after a copy of
+it is kept beside it; a store from a newer robench is refused and never written.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import pandas as pd
 
 from .errors import RobenchError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_STORE = Path("results") / "robench.sqlite"
 
 SCHEMA = """
@@ -49,6 +53,22 @@ CREATE TABLE IF NOT EXISTS run_flags (
     flag TEXT NOT NULL,
     PRIMARY KEY (run_id, flag)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checks (
+    sha256 TEXT NOT NULL, dataset TEXT NOT NULL, norm TEXT NOT NULL,
+    check_name TEXT NOT NULL, eps TEXT NOT NULL,
+    status TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    budget TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    PRIMARY KEY (sha256, dataset, norm, check_name, eps)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attack_stats (
+    run_id INTEGER NOT NULL REFERENCES runs(run_id),
+    attack TEXT NOT NULL,
+    examples INTEGER NOT NULL DEFAULT 0,
+    queries INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, attack)
+) WITHOUT ROWID;
 """
 
 RUN_FIELDS = ("model", "checkpoint", "sha256", "dataset", "split", "n", "subset", "seed", "norm", "eps",
@@ -80,11 +100,27 @@ class Store:
                     self.conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
                     self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                       (str(SCHEMA_VERSION),))
+                elif version < SCHEMA_VERSION:
+                    self._migrate(version)
+            self.version = self._version() or SCHEMA_VERSION
         except sqlite3.DatabaseError as e:
             raise RobenchError(self._explain(e)) from None
         except OSError as e:
             raise RobenchError(f"Cannot open the results store at {self.path} ({e.strerror}); "
                                "pass --store with a writable path.") from None
+
+    def _migrate(self, version: int) -> None:
+        """Bring an older store up to SCHEMA_VERSION in place, keeping a copy of it first."""
+        backup = self.path.with_name(f"{self.path.name}.schema{version}.bak")
+        if not backup.exists():
+            copy = sqlite3.connect(backup)
+            self.conn.backup(copy)
+            copy.close()
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)  # only the tables this store lacks are created
+            self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _explain(self, e: Exception) -> str:
         text = str(e)
@@ -150,14 +186,59 @@ class Store:
                                  (run_id, n_eps)).fetchall()
         return {r[0] for r in rows}
 
-    def add_batch(self, run_id: int, rows: list[tuple], flags: list[str], wall: float) -> None:
-        """One batch: rows of (eps, idx, clean, robust, broken_by), committed together."""
+    def add_batch(self, run_id: int, rows: list[tuple], flags: list[str], wall: float,
+                  queries: dict[str, tuple[int, int]] | None = None) -> None:
+        """One batch: rows of (eps, idx, clean, robust, broken_by), the flags raised, and per attack the
+        (examples attacked, model queries made), committed together."""
         def go():
             self.conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
                                   [(run_id, *r) for r in rows])
             self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)", [(run_id, f) for f in flags])
             self.conn.execute("UPDATE runs SET wall_time = wall_time + ? WHERE run_id=?", (wall, run_id))
+            self.conn.executemany(
+                "INSERT INTO attack_stats VALUES (?, ?, ?, ?) ON CONFLICT (run_id, attack) DO UPDATE SET "
+                "examples = examples + excluded.examples, queries = queries + excluded.queries",
+                [(run_id, a, e, q) for a, (e, q) in (queries or {}).items()])
         self._write(go)
+
+    def add_flags(self, run_id: int, flags: list[str]) -> None:
+        self._write(lambda: self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)",
+                                                  [(run_id, f) for f in flags]))
+
+    def queries(self, run_id: int) -> dict[str, dict]:
+        """{attack: {"examples": attacked, "queries": model queries}} of a run."""
+        if self.version < 2:
+            return {}
+        rows = self.conn.execute("SELECT attack, examples, queries FROM attack_stats WHERE run_id=? ORDER BY attack",
+                                 (run_id,)).fetchall()
+        return {a: {"examples": e, "queries": q} for a, e, q in rows}
+
+    # ---------------------------------------------------------------------------------------- checks
+    def set_checks(self, sha256: str, dataset: str, norm: str, checks: list[dict]) -> None:
+        """Store diagnostics of one model (dicts of check, eps, status "ok"/"flag", evidence, budget); a
+        check already stored for the same model, check name and eps is replaced."""
+        now = time.time()
+        self._write(lambda: self.conn.executemany(
+            "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(sha256, dataset, norm, c["check"], c.get("eps", ""), c["status"], c["evidence"],
+              json.dumps(c.get("budget", {}), sort_keys=True), now) for c in checks]))
+
+    def clear_checks(self, sha256: str, dataset: str, norm: str, names: list[str]) -> None:
+        self._write(lambda: self.conn.executemany(
+            "DELETE FROM checks WHERE sha256=? AND dataset=? AND norm=? AND check_name=?",
+            [(sha256, dataset, norm, n) for n in names]))
+
+    def checks(self, sha256: str | None = None, dataset: str | None = None, norm: str | None = None) -> pd.DataFrame:
+        cols = "sha256, dataset, norm, check_name AS 'check', eps, status, evidence, budget"
+        if self.version < 2:
+            return pd.DataFrame(columns=[c.split()[-1].strip("'") for c in cols.split(", ")])
+        where, params = [], []
+        for col, v in (("sha256", sha256), ("dataset", dataset), ("norm", norm)):
+            if v is not None:
+                where.append(f"{col}=?")
+                params.append(v)
+        q = f"SELECT {cols} FROM checks" + (" WHERE " + " AND ".join(where) if where else "")
+        return pd.read_sql_query(q + " ORDER BY sha256, check_name, eps", self.conn, params=params)
 
     def finish(self, run_id: int) -> None:
         self._write(lambda: self.conn.execute(

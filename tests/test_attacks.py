@@ -33,7 +33,7 @@ def linear_problem(n=300, d=20, classes=10, seed=0):
 def test_targeted_pgd_flips_exactly_the_examples_a_linear_model_allows(eps):
     model, x, y, dist = linear_problem()
     atk = PGD(steps=20, loss="margin", targeted=True)  # each wrong class in turn, as APGD-T does
-    rows, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], "Linf", 0)
+    rows, _, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], "Linf", 0)
     robust = torch.tensor([r[3] for r in rows], dtype=torch.bool)
     assert (dist < eps).sum() > 10 and (dist > eps).sum() > 10  # both kinds are present
     assert not robust[dist < eps].any(), "PGD missed an example whose margin allows a flip"
@@ -45,7 +45,7 @@ def test_default_pgd_never_over_reports_and_misses_only_near_the_boundary(eps):
     """Untargeted PGD follows the loss gradient towards one class, not always the nearest one, so on a
     10-class linear model it can miss points just inside eps; it never counts an impossible flip."""
     model, x, y, dist = linear_problem()
-    rows, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [PGD(steps=20)], "Linf", 0)
+    rows, _, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [PGD(steps=20)], "Linf", 0)
     robust = torch.tensor([r[3] for r in rows], dtype=torch.bool)
     assert robust[dist > eps].all()
     assert not robust[dist < 0.7 * eps].any()
@@ -61,7 +61,7 @@ def test_l2_pgd_on_a_linear_model():
         torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
     eps = float(dist.median())
     atk = PGD(steps=50, loss="margin", targeted=True)
-    rows, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], "L2", 0)
+    rows, _, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], "L2", 0)
     robust = torch.tensor([r[3] for r in rows], dtype=torch.bool)
     assert not robust[dist < 0.99 * eps].any() and robust[dist > eps].all()
 
@@ -70,9 +70,9 @@ def test_sweep_equals_separate_runs_on_a_linear_model():
     model, x, y, _ = linear_problem()
     idx = torch.arange(len(x))
     eps = [parse_eps(e) for e in ("0.02", "0.05", "0.1", "0.2")]
-    sweep, _ = attack_batch(model, x, y, idx, eps, [PGD(steps=20)], "Linf", 0)
+    sweep, _, _ = attack_batch(model, x, y, idx, eps, [PGD(steps=20)], "Linf", 0)
     for e in eps:
-        alone, _ = attack_batch(model, x, y, idx, [e], [PGD(steps=20)], "Linf", 0)
+        alone, _, _ = attack_batch(model, x, y, idx, [e], [PGD(steps=20)], "Linf", 0)
         assert [r[3] for r in sweep if r[0] == e.text] == [r[3] for r in alone]
 
 
@@ -85,7 +85,7 @@ def test_an_attack_that_cheats_is_projected_back():
             return out
 
     model, x, y, dist = linear_problem()
-    rows, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(0.05)], [Cheat()], "Linf", 0)
+    rows, _, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(0.05)], [Cheat()], "Linf", 0)
     robust = torch.tensor([r[3] for r in rows], dtype=torch.bool)
     assert robust[dist > 0.05].all()
 
@@ -120,7 +120,7 @@ def test_our_pgd_is_at_least_as_strong_as_foolbox_and_torchattacks(trained):
     alpha = 2.5 * eps / steps
     model = robench.load_checkpoint(trained).model.requires_grad_(False)
     x, y = fmnist_batch(n)
-    rows, _ = attack_batch(model, x, y, torch.arange(n), [parse_eps(eps)], [PGD(steps=steps)], "Linf", 0)
+    rows, _, _ = attack_batch(model, x, y, torch.arange(n), [parse_eps(eps)], [PGD(steps=steps)], "Linf", 0)
     ours = sum(r[3] for r in rows) / n
     torch.manual_seed(0)
     xa = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)

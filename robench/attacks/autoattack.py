@@ -52,7 +52,7 @@ class AutoAttack(Attack):
     """``version``: standard, plus or rand; ``members``: a subset run with the version's settings."""
 
     def __init__(self, version: str = "standard", members: tuple[str, ...] | None = None,
-                 batch_size: int = 250):
+                 batch_size: int = 250, queries: int | None = None):
         if version not in VERSIONS:
             raise unknown("AutoAttack version", version, VERSIONS)
         for m in members or ():
@@ -60,6 +60,9 @@ class AutoAttack(Attack):
                 raise unknown("AutoAttack member", m, MEMBERS)
         self.version, self.members = version, tuple(members or VERSIONS[version])
         self.batch_size = batch_size
+        if queries is not None and (self.members != ("square",) or int(queries) < 1):
+            raise RobenchError("Only square on its own takes a query budget, e.g. square(queries=1000).")
+        self.queries = int(queries) if queries is not None else None
         self.name = (f"autoattack" if version == "standard" and members is None else
                      f"autoattack:{version}" if members is None else "+".join(self.members))
 
@@ -68,6 +71,8 @@ class AutoAttack(Attack):
 
         adv = Official(model, device=device, eps=eps, norm=norm, seed=seed, version=self.version)
         adv.attacks_to_run = list(self.members)
+        if self.queries is not None:
+            adv.square.n_queries = self.queries
         return adv
 
     def budget(self) -> dict:

@@ -9,6 +9,15 @@ from ..errors import RobenchError, unknown
 from .base import Attack, AttackOutput, example_seed
 
 _DISTANCES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
+# Foolbox attacks that never read a gradient: decision-based (Boundary, HopSkipJump, Pointwise), the genetic
+# GenAttack, and the noise, blur, contrast and search attacks
+GRADIENT_FREE = ("BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "GenAttack", "GaussianBlurAttack",
+                 "SaltAndPepperNoiseAttack", "BinarizationRefinementAttack", "DatasetAttack", "InversionAttack",
+                 "SpatialAttack")
+
+
+def gradient_free(cls_name: str) -> bool:
+    return cls_name in GRADIENT_FREE or any(w in cls_name for w in ("Noise", "ContrastReduction"))
 
 
 def _norm_of(attack) -> str | None:

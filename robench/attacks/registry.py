@@ -7,7 +7,7 @@ import ast
 from ..errors import RobenchError, unknown
 from .autoattack import MEMBERS, VERSIONS, AutoAttack
 from .base import Attack
-from .foolbox import FoolboxAttack
+from .foolbox import FoolboxAttack, gradient_free
 from .pgd import FGSM, PGD
 
 NAMES = ["none", "pgd", "fgsm", "autoattack", *(f"autoattack:{v}" for v in VERSIONS), *MEMBERS, "fb:NAME(...)"]
@@ -58,13 +58,19 @@ def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> 
                                    "use pgd(...) for a custom budget.")
             return AutoAttack(version, batch_size=batch_size)
         if low in MEMBERS:
-            if opts:
-                raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options.")
+            if opts and (low != "square" or set(opts) != {"queries"}):
+                raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options"
+                                   + (" but queries=N." if low == "square" else "."))
             return AutoAttack("plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,),
-                              batch_size=batch_size)
+                              batch_size=batch_size, **opts)
     except TypeError as e:
         raise RobenchError(f'Attack "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")) from None
     raise unknown("attack", name, NAMES)
+
+
+def black_box(name: str) -> bool:
+    """Whether the attack (or AutoAttack member) of this name uses only the model's outputs."""
+    return name == "square" or (name.startswith("fb:") and gradient_free(name[3:].partition("(")[0]))
 
 
 def spec_from_budget(budget: dict) -> str:
@@ -84,4 +90,6 @@ def spec_from_budget(budget: dict) -> str:
     if name.startswith("fb:"):
         opts = {k: v for k, v in budget.items() if k not in ("name", "norm", "implementation")}
         return f"{name}({','.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else name
+    if name == "square" and budget.get("members", {}).get("square", {}).get("queries") != 5000:
+        return f"square(queries={budget['members']['square']['queries']})"
     return name  # autoattack, autoattack:VERSION and single AutoAttack members run at the official budget

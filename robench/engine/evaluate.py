@@ -24,16 +24,32 @@ from torch import nn
 
 from .. import __version__
 from ..attacks.base import Attack, lp_norm, project
-from ..attacks.registry import create_attack
+from ..attacks.registry import black_box, create_attack
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import Eps, check_eps_range, parse_eps, parse_norm
 from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
-from ..reporting.stats import wilson
+from ..reporting.stats import binom_above, wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 
 SQUARE_MARGIN = 0.002  # AutoAttack's own rule: Square lowering robust accuracy by > 0.2 pt is suspicious
+ALPHA = 0.05
+
+
+def black_box_flags(broken: Counter, n: int, white_box: list[str]) -> list[str]:
+    """A black-box attack later in a cascade broke examples every white-box attack left robust: flagged
+    when that share is above AutoAttack's 0.2-point margin beyond sampling noise (one-sided exact binomial
+    test at 5%), so one lucky example in fifty is not a flag but a real masking pattern is."""
+    if not n or not white_box:
+        return []
+    out = []
+    for name, k in sorted(broken.items()):
+        if black_box(name) and k / n > SQUARE_MARGIN and (p := binom_above(k, n, SQUARE_MARGIN)) < ALPHA:
+            out.append(f"{name} (black-box) broke {k} of {n} examples ({k / n:.1%}) that the white-box attacks "
+                       f"({', '.join(white_box)}) left robust, above AutoAttack's 0.2% margin (p={p:.2g}); the "
+                       "white-box gradients may be masked.")
+    return out
 
 
 @dataclass
@@ -91,27 +107,44 @@ def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> 
 
 
 def run_key(t: Target, dataset: str, split: str, idx: torch.Tensor, subset: str, seed: int, norm: str,
-            eps: list[Eps], attacks: list[Attack], batch_size: int) -> str:
+            eps: list[Eps], budgets: list[dict], batch_size: int) -> str:
     payload = {"sha256": t.sha256, "dataset": dataset, "split": split, "subset": subset, "seed": seed,
                "examples": hashlib.sha256(idx.numpy().tobytes()).hexdigest(), "norm": norm,
-               "eps": [repr(e.value) for e in eps], "attacks": [a.budget() for a in attacks],
+               "eps": [repr(e.value) for e in eps], "attacks": budgets,
                "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class Counted(nn.Module):
+    """The model as an attack sees it: every forward pass adds its batch size to ``queries``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.queries = model, 0
+        self.train(model.training)
+
+    def forward(self, x):
+        self.queries += int(x.shape[0])
+        return self.model(x)
+
+
 def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], norm: str, seed: int):
-    """Clean and per-eps robust flags for one batch, plus which attack broke each example and any flags."""
+    """Clean and per-eps robust flags for one batch, which attack broke each example, the flags raised, and
+    per attack the (examples attacked, model queries it made)."""
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     robust = clean.clone()
-    rows, flags = [], []
+    rows, flags, queries = [], [], {}
     broken_by: list[str | None] = [None] * len(x)
     for eps in eps_list:
         for attack in attacks:
             live = robust.nonzero()[:, 0]
             if len(live) == 0:
                 break
-            out = attack.run(model, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
+            counted = Counted(model)
+            out = attack.run(counted, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
+            e, q = queries.get(attack.name, (0, 0))
+            queries[attack.name] = (e + len(live), q + counted.queries)
             flags += [f for f in out.flags if f not in flags]
             x_adv = out.x_adv.to(x.device, torch.float32)
             excess = lp_norm(x_adv - x[live], norm) - eps.value
@@ -126,7 +159,49 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
         for j in range(len(x)):
             rows.append((eps.text, int(idx[j]), int(clean[j]), int(robust[j]),
                          broken_by[j] if not robust[j] and clean[j] else None))
-    return rows, flags
+    return rows, flags, queries
+
+
+@dataclass
+class Slice:
+    """What a model is evaluated on: the dataset, its split, the example indices and the eps sweep."""
+
+    info: object
+    data: Split
+    idx: torch.Tensor
+    eps: list[Eps]
+
+
+def data_slice(t: Target, dataset: str | None, split: str, data_dir, splits: dict, eps_given: list[Eps], norm: str,
+               n: int, seed: int, subset: str) -> Slice:
+    """The dataset slice and eps sweep for ``t`` (its own dataset unless one is given); splits are loaded
+    once into ``splits``."""
+    ds = dataset or t.meta.get("dataset")
+    if not ds:
+        raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
+    info = dataset_info(ds)
+    data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, split, data_dir))
+    eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
+    for e in eps_list:
+        check_eps_range(e, norm, math.prod(info.shape))
+    return Slice(info, data, select_indices(len(data), n, seed, subset), eps_list)
+
+
+def check_model(model, sl: Slice, dev, name: str) -> None:
+    """Fail fast on a model that does not return logits for this dataset."""
+    x0, _ = sl.data.batch(sl.idx[: min(len(sl.idx), 8)])
+    with torch.no_grad():
+        check_logits(model(x0.to(dev)), len(x0), sl.info.num_classes, name)
+
+
+def run_fields(t: Target, sl: Slice, split: str, subset: str, seed: int, norm: str, budgets: list[dict],
+               bs: int, dev) -> dict:
+    """Everything a stored run records besides its outcomes."""
+    return {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": sl.info.name,
+            "split": split, "n": len(sl.idx), "subset": subset, "seed": seed, "norm": norm,
+            "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
+            "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
+            "model_meta": t.meta}
 
 
 def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000,
@@ -156,31 +231,19 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     # every checkpoint is checked before any attack runs, so a bad one fails fast
     targets = [as_target(c, i, trust, overrides) for i, c in enumerate(checkpoints)]
     for t in targets:
-        ds = dataset or t.meta.get("dataset")
-        if not ds:
-            raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
-        info = dataset_info(ds)
-        data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, split, data_dir))
-        eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
-        for e in eps_list:
-            check_eps_range(e, norm, math.prod(info.shape))
-        idx = select_indices(len(data), n, seed, subset)
+        sl = data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset)
+        info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
         model = t.model.to(dev)
         with attack_mode(model):
-            x0, _ = data.batch(idx[: min(len(idx), 8)])
-            with torch.no_grad():
-                check_logits(model(x0.to(dev)), len(x0), info.num_classes, t.checkpoint or t.name)
+            check_model(model, sl, dev, t.checkpoint or t.name)
             bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
             atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
-            key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, atk, bs)
+            budgets = [a.budget() for a in atk]
+            key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, budgets, bs)
             if cached_only and (force or not db.is_done(key)):
                 db.close()
                 return None
-            fields = {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": info.name,
-                      "split": split, "n": len(idx), "subset": subset, "seed": seed, "norm": norm,
-                      "eps": [[e.text, e.value] for e in eps_list], "attacks": [a.budget() for a in atk],
-                      "batch_size": bs, "device": str(dev), "dtype": "float32",
-                      "robench_version": __version__, "torch_version": torch.__version__, "model_meta": t.meta}
+            fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
             run_id, status = db.open_run(key, fields, force=force)
             done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
             todo = [i for i in idx.tolist() if i not in done]
@@ -191,13 +254,16 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                 b = torch.tensor(todo[start: start + bs])
                 tic = time.perf_counter()
                 x, y = data.batch(b)
-                batch_rows, flags = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
-                db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic)
+                batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
                 notify({"event": "batch", "model": t.name, "run_id": run_id,
                         "done": len(done) + min(start + bs, len(todo)), "total": len(idx),
                         "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
             if status != "done":
                 db.finish(run_id)
+        from .sanity import after_run
+
+        after_run(db, model, sl, t, norm, dev)
         model.to("cpu")
         summary, per_example = summarize(db, run_id)
         rows += summary
@@ -249,6 +315,11 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
     run = db.run(run_id)
     oc = db.outcomes(run_id)
     names = [a["name"] for a in run["attacks"]]
+    members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
+    white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
+    checks = db.checks(run["sha256"], run["dataset"], run["norm"])
+    model_flags = checks.loc[checks.status == "flag", "evidence"].tolist()
+    queries = db.queries(run_id)
     rows = []
     for text, value in run["eps"]:
         o = oc[oc.eps == text]
@@ -257,11 +328,7 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
         c_lo, c_hi = wilson(k_clean, n)
         r_lo, r_hi = wilson(k_rob, n)
         broken = Counter(o.broken_by.dropna())
-        flags = list(run["flags"])
-        if n and broken.get("square", 0) / n > SQUARE_MARGIN and len(names) + sum(
-                len(a.get("members", {})) for a in run["attacks"]) > 2:
-            flags.append(f"AutoAttack: Square (black-box) broke {broken['square'] / n:.2%} of examples that the "
-                         "white-box attacks left robust, so the evaluation may be unreliable (gradient masking).")
+        flags = list(run["flags"]) + black_box_flags(broken, n, white_box) + model_flags
         rows.append({
             "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
             "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
@@ -272,6 +339,7 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
             "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,
             "robust_ci_high": 100 * r_hi,
             "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": "; ".join(flags),
+            "queries": json.dumps(queries, sort_keys=True),
             "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
             "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],
             "wall_time_s": round(run["wall_time"], 3), "robench_version": run["robench_version"],

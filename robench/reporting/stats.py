@@ -81,3 +81,12 @@ def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:
     from scipy.stats import fisher_exact as fe
 
     return float(fe([[k1, n1 - k1], [k2, n2 - k2]]).pvalue)
+
+
+def binom_above(k: int, n: int, rate: float) -> float:
+    """One-sided exact binomial p-value that k of n lies above ``rate``: P(X >= k) for X ~ Bin(n, rate)."""
+    if k <= 0:
+        return 1.0
+    from scipy.stats import binom
+
+    return float(binom.sf(k - 1, n, rate))

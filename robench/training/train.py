@@ -156,7 +156,7 @@ def validate(model, split, val_idx, cfg: TrainConfig, device) -> dict:
     robust = 0
     for chunk in pgd_idx.split(batch):
         x, y = split.batch(chunk)
-        rows, _ = attack_batch(model, x.to(device), y.to(device), chunk, [eps], [pgd], cfg.norm, cfg.seed)
+        rows, _, _ = attack_batch(model, x.to(device), y.to(device), chunk, [eps], [pgd], cfg.norm, cfg.seed)
         robust += sum(r[3] for r in rows)
     return {"n": len(val_idx), "clean_acc": round(100 * clean / len(val_idx), 2),
             "pgd": {"n": len(pgd_idx), "acc": round(100 * robust / len(pgd_idx), 2), "norm": cfg.norm,
