@@ -97,6 +97,80 @@ def _engine_options(cfg) -> dict:
                 activation=cfg.activation)
 
 
+def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = "mifgsm", ensemble: bool = False,
+             steps: int | None = None, decay: float | None = None, resize_rate: float | None = None,
+             diversity_prob: float | None = None, out: str | Path | None = None, progress=None, **options):
+    """Black-box transfer: examples crafted on each source (or their ensemble) with ``attack`` (pgd, mifgsm,
+    difgsm, with inline options), scored on every target; ``all_checkpoints`` makes every checkpoint a
+    source and a target. ``options`` are evaluate's (dataset, n, eps, seed, store ...). Returns one row per
+    source x target x eps; the outcomes are stored per example like any evaluation."""
+    from .attacks.transfer import create_transfer_attack
+    from .engine.transfer import transfer as run
+
+    atk = create_transfer_attack(attack, steps=steps, decay=decay, resize_rate=resize_rate,
+                                 diversity_prob=diversity_prob)
+    cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
+    if out:
+        _check_table_path(out)
+    e = _engine_options(cfg)
+    src = _expand(list(all_checkpoints or sources or []))
+    df = run(src, _expand(list(targets or [])), attack=atk, ensemble=ensemble, all_pairs=bool(all_checkpoints),
+             dataset=e["dataset"], data_dir=e["data_dir"], split=e["split"], n=e["n"], subset=e["subset"],
+             seed=e["seed"], norm=e["norm"], eps=e["eps"], batch_size=e["batch_size"], device=e["device"],
+             store=e["store"], force=e["force"], trust=e["trust"], progress=progress)
+    if out:
+        write_table(df, out)
+    return df
+
+
+def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
+           progress=None, **options) -> dict:
+    """The full gradient-masking checklist on one checkpoint (``options`` are evaluate's: dataset, n, eps,
+    seed, store, pgd_steps ...; the largest eps is the one under test). The checks are stored with their
+    evidence, together with the store's cross-run checks; returns {"model", "checks": DataFrame, "flagged"}."""
+    import pandas as pd
+
+    from .engine import sanity as checks_mod
+    from .engine.batching import auto_batch_size, parse_batch_size, resolve_device
+    from .engine.evaluate import as_target, attack_mode, check_model, data_slice
+    from .config import parse_eps
+    from .errors import RobenchError
+    from .store import Store
+
+    import torch
+
+    cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
+    e = _engine_options(cfg)
+    if strong_restarts < 1 or square_queries < 1 or (strong_steps is not None and strong_steps < 1):
+        raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
+    t = as_target(checkpoint, 0, e["trust"], {"arch": e["arch"], "activation": e["activation"],
+                                              "dataset": e["dataset"]})
+    dev = resolve_device(e["device"])
+    sl = data_slice(t, e["dataset"], e["split"], e["data_dir"], {}, [parse_eps(x) for x in e["eps"] or []],
+                    e["norm"], e["n"], e["seed"], e["subset"])
+    model = t.model.to(dev)
+    with attack_mode(model):
+        x0, _ = sl.data.batch(sl.idx[:8])
+        with torch.no_grad():
+            z = model(x0.to(dev))
+        if z.dim() != 2 or z.shape[1] != sl.info.num_classes:
+            check_model(model, sl, dev, t.checkpoint or t.name)  # wrong shapes are an error, not a finding
+        bs = parse_batch_size(e["batch_size"]) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
+    found = checks_mod.checklist(model, sl, t, e["norm"], dev, bs, e["seed"], pgd=e["pgd"],
+                                 strong_steps=strong_steps, strong_restarts=strong_restarts,
+                                 square_queries=square_queries, progress=progress)
+    white = next(c["white"] for c in found if "white" in c)
+    found = [c for c in found if "white" not in c]
+    db = Store(e["store"])
+    try:
+        db.set_checks(t.sha256, sl.info.name, e["norm"], found)
+        found += checks_mod.cross_checks(db, t.sha256, sl.info.name, e["norm"], extra_white=white)
+    finally:
+        db.close()
+    df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]
+    return {"model": t.name, "sha256": t.sha256, "checks": df, "flagged": bool((df.status == "flag").any())}
+
+
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""

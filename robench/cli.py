@@ -167,6 +167,112 @@ def eval_(
             out.print(f"Wrote {out_file}")
 
 
+SHARED = dict(
+    dataset=typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
+    data_dir=typer.Option(None, "--data-dir", help="Folder holding the dataset."),
+    n=typer.Option(None, "--n", help="Number of test examples [default: 1000]."),
+    seed=typer.Option(None, "--seed", help="Seed for the subset, random starts and Square [default: 0]."),
+    norm=typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
+    batch_size=typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
+    device=typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    store=typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or results/robench.sqlite]."),
+)
+
+
+@app.command()
+def transfer(
+    source: Optional[list[Path]] = typer.Option(None, "--source", help="Surrogate checkpoint; repeat."),
+    target: Optional[list[Path]] = typer.Option(None, "--target", help="Checkpoint to attack; repeat."),
+    all_: Optional[list[Path]] = typer.Option(None, "--all", help="Every one of these checkpoints as source "
+                                              "and target; repeat."),
+    attack: str = typer.Option("mifgsm", "--attack", help="pgd, mifgsm or difgsm, with options as name(k=v)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="One surrogate: the mean of the sources' logits "
+                                  "(with --all: for each target, the others)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Attack steps [default: 10]."),
+    decay: Optional[float] = typer.Option(None, "--decay", help="Momentum decay [default: 1.0 for mifgsm, else 0]."),
+    resize_rate: Optional[float] = typer.Option(None, "--resize-rate", help="difgsm: resize factor [default: 0.9]."),
+    diversity_prob: Optional[float] = typer.Option(None, "--diversity-prob", help="difgsm: chance of the "
+                                                   "resize-and-pad at each step [default: 0.5]."),
+    eps: Optional[list[str]] = typer.Option(None, "--eps", help="Budget, e.g. 0.1; repeat for a sweep."),
+    dataset: Optional[str] = SHARED["dataset"], data_dir: Optional[Path] = SHARED["data_dir"],
+    n: Optional[int] = SHARED["n"], seed: Optional[int] = SHARED["seed"], norm: Optional[str] = SHARED["norm"],
+    batch_size: Optional[str] = SHARED["batch_size"], device: Optional[str] = SHARED["device"],
+    store: Optional[Path] = SHARED["store"],
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to FILE.csv or FILE.json."),
+    force: bool = typer.Option(False, "--force", help="Recompute pairs already in the store."),
+    trust: bool = TRUST,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress or table."),
+):
+    """Black-box transfer: craft adversarial examples on surrogates, score them on targets (a source x target
+    matrix; the diagonal is white-box)."""
+    if all_ and (source or target):
+        raise RobenchError("Use either --all or --source/--target, not both.")
+    kw = dict(all_checkpoints=[str(c) for c in all_] if all_ else None, attack=attack, ensemble=ensemble,
+              steps=steps, decay=decay, resize_rate=resize_rate, diversity_prob=diversity_prob, eps=eps or None,
+              dataset=dataset, data_dir=str(data_dir) if data_dir else None, n=n, seed=seed, norm=norm,
+              batch_size=batch_size, device=device, store=str(store) if store else None, force=force or None,
+              trust_checkpoint=trust or None, out=str(out_file) if out_file else None)
+    srcs, tgts = [str(c) for c in source or []], [str(c) for c in target or []]
+    if quiet:
+        df = api.transfer(srcs, tgts, **kw)
+        return
+    with _EvalProgress() as prog:
+        df = api.transfer(srcs, tgts, progress=prog.update, **kw)
+    for eps_text, block in df.groupby("eps", sort=False):
+        targets = list(dict.fromkeys(block.target))
+        t = Table("source \\ target", *targets, title=f"Transfer: robust accuracy % [95% CI] and attack success "
+                  f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
+        for src, rows in block.groupby("source", sort=False):
+            cells = {r.target: (f"{_pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
+                                + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
+            t.add_row(src, *[cells.get(x, "-") for x in targets])
+        t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
+            f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version"))
+        t.caption_justify = "left"
+        out.print(t)
+    flags = [f for f in dict.fromkeys("; ".join(df["flags"]).split("; ")) if f]
+    for i, f in enumerate(flags, 1):
+        out.print(f"[{i}] {f}", markup=False)
+    if out_file:
+        out.print(f"Wrote {out_file}")
+
+
+@app.command()
+def sanity(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint to check."),
+    eps: Optional[str] = typer.Option(None, "--eps", help="The budget under test [default: the dataset's]."),
+    dataset: Optional[str] = SHARED["dataset"], data_dir: Optional[Path] = SHARED["data_dir"],
+    n: Optional[int] = typer.Option(200, "--n", help="Number of test examples."),
+    seed: Optional[int] = SHARED["seed"], norm: Optional[str] = SHARED["norm"],
+    pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="The PGD budget under test [default: 20]."),
+    pgd_restarts: Optional[int] = typer.Option(None, "--pgd-restarts", help="[default: 1]."),
+    strong_steps: Optional[int] = typer.Option(None, "--strong-steps", help="Steps of the stronger PGD "
+                                               "[default: 5x --pgd-steps]."),
+    strong_restarts: int = typer.Option(3, "--strong-restarts", help="Restarts of the stronger PGD."),
+    square_queries: int = typer.Option(1000, "--square-queries", help="Query budget of Square."),
+    batch_size: Optional[str] = SHARED["batch_size"], device: Optional[str] = SHARED["device"],
+    store: Optional[Path] = SHARED["store"], trust: bool = TRUST, arch: Optional[str] = ARCH,
+    activation: Optional[str] = ACT,
+):
+    """Run the gradient-masking checklist (Carlini et al. 2019, AutoAttack's checks) on one checkpoint;
+    exit 1 when a check flags it."""
+    res = api.sanity(str(checkpoint), strong_steps=strong_steps, strong_restarts=strong_restarts,
+                     square_queries=square_queries, eps=[eps] if eps else None, dataset=dataset,
+                     data_dir=str(data_dir) if data_dir else None, n=n, seed=seed, norm=norm, pgd_steps=pgd_steps,
+                     pgd_restarts=pgd_restarts, batch_size=batch_size, device=device,
+                     store=str(store) if store else None, trust_checkpoint=trust or None, arch=arch,
+                     activation=activation)
+    t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {res['model']}")
+    for r in res["checks"].itertuples():
+        t.add_row(r.check, r.eps or "-", "[bold red]FLAG[/]" if r.status == "flag" else "[green]ok[/]", r.evidence)
+    out.print(t)
+    k = int((res["checks"].status == "flag").sum())
+    if k:
+        out.print(f"{k} of {len(res['checks'])} checks flag {res['model']}: its robust accuracy may be overstated.")
+        raise typer.Exit(1)
+    out.print(f"All {len(res['checks'])} checks passed.")
+
+
 @app.command()
 def train(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Checkpoint to write (.safetensors or .pt); "
@@ -369,6 +475,15 @@ class _EvalProgress:
             self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"
                                         f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
                                         f"{ev['seconds']:.0f} s", markup=False)
+            return
+        if ev["event"] == "craft":
+            how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
+            self.progress.console.print(f"Transfer examples from {ev['source']} at eps {ev['eps']}: {how}",
+                                        markup=False)
+            return
+        if ev["event"] == "check":
+            self.progress.console.print(f"{ev['model']}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
+                                        f" robust  {ev['seconds']:.0f} s", markup=False)
             return
         rid = ev["run_id"]
         if ev["event"] == "start":

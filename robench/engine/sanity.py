@@ -126,10 +126,14 @@ def _and(acc: dict[int, int], new: dict[int, int]) -> None:
         acc[i] = int(acc.get(i, 1) and r)
 
 
-def cross_checks(db: Store, sha256: str, dataset: str, norm: str) -> list[dict]:
+def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
+                 extra_white: dict[str, dict[int, int]] | None = None) -> list[dict]:
     """Transfer or black-box attacks beating white-box ones beyond noise (exact McNemar on the examples both
-    attacked), and robust accuracy rising with eps under one attack budget; stored, replacing earlier ones."""
+    attacked), and robust accuracy rising with eps under one attack budget; stored, replacing earlier ones.
+    ``extra_white`` adds white-box outcomes not in the store ({eps: {idx: robust}}, from the checklist)."""
     white, black, names, by_budget = _robust_sets(db, sha256, dataset, norm)
+    for eps, rob in (extra_white or {}).items():
+        _and(white.setdefault(eps, {}), rob)
     checks = []
     for eps in sorted(set(white) & set(black)):
         w, b = white[eps], black[eps]
@@ -176,13 +180,15 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
               progress: Callable[[dict], None] | None = None) -> list[dict]:
     """Every check on one model and slice (``sl.eps[-1]`` is the budget under test): the probes; PGD at
     eps/4, eps/2, eps, 2 eps and the large eps, each attacked on its own; PGD with ``strong_steps`` (5x) and
-    ``strong_restarts``; Square with ``square_queries`` on the examples PGD left robust."""
+    ``strong_restarts``; PGD with the other loss (DLR or cross-entropy); Square with ``square_queries`` on the
+    examples every PGD left robust."""
     notify = progress or (lambda e: None)
     eps = sl.eps[-1]
     base = PGD(**{k: v for k, v in (pgd or {}).items() if v is not None})
     strong = PGD(**{**{k: v for k, v in (pgd or {}).items() if v is not None},
                     "steps": strong_steps or 5 * base.steps, "restarts": max(strong_restarts, base.restarts)})
     square = AutoAttack("standard", members=("square",), batch_size=bs, queries=square_queries)
+    apgd = AutoAttack("standard", members=("apgd-ce", "apgd-t"), batch_size=bs)
     big = large_eps(norm, math.prod(sl.info.shape))
     grid = sorted({Eps(eps.value * f, f"{eps.value * f:.6g}") for f in (0.25, 0.5, 2.0) if eps.value * f < big.value}
                   | {eps, big}, key=lambda e: e.value)
@@ -208,9 +214,17 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
         for e in grid:
             outcomes[e.text] = attack(e, base)
         strong_res = attack(eps, strong)
-        left = torch.tensor([j for j, i in enumerate(idx.tolist()) if strong_res[i] and outcomes[eps.text][i]],
-                            dtype=torch.long)
+        other = PGD(**{**{k: v for k, v in (pgd or {}).items() if v is not None},
+                       "loss": "dlr" if base.loss != "dlr" else "ce"})
+        other_res = attack(eps, other)  # a second loss, as AutoAttack pairs cross-entropy with DLR
+        left = torch.tensor([j for j, i in enumerate(idx.tolist())
+                             if strong_res[i] and outcomes[eps.text][i] and other_res[i]], dtype=torch.long)
         square_res = attack(eps, square, left) if len(left) else {}
+        # what Square broke is attacked again with AutoAttack's white-box members: only examples that resist
+        # them as well show Square beating the white-box attacks (PGD alone is the weaker reference)
+        pos = {i: j for j, i in enumerate(idx.tolist())}
+        hit = torch.tensor([pos[i] for i, r in square_res.items() if not r], dtype=torch.long)
+        apgd_res = attack(eps, apgd, hit) if len(hit) else {}
     n = len(idx)
     budget = base.budget()
     for a, b in zip(grid, grid[1:]):
@@ -246,12 +260,16 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
                          f"{eps.text} (n={n}, change {-drop:+.1f} points, McNemar p={p:.2g})"
                          + ("; the default budget had not converged." if flag else "."), eps.text,
                          pgd=budget, strong=strong.budget()))
-    k = sum(1 - v for v in square_res.values())
+    checks.append({"white": {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}})  # for cross_checks
+    broke = sum(1 - v for v in square_res.values())
+    k = sum(apgd_res.values())  # broken by Square, robust to APGD-CE and APGD-T
     p = binom_above(k, n, SQUARE_MARGIN)
     flag = k / n > SQUARE_MARGIN and p < ALPHA
     checks.append(_check("square", flag,
-                         f"Square ({square_queries} queries) broke {k} of the {len(square_res)} examples both PGD "
-                         f"budgets left robust at eps {eps.text} ({_pct(k, n)} of n={n}; AutoAttack's margin 0.2%, "
-                         f"p={p:.2g})" + ("; a black-box attack beating white-box ones points to masked gradients."
-                                          if flag else "."), eps.text, square=square.budget()))
+                         f"Square ({square_queries} queries) broke {broke} of the {len(square_res)} examples that PGD "
+                         f"({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss}) left robust "
+                         f"at eps {eps.text}; {k} of them also resist APGD-CE and APGD-T ({_pct(k, n)} of n={n}; "
+                         f"AutoAttack's margin 0.2%, p={p:.2g})"
+                         + ("; a black-box attack beating white-box ones points to masked gradients." if flag else "."),
+                         eps.text, square=square.budget(), apgd=apgd.budget()))
     return checks

@@ -1,0 +1,204 @@
+"""Black-box transfer: adversarial examples crafted on surrogates (each source, or the ensemble of the
+sources), scored on targets. Every target sees the same examples, data slice, eps and seed; the crafted
+examples are cached beside the store (keyed by the surrogate's sha256s, the attack budget, eps, data slice
+and seed), so N targets cost one crafting and a rerun none. Each source x target pair is a run in the store
+with per-example outcomes, like any evaluation: an example counts as robust at an eps only if the target
+classifies it right clean and under the transfer examples of that eps and every smaller one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from ..attacks.base import project
+from ..attacks.transfer import Ensemble, TransferAttack
+from ..checkpoints import atomic_path
+from ..config import parse_eps, parse_norm
+from ..errors import RobenchError
+from ..reporting.stats import wilson
+from ..store import Store
+from .batching import auto_batch_size, parse_batch_size, resolve_device
+from .evaluate import (Slice, Target, as_target, attack_mode, check_model, data_slice, run_fields, run_key,
+                       summarize)
+
+
+def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False, all_pairs: bool = False,
+             dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000, subset: str = "first",
+             seed: int = 0, norm: str = "Linf", eps=None, batch_size="auto", device: str = "auto", store=None,
+             force: bool = False, trust: bool = False, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """The source x target matrix, one row per (source, target, eps) with clean and robust accuracy and the
+    attack success rate over clean-correct examples, each with n and a Wilson interval. With ``all_pairs``
+    the checkpoints in ``sources`` are every source and every target (the diagonal is white-box); with
+    ``ensemble`` the sources are one surrogate (with ``all_pairs``: for each target, the others)."""
+    from .sanity import after_run
+
+    notify = progress or (lambda e: None)
+    norm = parse_norm(norm)
+    if all_pairs:
+        targets = list(sources)
+    if not sources or not targets:
+        raise RobenchError("Name at least one --source and one --target checkpoint (or --all with two or more).")
+    if all_pairs and len(sources) < 2:
+        raise RobenchError("--all needs at least two checkpoints.")
+    loaded: dict[str, Target] = {}
+
+    def load(item, i):
+        key = str(item)
+        if key not in loaded:
+            loaded[key] = as_target(item, i, trust, {"dataset": dataset})
+        return loaded[key]
+
+    srcs = [load(s, i) for i, s in enumerate(sources)]
+    tgts = [load(t, len(sources) + i) for i, t in enumerate(targets)]
+    dev = resolve_device(device)
+    splits: dict = {}
+    eps_given = [parse_eps(e) for e in (eps or [])]
+    slices = {id(t): data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset)
+              for t in {id(t): t for t in srcs + tgts}.values()}
+    _same_inputs(srcs + tgts, slices, dev)
+    sl = slices[id(tgts[0])]
+    bs_given = parse_batch_size(batch_size)
+
+    if ensemble and all_pairs:
+        pairs = [([s for s in srcs if s.sha256 != t.sha256], [t]) for t in tgts]
+    elif ensemble:
+        pairs = [(srcs, tgts)]
+    else:
+        pairs = [([s], tgts) for s in srcs]
+    db = Store(store)
+    cache = db.path.parent / "transfer-cache"
+    rows, outcomes = [], []
+    try:
+        for members, tgt_list in pairs:
+            surrogate = Ensemble([m.model for m in members]) if len(members) > 1 else members[0].model
+            label = " + ".join(m.name for m in members)
+            sources_meta = [{"model": m.name, "sha256": m.sha256, "checkpoint": m.checkpoint} for m in members]
+            budget = {"name": "transfer", "attack": attack.budget(), "sources": sources_meta,
+                      "ensemble": len(members) > 1}
+            adv = None  # crafted lazily: only when some target's run is not already in the store
+            for t in tgt_list:
+                bs = bs_given or auto_batch_size(t.model.to(dev), sl.info.shape, dev, len(sl.idx))
+                key = run_key(t, sl.info.name, split, sl.idx, subset, seed, norm, sl.eps, [budget], bs)
+                run_id, status = db.open_run(key, run_fields(t, sl, split, subset, seed, norm, [budget], bs, dev),
+                                             force=force)
+                notify({"event": "start", "model": t.name, "run_id": run_id, "total": len(sl.idx),
+                        "done": len(sl.idx) if status == "done" else 0, "attacks": [f"transfer from {label}"],
+                        "resumed": False, "cached": status == "done"})
+                if status != "done":
+                    if adv is None:
+                        adv = {e.text: craft_cached(surrogate, members, attack, sl, e, norm, split, seed, bs, dev,
+                                                    cache, notify, label) for e in sl.eps}
+                    _score(db, run_id, t, sl, adv, norm, bs, dev, label, notify)
+                    db.finish(run_id)
+                    after_run(db, t.model, sl, t, norm, dev)
+                summary, per_example = summarize(db, run_id)
+                for r in summary:
+                    o = per_example[per_example.eps == r["eps"]]
+                    rows.append({"source": label, "target": t.name, "white_box": t.sha256 in
+                                 [m.sha256 for m in members], **_success(o), **r})
+                outcomes.append(per_example.assign(run_id=run_id, model=t.name, source=label))
+                notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+                t.model.to("cpu")
+    finally:
+        db.close()
+    df = pd.DataFrame(rows)
+    df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
+    return df
+
+
+def _same_inputs(models: list[Target], slices: dict, dev) -> None:
+    """Every source and target must take the same dataset (and so the same input shape) and return logits."""
+    first = models[0]
+    ds = slices[id(first)].info.name
+    for t in models[1:]:
+        other = slices[id(t)].info.name
+        if other != ds:
+            raise RobenchError(f"Sources and targets must share a dataset: {first.checkpoint or first.name} is "
+                               f"{ds} but {t.checkpoint or t.name} is {other}.")
+    for t in models:
+        shape = t.meta.get("input_shape")
+        if shape and tuple(shape) != tuple(slices[id(t)].info.shape):
+            raise RobenchError(f"{t.checkpoint or t.name} takes inputs of shape {tuple(shape)}, not the "
+                               f"{tuple(slices[id(t)].info.shape)} of {ds}; sources and targets must share it.")
+        with attack_mode(t.model.to(dev)):
+            check_model(t.model, slices[id(t)], dev, t.checkpoint or t.name)
+
+
+def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, norm: str, split: str,
+              seed: int) -> str:
+    payload = {"sources": sorted(m.sha256 for m in members), "attack": attack.budget(), "eps": repr(eps.value),
+               "norm": norm, "dataset": sl.info.name, "split": split, "seed": seed,
+               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest()}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def craft_cached(surrogate, members, attack: TransferAttack, sl: Slice, eps, norm: str, split: str, seed: int,
+                 bs: int, dev, cache: Path, notify, label: str) -> torch.Tensor:
+    """The adversarial examples crafted on ``surrogate`` for the slice at ``eps``: read from the cache, or
+    crafted batch by batch and written there atomically (safetensors, with the indices they belong to)."""
+    from safetensors.torch import load_file, save_file
+
+    key = cache_key(members, attack, sl, eps, norm, split, seed)
+    path = cache / f"{key[:40]}.safetensors"
+    if path.exists():
+        try:
+            stored = load_file(str(path))
+            if torch.equal(stored["idx"], sl.idx):
+                notify({"event": "craft", "source": label, "eps": eps.text, "cached": True, "path": str(path)})
+                return stored["x_adv"]
+        except Exception:
+            pass  # a damaged cache file is crafted again and replaced
+    tic = time.perf_counter()
+    out = []
+    with attack_mode(surrogate.to(dev)):
+        for start in range(0, len(sl.idx), bs):
+            b = sl.idx[start: start + bs]
+            x, y = sl.data.batch(b)
+            out.append(attack.craft(surrogate, x.to(dev), y.to(dev), b, eps.value, norm, seed).cpu())
+    surrogate.to("cpu")
+    x_adv = torch.cat(out).contiguous()
+    cache.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"x_adv": x_adv, "idx": sl.idx.clone().contiguous()}, str(tmp),
+                  metadata={"attack": json.dumps(attack.budget(), sort_keys=True), "eps": eps.text, "norm": norm,
+                            "sources": label})
+    notify({"event": "craft", "source": label, "eps": eps.text, "cached": False, "path": str(path),
+            "seconds": time.perf_counter() - tic})
+    return x_adv
+
+
+def _score(db: Store, run_id: int, t: Target, sl: Slice, adv: dict[str, torch.Tensor], norm: str, bs: int, dev,
+           label: str, notify) -> None:
+    """The target's clean and robust outcomes on the crafted examples, committed batch by batch."""
+    pos = {i: j for j, i in enumerate(sl.idx.tolist())}
+    with attack_mode(t.model.to(dev)) as model, torch.no_grad():
+        for start in range(0, len(sl.idx), bs):
+            b = sl.idx[start: start + bs]
+            tic = time.perf_counter()
+            x, y = sl.data.batch(b)
+            x, y = x.to(dev), y.to(dev)
+            robust = clean = model(x).argmax(1) == y
+            rows = []
+            for e in sl.eps:  # ascending: an example fooled at a smaller eps stays fooled
+                xa = project(x, adv[e.text][[pos[i] for i in b.tolist()]].to(dev, torch.float32), e.value, norm)
+                robust = robust & (model(xa).argmax(1) == y)
+                rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
+                         for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
+            db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": (len(b), 2 * len(b) * len(sl.eps))})
+            notify({"event": "batch", "model": t.name, "run_id": run_id, "done": start + len(b), "total": len(sl.idx),
+                    "robust": int(robust.sum())})
+
+
+def _success(o: pd.DataFrame) -> dict:
+    """Attack success rate over the clean-correct examples, with its Wilson interval, in percent."""
+    k_clean = int(o.clean.sum())
+    fooled = k_clean - int(o.robust.sum())
+    lo, hi = wilson(fooled, k_clean)
+    return {"success_rate": 100 * fooled / k_clean if k_clean else float("nan"), "success_n": k_clean,
+            "success_ci_low": 100 * lo, "success_ci_high": 100 * hi}

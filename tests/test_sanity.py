@@ -1,0 +1,168 @@
+"""Gradient-masking diagnostics: planted masked models built here are each flagged by the check that
+targets them; honest models (and the shipped checkpoints) are not."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+import robench
+from conftest import requires_fmnist
+from robench.cli import app
+from robench.store import Store
+from robench.reporting.stats import binom_above
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = dict(dataset="fashion-mnist", n=60, eps=["0.1"], strong_restarts=2, square_queries=200, device="cpu")
+
+
+class Softmax(torch.nn.Module):
+    """Returns probabilities: the softmax flattens the loss surface attacks climb."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return F.softmax(self.net(x), dim=1)
+
+
+class Quantized(torch.nn.Module):
+    """Rounds its input to 8 levels before the network: the gradient is zero almost everywhere."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 8) / 8)
+
+
+class Randomized(torch.nn.Module):
+    """Adds fresh Gaussian noise to every input at inference."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+
+class StraightThrough(torch.nn.Module):
+    """Forward: the network's logits. Backward: the network's own gradient is cut (detached) and a straight-
+    through decoy takes its place, the negated logits, so every gradient an attack follows points away from
+    the decision boundary."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        z = self.net(x)
+        decoy = -z
+        return z.detach() + decoy - decoy.detach()
+
+
+def _flags(res) -> dict[str, list[str]]:
+    c = res["checks"]
+    return {k: list(v.evidence) for k, v in c[c.status == "flag"].groupby("check")}
+
+
+@pytest.fixture(scope="module")
+def honest(trained):
+    return robench.load_checkpoint(trained).model
+
+
+def test_an_honest_model_passes_every_check(honest, tmp_path):
+    res = robench.api.sanity(honest, store=tmp_path / "s.sqlite", **FAST)
+    assert not res["flagged"], _flags(res)
+    assert set(res["checks"].check) >= {"probabilities", "randomized", "zero-gradients", "eps-sweep", "large-eps",
+                                        "convergence", "square"}
+
+
+@pytest.mark.parametrize("wrapper, check", [(Softmax, "probabilities"), (Quantized, "zero-gradients"),
+                                            (Randomized, "randomized"), (StraightThrough, "large-eps")])
+def test_each_planted_masked_model_is_flagged_by_its_check(honest, tmp_path, wrapper, check):
+    res = robench.api.sanity(wrapper(honest), store=tmp_path / "s.sqlite", **FAST)
+    flags = _flags(res)
+    assert check in flags, (check, flags)
+    assert res["flagged"]
+    # the checks are stored with their evidence, so the leaderboard and eval show them
+    db = Store(tmp_path / "s.sqlite")
+    stored = db.checks(res["sha256"])
+    db.close()
+    assert check in set(stored[stored.status == "flag"].check)
+
+
+def test_transfer_beating_white_box_is_flagged_and_shown_by_eval(honest, trained, tmp_path):
+    """The quantized copy resists PGD (no gradient) but not examples crafted on the honest network."""
+    store = tmp_path / "s.sqlite"
+    masked = Quantized(honest)
+    wb = robench.evaluate(masked, dataset="fashion-mnist", n=100, eps=["0.1"], store=store, device="cpu")
+    assert wb.robust_acc[0] > 30  # PGD is stuck: the masking works on it
+    df = robench.api.transfer([str(trained)], [masked], n=100, eps=["0.1"], store=store, device="cpu",
+                              dataset="fashion-mnist")
+    assert df.robust_acc[0] < wb.robust_acc[0] - 20
+    assert "transfer from lenet5-relu-test broke" in df["flags"][0]
+    again = robench.evaluate(masked, dataset="fashion-mnist", n=100, eps=["0.1"], store=store, device="cpu")
+    assert "white-box gradients are likely masked" in again["flags"][0]
+
+
+def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
+    from robench.engine.sanity import cross_checks
+
+    db = Store(tmp_path / "s.sqlite")
+    budget = [{"name": "pgd", "steps": 20}]
+    for i, (eps, robust) in enumerate((("0.1", [0] * 40 + [1] * 10), ("0.2", [1] * 40 + [0] * 10))):
+        fields = {"model": "m", "checkpoint": None, "sha256": "abc", "dataset": "fashion-mnist", "split": "test",
+                  "n": 50, "subset": "first", "seed": 0, "norm": "Linf", "eps": [[eps, float(eps)]],
+                  "attacks": budget, "batch_size": 50, "device": "cpu", "dtype": "float32", "robench_version": "x",
+                  "torch_version": "x", "model_meta": {}}
+        run_id, _ = db.open_run(f"k{i}", fields)
+        db.add_batch(run_id, [(eps, j, 1, r, None if r else "pgd") for j, r in enumerate(robust)], [], 0.0)
+        db.finish(run_id)
+    checks = cross_checks(db, "abc", "fashion-mnist", "Linf")
+    db.close()
+    assert [c["check"] for c in checks if c["status"] == "flag"] == ["eps-monotone"]
+    assert "rises from eps 0.1 to eps 0.2" in checks[0]["evidence"]
+
+
+def test_black_box_flag_in_a_cascade_needs_more_than_noise():
+    from collections import Counter
+
+    from robench.engine.evaluate import black_box_flags
+
+    assert black_box_flags(Counter(square=1), 50, ["apgd-ce"]) == []  # one lucky example in fifty
+    assert black_box_flags(Counter(square=4), 50, ["apgd-ce"])  # 8% against a 0.2% margin
+    assert black_box_flags(Counter(pgd=10), 50, ["pgd"]) == []  # white-box breaks are not the point
+    assert black_box_flags(Counter(square=9), 50, []) == []  # Square alone: nothing to compare with
+    assert binom_above(1, 50, 0.002) == pytest.approx(1 - 0.998 ** 50)
+
+
+@requires_fmnist
+@pytest.mark.parametrize("name", ["lenet5-relu-pgd-at", "lenet5-splash-pgd-at", "lenet5-tanh-pgd-at",
+                                  "lenet5-prelu-pgd-at", "lenet5-relu-standard"])
+def test_shipped_checkpoints_are_not_flagged(name, tmp_path):
+    res = robench.api.sanity(ROOT / "checkpoints" / f"{name}.safetensors", store=tmp_path / "s.sqlite",
+                             **{**FAST, "n": 100})
+    assert not res["flagged"], _flags(res)
+
+
+def test_sanity_cli_exits_1_on_a_flag_and_prints_the_evidence(honest, tmp_path):
+    path = tmp_path / "quantized.pt"
+    torch.save(Quantized(honest), path)  # a pickled module: loads only with --trust-checkpoint
+    r = CliRunner().invoke(app, ["sanity", str(path), "--trust-checkpoint", "--dataset", "fashion-mnist", "--n", "40",
+                                 "--square-queries", "100", "--strong-restarts", "1", "--store",
+                                 str(tmp_path / "s.sqlite"), "--device", "cpu"])
+    assert r.exit_code == 1, r.output
+    assert "FLAG" in r.output and "zero-gradients" in r.output and "may be overstated" in r.output
+    ok = CliRunner().invoke(app, ["sanity", str(ROOT / "checkpoints" / "lenet5-relu-standard.safetensors"), "--n",
+                                  "40", "--square-queries", "100", "--strong-restarts", "1", "--store",
+                                  str(tmp_path / "s.sqlite"), "--device", "cpu"])
+    assert ok.exit_code == 0, ok.output
+    assert "checks passed." in ok.output and "large-eps" in ok.output
