@@ -56,6 +56,7 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
 
     srcs = [load(s, i) for i, s in enumerate(sources)]
     tgts = [load(t, len(sources) + i) for i, t in enumerate(targets)]
+    _same_dataset(srcs + tgts, dataset)
     dev = resolve_device(device)
     splits: dict = {}
     eps_given = [parse_eps(e) for e in (eps or [])]
@@ -112,16 +113,25 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
     return df
 
 
-def _same_inputs(models: list[Target], slices: dict, dev) -> None:
-    """Every source and target must take the same dataset (and so the same input shape) and return logits."""
-    first = models[0]
-    ds = slices[id(first)].info.name
-    for t in models[1:]:
-        other = slices[id(t)].info.name
+def _same_dataset(models: list[Target], dataset: str | None) -> None:
+    """Every source and target must be made for the same dataset (checked before any data is read)."""
+    from ..data import dataset_info
+
+    named = [(t, dataset or t.meta.get("dataset")) for t in models]
+    for t, ds in named:
+        if not ds:
+            raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
+    (first, ds), *rest = [(t, dataset_info(d).name) for t, d in named]
+    for t, other in rest:
         if other != ds:
             raise RobenchError(f"Sources and targets must share a dataset: {first.checkpoint or first.name} is "
                                f"{ds} but {t.checkpoint or t.name} is {other}.")
+
+
+def _same_inputs(models: list[Target], slices: dict, dev) -> None:
+    """Every source and target must take the dataset's input shape and return logits."""
     for t in models:
+        ds = slices[id(t)].info.name
         shape = t.meta.get("input_shape")
         if shape and tuple(shape) != tuple(slices[id(t)].info.shape):
             raise RobenchError(f"{t.checkpoint or t.name} takes inputs of shape {tuple(shape)}, not the "

@@ -258,9 +258,26 @@ def _far_eps(g: Group, eps: str) -> list[str]:
                    "does not carry over to larger budgets unless these agree."]
 
 
-def report(res: pd.DataFrame, folder: Path, has_transfer: bool = False) -> tuple[str, list[Path]]:
+def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
+    """Robust accuracy (%) of the group's members (columns) under examples crafted on each source (rows) at
+    ``eps``; the diagonal (a model attacked with examples crafted on itself) is white-box. Per pair, the run
+    with the most examples."""
+    shas = {mb.sha256: mb.label for mb in g.members}
+    t = res[(res.attacks == "transfer") & (res.eps == eps) & res.sha256.isin(list(shas)) & (res.dataset == g.dataset)
+            & (res.norm == g.norm)]
+    if t.empty:
+        return pd.DataFrame()
+    t = t.sort_values(["n", "run_id"]).groupby(["sources", "sha256"], sort=True).tail(1)
+    m = t.assign(target=t.sha256.map(shas)).pivot(index="sources", columns="target", values="robust_acc")
+    order = [mb.label for mb in g.members if mb.label in m.columns]
+    rows = [r for r in (mb.model_id for mb in g.members) if r in m.index] + sorted(
+        r for r in m.index if r not in {mb.model_id for mb in g.members})
+    return m.loc[rows, order]
+
+
+def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
     """The report's Markdown and figures (written into ``folder``)."""
-    from .plots import activation_shapes, eps_curves
+    from .plots import activation_shapes, eps_curves, heatmap
 
     folder = Path(folder)
     lines = ["# Activation comparison", "",
@@ -282,8 +299,8 @@ def report(res: pd.DataFrame, folder: Path, has_transfer: bool = False) -> tuple
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
         lines += ["", f"### Accuracy at {g.norm} eps {eps}", "",
-                  "| Activation | Model | " + " | ".join(head) + " | Transfer | Flags |",
-                  "|---" * (len(METRICS) + 4) + "|"]
+                  "| Activation | Model | " + " | ".join(head) + " | Flags |",
+                  "|---" * (len(METRICS) + 3) + "|"]
         notes: list[str] = []
         for mb in g.members:
             marks = []
@@ -292,12 +309,22 @@ def report(res: pd.DataFrame, folder: Path, has_transfer: bool = False) -> tuple
                     notes.append(f)
                 marks.append(f"[{notes.index(f) + 1}]")
             cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
-            lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) +
-                         f" | {'-'} | {' '.join(marks) or '-'} |")
+            lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
             lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
-        if not has_transfer:
-            lines += ["", "Transfer: no transfer results are in the store for this group yet."]
+        matrix = transfer_matrix(res, g, eps)
+        if matrix.empty:
+            lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]
+        else:
+            fig = heatmap(folder / f"{g.slug}-transfer.png", matrix.values.tolist(), list(matrix.index),
+                          list(matrix.columns), f"Transfer at {g.norm} eps {eps}: robust accuracy of the target, %",
+                          "robust accuracy, %")
+            files.append(fig)
+            lines += ["", f"### Transfer at {g.norm} eps {eps}", "", f"![Transfer matrix]({fig.name})", "",
+                      "Rows are the surrogates the examples were crafted on, columns the models attacked; a model "
+                      "attacked with its own examples is white-box. The Transfer column above is the worst case "
+                      "over every other source. Transfer accuracy below white-box accuracy would point to masked "
+                      "gradients (see the flags)."]
         if dl:
             shown = [m for m in METRICS if m in dl]
             lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", "",

@@ -18,16 +18,20 @@ from .stats import wilson
 COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_method", "clean_acc",
            "autoattack_acc", "pgd_acc", "transfer_acc", "best_known_acc", "unreliable", "additional_data",
            "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
-           "pgd_n", "pgd_ci95", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
+           "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
            "config"]
-METRICS = ("clean", "pgd", "autoattack", "best_known")  # transfer joins with `robench transfer`
+METRICS = ("clean", "pgd", "autoattack", "transfer", "best_known")
 
 
-def attack_kind(names: list[str]) -> str:
+def attack_kind(names: list[str], budgets: list[dict] | None = None, sha256: str = "") -> str:
     """clean (no attack), autoattack (the official cascade in any version), pgd (robench PGD/FGSM only),
-    or other."""
+    transfer (examples crafted on other models; crafted on the model itself it is white-box: other), or
+    other."""
     if names in ([], ["none"], [""]):
         return "clean"
+    if names == ["transfer"]:
+        sources = [s["sha256"] for b in budgets or [] for s in b.get("sources", [])]
+        return "other" if sha256 in sources else "transfer"
     if any(n.startswith("autoattack") for n in names):
         return "autoattack"
     if all(n in ("pgd", "fgsm") for n in names):
@@ -49,10 +53,15 @@ def results(db: Store) -> pd.DataFrame:
         meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
         for r in summary:
             o = oc[oc.eps == r["eps"]]
-            rows.append({**r, "kind": attack_kind(r["attacks"].split("+")), "meta": meta, "eps_list": eps_list,
+            rows.append({**r, "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
+                         "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
                          "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
                          "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
     return pd.DataFrame(rows)
+
+
+def _sources(budgets: list[dict]) -> str:
+    return " + ".join(s["model"] for b in budgets if b["name"] == "transfer" for s in b["sources"])
 
 
 def worst_case(runs: pd.DataFrame) -> dict[int, int]:
@@ -64,7 +73,8 @@ def worst_case(runs: pd.DataFrame) -> dict[int, int]:
 
 def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
     """The per-example outcomes ({idx: 1 if right}) behind each accuracy of one model at one eps: clean from
-    the run with the most examples; pgd and autoattack from their runs with the most examples; best_known,
+    the run with the most examples; pgd and autoattack from their runs with the most examples; transfer, the
+    worst case over every source (the strongest black-box result); best_known,
     the worst case over every attack run on the examples they share (the lowest single result when they
     share none). A metric with no run is absent."""
     out = {"clean": m.sort_values(["n", "run_id"]).iloc[-1]["clean_by_idx"]}
@@ -72,6 +82,9 @@ def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
         run = _pick(m, kind)
         if run is not None:
             out[kind] = run["robust_by_idx"]
+    transfer = m[m.kind == "transfer"]
+    if len(transfer):
+        out["transfer"] = worst_case(transfer) or _pick(m, "transfer")["robust_by_idx"]
     attacked = m[m.kind != "clean"]
     if len(attacked):
         worst = worst_case(attacked)
@@ -107,6 +120,10 @@ def _budget_summary(budget_json: str) -> str:
         elif a["name"] in ("pgd", "fgsm"):
             parts.append(f"{a['name']} {a.get('steps', 1)} steps x {a.get('restarts', 1)} restarts, "
                          f"step {a.get('step_size')}, {a.get('loss', 'ce')}")
+        elif a["name"] == "transfer":
+            t = a["attack"]
+            parts.append(f"transfer {t['name']} {t['steps']} steps (decay {t['decay']}) from "
+                         + " + ".join(s["model"] for s in a["sources"]))
         else:
             parts.append(a["name"] + (f"({', '.join(f'{k}={v}' for k, v in sorted(a.items()) if k != 'name')})"
                                       if len(a) > 1 else ""))
@@ -147,19 +164,20 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -
     last = m.sort_values("run_id").iloc[-1]
     meta = last["meta"]
     sets = outcome_sets(m)
-    (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (best, n, best_ci) = (
-        _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "best_known"))
+    (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (tr, tr_n, tr_ci), (best, n, best_ci) = (
+        _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "transfer", "best_known"))
     attacked = m[m.kind != "clean"]
     flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
     return {
         "model_id": model_id(meta, last["model"]), "name": last["model"], "activation": meta.get("activation", ""),
         "architecture": meta.get("arch", ""), "training_method": meta.get("training_method", ""),
-        "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": math.nan, "best_known_acc": best,
+        "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": tr, "best_known_acc": best,
         "unreliable": bool(flags), "additional_data": bool(meta.get("additional_data", False)),
         "venue": meta.get("venue") or ("robench zoo" if meta.get("zoo_group") else ""),
         "dataset": dataset, "norm": norm, "eps": eps, "eps_value": eps_value, "n": n,
         "clean_n": clean_n, "clean_ci95": clean_ci, "autoattack_n": aa_n, "autoattack_ci95": aa_ci,
-        "pgd_n": pgd_n, "pgd_ci95": pgd_ci, "best_known_ci95": best_ci,
+        "pgd_n": pgd_n, "pgd_ci95": pgd_ci, "transfer_n": tr_n, "transfer_ci95": tr_ci,
+        "transfer_from": "; ".join(sorted(set(m.loc[m.kind == "transfer", "sources"]))), "best_known_ci95": best_ci,
         "best_known_by": " + ".join(sorted(set(attacked["attacks"]))),
         "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
         "flags": "; ".join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
@@ -175,6 +193,8 @@ def run_config(m: pd.DataFrame) -> dict:
     first = m.sort_values("run_id").iloc[0]
     runs = []
     for _, r in m.sort_values("run_id").iterrows():
+        if r["attacks"] == "transfer":
+            continue  # made by `robench transfer` with other models; `robench check` re-runs evaluations
         spec = {"n": int(r["n"]), "eps": r["eps_list"], "attacks": [spec_from_budget(b) for b in
                                                                    json.loads(r["budget"])] or ["none"],
                 "batch_size": int(r["batch_size"])}

@@ -80,3 +80,26 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[str], title: str,
+            label: str) -> Path:
+    """A matrix of percentages (NaN where not measured) with each cell written in it; rows are sources,
+    columns targets."""
+    data = np.array(values, dtype=float)
+    fig = _figure(1.6 + 0.9 * len(cols), 1.4 + 0.45 * len(rows))
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("target")
+    ax.set_ylabel("source")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            if not np.isnan(data[i, j]):
+                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                        color="white" if data[i, j] < 55 else "black")
+    fig.colorbar(im, ax=ax, label=label)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

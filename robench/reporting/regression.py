@@ -16,8 +16,10 @@ from .leaderboard import COLUMNS, METRICS, outcome_sets
 from .stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
-N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "best_known": "n"}
-ACC_COLUMN = {"clean": "clean_acc", "pgd": "pgd_acc", "autoattack": "autoattack_acc", "best_known": "best_known_acc"}
+N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",
+            "best_known": "n"}
+ACC_COLUMN = {"clean": "clean_acc", "pgd": "pgd_acc", "autoattack": "autoattack_acc", "transfer": "transfer_acc",
+              "best_known": "best_known_acc"}
 
 
 def read_baseline(path: str | Path) -> pd.DataFrame:
@@ -63,7 +65,7 @@ def _baseline_sets(base: pd.DataFrame | None, row: pd.Series) -> dict:
         return {}
     sets = outcome_sets(m)
     for metric, d in sets.items():  # the store must hold what the CSV reports, or it is not the baseline's
-        acc = row[ACC_COLUMN[metric]]
+        acc = row.get(ACC_COLUMN[metric], math.nan)
         if not d or math.isnan(acc) or len(d) != row[N_COLUMN[metric]] or round(100 * sum(d.values()) / len(d), 2) != acc:
             return {}
     return sets
@@ -83,7 +85,7 @@ def compare(baseline: pd.DataFrame, now: pd.DataFrame, mapping: dict[str, str], 
         now_sets = outcome_sets(fresh) if len(fresh) else {}
         base_sets = _baseline_sets(base, row)
         for metric in METRICS:
-            n0 = int(row[N_COLUMN[metric]]) if not pd.isna(row[N_COLUMN[metric]]) else 0
+            n0 = int(row.get(N_COLUMN[metric])) if not pd.isna(row.get(N_COLUMN[metric])) else 0  # older CSVs lack some
             if n0 == 0 or metric not in now_sets:
                 continue
             acc0, d1 = float(row[ACC_COLUMN[metric]]), now_sets[metric]
