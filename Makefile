@@ -31,11 +31,16 @@ checkpoints: install
 	$(VENV)/bin/robench train --zoo checkpoints/zoo.toml --overwrite
 
 # Evaluate every shipped checkpoint with the suite (clean, PGD eps sweep, AutoAttack) into its own store,
-# then write leaderboard/ (tables, model_info, report.md and figures). A second run reads the store.
+# run the transfer matrix within each group (MI-FGSM at eps 0.1), then write leaderboard/ (tables,
+# model_info, report.md and figures). A second run reads the store.
 SUITE ?= suites/leaderboard.toml
 LEADERBOARD_STORE ?= results/leaderboard.sqlite
+TRANSFER := $(VENV)/bin/robench transfer --eps 0.1 --store $(LEADERBOARD_STORE) --quiet
 leaderboard: install
 	$(VENV)/bin/robench eval --config $(SUITE) --store $(LEADERBOARD_STORE) --quiet
+	$(TRANSFER) --n 500 --all 'checkpoints/lenet5-*-pgd-at.safetensors'
+	$(TRANSFER) --n 500 --all 'checkpoints/lenet5-*-standard.safetensors'
+	$(TRANSFER) --n 200 --all 'checkpoints/resnet20-*.safetensors'
 	$(VENV)/bin/robench leaderboard --store $(LEADERBOARD_STORE) --out leaderboard
 
 clean:

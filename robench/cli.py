@@ -341,11 +341,15 @@ def leaderboard(
     for (dataset, norm), df in res["boards"].items():
         for eps in shown_eps(df):
             block = df[df.eps == eps]
-            t = Table("rank", "model", "activation", "training", "clean %", "AutoAttack %", "PGD %", "best known %",
-                      "n", title=f"{dataset} {norm} eps {eps}")
+            t = Table("rank", title=f"{dataset} {norm} eps {eps}")
+            t.add_column("model", overflow="fold", min_width=max(len(m) for m in block.model_id))
+            for head in ("training", "clean", "AutoAttack", "PGD", "transfer", "best known", "n", "flagged"):
+                t.add_column(head)
+            t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
             for r in block.itertuples():
-                t.add_row(str(r.rank), r.model_id, r.activation, r.training_method, _num(r.clean_acc),
-                          _num(r.autoattack_acc), _num(r.pgd_acc), _num(r.best_known_acc), str(r.n))
+                t.add_row(str(r.rank), r.model_id, r.training_method, _num(r.clean_acc),
+                          _num(r.autoattack_acc), _num(r.pgd_acc), _num(r.transfer_acc), _num(r.best_known_acc),
+                          str(r.n), "yes" if r.unreliable else "no")
             out.print(t)
     out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
 

@@ -110,7 +110,7 @@ def _robust_sets(db: Store, sha256: str, dataset: str, norm: str):
                 rob = dict(zip(o.idx.tolist(), o.robust.tolist()))
                 _and(black.setdefault(text, {}), rob)
                 names.setdefault(text, set()).update(
-                    [f"transfer from {', '.join(s['model'] for s in transfer[0]['sources'])}"] if transfer else members)
+                    [f"transfer:{s['model']}" for s in transfer[0]["sources"]] if transfer else members)
             else:  # an example a black-box member of the cascade broke was left robust by the white-box ones
                 rob = {i: int(r or (isinstance(b, str) and black_box(b))) for i, r, b in
                        zip(o.idx.tolist(), o.robust.tolist(), o.broken_by.tolist())}
@@ -119,6 +119,15 @@ def _robust_sets(db: Store, sha256: str, dataset: str, norm: str):
             cur = by_budget.setdefault(key, {}).setdefault(text, (value, {}))
             _and(cur[1], dict(zip(o.idx.tolist(), o.robust.tolist())))
     return white, black, names, by_budget
+
+
+def _who(names: set[str]) -> str:
+    """"transfer from a, b" / "transfer from 11 models" and the black-box attacks, in words."""
+    sources = sorted(n.split(":", 1)[1] for n in names if n.startswith("transfer:"))
+    others = sorted(n for n in names if not n.startswith("transfer:"))
+    parts = ([f"transfer from {', '.join(sources) if len(sources) <= 3 else f'{len(sources)} models'}"]
+             if sources else []) + others
+    return " and ".join(parts)
 
 
 def _and(acc: dict[int, int], new: dict[int, int]) -> None:
@@ -144,7 +153,7 @@ def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
         p = mcnemar_exact(only_w, only_b)
         rw, rb = sum(w[i] for i in common), sum(b[i] for i in common)
         flag = only_w > only_b and p < ALPHA
-        who = "; ".join(sorted(names[eps]))
+        who = _who(names[eps])
         checks.append(_check("transfer", flag,
                              f"At eps {eps}, {who} broke {only_w} of {n} examples the white-box attacks left robust "
                              f"(and missed {only_b} they broke): black-box robust accuracy {_pct(rb, n)} against "

@@ -75,6 +75,8 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
     db = Store(store)
     cache = db.path.parent / "transfer-cache"
     rows, outcomes = [], []
+    checked: dict[str, Target] = {}
+    finished: list[tuple] = []
     try:
         for members, tgt_list in pairs:
             surrogate = Ensemble([m.model for m in members]) if len(members) > 1 else members[0].model
@@ -97,15 +99,19 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
                                                     cache, notify, label) for e in sl.eps}
                     _score(db, run_id, t, sl, adv, norm, bs, dev, label, notify)
                     db.finish(run_id)
-                    after_run(db, t.model, sl, t, norm, dev)
-                summary, per_example = summarize(db, run_id)
-                for r in summary:
-                    o = per_example[per_example.eps == r["eps"]]
-                    rows.append({"source": label, "target": t.name, "white_box": t.sha256 in
-                                 [m.sha256 for m in members], **_success(o), **r})
-                outcomes.append(per_example.assign(run_id=run_id, model=t.name, source=label))
-                notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+                    checked[t.sha256] = t
+                finished.append((run_id, t, label, [m.sha256 for m in members]))
                 t.model.to("cpu")
+        for t in checked.values():  # the diagnostics once per target, over all its new results
+            after_run(db, t.model, sl, t, norm, dev)
+            t.model.to("cpu")
+        for run_id, t, label, shas in finished:
+            summary, per_example = summarize(db, run_id)
+            for r in summary:
+                o = per_example[per_example.eps == r["eps"]]
+                rows.append({"source": label, "target": t.name, "white_box": t.sha256 in shas, **_success(o), **r})
+            outcomes.append(per_example.assign(run_id=run_id, model=t.name, source=label))
+            notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
     finally:
         db.close()
     df = pd.DataFrame(rows)

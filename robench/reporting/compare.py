@@ -223,6 +223,7 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
             f"{k} ({c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] on n={c['n']})" for k, c in unconfirmed)
             + ": either the lead shrinks under the stronger attack or this n cannot show it.")
     lines += _far_eps(g, eps)
+    lines += _transfer_sentence(g, eps)
     flagged = [mb.label for mb in g.members if mb.flags]
     if flagged:
         lines.append(f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
@@ -232,6 +233,26 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
                  "examples only, not the variation between training runs: a difference here describes these "
                  "checkpoints, not yet the activations in general.")
     return lines
+
+
+def _transfer_sentence(g: Group, eps: str) -> list[str]:
+    """Where transfer results exist: their range, and whether any model is more robust to white-box attacks
+    than to transfer (a sign of masked gradients) or, as expected, less."""
+    pairs = {mb.label: (mb.by_eps[eps]["transfer"], mb.by_eps[eps].get("best_known")) for mb in g.members
+             if "transfer" in mb.by_eps.get(eps, {})}
+    if not pairs:
+        return []
+    acc = {k: 100 * sum(t.values()) / len(t) for k, (t, _) in pairs.items()}
+    lo, hi = min(acc, key=acc.get), max(acc, key=acc.get)
+    tests = {k: compare_outcomes(t, w) for k, (t, w) in pairs.items() if w}
+    above = [k for k, c in tests.items() if c["diff"] < 0 and c["p"] < ALPHA]
+    text = (f"Transfer attacks from the other members leave {acc[lo]:.1f}% ({lo}) to {acc[hi]:.1f}% ({hi}) robust "
+            f"at eps {eps}")
+    if above:
+        return [text + f"; {', '.join(above)} fall lower under transfer than under white-box attacks, a sign of "
+                       "masked gradients."]
+    return [text + "; no model is significantly less robust to transfer than to white-box attacks, so the "
+                   "transfer results show no sign of gradient masking."]
 
 
 def _far_eps(g: Group, eps: str) -> list[str]:

@@ -255,11 +255,12 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
             block = df[df.eps == eps]
             no_aa = (block.autoattack_n == 0).any() and (block.autoattack_n > 0).any()
             lines += ["", f"## {dataset}, {norm}, eps {eps}", "",
-                      "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Best known "
-                      "| n | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Transfer "
+                      "| Best known | n | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in block.itertuples():
                 lines.append(f"| {r.rank} | {r.model_id} | {r.activation} | {r.architecture} | {r.training_method} | "
                              f"{_s(r.clean_acc) or '-'} | {_s(r.autoattack_acc) or '-'} | {_s(r.pgd_acc) or '-'} | "
+                             f"{_s(r.transfer_acc) or '-'} | "
                              f"{_s(r.best_known_acc)} | {r.n} | {'yes' if r.unreliable else 'no'} |")
             if no_aa:
                 lines += ["", "Models without an AutoAttack result at this eps are ranked after every model with one: "
