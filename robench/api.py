@@ -154,7 +154,7 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
         with torch.no_grad():
             z = model(x0.to(dev))
         if z.dim() != 2 or z.shape[1] != sl.info.num_classes:
-            check_model(model, sl, dev, t.checkpoint or t.name)  # wrong shapes are an error, not a finding
+            check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))  # wrong shapes are an error, not a finding
         bs = parse_batch_size(e["batch_size"]) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
     found = checks_mod.checklist(model, sl, t, e["norm"], dev, bs, e["seed"], pgd=e["pgd"],
                                  strong_steps=strong_steps, strong_restarts=strong_restarts,

@@ -153,15 +153,30 @@ def _find_state_dict(obj) -> dict | None:
     return None
 
 
-def _check_finite(sd: dict, path: Path) -> None:
+def _check_tensors(sd: dict, own: dict, path: Path) -> None:
+    """Refuse values that are not tensors, weights of the wrong kind of dtype and NaN/Inf weights, one
+    sentence each. Shapes are compared before any value is read, so a tensor of absurd declared size
+    (a view over a tiny storage) is refused without touching its elements."""
     for k, v in sd.items():
-        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all():
+        if not isinstance(v, torch.Tensor):
+            raise RobenchError(f"{path} holds a {type(v).__name__} under {k} where a weight tensor belongs; "
+                               "it is not a state dict robench can load.")
+    for k, p in own.items():
+        v = sd.get(k)
+        if v is None:
+            continue
+        if v.is_complex() or v.is_floating_point() != p.is_floating_point():
+            raise RobenchError(f"{path} stores {k} as {str(v.dtype).replace('torch.', '')} but the model needs "
+                               f"{str(p.dtype).replace('torch.', '')}; re-save the checkpoint with its original "
+                               "weights.")
+        if v.is_floating_point() and not torch.isfinite(v).all():
             raise RobenchError(f"{path} has NaN or Inf values in its weights (first in {k}); it cannot be evaluated.")
 
 
 def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
-    _check_finite(sd, path)
     own = model.net.state_dict(keep_vars=True)
+    if any(not isinstance(v, torch.Tensor) for v in sd.values()):
+        _check_tensors(sd, own, path)
     # a network-wide activation is one tensor under several names; a file may carry it under one
     aliases = {k for k, p in own.items() if sum(q is p for q in own.values()) > 1}
     missing = [k for k in own if k not in sd and k not in aliases]
@@ -175,6 +190,7 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
         raise RobenchError(f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}, "
                            f"{meta.get('num_classes')} classes): {'; '.join(parts)}; "
                            "check --arch, --activation and --dataset.")
+    _check_tensors(sd, own, path)
     model.net.load_state_dict({k: v for k, v in sd.items()}, strict=False)
 
 
@@ -248,9 +264,13 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str) -> Checkpoint:
     if not meta.get("arch") or not meta.get("num_classes"):
         raise RobenchError(f"{path} holds only weights and no model card; name its architecture and dataset "
                            f"with --arch and --dataset (and --activation if not ReLU), or write {path.name}.json.")
+    if not all(isinstance(k, str) for k in sd):
+        raise RobenchError(f"{path} has a state dict whose keys are not all names; it is not a checkpoint "
+                           "robench can load.")
     sd = _strip_prefixes(sd)
     for key, field_ in (("normalize.mean", "mean"), ("normalize.std", "std"), ("mu", "mean"), ("sigma", "std")):
-        if key in sd:  # a zoo file that carries its own normalization layer
+        v = sd.get(key)
+        if isinstance(v, torch.Tensor) and v.numel() <= 16:  # a zoo file that carries its own normalization layer
             meta.setdefault(field_, sd.pop(key).flatten().tolist())
     model = _build(meta, path)
     _load_weights(model, sd, path, meta)

@@ -9,6 +9,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
+from typer._click.exceptions import UsageError as _UsageError
 from typer.core import TyperGroup
 
 from . import __version__, api
@@ -30,12 +32,36 @@ class _Group(TyperGroup):
                 raise
             err.print(f"Error: {e}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
+        except _UsageError as e:
+            if isinstance(e, _NoArgsIsHelp) or os.environ.get("ROBENCH_DEBUG"):
+                raise
+            command = f"robench {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else "robench --help"
+            text = " ".join(e.format_message().split()).rstrip(".")
+            tail = f" See `{command}`." if text.endswith("?") else f"; see `{command}`."
+            err.print(f"Error: {text}{tail}", soft_wrap=True, markup=False)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if os.environ.get("ROBENCH_DEBUG"):
                 raise
-            err.print("Interrupted: every finished batch is saved in the store; run the same command again "
-                      "to continue where it stopped.", soft_wrap=True, markup=False)
+            err.print(_interrupted(), soft_wrap=True, markup=False)
             raise typer.Exit(130) from None
+
+
+_WHERE: dict = {}  # the last run a command reported progress on, for the Ctrl-C message
+
+
+def _track(ev: dict) -> None:
+    if ev.get("event") in ("start", "batch") and "run_id" in ev:
+        _WHERE.update({k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
+
+
+def _interrupted() -> str:
+    if not _WHERE:
+        return "Interrupted before any run started; nothing was stored. Run the same command again to start it."
+    w = _WHERE
+    return (f"Interrupted: {w['model']} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}); "
+            f"every finished batch is saved in {w.get('store', 'the store')}, so run the same command again to "
+            "continue from there.")
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
@@ -154,7 +180,7 @@ def eval_(
                 out=str(out_file) if out_file else None, jobs=jobs)
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     if quiet or as_json:
-        df = api.evaluate(ckpts, config=config, **opts)
+        df = api.evaluate(ckpts, config=config, progress=_track, **opts)
     else:
         with _EvalProgress() as prog:
             df = api.evaluate(ckpts, config=config, progress=prog.update, **opts)
@@ -214,7 +240,7 @@ def transfer(
               trust_checkpoint=trust or None, out=str(out_file) if out_file else None)
     srcs, tgts = [str(c) for c in source or []], [str(c) for c in target or []]
     if quiet:
-        df = api.transfer(srcs, tgts, **kw)
+        df = api.transfer(srcs, tgts, progress=_track, **kw)
         return
     with _EvalProgress() as prog:
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
@@ -376,7 +402,7 @@ def check(
     kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device,
               data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)
     if quiet:
-        res = api.check(baseline, ckpts, **kw)
+        res = api.check(baseline, ckpts, progress=_track, **kw)
     else:
         with _EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
@@ -474,6 +500,7 @@ class _EvalProgress:
         return self.progress.__exit__(*exc)
 
     def update(self, ev: dict):
+        _track(ev)
         if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
             last = ev["rows"][-1]
             self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"

@@ -49,11 +49,23 @@ class Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
         if self._images is not None:
             return self._images[idx].float().div_(255.0)
-        return torch.stack([self._loader(int(i)) for i in idx])
+        return check_images(torch.stack([torch.as_tensor(self._loader(int(i))) for i in idx]), self.source)
 
     def batch(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return self.images(idx), self.labels[idx]
+
+
+def check_images(x: torch.Tensor, source) -> torch.Tensor:
+    """Images from a loader must be floats in [0, 1] (models normalize inside); anything else is refused."""
+    if not x.is_floating_point():
+        raise RobenchError(f"The images from {source} are {str(x.dtype).replace('torch.', '')}, not floats in "
+                           "[0, 1]; convert them in the loader (e.g. torchvision's ToTensor).")
+    lo, hi = float(x.min()), float(x.max()) if x.numel() else (0.0, 0.0)
+    if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
+        raise RobenchError(f"The images from {source} lie in [{lo:g}, {hi:g}], outside [0, 1]; robench models "
+                           "take inputs in [0, 1] with normalization inside the model, so scale them in the loader.")
+    return x
 
 
 def select_indices(total: int, n: int | None, seed: int | None = None, subset: str = "first") -> torch.Tensor:
@@ -238,6 +250,15 @@ _PRESENT = {
 }
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
            "cifar-10": "cifar10", "cifar-100": "cifar100"}
+
+
+def register_dataset(info: DatasetInfo, present: Callable[[Path, str], bool] | None = None) -> DatasetInfo:
+    """Make a dataset of your own known to robench under ``info.name`` (its reader returns a ``Split``,
+    usually with a per-example ``loader``); ``present(folder, split)`` says whether a folder holds it
+    (default: the folder exists). Use it from Python, or from a plugin imported before the CLI runs."""
+    DATASETS[info.name] = info
+    _PRESENT[info.name] = present or (lambda folder, split: folder.is_dir())
+    return info
 
 
 def dataset_info(name: str) -> DatasetInfo:

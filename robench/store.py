@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -149,6 +150,16 @@ class Store:
                 store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
         return _Tx()
+
+    @contextmanager
+    def snapshot(self):
+        """Reads inside this block all see the store as it was at the first of them, whatever concurrent
+        writers commit meanwhile (one SQLite read transaction; WAL lets the writers go on)."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self.conn.execute("COMMIT")
 
     def _write(self, fn):
         try:

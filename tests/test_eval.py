@@ -144,60 +144,6 @@ def test_suite_file_and_out_file(trained, tmp_path):
     assert r.exit_code == 2 and 'unknown key "epz"; did you mean "eps"?' in r.output
 
 
-@pytest.fixture
-def bad_inputs(tmp_path, trained):
-    import torch.nn as nn
-    model = robench.load_checkpoint(trained).model
-    torch.save(nn.Sequential(model, nn.Softmax(dim=1)), tmp_path / "probs.pt")
-    seven = robench.create_model("lenet5", "relu", num_classes=7, in_channels=1, input_size=28)
-    robench.save_checkpoint(seven, tmp_path / "seven.pt",
-                            {**robench.model_meta("lenet5", "relu", "fashion-mnist"), "num_classes": 7})
-    store = tmp_path / "s.sqlite"
-    robench.evaluate([str(trained)], n=20, eps=["0.05"], store=store)
-    return store
-
-
-BAD = [
-    (["eval", "{dir}/nope.pt"], "No such checkpoint"),
-    (["eval", "{ckpt}", "--eps", "1.5"], "above the largest meaningful Linf budget"),
-    (["eval", "{ckpt}", "--eps", "eight"], 'Cannot read eps "eight"'),
-    (["eval", "{ckpt}", "--eps", "8/0"], 'Cannot read eps "8/0"'),
-    (["eval", "{ckpt}", "--eps", "-0.1"], "zero or more"),
-    (["eval", "{ckpt}", "--norm", "L3"], 'Unknown norm "L3"'),
-    (["eval", "{ckpt}", "--attack", "pgdd"], 'Unknown attack "pgdd"'),
-    (["eval", "{ckpt}", "--dataset", "cifar10"], "No cifar10 test files found"),
-    (["eval", "{dir}/probs.pt", "--trust-checkpoint", "--dataset", "fashion-mnist"], "returns probabilities"),
-    (["eval", "{dir}/seven.pt"], "7 outputs per example but the dataset has 10 classes"),
-    (["eval", "{ckpt}", "--n", "20000"], "only 10000"),
-    (["eval", "{ckpt}", "--batch-size", "zero"], "--batch-size"),
-    (["eval", "{ckpt}", "--device", "cuda:3"], "CUDA is not available"),
-    (["eval", "{ckpt}", "--out", "{dir}/r.xlsx"], "--out must end in .csv or .json"),
-]
-
-
-@pytest.mark.parametrize("args,fragment", BAD, ids=[b[1][:30] for b in BAD])
-def test_bad_input_is_one_sentence_and_leaves_the_store_untouched(bad_inputs, trained, tmp_path, args, fragment):
-    before = outcomes(bad_inputs)
-    args = [a.format(dir=tmp_path, ckpt=trained) for a in args] + ["--store", bad_inputs, "--n", "20"] * (
-        "--n" not in args)
-    if "--n" in args and "--store" not in args:
-        args += ["--store", bad_inputs]
-    r = cli(*args)
-    assert r.exit_code == 2, r.output
-    assert fragment in r.output and "Traceback" not in r.output
-    assert len(r.output.strip().splitlines()) == 1, r.output
-    assert outcomes(bad_inputs) == before
-    assert not (tmp_path / "r.xlsx").exists()
-
-
-def test_store_that_is_not_sqlite_is_refused_and_kept(trained, tmp_path):
-    bogus = tmp_path / "notes.sqlite"
-    bogus.write_text("my notes, not a database\n" * 100)
-    r = cli("eval", trained, "--n", "5", "--store", bogus)
-    assert r.exit_code == 2 and "not a robench store" in r.output
-    assert bogus.read_text() == "my notes, not a database\n" * 100
-
-
 def test_dataset_defaults_come_from_the_checkpoint(tmp_path):
     write_mnist_like(tmp_path / "fm", n_test=40)
     save_tiny(tmp_path / "m.pt")

@@ -33,6 +33,9 @@ class Attack(ABC):
             seed: int) -> AttackOutput:
         """Candidate adversarial examples for ``x`` (shape preserved)."""
 
+    def check_norm(self, norm: str) -> None:
+        """Raise a RobenchError when this attack cannot run at ``norm``; called before a run opens."""
+
     def __repr__(self) -> str:
         return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.budget().items() if k != 'name')})"
 

@@ -57,11 +57,14 @@ class FoolboxAttack(Attack):
         return {"name": self.name, **{k: v for k, v in self._budget.items()}, "norm": self.norm,
                 "implementation": f"foolbox {foolbox.__version__}"}
 
+    def check_norm(self, norm: str) -> None:
+        if self.norm and self.norm != norm:
+            raise RobenchError(f"{self.name} is an {self.norm} attack; run it with --norm {self.norm}.")
+
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         import foolbox as fb
 
-        if self.norm and self.norm != norm:
-            raise RobenchError(f"{self.name} is an {self.norm} attack; run it with --norm {self.norm}.")
+        self.check_norm(norm)
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):  # Foolbox draws from torch's global generator
             torch.manual_seed(example_seed(seed, int(idx[0]) if len(idx) else 0, self.name))

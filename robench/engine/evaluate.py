@@ -187,11 +187,22 @@ def data_slice(t: Target, dataset: str | None, split: str, data_dir, splits: dic
     return Slice(info, data, select_indices(len(data), n, seed, subset), eps_list)
 
 
-def check_model(model, sl: Slice, dev, name: str) -> None:
-    """Fail fast on a model that does not return logits for this dataset."""
+def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
+    """Fail fast on a model that cannot take this dataset's images or does not return logits for it."""
     x0, _ = sl.data.batch(sl.idx[: min(len(sl.idx), 8)])
-    with torch.no_grad():
-        check_logits(model(x0.to(dev)), len(x0), sl.info.num_classes, name)
+    want = tuple(input_shape or ())
+    if tuple(x0.shape[1:]) != tuple(sl.info.shape) or (want and tuple(want) != tuple(x0.shape[1:])):
+        have = "x".join(map(str, x0.shape[1:]))
+        raise RobenchError(f"{name} takes inputs of shape {'x'.join(map(str, want or sl.info.shape))} but the "
+                           f"{sl.info.name} images are {have}; check --dataset.")
+    try:
+        with torch.no_grad():
+            out = model(x0.to(dev))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RobenchError(f"{name} fails on the {sl.info.name} images of shape {'x'.join(map(str, x0.shape[1:]))} "
+                           f"({first}); check --dataset and the model's input channels.") from None
+    check_logits(out, len(x0), sl.info.num_classes, name)
 
 
 def run_fields(t: Target, sl: Slice, split: str, subset: str, seed: int, norm: str, budgets: list[dict],
@@ -223,53 +234,59 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     bs_given = parse_batch_size(batch_size)
     dev = resolve_device(device)
     eps_given = [parse_eps(e) for e in (eps or [])]
-    db = Store(store)
+    for a in attacks:  # names, options and norms are checked before anything is loaded or stored
+        create_attack(a, pgd=pgd, batch_size=bs_given or 1).check_norm(norm)
     overrides = {"arch": arch, "activation": activation, "dataset": dataset}
     splits: dict[str, Split] = {}
     rows, outcomes = [], []
     notify = progress or (lambda event: None)
-    # every checkpoint is checked before any attack runs, so a bad one fails fast
+    # every checkpoint and its data are checked before any attack runs, so a bad one fails fast
     targets = [as_target(c, i, trust, overrides) for i, c in enumerate(checkpoints)]
-    for t in targets:
-        sl = data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset)
-        info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
-        model = t.model.to(dev)
-        with attack_mode(model):
-            check_model(model, sl, dev, t.checkpoint or t.name)
-            bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
-            atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
-            budgets = [a.budget() for a in atk]
-            key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, budgets, bs)
-            if cached_only and (force or not db.is_done(key)):
-                db.close()
-                return None
-            fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
-            run_id, status = db.open_run(key, fields, force=force)
-            done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
-            todo = [i for i in idx.tolist() if i not in done]
-            notify({"event": "start", "model": t.name, "run_id": run_id, "total": len(idx), "done": len(done),
-                    "attacks": [a.name for a in atk] or ["none"], "resumed": bool(done) and status != "done",
-                    "cached": status == "done"})
-            for start in range(0, len(todo), bs):
-                b = torch.tensor(todo[start: start + bs])
-                tic = time.perf_counter()
-                x, y = data.batch(b)
-                batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
-                db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
-                notify({"event": "batch", "model": t.name, "run_id": run_id,
-                        "done": len(done) + min(start + bs, len(todo)), "total": len(idx),
-                        "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
-            if status != "done":
-                db.finish(run_id)
-        from .sanity import after_run
+    slices = [data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset) for t in targets]
+    db = Store(store)
+    try:
+        for t, sl in zip(targets, slices):
+            info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
+            model = t.model.to(dev)
+            with attack_mode(model):
+                check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+                bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
+                atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
+                for a in atk:
+                    a.check_norm(norm)
+                budgets = [a.budget() for a in atk]
+                key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, budgets, bs)
+                if cached_only and (force or not db.is_done(key)):
+                    return None
+                fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
+                run_id, status = db.open_run(key, fields, force=force)
+                done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
+                todo = [i for i in idx.tolist() if i not in done]
+                notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path),
+                        "total": len(idx), "done": len(done),
+                        "attacks": [a.name for a in atk] or ["none"], "resumed": bool(done) and status != "done",
+                        "cached": status == "done"})
+                for start in range(0, len(todo), bs):
+                    b = torch.tensor(todo[start: start + bs])
+                    tic = time.perf_counter()
+                    x, y = data.batch(b)
+                    batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                    db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
+                    notify({"event": "batch", "model": t.name, "run_id": run_id,
+                            "done": len(done) + min(start + bs, len(todo)), "total": len(idx),
+                            "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
+                if status != "done":
+                    db.finish(run_id)
+            from .sanity import after_run
 
-        after_run(db, model, sl, t, norm, dev)
-        model.to("cpu")
-        summary, per_example = summarize(db, run_id)
-        rows += summary
-        outcomes.append(per_example.assign(run_id=run_id, model=t.name))
-        notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
-    db.close()
+            after_run(db, model, sl, t, norm, dev)
+            model.to("cpu")
+            summary, per_example = summarize(db, run_id)
+            rows += summary
+            outcomes.append(per_example.assign(run_id=run_id, model=t.name))
+            notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+    finally:
+        db.close()
     df = pd.DataFrame(rows)
     df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
     return df

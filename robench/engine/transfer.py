@@ -90,7 +90,7 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
                 key = run_key(t, sl.info.name, split, sl.idx, subset, seed, norm, sl.eps, [budget], bs)
                 run_id, status = db.open_run(key, run_fields(t, sl, split, subset, seed, norm, [budget], bs, dev),
                                              force=force)
-                notify({"event": "start", "model": t.name, "run_id": run_id, "total": len(sl.idx),
+                notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(sl.idx),
                         "done": len(sl.idx) if status == "done" else 0, "attacks": [f"transfer from {label}"],
                         "resumed": False, "cached": status == "done"})
                 if status != "done":
@@ -143,7 +143,7 @@ def _same_inputs(models: list[Target], slices: dict, dev) -> None:
             raise RobenchError(f"{t.checkpoint or t.name} takes inputs of shape {tuple(shape)}, not the "
                                f"{tuple(slices[id(t)].info.shape)} of {ds}; sources and targets must share it.")
         with attack_mode(t.model.to(dev)):
-            check_model(t.model, slices[id(t)], dev, t.checkpoint or t.name)
+            check_model(t.model, slices[id(t)], dev, t.checkpoint or t.name, t.meta.get("input_shape"))
 
 
 def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, norm: str, split: str,

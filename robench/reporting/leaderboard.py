@@ -47,16 +47,17 @@ def results(db: Store) -> pd.DataFrame:
     """Every finished run x eps in the store, one row each, with the attack kind, the model metadata and
     the per-example outcomes ({idx: robust})."""
     rows = []
-    for run_id in db.runs()["run_id"].tolist():
-        summary, oc = summarize(db, int(run_id))
-        run = db.run(int(run_id))
-        meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
-        for r in summary:
-            o = oc[oc.eps == r["eps"]]
-            rows.append({**r, "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
-                         "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
-                         "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
-                         "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
+    with db.snapshot():  # one consistent view, even while evaluations write to the store
+        for run_id in db.runs()["run_id"].tolist():
+            summary, oc = summarize(db, int(run_id))
+            run = db.run(int(run_id))
+            meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
+            for r in summary:
+                o = oc[oc.eps == r["eps"]]
+                rows.append({**r, "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
+                             "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
+                             "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
+                             "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
     return pd.DataFrame(rows)
 
 
