@@ -11,6 +11,7 @@ Formats read:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -102,7 +103,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
                                                "robench_format": str(FORMAT_VERSION)})
         else:
             sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-            torch.save({"robench_format": FORMAT_VERSION, "meta": meta, "state_dict": sd}, tmp)
+            # through memory: a file's zip archive would be named after the temporary file, so the same
+            # weights would get a different sha256 on every save
+            buf = io.BytesIO()
+            torch.save({"robench_format": FORMAT_VERSION, "meta": meta, "state_dict": sd}, buf)
+            tmp.write_bytes(buf.getvalue())
     return path
 
 
@@ -196,9 +201,10 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
 
 def _build(meta: dict, path: Path) -> Normalized:
     shape = meta.get("input_shape") or [3, 32, 32]
-    return create_model(meta["arch"], activation=meta.get("activation", "relu"),
-                        num_classes=int(meta["num_classes"]), in_channels=int(shape[0]),
-                        input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; the caller's RNG is left alone
+        return create_model(meta["arch"], activation=meta.get("activation", "relu"),
+                            num_classes=int(meta["num_classes"]), in_channels=int(shape[0]),
+                            input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
 
 
 def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:

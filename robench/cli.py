@@ -57,7 +57,7 @@ def _track(ev: dict) -> None:
 
 def _interrupted() -> str:
     if not _WHERE:
-        return "Interrupted before any run started; nothing was stored. Run the same command again to start it."
+        return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
     w = _WHERE
     return (f"Interrupted: {w['model']} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}); "
             f"every finished batch is saved in {w.get('store', 'the store')}, so run the same command again to "

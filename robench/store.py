@@ -91,6 +91,8 @@ class Store:
             self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
             self.conn.execute("PRAGMA busy_timeout = 60000")
             version = self._version()
+            if version is None:
+                self._check_foreign()
             if version is not None and version > SCHEMA_VERSION:
                 raise RobenchError(f"{self.path} was written by a newer robench (store schema {version}); "
                                    "upgrade robench to use it.")
@@ -109,6 +111,15 @@ class Store:
         except OSError as e:
             raise RobenchError(f"Cannot open the results store at {self.path} ({e.strerror}); "
                                "pass --store with a writable path.") from None
+
+    def _check_foreign(self) -> None:
+        """A store without robench's schema is either new (no tables yet, or robench's own half-created
+        ones) or another program's database, which robench never writes into."""
+        names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        ours = {"meta", "runs", "outcomes", "run_flags", "checks", "attack_stats", "sqlite_sequence"}
+        if names - ours:
+            raise RobenchError(f"{self.path} is an SQLite database of another program, not a robench store; "
+                               "pass --store with another path.")
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to SCHEMA_VERSION in place, keeping a copy of it first."""
@@ -159,7 +170,8 @@ class Store:
         try:
             yield self
         finally:
-            self.conn.execute("COMMIT")
+            if self.conn.in_transaction:  # a failed read may have ended it already
+                self.conn.execute("COMMIT")
 
     def _write(self, fn):
         try:
@@ -178,6 +190,7 @@ class Store:
             if row:
                 self.conn.execute("DELETE FROM outcomes WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (row[0],))
+                self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (row[0],))
                 self.conn.execute("UPDATE runs SET status='running', wall_time=0, finished=NULL WHERE run_id=?",
                                   (row[0],))
                 return row[0], "running"
@@ -198,18 +211,26 @@ class Store:
         return {r[0] for r in rows}
 
     def add_batch(self, run_id: int, rows: list[tuple], flags: list[str], wall: float,
-                  queries: dict[str, tuple[int, int]] | None = None) -> None:
-        """One batch: rows of (eps, idx, clean, robust, broken_by), the flags raised, and per attack the
-        (examples attacked, model queries made), committed together."""
+                  queries: dict[str, dict[int, tuple[int, float]]] | None = None) -> None:
+        """One batch, committed together: rows of (eps, idx, clean, robust, broken_by), the flags raised, and
+        per attack and example index the (times attacked, model queries). Examples another process stored
+        first (two processes finishing the same run) add no rows and count no queries or time."""
         def go():
+            ids = sorted({r[1] for r in rows})
+            old = {r[0] for r in self.conn.execute(
+                f"SELECT DISTINCT idx FROM outcomes WHERE run_id=? AND idx IN ({','.join('?' * len(ids))})",
+                [run_id, *ids])} if ids else set()
             self.conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(run_id, *r) for r in rows])
+                                  [(run_id, *r) for r in rows if r[1] not in old])
             self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)", [(run_id, f) for f in flags])
-            self.conn.execute("UPDATE runs SET wall_time = wall_time + ? WHERE run_id=?", (wall, run_id))
+            new = 1 - len(old) / len(ids) if ids else 1.0
+            self.conn.execute("UPDATE runs SET wall_time = wall_time + ? WHERE run_id=?", (wall * new, run_id))
+            totals = {a: (sum(e for i, (e, _) in per.items() if i not in old),
+                          sum(q for i, (_, q) in per.items() if i not in old)) for a, per in (queries or {}).items()}
             self.conn.executemany(
                 "INSERT INTO attack_stats VALUES (?, ?, ?, ?) ON CONFLICT (run_id, attack) DO UPDATE SET "
                 "examples = examples + excluded.examples, queries = queries + excluded.queries",
-                [(run_id, a, e, q) for a, (e, q) in (queries or {}).items()])
+                [(run_id, a, e, q) for a, (e, q) in totals.items()])
         self._write(go)
 
     def add_flags(self, run_id: int, flags: list[str]) -> None:
@@ -222,7 +243,7 @@ class Store:
             return {}
         rows = self.conn.execute("SELECT attack, examples, queries FROM attack_stats WHERE run_id=? ORDER BY attack",
                                  (run_id,)).fetchall()
-        return {a: {"examples": e, "queries": q} for a, e, q in rows}
+        return {a: {"examples": e, "queries": int(round(q))} for a, e, q in rows}
 
     # ---------------------------------------------------------------------------------------- checks
     def set_checks(self, sha256: str, dataset: str, norm: str, checks: list[dict]) -> None:
@@ -266,6 +287,8 @@ class Store:
         return d
 
     def runs(self, status: str | None = "done") -> pd.DataFrame:
+        if self._version() is None:  # created a moment ago by another process, tables not there yet
+            return pd.DataFrame(columns=["run_id", "key", "status"])
         q = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY run_id"
         return pd.read_sql_query(q, self.conn, params=(status,) if status else ())
 

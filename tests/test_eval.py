@@ -1,11 +1,7 @@
-"""The evaluation engine, the store and `robench eval`: resume, concurrency, bad input, end to end."""
+"""The evaluation engine, the store and `robench eval`: tables, read-back, suites, end to end (kills,
+concurrency and bad input are in test_reliability.py and test_hardening.py)."""
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -77,55 +73,6 @@ def test_same_command_gives_the_same_numbers(trained, tmp_path):
     a = robench.evaluate([str(trained)], n=60, eps=["0.05"], store=tmp_path / "a.sqlite", seed=5)
     b = robench.evaluate([str(trained)], n=60, eps=["0.05"], store=tmp_path / "b.sqlite", seed=5)
     assert a.attrs["outcomes"].robust.tolist() == b.attrs["outcomes"].robust.tolist()
-
-
-ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def eval_cmd(ckpt, store, n=600, extra=()):
-    return [sys.executable, "-m", "robench", "eval", str(ckpt), "--n", str(n), "--eps", "0.05", "--eps", "0.1",
-            "--attack", "pgd", "--pgd-steps", "30", "--batch-size", "25", "--store", str(store), "--quiet",
-            *extra]
-
-
-def test_killed_run_resumes_to_identical_outcomes(trained, tmp_path):
-    full = tmp_path / "full.sqlite"
-    subprocess.run(eval_cmd(trained, full), check=True, timeout=300)
-    killed = tmp_path / "killed.sqlite"
-    for attempt in range(3):
-        proc = subprocess.Popen(eval_cmd(trained, killed))
-        deadline = time.time() + 120
-        stored = 0
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-            if killed.exists():
-                try:
-                    stored = len(outcomes(killed))
-                except sqlite3.Error:
-                    continue
-                if stored >= 100:
-                    break
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if 0 < stored < 1200:
-            break
-    assert 0 < len(outcomes(killed)) < 1200, "the kill did not land mid-run"
-    subprocess.run(eval_cmd(trained, killed), check=True, timeout=300)
-    assert outcomes(killed) == outcomes(full)
-    assert len(outcomes(full)) == 1200  # 600 examples x 2 eps, no duplicates
-
-
-def test_two_concurrent_processes_on_one_store_both_finish(trained, tmp_path):
-    other = tmp_path / "other.pt"
-    save_tiny(other, "silu")
-    store = tmp_path / "shared.sqlite"
-    procs = [subprocess.Popen(eval_cmd(c, store, n=150), env=ONE_THREAD) for c in (trained, trained, other)]
-    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0]
-    con = sqlite3.connect(store)
-    per_run = dict(con.execute("SELECT run_id, COUNT(*) FROM outcomes GROUP BY run_id").fetchall())
-    status = [r[0] for r in con.execute("SELECT status FROM runs")]
-    con.close()
-    assert sorted(per_run.values()) == [300, 300] and status == ["done", "done"]
 
 
 def test_suite_file_and_out_file(trained, tmp_path):

@@ -121,6 +121,11 @@ def files(tmp_path_factory, trained):
     con.execute("INSERT INTO meta VALUES ('schema_version', '99')")
     con.commit()
     con.close()
+    con = sqlite3.connect(d / "other-app.sqlite")
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    con.execute("INSERT INTO notes (text) VALUES ('keep me')")
+    con.commit()
+    con.close()
     (d / "leaderboard.csv").write_text("not,a,leaderboard\n1,2,3\n")
     return d
 
@@ -210,6 +215,8 @@ CASES = [
      "not a robench store"),
     ("store from a newer robench", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/future.sqlite"],
      "newer robench (store schema 99)"),
+    ("store of another program", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/other-app.sqlite"],
+     "SQLite database of another program"),
     ("leaderboard of a store that is not SQLite", ["leaderboard", "--store", "{d}/notes.sqlite", "--out", "{d}/lb"],
      "not a robench store"),
     ("leaderboard of a missing store", ["leaderboard", "--store", "{d}/none.sqlite", "--out", "{d}/lb"],

@@ -130,7 +130,7 @@ class Counted(nn.Module):
 
 def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], norm: str, seed: int):
     """Clean and per-eps robust flags for one batch, which attack broke each example, the flags raised, and
-    per attack the (examples attacked, model queries it made)."""
+    per attack and example index the (times attacked, model queries: the example's share of its batch's)."""
     with torch.no_grad():
         clean = model(x).argmax(1) == y
     robust = clean.clone()
@@ -143,8 +143,11 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
                 break
             counted = Counted(model)
             out = attack.run(counted, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
-            e, q = queries.get(attack.name, (0, 0))
-            queries[attack.name] = (e + len(live), q + counted.queries)
+            per = queries.setdefault(attack.name, {})
+            share = counted.queries / len(live)
+            for i in idx[live.cpu()].tolist():
+                e, q = per.get(i, (0, 0.0))
+                per[i] = (e + 1, q + share)
             flags += [f for f in out.flags if f not in flags]
             x_adv = out.x_adv.to(x.device, torch.float32)
             excess = lp_norm(x_adv - x[live], norm) - eps.value
@@ -270,7 +273,8 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                     b = torch.tensor(todo[start: start + bs])
                     tic = time.perf_counter()
                     x, y = data.batch(b)
-                    batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                    batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk,
+                                                              norm, seed)
                     db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
                     notify({"event": "batch", "model": t.name, "run_id": run_id,
                             "done": len(done) + min(start + bs, len(todo)), "total": len(idx),

@@ -206,7 +206,7 @@ def _score(db: Store, run_id: int, t: Target, sl: Slice, adv: dict[str, torch.Te
                 robust = robust & (model(xa).argmax(1) == y)
                 rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
                          for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
-            db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": (len(b), 2 * len(b) * len(sl.eps))})
+            db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": {int(i): (1, 2 * len(sl.eps)) for i in b}})
             notify({"event": "batch", "model": t.name, "run_id": run_id, "done": start + len(b), "total": len(sl.idx),
                     "robust": int(robust.sum())})
 

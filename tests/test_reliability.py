@@ -1,0 +1,83 @@
+"""Interrupted, concurrent and repeated runs: nothing lost, nothing doubled, the same bytes every time."""
+import sqlite3
+from pathlib import Path
+
+import torch
+
+import robench
+from robench.reporting.leaderboard import results
+from robench.store import SCHEMA_VERSION, Store
+
+from conftest import requires_fmnist
+from helpers import save_tiny, write_mnist_like
+from stress import Stress
+
+
+@requires_fmnist
+def test_kills_concurrent_evals_and_snapshot_reads_lose_nothing(tmp_path):
+    """The stress script with a small budget: 10 kill points (SIGKILL and SIGINT) of `robench eval` on the
+    shipped PGD-AT LeNet5 while another eval writes the same store and leaderboard reads run beside them,
+    then the run finished by two processes at once, then killed `robench leaderboard` runs."""
+    lines = []
+    f = Stress(tmp_path, kills=10, n=80, leaderboard_kills=2, log=lines.append).run()
+    assert f["kill_points"] == f["sigkill"] + f["sigint"] >= 10 and f["sigkill"] and f["sigint"]
+    assert f["interrupt_messages"] >= 1  # Ctrl-C said where the run stopped and how to continue
+    assert f["rows_checked"] > 160 and f["duplicates"] == 0 and f["missing"] == 0
+    assert f["snapshot_reads"] > 10 and f["concurrent_evals"] >= 3
+    assert f["leaderboard_kills"] == 2 and "byte-identical" in lines[-1]
+
+
+def _fresh_run(folder: Path, monkeypatch) -> dict[str, bytes]:
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=50)
+    save_tiny("relu.pt", "relu", seed=0, name="tiny-relu", zoo_group="g")
+    save_tiny("splash.pt", "splash", seed=1, name="tiny-splash", zoo_group="g")
+    robench.evaluate(["relu.pt", "splash.pt"], n=40, eps=["0.02", "0.1"], attacks=["fgsm", "pgd"], store="s.sqlite")
+    robench.evaluate(["relu.pt", "splash.pt"], n=20, eps=["0.1"], attacks=["apgd-ce"], store="s.sqlite")
+    robench.api.leaderboard("s.sqlite", "lb")
+    return {str(p.relative_to("lb")): p.read_bytes() for p in sorted(Path("lb").rglob("*")) if p.is_file()}
+
+
+def test_the_same_commands_twice_give_byte_identical_tables_and_report(tmp_path, monkeypatch):
+    first = _fresh_run(tmp_path / "one", monkeypatch)
+    torch.manual_seed(1234)  # whatever the caller's generator holds must not matter
+    second = _fresh_run(tmp_path / "two", monkeypatch)
+    assert first == second
+    assert {"fashion-mnist_Linf.csv", "report.md", "README.md"} <= set(first)
+    assert any(name.endswith(".png") for name in first)
+
+
+def test_attacks_leave_the_callers_random_generator_alone(tmp_path, monkeypatch):
+    """AutoAttack and Foolbox reseed torch's global generator; robench runs them inside a forked RNG."""
+    monkeypatch.chdir(tmp_path)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=20)
+    save_tiny("m.pt")
+    torch.manual_seed(7)
+    expected = torch.rand(5)
+    torch.manual_seed(7)
+    robench.evaluate(["m.pt"], n=8, eps=["0.1"], attacks=["apgd-ce", "square(queries=20)", "fb:LinfPGD(steps=3)",
+                                                         "pgd"], store="s.sqlite")
+    assert torch.equal(torch.rand(5), expected)
+
+
+def test_an_older_store_is_migrated_in_place_with_a_backup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=20)
+    save_tiny("m.pt")
+    before = robench.evaluate(["m.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    con = sqlite3.connect("s.sqlite")  # turn it into the schema-1 layout: no checks, no attack counts
+    con.executescript("DROP TABLE checks; DROP TABLE attack_stats; UPDATE meta SET value='1' "
+                      "WHERE key='schema_version';")
+    con.close()
+    v1 = sqlite3.connect("s.sqlite").execute("SELECT * FROM outcomes ORDER BY idx").fetchall()
+    Store("s.sqlite", readonly=True).close()  # reading never migrates
+    assert not Path("s.sqlite.schema1.bak").exists()
+    after = robench.evaluate(["m.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    assert after.robust_acc.tolist() == before.robust_acc.tolist()
+    backup = sqlite3.connect("s.sqlite.schema1.bak")
+    assert backup.execute("SELECT value FROM meta").fetchone() == ("1",)
+    assert backup.execute("SELECT * FROM outcomes ORDER BY idx").fetchall() == v1
+    db = Store("s.sqlite")
+    assert db.version == SCHEMA_VERSION and len(results(db)) == 1
+    db.close()
