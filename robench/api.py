@@ -28,6 +28,13 @@ def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
     return load_checkpoint(path, trust=trust, **overrides)
 
 
+def is_main() -> bool:
+    """False in the torchrun processes other than rank 0, which work but print and write nothing."""
+    from .engine.distributed import is_main as main
+
+    return main()
+
+
 def evaluate(checkpoints, *, config: str | Path | None = None, **options):
     """White-box evaluation; returns a DataFrame (one row per model x run x eps), per-example outcomes in
     ``df.attrs["outcomes"]``. ``config`` names a TOML suite (one evaluation, or several ``[[run]]`` tables)
@@ -44,7 +51,7 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
         _check_table_path(out)
     tasks = [dict(_engine_options(cfg), checkpoints=cfg.checkpoints) for cfg in cfgs]
     df = evaluate_many(tasks, jobs=max(int(c.jobs) for c in cfgs), progress=progress)
-    if out:
+    if out and is_main():  # under torchrun, rank 0 alone holds the results
         write_table(df, out)
     return df
 

@@ -146,7 +146,8 @@ def eval_(
     checkpoints: list[Path] = typer.Argument(None, help="Checkpoint files to evaluate."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
-    n: Optional[int] = typer.Option(None, "--n", help="Number of test examples [default: 1000]."),
+    n: Optional[int] = typer.Option(None, "--n", "--examples", help="Number of test examples [default: 1000] "
+                                    "(--examples under torchrun, whose own options take --n)."),
     subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random starts, AutoAttack, subsets [default: 0]."),
     norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
@@ -179,6 +180,9 @@ def eval_(
                 trust_checkpoint=trust or None, arch=arch, activation=activation,
                 out=str(out_file) if out_file else None, jobs=jobs)
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
+    if not api.is_main():  # under torchrun, rank 0 prints; the others only work
+        api.evaluate(ckpts, config=config, **opts)
+        return
     if quiet or as_json:
         df = api.evaluate(ckpts, config=config, progress=_track, **opts)
     else:
@@ -196,7 +200,7 @@ def eval_(
 SHARED = dict(
     dataset=typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
     data_dir=typer.Option(None, "--data-dir", help="Folder holding the dataset."),
-    n=typer.Option(None, "--n", help="Number of test examples [default: 1000]."),
+    n=typer.Option(None, "--n", "--examples", help="Number of test examples [default: 1000]."),
     seed=typer.Option(None, "--seed", help="Seed for the subset, random starts and Square [default: 0]."),
     norm=typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
     batch_size=typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),

@@ -31,6 +31,7 @@ from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..reporting.stats import binom_above, wilson
 from ..store import Store
+from . import distributed
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 
 SQUARE_MARGIN = 0.002  # AutoAttack's own rule: Square lowering robust accuracy by > 0.2 pt is suspicious
@@ -246,7 +247,9 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     # every checkpoint and its data are checked before any attack runs, so a bad one fails fast
     targets = [as_target(c, i, trust, overrides) for i, c in enumerate(checkpoints)]
     slices = [data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset) for t in targets]
-    db = Store(store)
+    group = distributed.current()
+    dev = group.device(dev)
+    db = Store(store) if group.main else None  # under torchrun only rank 0 touches the store
     try:
         for t, sl in zip(targets, slices):
             info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
@@ -261,26 +264,39 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                 key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, budgets, bs)
                 if cached_only and (force or not db.is_done(key)):
                     return None
-                fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
-                run_id, status = db.open_run(key, fields, force=force)
-                done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
-                todo = [i for i in idx.tolist() if i not in done]
-                notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path),
-                        "total": len(idx), "done": len(done),
-                        "attacks": [a.name for a in atk] or ["none"], "resumed": bool(done) and status != "done",
-                        "cached": status == "done"})
-                for start in range(0, len(todo), bs):
-                    b = torch.tensor(todo[start: start + bs])
+                run_id = status = todo = None
+                if group.main:
+                    fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
+                    run_id, status = db.open_run(key, fields, force=force)
+                    done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
+                    todo = [i for i in idx.tolist() if i not in done]
+                    notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path),
+                            "total": len(idx), "done": len(done), "attacks": [a.name for a in atk] or ["none"],
+                            "resumed": bool(done) and status != "done", "cached": status == "done"})
+                run_id, status, todo = group.broadcast((run_id, status, todo))
+                step = bs * group.world
+                for start in range(0, len(todo), step):
+                    b = torch.tensor(distributed.shard(todo[start: start + step], group.rank, group.world),
+                                     dtype=torch.long)
                     tic = time.perf_counter()
-                    x, y = data.batch(b)
-                    batch_rows, flags, queries = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk,
-                                                              norm, seed)
-                    db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
-                    notify({"event": "batch", "model": t.name, "run_id": run_id,
-                            "done": len(done) + min(start + bs, len(todo)), "total": len(idx),
-                            "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
-                if status != "done":
+                    part = ([], [], {})
+                    if len(b):
+                        x, y = data.batch(b)
+                        part = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                    parts = group.gather(part)
+                    if group.main:
+                        batch_rows = [r for p in parts for r in p[0]]
+                        flags = list(dict.fromkeys(f for p in parts for f in p[1]))
+                        queries = {a: {i: v for p in parts for i, v in p[2].get(a, {}).items()}
+                                   for a in dict.fromkeys(a for p in parts for a in p[2])}
+                        db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
+                        notify({"event": "batch", "model": t.name, "run_id": run_id,
+                                "done": len(idx) - len(todo) + min(start + step, len(todo)), "total": len(idx),
+                                "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
+                if group.main and status != "done":
                     db.finish(run_id)
+            if not group.main:
+                continue
             from .sanity import after_run
 
             after_run(db, model, sl, t, norm, dev)
@@ -290,7 +306,8 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
             outcomes.append(per_example.assign(run_id=run_id, model=t.name))
             notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
     finally:
-        db.close()
+        if db is not None:
+            db.close()
     df = pd.DataFrame(rows)
     df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
     return df
@@ -300,6 +317,8 @@ def evaluate_many(tasks: list[dict], jobs: int = 1, progress: Callable[[dict], N
     """Several evaluations (each a dict of ``evaluate``'s arguments), one after the other, or with ``jobs`` > 1
     as checkpoint x task units spread over that many processes (each with its share of the CPU threads).
     The results do not depend on ``jobs``: every example's attack is seeded by the example alone."""
+    if jobs > 1 and distributed.current().world > 1:
+        raise RobenchError("--jobs cannot be combined with torchrun; let torchrun's processes share the work.")
     if jobs <= 1:
         frames = [evaluate(progress=progress, **t) for t in tasks]
     else:

@@ -1,0 +1,276 @@
+"""robench's attacks against torchattacks, Foolbox and direct pyautoattack on the same work, in one process.
+
+    python benchmarks/attacks.py [--device cpu|cuda] [--model lenet5|resnet20|wrn-28-10] [--repeats 3]
+
+Same model, inputs, batch size and budget for every library:
+- PGD Linf, 10 and 100 steps (step 2.5*eps/steps, random start): robench (its engine: clean pass, PGD,
+  fp32 re-check) vs torchattacks.PGD vs foolbox LinfPGD; robust accuracy beside each time;
+- AutoAttack standard: robench's `autoattack` vs pyautoattack's run_standard_evaluation, with the
+  per-example outcomes compared;
+- an eps sweep of 5 values: robench's one sweep vs Foolbox's run per eps;
+- scaling: robench PGD time and peak memory against n and against steps.
+Prints medians over the repeats and ratios (their time / ours) and writes
+benchmarks/results/<device>-<model>.json. On CUDA it adds a roofline line: attack FLOPs (forward +
+input-gradient backward per step, counted by torch's FlopCounterMode) per second against the measured
+bf16 and tf32 matmul rates.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import robench  # noqa: E402
+from robench.attacks.registry import create_attack  # noqa: E402
+from robench.config import parse_eps  # noqa: E402
+from robench.engine.evaluate import attack_batch, attack_mode  # noqa: E402
+
+CHECKPOINTS = {"lenet5": "checkpoints/lenet5-relu-pgd-at.safetensors",
+               "resnet20": "checkpoints/resnet20-relu-pgd-at.safetensors"}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device, repeats):
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up) and its last result."""
+    out, times = fn(), []
+    for _ in range(repeats):
+        sync(device)
+        tic = time.perf_counter()
+        out = fn()
+        sync(device)
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times), times, out
+
+
+def load(model_name: str, n: int, device):
+    if model_name == "wrn-28-10":
+        torch.manual_seed(0)
+        model = robench.create_model("wrn-28-10", "relu", num_classes=10, in_channels=3, input_size=32)
+        x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        model = model.to(device).eval()
+        with torch.no_grad():  # labels = the model's own predictions, so every example starts correct
+            y = torch.cat([model(x[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, n, 256)])
+        return model, x, y, "random CIFAR-shaped inputs, random init", "8/255"
+    ck = robench.load_checkpoint(ROOT / CHECKPOINTS[model_name])
+    split = robench.load_split(ck.meta["dataset"])
+    x, y = split.batch(torch.arange(n))
+    return ck.model.to(device).eval(), x, y, f"{ck.meta['dataset']} test, first {n}", "0.1"
+
+
+def batches(x, y, bs):
+    for s in range(0, len(x), bs):
+        yield torch.arange(s, min(s + bs, len(x))), x[s:s + bs], y[s:s + bs]
+
+
+# ----------------------------------------------------------------------------------------------- PGD
+def robench_run(model, x, y, bs, device, attack, eps_list, norm="Linf"):
+    """Per eps, the robust flags of every example, through robench's engine as `robench eval` runs it."""
+    robust = {e.text: [] for e in eps_list}
+    with attack_mode(model):
+        for idx, xb, yb in batches(x, y, bs):
+            rows, _, _ = attack_batch(model, xb.to(device), yb.to(device), idx, eps_list, [attack], norm, 0)
+            for e_text, _, _, r, _ in rows:
+                robust[e_text].append(r)
+    return {e: torch.tensor(v, dtype=torch.bool) for e, v in robust.items()}
+
+
+def torchattacks_pgd(model, x, y, bs, device, eps, steps):
+    import torchattacks
+
+    atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+    out = []
+    for _, xb, yb in batches(x, y, bs):
+        xb, yb = xb.to(device), yb.to(device)
+        adv = atk(xb, yb)
+        with torch.no_grad():
+            out.append(((model(adv).argmax(1) == yb) & (model(xb).argmax(1) == yb)).cpu())
+    return torch.cat(out)
+
+
+def foolbox_pgd(model, x, y, bs, device, eps_values, steps):
+    """Foolbox LinfPGD, one run per eps (how Foolbox handles a list of epsilons for this attack)."""
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=device)
+    out = {e: [] for e in eps_values}
+    for _, xb, yb in batches(x, y, bs):
+        xb, yb = xb.to(device), yb.to(device)
+        for e in eps_values:
+            atk = fb.attacks.LinfPGD(abs_stepsize=2.5 * e / steps, steps=steps, random_start=True)
+            _, _, success = atk(fmodel, xb, yb, epsilons=e)
+            out[e].append((~success).cpu())
+    return {e: torch.cat(v) for e, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------- AutoAttack
+def direct_autoattack(model, x, y, bs, device, eps):
+    from pyautoattack import AutoAttack
+
+    adv = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device, verbose=False)
+    xa, ya = adv.run_standard_evaluation(x.to(device), y.to(device), batch_size=bs)
+    return (ya.cpu() == y)
+
+
+# ---------------------------------------------------------------------------------------- roofline
+def matmul_rate(device, dtype, size=8192, reps=20):
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    tic = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * size ** 3 * reps / (time.perf_counter() - tic)
+
+
+def step_flops(model, x, device) -> float:
+    """FLOPs of one attack step per example: forward + backward to the input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    xb = x[:8].to(device).requires_grad_(True)
+    with FlopCounterMode(display=False) as fc:
+        loss = model(xb).logsumexp(1).sum()
+        torch.autograd.grad(loss, xb)
+    return fc.get_total_flops() / len(xb)
+
+
+def peak_memory(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="lenet5", choices=["lenet5", "resnet20", "wrn-28-10"])
+    ap.add_argument("--n", type=int, default=None, help="examples [default: 1000 on CUDA, 500 on CPU]")
+    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]")
+    ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep or scaling")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    n = args.n or (1000 if device.type == "cuda" else 500)
+    bs = args.batch_size or (128 if args.model == "wrn-28-10" else 250)
+    model, x, y, data, eps_text = load(args.model, n, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    eps = parse_eps(eps_text)
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+           "threads": torch.get_num_threads(), "model": args.model, "data": data, "n": n, "batch_size": bs,
+           "eps": eps.text, "repeats": args.repeats, "torch": torch.__version__, "robench": robench.__version__,
+           "results": {}}
+    table = []
+
+    def record(key, ours_name, ours, others, robust):
+        entry = {"ours": {"name": ours_name, "median_s": ours[0], "times": ours[1], "robust_acc": robust[ours_name]}}
+        for name, t in others.items():
+            entry[name] = {"median_s": t[0], "times": t[1], "robust_acc": robust.get(name),
+                           "ratio": t[0] / ours[0]}
+        res["results"][key] = entry
+        table.append((key, ours_name, ours[0], robust[ours_name], others, robust))
+
+    if "pgd" not in args.skip:
+        for steps in (10, 100):
+            atk = create_attack(f"pgd(steps={steps})", batch_size=bs)
+            ours = timed(lambda: robench_run(model, x, y, bs, device, atk, [eps]), device, args.repeats)
+            ta = timed(lambda: torchattacks_pgd(model, x, y, bs, device, eps.value, steps), device, args.repeats)
+            fb_ = timed(lambda: foolbox_pgd(model, x, y, bs, device, [eps.value], steps), device, args.repeats)
+            robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
+                      "torchattacks": 100 * ta[2].float().mean().item(),
+                      "foolbox": 100 * fb_[2][eps.value].float().mean().item()}
+            record(f"pgd-{steps}", "robench", ours[:2], {"torchattacks": ta[:2], "foolbox": fb_[:2]}, robust)
+    if "sweep" not in args.skip:
+        values = [eps.value * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
+        sweep = [parse_eps(f"{v:.6g}") for v in values]
+        atk = create_attack("pgd(steps=20)", batch_size=bs)
+        ours = timed(lambda: robench_run(model, x, y, bs, device, atk, sweep), device, args.repeats)
+        fb_ = timed(lambda: foolbox_pgd(model, x, y, bs, device, [e.value for e in sweep], 20), device, args.repeats)
+        robust = {"robench": [100 * ours[2][e.text].float().mean().item() for e in sweep],
+                  "foolbox": [100 * fb_[2][e.value].float().mean().item() for e in sweep]}
+        record("eps-sweep-5 (pgd 20 steps)", "robench", ours[:2], {"foolbox": fb_[:2]}, robust)
+    if "autoattack" not in args.skip:
+        m = args.aa_n or max(n // 5, 20)
+        xa, ya = x[:m], y[:m]
+        atk = create_attack("autoattack", batch_size=bs)
+        reps = max(1, args.repeats // 3)
+        ours = timed(lambda: robench_run(model, xa, ya, bs, device, atk, [eps]), device, reps)
+        direct = timed(lambda: direct_autoattack(model, xa, ya, bs, device, eps.value), device, reps)
+        same = bool(torch.equal(ours[2][eps.text], direct[2]))
+        robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
+                  "pyautoattack": 100 * direct[2].float().mean().item()}
+        record(f"autoattack-standard (n={m})", "robench", ours[:2], {"pyautoattack": direct[:2]}, robust)
+        res["results"][f"autoattack-standard (n={m})"]["identical_outcomes"] = same
+    if "scaling" not in args.skip:
+        rows = []
+        for n_s, steps in ((n // 4, 20), (n // 2, 20), (n, 20), (n, 10), (n, 40)):
+            atk = create_attack(f"pgd(steps={steps})", batch_size=bs)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = timed(lambda: robench_run(model, x[:n_s], y[:n_s], bs, device, atk, [eps]), device, 1)
+            rows.append({"n": n_s, "steps": steps, "seconds": t[0], "peak_mib": peak_memory(device)})
+        res["scaling"] = rows
+    if device.type == "cuda":
+        per_step = step_flops(model, x, device)
+        atk = create_attack("pgd(steps=100)", batch_size=bs)
+        with torch.no_grad():
+            pass
+        t = res["results"].get("pgd-100", {}).get("torchattacks", {}).get("median_s")
+        rates = {"bf16": matmul_rate(device, torch.bfloat16), "tf32": None}
+        torch.backends.cuda.matmul.allow_tf32 = True
+        rates["tf32"] = matmul_rate(device, torch.float32)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        work = per_step * n * 100  # every example, every step: the torchattacks schedule
+        ours_t = res["results"].get("pgd-100", {}).get("ours", {}).get("median_s")
+        res["roofline"] = {"flops_per_example_step": per_step, "bf16_matmul_tflops": rates["bf16"] / 1e12,
+                           "tf32_matmul_tflops": rates["tf32"] / 1e12,
+                           "torchattacks_tflops": work / t / 1e12 if t else None,
+                           "robench_effective_tflops": work / ours_t / 1e12 if ours_t else None}
+    out = args.out or ROOT / "benchmarks" / "results" / f"{device.type}-{args.model}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"{res['device']} ({res['threads']} threads), {args.model} on {data}, batch {bs}, eps {eps.text}, "
+          f"medians of {args.repeats}")
+    print(f"{'work':34} {'ours s':>8} {'robust %':>9}  others: time s, robust %, ratio (their time / ours)")
+    for key, _, t, r, others, robust in table:
+        r_txt = "/".join(f"{v:.1f}" for v in r) if isinstance(r, list) else f"{r:.1f}"
+        parts = []
+        for name, (tt, _) in others.items():
+            rr = robust.get(name)
+            rr = "/".join(f"{v:.1f}" for v in rr) if isinstance(rr, list) else f"{rr:.1f}"
+            parts.append(f"{name} {tt:.2f} s {rr}% x{tt / t:.2f}")
+        print(f"{key:34} {t:8.2f} {r_txt:>9}  " + "; ".join(parts))
+    for k, v in res["results"].items():
+        if "identical_outcomes" in v:
+            print(f"{k}: per-example outcomes identical to pyautoattack: {v['identical_outcomes']}")
+    for row in res.get("scaling", []):
+        print(f"scaling: n={row['n']:5d} steps={row['steps']:3d}  {row['seconds']:.2f} s  peak {row['peak_mib']:.0f} MiB")
+    if "roofline" in res:
+        r = res["roofline"]
+        print(f"roofline: {r['flops_per_example_step'] / 1e9:.2f} GFLOP per example-step; bf16 matmul "
+              f"{r['bf16_matmul_tflops']:.0f} TFLOP/s, tf32 {r['tf32_matmul_tflops']:.0f}; robench effective "
+              f"{r['robench_effective_tflops']:.1f} TFLOP/s")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
