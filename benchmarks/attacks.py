@@ -44,9 +44,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats):
+def timed(fn, device, repeats, warm_up=True):
     """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up) and its last result."""
-    out, times = fn(), []
+    out, times = fn() if warm_up else None, []
     for _ in range(repeats):
         sync(device)
         tic = time.perf_counter()
@@ -120,7 +120,7 @@ def foolbox_pgd(model, x, y, bs, device, eps_values, steps):
 def direct_autoattack(model, x, y, bs, device, eps):
     from pyautoattack import AutoAttack
 
-    adv = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device, verbose=False)
+    adv = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, device=device)
     xa, ya = adv.run_standard_evaluation(x.to(device), y.to(device), batch_size=bs)
     return (ya.cpu() == y)
 
@@ -162,7 +162,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="lenet5", choices=["lenet5", "resnet20", "wrn-28-10"])
     ap.add_argument("--n", type=int, default=None, help="examples [default: 1000 on CUDA, 500 on CPU]")
-    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]")
+    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]; timed once "
+                    "per three repeats, without warm-up")
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep or scaling")
@@ -171,9 +172,9 @@ def main(argv=None):
     device = torch.device(args.device)
     n = args.n or (1000 if device.type == "cuda" else 500)
     bs = args.batch_size or (128 if args.model == "wrn-28-10" else 250)
+    # every library gets the model as loaded (parameters requiring gradients, as a user hands it over);
+    # robench's engine turns parameter gradients off itself, which is one of its levers
     model, x, y, data, eps_text = load(args.model, n, device)
-    for p in model.parameters():
-        p.requires_grad_(False)
     eps = parse_eps(eps_text)
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
            "threads": torch.get_num_threads(), "model": args.model, "data": data, "n": n, "batch_size": bs,
@@ -195,10 +196,14 @@ def main(argv=None):
             ours = timed(lambda: robench_run(model, x, y, bs, device, atk, [eps]), device, args.repeats)
             ta = timed(lambda: torchattacks_pgd(model, x, y, bs, device, eps.value, steps), device, args.repeats)
             fb_ = timed(lambda: foolbox_pgd(model, x, y, bs, device, [eps.value], steps), device, args.repeats)
+            low = create_attack(f"pgd(steps={steps},precision=bf16)", batch_size=bs)
+            bf = timed(lambda: robench_run(model, x, y, bs, device, low, [eps]), device, args.repeats)
             robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
+                      "robench-bf16": 100 * bf[2][eps.text].float().mean().item(),
                       "torchattacks": 100 * ta[2].float().mean().item(),
                       "foolbox": 100 * fb_[2][eps.value].float().mean().item()}
-            record(f"pgd-{steps}", "robench", ours[:2], {"torchattacks": ta[:2], "foolbox": fb_[:2]}, robust)
+            record(f"pgd-{steps}", "robench", ours[:2], {"robench-bf16": bf[:2], "torchattacks": ta[:2],
+                                                         "foolbox": fb_[:2]}, robust)
     if "sweep" not in args.skip:
         values = [eps.value * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
         sweep = [parse_eps(f"{v:.6g}") for v in values]
@@ -213,8 +218,8 @@ def main(argv=None):
         xa, ya = x[:m], y[:m]
         atk = create_attack("autoattack", batch_size=bs)
         reps = max(1, args.repeats // 3)
-        ours = timed(lambda: robench_run(model, xa, ya, bs, device, atk, [eps]), device, reps)
-        direct = timed(lambda: direct_autoattack(model, xa, ya, bs, device, eps.value), device, reps)
+        ours = timed(lambda: robench_run(model, xa, ya, bs, device, atk, [eps]), device, reps, warm_up=False)
+        direct = timed(lambda: direct_autoattack(model, xa, ya, bs, device, eps.value), device, reps, warm_up=False)
         same = bool(torch.equal(ours[2][eps.text], direct[2]))
         robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
                   "pyautoattack": 100 * direct[2].float().mean().item()}
@@ -231,9 +236,6 @@ def main(argv=None):
         res["scaling"] = rows
     if device.type == "cuda":
         per_step = step_flops(model, x, device)
-        atk = create_attack("pgd(steps=100)", batch_size=bs)
-        with torch.no_grad():
-            pass
         t = res["results"].get("pgd-100", {}).get("torchattacks", {}).get("median_s")
         rates = {"bf16": matmul_rate(device, torch.bfloat16), "tf32": None}
         torch.backends.cuda.matmul.allow_tf32 = True
