@@ -1,4 +1,6 @@
 """Attack strength: exact answers on a linear model, AutoAttack identity, PGD vs Foolbox and torchattacks."""
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -157,3 +159,20 @@ def test_spec_options():
     a = create_attack("pgd(steps=7)", pgd={"steps": 20, "restarts": 2})
     assert a.budget()["steps"] == 7 and a.budget()["restarts"] == 2 and a.budget()["step_size"] == "2.5*eps/steps"
     assert create_attack("fgsm").budget()["steps"] == 1
+
+
+def test_bf16_pgd_is_as_strong_and_every_success_holds_in_fp32(trained, tmp_path):
+    kw = dict(n=120, eps=["0.05", "0.1"], store=tmp_path / "s.sqlite")
+    full = robench.evaluate([str(trained)], attacks=["pgd(steps=10)"], **kw)
+    low = robench.evaluate([str(trained)], attacks=["pgd(steps=10,precision=bf16)"], **kw)
+    assert json.loads(low.budget[0])[0]["precision"] == "bf16" and "precision" not in json.loads(full.budget[0])[0]
+    assert (low.robust_acc <= full.robust_acc + 2.5).all()  # at most 3 of 120 examples apart
+    x, y = robench.load_split("fashion-mnist").batch(torch.arange(120))
+    atk = create_attack("pgd(steps=10,precision=bf16)")
+    model = robench.load_checkpoint(trained).model
+    out = atk.run(model, x, y, torch.arange(120), 0.1, "Linf", 0)
+    with torch.no_grad():
+        fooled = model(out.x_adv).argmax(1) != y
+    claimed = (out.x_adv != x).flatten(1).any(1)  # PGD returns a new point only for examples it fooled
+    assert claimed.sum() >= 10 and fooled[claimed].all()  # each one holds for the fp32 model
+    assert (out.x_adv - x).abs().amax() <= 0.1 + 1e-6
