@@ -29,6 +29,7 @@ from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import Eps, check_eps_range, parse_eps, parse_norm
 from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
+from ..nn.fast import accelerate
 from ..reporting.stats import binom_above, wilson
 from ..store import Store
 from . import distributed
@@ -77,14 +78,16 @@ def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
 
 @contextmanager
 def attack_mode(model: nn.Module):
-    """Eval mode and parameter gradients off for the duration; the caller's settings come back after."""
+    """Eval mode and parameter gradients off for the duration; the caller's settings come back after.
+    Yields the model for attacks: the same weights, with the faster equivalent layers of
+    ``robench.nn.fast`` on the CPU (bit-identical forward pass)."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()
     for p, _ in flags:
         p.requires_grad_(False)
     try:
-        yield model
+        yield accelerate(model, next(iter(model.parameters()), torch.empty(0)).device)
     finally:
         for p, r in flags:
             p.requires_grad_(r)
@@ -254,9 +257,9 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
         for t, sl in zip(targets, slices):
             info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
             model = t.model.to(dev)
-            with attack_mode(model):
+            with attack_mode(model) as fast:
                 check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
-                bs = bs_given or auto_batch_size(model, info.shape, dev, len(idx))
+                bs = bs_given or auto_batch_size(fast, info.shape, dev, len(idx))
                 atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
                 for a in atk:
                     a.check_norm(norm)
@@ -282,7 +285,7 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                     part = ([], [], {})
                     if len(b):
                         x, y = data.batch(b)
-                        part = attack_batch(model, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                        part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
                     parts = group.gather(part)
                     if group.main:
                         batch_rows = [r for p in parts for r in p[0]]

@@ -206,7 +206,7 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     checks: list[dict] = []
     outcomes: dict[str, dict[int, int]] = {}
     tic = time.perf_counter()
-    with attack_mode(model):
+    with attack_mode(model) as fast:
         checks += probe(model, x_all[:64].to(dev), y_all[:64].to(dev), t.name)
 
         def attack(e: Eps, atk, subset=None) -> dict[int, int]:
@@ -214,7 +214,7 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
             pick = torch.arange(len(idx)) if subset is None else subset
             for s in range(0, len(pick), bs):
                 b = pick[s: s + bs]
-                rows, _, _ = attack_batch(model, x_all[b].to(dev), y_all[b].to(dev), idx[b], [e], [atk], norm, seed)
+                rows, _, _ = attack_batch(fast, x_all[b].to(dev), y_all[b].to(dev), idx[b], [e], [atk], norm, seed)
                 res.update({r[1]: r[3] for r in rows})
             notify({"event": "check", "model": t.name, "attack": atk.name, "eps": e.text,
                     "robust": sum(res.values()), "n": len(res), "seconds": time.perf_counter() - tic})

@@ -1,0 +1,94 @@
+"""robench.nn.fast: the accelerated model computes the same function, with the same weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import robench
+from robench.engine.evaluate import attack_mode
+from robench.nn.fast import InputGradConv, WindowMaxPool, accelerate
+
+
+def frozen(arch, act, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = robench.create_model(arch, act, num_classes=10, **kw).eval()
+    for m in model.modules():  # non-trivial batch-norm statistics, as a trained model has
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    return model.requires_grad_(False)
+
+
+def input_grad(model, x, y):
+    x = x.clone().requires_grad_(True)
+    z = model(x)
+    (g,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), x)
+    return z.detach(), g
+
+
+@pytest.mark.parametrize("act", ["relu", "splash", "prelu", "silu", "pssilu"])
+def test_lenet_forward_is_bit_identical_and_the_input_gradient_agrees(act):
+    model = frozen("lenet5", act, in_channels=1, input_size=28)
+    fast = accelerate(model, "cpu")
+    kinds = {type(m) for m in fast.modules()}
+    assert InputGradConv in kinds and WindowMaxPool in kinds  # LeNet's first conv and both pools are swapped
+    x = torch.rand(37, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (37,), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(model(x), fast(x))
+    z0, g0 = input_grad(model, x, y)
+    z1, g1 = input_grad(fast, x, y)
+    assert torch.equal(z0, z1)
+    assert torch.allclose(g0, g1, rtol=1e-4, atol=1e-6 * g0.abs().max())
+    assert (g0.sign() == g1.sign()).float().mean() > 0.999  # what a Linf step uses
+
+
+def test_weights_are_shared_not_copied_and_settings_come_back():
+    model = frozen("lenet5", "prelu", in_channels=1, input_size=28).requires_grad_(True).train()
+    with attack_mode(model) as fast:
+        assert fast is not model and not model.training
+        assert {id(p) for p in fast.parameters()} == {id(p) for p in model.parameters()}
+        assert {id(b) for b in fast.buffers()} == {id(b) for b in model.buffers()}
+        assert not any(p.requires_grad for p in model.parameters())
+    assert model.training and all(p.requires_grad for p in model.parameters())
+
+
+def test_window_pool_without_gradients_equals_max_pool():
+    g = torch.Generator().manual_seed(0)
+    for shape, k in [((3, 4, 28, 28), 2), ((2, 3, 9, 11), 2), ((2, 2, 10, 10), 3), ((1, 16, 4, 4), 4)]:
+        x = torch.randn(shape, generator=g)
+        x[0, 0, 0, 0] = float("nan")
+        x[0, 1, :2, :2] = 0.5  # a tie
+        pool = WindowMaxPool(nn.MaxPool2d(k), k)
+        with torch.no_grad():
+            torch.testing.assert_close(pool(x), F.max_pool2d(x, k), rtol=0, atol=0, equal_nan=True)
+        xg = x.nan_to_num().requires_grad_(True)  # with gradients PyTorch's own kernel picks the element
+        go = torch.randn(F.max_pool2d(xg, k).shape, generator=g)
+        assert torch.equal(torch.autograd.grad(pool(xg), xg, go)[0],
+                           torch.autograd.grad(F.max_pool2d(xg, k), xg, go)[0])
+
+
+def test_flipped_gradient_conv_matches_autograd_for_every_padding_and_under_bf16():
+    g = torch.Generator().manual_seed(0)
+    for cin, cout, k, pad in [(1, 6, 5, 2), (3, 8, 3, 1), (6, 12, 5, 0), (2, 4, (3, 5), (1, 2))]:
+        conv = nn.Conv2d(cin, cout, k, padding=pad, bias=True).requires_grad_(False)
+        x = torch.randn(5, cin, 13, 12, generator=g, requires_grad=True)
+        go = torch.randn(conv(x).shape, generator=g)
+        ref = torch.autograd.grad(conv(x), x, go)[0]
+        got = torch.autograd.grad(InputGradConv(conv)(x), x, go)[0]
+        assert torch.allclose(ref, got, rtol=1e-4, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = InputGradConv(conv)(x)
+        (gb,) = torch.autograd.grad(out.float(), x, go)
+        assert gb.dtype == torch.float32 and torch.allclose(ref, gb, rtol=0.05, atol=0.05 * ref.abs().max())
+
+
+def test_trainable_weights_and_other_devices_run_the_native_layers():
+    conv = nn.Conv2d(1, 6, 5, padding=2)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    InputGradConv(conv)(x).sum().backward()
+    assert conv.weight.grad is not None and x.grad is not None  # parameters that learn take the native path
+    model = frozen("lenet5", "relu", in_channels=1, input_size=28)
+    assert accelerate(model, "meta") is model  # only the CPU gets stand-ins
+    wide = frozen("resnet20", "relu", in_channels=3, input_size=32)
+    assert accelerate(wide, "cpu") is wide  # 16 channels and up: nothing pays, nothing is swapped
