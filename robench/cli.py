@@ -7,18 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
 from typer._click.exceptions import UsageError as _UsageError
+from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__, api
+from .cli_output import EvalProgress, TrainProgress, err, interrupted, num, out, pct, results_table, short, track
 from .errors import RobenchError
-
-_WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
-out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
-err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WIDTH)
 
 
 class _Group(TyperGroup):
@@ -43,25 +39,8 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             if os.environ.get("ROBENCH_DEBUG"):
                 raise
-            err.print(_interrupted(), soft_wrap=True, markup=False)
+            err.print(interrupted(), soft_wrap=True, markup=False)
             raise typer.Exit(130) from None
-
-
-_WHERE: dict = {}  # the last run a command reported progress on, for the Ctrl-C message
-
-
-def _track(ev: dict) -> None:
-    if ev.get("event") in ("start", "batch") and "run_id" in ev:
-        _WHERE.update({k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
-
-
-def _interrupted() -> str:
-    if not _WHERE:
-        return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
-    w = _WHERE
-    return (f"Interrupted: {w['model']} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}); "
-            f"every finished batch is saved in {w.get('store', 'the store')}, so run the same command again to "
-            "continue from there.")
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
@@ -137,7 +116,7 @@ def info(
         t.add_row(f"recipe.{key}", str(val))
     out.print(t)
     for a in d["activations"]:
-        vals = "; ".join(f"{k}={_short(v)}" for k, v in a["values"].items())
+        vals = "; ".join(f"{k}={short(v)}" for k, v in a["values"].items())
         out.print(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}")
 
 
@@ -184,9 +163,9 @@ def eval_(
         api.evaluate(ckpts, config=config, **opts)
         return
     if quiet or as_json:
-        df = api.evaluate(ckpts, config=config, progress=_track, **opts)
+        df = api.evaluate(ckpts, config=config, progress=track, **opts)
     else:
-        with _EvalProgress() as prog:
+        with EvalProgress() as prog:
             df = api.evaluate(ckpts, config=config, progress=prog.update, **opts)
     if as_json:
         for row in df.to_dict(orient="records"):
@@ -244,16 +223,16 @@ def transfer(
               trust_checkpoint=trust or None, out=str(out_file) if out_file else None)
     srcs, tgts = [str(c) for c in source or []], [str(c) for c in target or []]
     if quiet:
-        df = api.transfer(srcs, tgts, progress=_track, **kw)
+        df = api.transfer(srcs, tgts, progress=track, **kw)
         return
-    with _EvalProgress() as prog:
+    with EvalProgress() as prog:
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
     for eps_text, block in df.groupby("eps", sort=False):
         targets = list(dict.fromkeys(block.target))
         t = Table("source \\ target", *targets, title=f"Transfer: robust accuracy % [95% CI] and attack success "
                   f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
         for src, rows in block.groupby("source", sort=False):
-            cells = {r.target: (f"{_pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
+            cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
                                 + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
             t.add_row(src, *[cells.get(x, "-") for x in targets])
         t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
@@ -337,7 +316,7 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", help="No progress."),
 ):
     """Train a network with any registered activation: standard, PGD-AT, TRADES or fast AT."""
-    prog = None if quiet else _TrainProgress()
+    prog = None if quiet else TrainProgress()
     if zoo:
         rows = api.build_zoo(zoo, out_path, overwrite=overwrite, only=only, progress=prog and prog.update)
         t = Table("file", "group", "status")
@@ -377,8 +356,8 @@ def leaderboard(
                 t.add_column(head)
             t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
             for r in block.itertuples():
-                t.add_row(str(r.rank), r.model_id, r.training_method, _num(r.clean_acc),
-                          _num(r.autoattack_acc), _num(r.pgd_acc), _num(r.transfer_acc), _num(r.best_known_acc),
+                t.add_row(str(r.rank), r.model_id, r.training_method, num(r.clean_acc),
+                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc), num(r.best_known_acc),
                           str(r.n), "yes" if r.unreliable else "no")
             out.print(t)
     out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
@@ -406,9 +385,9 @@ def check(
     kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device,
               data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)
     if quiet:
-        res = api.check(baseline, ckpts, progress=_track, **kw)
+        res = api.check(baseline, ckpts, progress=track, **kw)
     else:
-        with _EvalProgress() as prog:
+        with EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     table = res["table"]
     t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
@@ -428,119 +407,6 @@ def check(
                   + ", ".join(sorted({f"{r.model_id} ({r.metric})" for r in failed.itertuples()})), markup=False)
         raise typer.Exit(1)
     out.print(f"All {len(res['table'])} checks passed.")
-
-
-def _num(v) -> str:
-    return "-" if v != v else f"{v:.2f}"
-
-
-class _TrainProgress:
-    """A bar per epoch (batches, running loss) and a line per finished epoch."""
-
-    def update(self, ev: dict):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        if ev["event"] == "member":
-            err.print(f"[bold]{ev['file']}[/] ({ev['group']})")
-        elif ev["event"] == "start":
-            self.epochs = ev["epochs"]
-            err.print(f"Training on {ev['train']} images, validating on {ev['val']}, device {ev['device']}")
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                     console=err, transient=True)
-            self.progress.start()
-            self.task = None
-        elif ev["event"] == "batch":
-            if self.task is None:
-                self.task = self.progress.add_task(f"epoch {ev['epoch']}/{self.epochs}", total=ev["batches"], loss="-")
-            self.progress.update(self.task, completed=ev["batch"], loss=f"{ev['loss']:.3f}")
-        elif ev["event"] == "epoch":
-            self.progress.remove_task(self.task)
-            self.task = None
-            err.print(f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
-                      f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
-                      f"  {ev['seconds']:.0f} s")
-            if ev["epoch"] == ev["epochs"]:
-                self.progress.stop()
-
-
-def _pct(acc, lo, hi) -> str:
-    return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
-
-
-def results_table(df) -> Table:
-    """The results, with each distinct flag as a numbered note under the table."""
-    notes: list[str] = []
-    t = Table("model", "norm", "eps", "attacks", "n", "clean % [95% CI]", "robust % [95% CI]", "flags")
-    for r in df.itertuples():
-        marks = []
-        for flag in filter(None, (r.flags or "").split("; ")):
-            if flag not in notes:
-                notes.append(flag)
-            marks.append(f"[{notes.index(flag) + 1}]")
-        t.add_row(r.model, r.norm, r.eps, r.attacks, str(r.n), _pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
-                  _pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), " ".join(marks) or "-")
-    t.caption = "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) or None
-    t.caption_justify = "left"
-    return t
-
-
-class _EvalProgress:
-    """One rich progress bar per checkpoint x attack set: examples done, robust so far, ETA."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("robust {task.fields[robust]}"), TimeRemainingColumn(),
-                                 console=err, transient=False)
-        self.tasks, self.robust = {}, {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, ev: dict):
-        _track(ev)
-        if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
-            last = ev["rows"][-1]
-            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"
-                                        f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
-                                        f"{ev['seconds']:.0f} s", markup=False)
-            return
-        if ev["event"] == "craft":
-            how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
-            self.progress.console.print(f"Transfer examples from {ev['source']} at eps {ev['eps']}: {how}",
-                                        markup=False)
-            return
-        if ev["event"] == "check":
-            self.progress.console.print(f"{ev['model']}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
-                                        f" robust  {ev['seconds']:.0f} s", markup=False)
-            return
-        rid = ev["run_id"]
-        if ev["event"] == "start":
-            note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
-            self.robust[rid] = 0
-            self.tasks[rid] = self.progress.add_task(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}",
-                                                     total=ev["total"], completed=ev["done"], robust="-")
-        elif ev["event"] == "batch":
-            self.robust[rid] += ev["robust"]
-            self.progress.update(self.tasks[rid], completed=ev["done"], robust=self.robust[rid])
-        elif ev["event"] == "end":
-            last = ev["rows"][-1] if ev["rows"] else None
-            if last:
-                self.progress.update(self.tasks[rid], completed=last["n"],
-                                     robust=f"{last['robust_acc']:.1f}% at eps {last['eps']}")
-
-
-def _short(v) -> str:
-    if isinstance(v, list):
-        head = ", ".join(f"{x:.4g}" for x in v[:8])
-        return f"[{head}{', ...' if len(v) > 8 else ''}]"
-    return f"{v:.4g}"
 
 
 def main():

@@ -1,0 +1,142 @@
+"""What the robench command line prints: consoles, progress displays, the results table and the Ctrl-C
+message. The commands in cli.py call these; nothing here computes a result."""
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+from rich.table import Table
+
+_WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
+out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
+err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WIDTH)
+
+
+WHERE: dict = {}  # the last run a command reported progress on, for the Ctrl-C message
+
+
+def track(ev: dict) -> None:
+    if ev.get("event") in ("start", "batch") and "run_id" in ev:
+        WHERE.update({k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
+
+
+def interrupted() -> str:
+    if not WHERE:
+        return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
+    w = WHERE
+    return (f"Interrupted: {w['model']} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}); "
+            f"every finished batch is saved in {w.get('store', 'the store')}, so run the same command again to "
+            "continue from there.")
+
+
+def num(v) -> str:
+    return "-" if v != v else f"{v:.2f}"
+
+
+class TrainProgress:
+    """A bar per epoch (batches, running loss) and a line per finished epoch."""
+
+    def update(self, ev: dict):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if ev["event"] == "member":
+            err.print(f"[bold]{ev['file']}[/] ({ev['group']})")
+        elif ev["event"] == "start":
+            self.epochs = ev["epochs"]
+            err.print(f"Training on {ev['train']} images, validating on {ev['val']}, device {ev['device']}")
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+                                     console=err, transient=True)
+            self.progress.start()
+            self.task = None
+        elif ev["event"] == "batch":
+            if self.task is None:
+                self.task = self.progress.add_task(f"epoch {ev['epoch']}/{self.epochs}", total=ev["batches"], loss="-")
+            self.progress.update(self.task, completed=ev["batch"], loss=f"{ev['loss']:.3f}")
+        elif ev["event"] == "epoch":
+            self.progress.remove_task(self.task)
+            self.task = None
+            err.print(f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
+                      f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
+                      f"  {ev['seconds']:.0f} s")
+            if ev["epoch"] == ev["epochs"]:
+                self.progress.stop()
+
+
+def pct(acc, lo, hi) -> str:
+    return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def results_table(df) -> Table:
+    """The results, with each distinct flag as a numbered note under the table."""
+    notes: list[str] = []
+    t = Table("model", "norm", "eps", "attacks", "n", "clean % [95% CI]", "robust % [95% CI]", "flags")
+    for r in df.itertuples():
+        marks = []
+        for flag in filter(None, (r.flags or "").split("; ")):
+            if flag not in notes:
+                notes.append(flag)
+            marks.append(f"[{notes.index(flag) + 1}]")
+        t.add_row(r.model, r.norm, r.eps, r.attacks, str(r.n), pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
+                  pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), " ".join(marks) or "-")
+    t.caption = "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) or None
+    t.caption_justify = "left"
+    return t
+
+
+class EvalProgress:
+    """One rich progress bar per checkpoint x attack set: examples done, robust so far, ETA."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("robust {task.fields[robust]}"), TimeRemainingColumn(),
+                                 console=err, transient=False)
+        self.tasks, self.robust = {}, {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, ev: dict):
+        track(ev)
+        if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
+            last = ev["rows"][-1]
+            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"
+                                        f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
+                                        f"{ev['seconds']:.0f} s", markup=False)
+            return
+        if ev["event"] == "craft":
+            how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
+            self.progress.console.print(f"Transfer examples from {ev['source']} at eps {ev['eps']}: {how}",
+                                        markup=False)
+            return
+        if ev["event"] == "check":
+            self.progress.console.print(f"{ev['model']}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
+                                        f" robust  {ev['seconds']:.0f} s", markup=False)
+            return
+        rid = ev["run_id"]
+        if ev["event"] == "start":
+            note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
+            self.robust[rid] = 0
+            self.tasks[rid] = self.progress.add_task(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}",
+                                                     total=ev["total"], completed=ev["done"], robust="-")
+        elif ev["event"] == "batch":
+            self.robust[rid] += ev["robust"]
+            self.progress.update(self.tasks[rid], completed=ev["done"], robust=self.robust[rid])
+        elif ev["event"] == "end":
+            last = ev["rows"][-1] if ev["rows"] else None
+            if last:
+                self.progress.update(self.tasks[rid], completed=last["n"],
+                                     robust=f"{last['robust_acc']:.1f}% at eps {last['eps']}")
+
+
+def short(v) -> str:
+    if isinstance(v, list):
+        head = ", ".join(f"{x:.4g}" for x in v[:8])
+        return f"[{head}{', ...' if len(v) > 8 else ''}]"
+    return f"{v:.4g}"
