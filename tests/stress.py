@@ -195,6 +195,13 @@ class Stress:
                 continue
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=120)
+            if sig == signal.SIGINT and proc.returncode == 0:
+                # the work was done and Python was shutting down when Ctrl-C landed: nothing to interrupt,
+                # so not a kill point, but the run must be whole
+                _check(_rows_of(self.work, self.a) == 2 * n, "SIGINT gave exit code 0 with the run unfinished")
+                f["missed"] += 1
+                _reset(self.work, self.a)
+                continue
             f["kill_points"] += 1
             self._judge(sig, proc.returncode, err)
             self.log(f"kill point {f['kill_points']}: {sig.name} after {delay:.2f} s, "

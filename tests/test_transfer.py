@@ -128,3 +128,25 @@ def test_query_attacks_through_eval_record_their_query_counts(trained, tmp_path,
     r = CliRunner().invoke(app, ["eval", str(trained), "--n", "12", "--norm", norm, "--eps", eps, "--attack", spec, "--store",
                                  str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r.csv")])
     assert r.exit_code == 0 and "queries" in pd.read_csv(tmp_path / "r.csv").columns
+
+
+def test_ensemble_all_attacks_each_target_with_the_ensemble_of_the_others(trained, second, tmp_path):
+    ck = robench.load_checkpoint(second)
+    with torch.no_grad():  # a third model: the second with its weights nudged, so its own file and sha256
+        for p in ck.model.parameters():
+            p.mul_(1.05)
+    third = robench.save_checkpoint(ck.model, tmp_path / "lenet5-third.safetensors", {**ck.meta, "name": "third"})
+    paths = [str(trained), str(second), str(third)]
+    out = tmp_path / "rows.json"
+    res = CliRunner().invoke(app, ["transfer", "--ensemble", *[a for p in paths for a in ("--all", p)],
+                                   "--n", "40", "--eps", "0.1",
+                                   "--store", str(tmp_path / "s.sqlite"), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = pd.read_json(out)
+    names = {"lenet5-relu-test", "lenet5-silu-test", "third"}
+    assert sorted(rows.target) == sorted(names) and not rows.white_box.any()
+    for r in rows.itertuples():
+        sources = [s["model"] for s in json.loads(r.budget)[0]["sources"]]
+        assert sorted(sources) == sorted(names - {r.target})  # every other model, never the target itself
+        assert r.source == " + ".join(sources) and json.loads(r.budget)[0]["ensemble"]
+        assert r.n == 40 and r.robust_acc <= r.clean_acc
