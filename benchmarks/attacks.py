@@ -44,16 +44,20 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def timed(fn, device, repeats, warm_up=True):
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up) and its last result."""
-    out, times = fn() if warm_up else None, []
+def timed(fns: dict, device, repeats, warm_up=True) -> dict:
+    """Per name, the median wall time of ``fns[name]()`` over ``repeats`` runs, its times and its last
+    result. The runs are interleaved (one of each, then the next round), so a slow spell of a shared machine
+    lands on every library alike instead of on whichever ran during it."""
+    outs = {k: fn() if warm_up else None for k, fn in fns.items()}
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        sync(device)
-        tic = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times), times, out
+        for k, fn in fns.items():
+            sync(device)
+            tic = time.perf_counter()
+            outs[k] = fn()
+            sync(device)
+            times[k].append(time.perf_counter() - tic)
+    return {k: (statistics.median(times[k]), times[k], outs[k]) for k in fns}
 
 
 def load(model_name: str, n: int, device):
@@ -162,8 +166,9 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="lenet5", choices=["lenet5", "resnet20", "wrn-28-10"])
     ap.add_argument("--n", type=int, default=None, help="examples [default: 1000 on CUDA, 500 on CPU]")
-    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]; timed once "
-                    "per three repeats, without warm-up")
+    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]; timed "
+                    "without warm-up")
+    ap.add_argument("--aa-repeats", type=int, default=3, help="AutoAttack runs of each library [default: 3]")
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep or scaling")
@@ -193,11 +198,13 @@ def main(argv=None):
     if "pgd" not in args.skip:
         for steps in (10, 100):
             atk = create_attack(f"pgd(steps={steps})", batch_size=bs)
-            ours = timed(lambda: robench_run(model, x, y, bs, device, atk, [eps]), device, args.repeats)
-            ta = timed(lambda: torchattacks_pgd(model, x, y, bs, device, eps.value, steps), device, args.repeats)
-            fb_ = timed(lambda: foolbox_pgd(model, x, y, bs, device, [eps.value], steps), device, args.repeats)
             low = create_attack(f"pgd(steps={steps},precision=bf16)", batch_size=bs)
-            bf = timed(lambda: robench_run(model, x, y, bs, device, low, [eps]), device, args.repeats)
+            t = timed({"robench": lambda: robench_run(model, x, y, bs, device, atk, [eps]),
+                       "torchattacks": lambda: torchattacks_pgd(model, x, y, bs, device, eps.value, steps),
+                       "foolbox": lambda: foolbox_pgd(model, x, y, bs, device, [eps.value], steps),
+                       "robench-bf16": lambda: robench_run(model, x, y, bs, device, low, [eps])},
+                      device, args.repeats)
+            ours, ta, fb_, bf = t["robench"], t["torchattacks"], t["foolbox"], t["robench-bf16"]
             robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
                       "robench-bf16": 100 * bf[2][eps.text].float().mean().item(),
                       "torchattacks": 100 * ta[2].float().mean().item(),
@@ -208,8 +215,10 @@ def main(argv=None):
         values = [eps.value * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
         sweep = [parse_eps(f"{v:.6g}") for v in values]
         atk = create_attack("pgd(steps=20)", batch_size=bs)
-        ours = timed(lambda: robench_run(model, x, y, bs, device, atk, sweep), device, args.repeats)
-        fb_ = timed(lambda: foolbox_pgd(model, x, y, bs, device, [e.value for e in sweep], 20), device, args.repeats)
+        t = timed({"robench": lambda: robench_run(model, x, y, bs, device, atk, sweep),
+                   "foolbox": lambda: foolbox_pgd(model, x, y, bs, device, [e.value for e in sweep], 20)},
+                  device, args.repeats)
+        ours, fb_ = t["robench"], t["foolbox"]
         robust = {"robench": [100 * ours[2][e.text].float().mean().item() for e in sweep],
                   "foolbox": [100 * fb_[2][e.value].float().mean().item() for e in sweep]}
         record("eps-sweep-5 (pgd 20 steps)", "robench", ours[:2], {"foolbox": fb_[:2]}, robust)
@@ -217,9 +226,10 @@ def main(argv=None):
         m = args.aa_n or max(n // 5, 20)
         xa, ya = x[:m], y[:m]
         atk = create_attack("autoattack", batch_size=bs)
-        reps = max(1, args.repeats // 3)
-        ours = timed(lambda: robench_run(model, xa, ya, bs, device, atk, [eps]), device, reps, warm_up=False)
-        direct = timed(lambda: direct_autoattack(model, xa, ya, bs, device, eps.value), device, reps, warm_up=False)
+        t = timed({"robench": lambda: robench_run(model, xa, ya, bs, device, atk, [eps]),
+                   "pyautoattack": lambda: direct_autoattack(model, xa, ya, bs, device, eps.value)},
+                  device, args.aa_repeats, warm_up=False)
+        ours, direct = t["robench"], t["pyautoattack"]
         same = bool(torch.equal(ours[2][eps.text], direct[2]))
         robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
                   "pyautoattack": 100 * direct[2].float().mean().item()}
@@ -231,8 +241,8 @@ def main(argv=None):
             atk = create_attack(f"pgd(steps={steps})", batch_size=bs)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            t = timed(lambda: robench_run(model, x[:n_s], y[:n_s], bs, device, atk, [eps]), device, 1)
-            rows.append({"n": n_s, "steps": steps, "seconds": t[0], "peak_mib": peak_memory(device)})
+            t = timed({"robench": lambda: robench_run(model, x[:n_s], y[:n_s], bs, device, atk, [eps])}, device, 1)
+            rows.append({"n": n_s, "steps": steps, "seconds": t["robench"][0], "peak_mib": peak_memory(device)})
         res["scaling"] = rows
     if device.type == "cuda":
         per_step = step_flops(model, x, device)

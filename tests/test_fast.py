@@ -55,10 +55,14 @@ def test_weights_are_shared_not_copied_and_settings_come_back():
 
 def test_window_pool_without_gradients_equals_max_pool():
     g = torch.Generator().manual_seed(0)
-    for shape, k in [((3, 4, 28, 28), 2), ((2, 3, 9, 11), 2), ((2, 2, 10, 10), 3), ((1, 16, 4, 4), 4)]:
+    for shape, k in [((3, 4, 28, 28), 2), ((2, 3, 9, 11), 2), ((2, 2, 10, 10), 3), ((1, 16, 4, 4), 4),
+                     ((2, 3, 6, 6), 1)]:
         x = torch.randn(shape, generator=g)
         x[0, 0, 0, 0] = float("nan")
         x[0, 1, :2, :2] = 0.5  # a tie
+        x[-1, -1, :k, :k] = float("-inf")
+        if k == 2:  # a channels-last input (a model converted for speed) pools the same
+            x = x.contiguous(memory_format=torch.channels_last)
         pool = WindowMaxPool(nn.MaxPool2d(k), k)
         with torch.no_grad():
             torch.testing.assert_close(pool(x), F.max_pool2d(x, k), rtol=0, atol=0, equal_nan=True)

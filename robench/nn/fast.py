@@ -9,8 +9,9 @@ attack step 39 -> 20 ms):
   backward-data kernel, which is 2-8x slower for so few channels (LeNet's 1->6 first layer). The forward
   pass is untouched; the input gradient equals the native one up to float rounding.
 - ``MaxPool2d`` with kernel = stride and no padding, when no gradient is taken (clean passes, re-checks,
-  Square's queries): the window maximum is two reductions over contiguous pairs, 2x faster than
-  PyTorch's NCHW kernel and the same values. With gradients PyTorch's kernel runs, so the gradient goes
+  Square's queries): the window maximum is taken as elementwise maxima of strided views (first over the
+  window's rows, then over its columns), 5-13x faster than PyTorch's NCHW kernel and the same values
+  (NaN wins, as in PyTorch; of a +0/-0 tie either may come out, which no later layer can tell apart). With gradients PyTorch's kernel runs, so the gradient goes
   to the same element of each window.
 
 So the accelerated model's forward pass is bit-identical to the original's: clean accuracy and every
@@ -29,9 +30,9 @@ SMALL_CONV = 12  # at most this many output channels: the flipped forward convol
 
 
 class WindowMaxPool(nn.Module):
-    """``MaxPool2d(k)`` (stride k, no padding). Without gradients the window maximum is two reductions
-    over contiguous pairs of rows and columns; with them PyTorch's own kernel runs, so the gradient picks
-    the same element of each window."""
+    """``MaxPool2d(k)`` (stride k, no padding). Without gradients the window maximum is elementwise maxima
+    of strided views, over the window's rows and then its columns; with them PyTorch's own kernel runs, so
+    the gradient picks the same element of each window."""
 
     def __init__(self, pool: nn.MaxPool2d, k: int):
         super().__init__()
@@ -44,7 +45,15 @@ class WindowMaxPool(nn.Module):
         k, ho, wo = self.k, h // self.k, w // self.k
         if (h, w) != (ho * k, wo * k):
             x = x[:, :, :ho * k, :wo * k]
-        return x.reshape(n, c, ho * k, wo, k).amax(-1).view(n, c, ho, k, wo).amax(3)
+        rows = x.reshape(n, c, ho, k, wo * k)
+        m = rows[:, :, :, 0]
+        for j in range(1, k):  # the window's rows, then its columns: elementwise maxima of strided views
+            m = torch.maximum(m, rows[:, :, :, j])
+        cols = m.reshape(n, c, ho, wo, k)
+        out = cols[..., 0]
+        for j in range(1, k):
+            out = torch.maximum(out, cols[..., j])
+        return out
 
 
 class _FlippedGradConv(torch.autograd.Function):
