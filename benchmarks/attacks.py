@@ -204,8 +204,8 @@ def main(argv=None):
                        "foolbox": lambda: foolbox_pgd(model, x, y, bs, device, [eps.value], steps)},
                       device, args.repeats)
             ours, ta, fb_ = t["robench"], t["torchattacks"], t["foolbox"]
-            # bf16 is timed on its own: interleaved with the fp32 runs it slowed them down by up to 30% in
-            # this process (bf16 and fp32 oneDNN kernels for every batch size), which no single run sees
+            # bf16 is timed on its own: interleaved with them it slowed the fp32 runs of this process by up
+            # to 30% (cause not found), which a user running one precision never sees
             bf = timed({"bf16": lambda: robench_run(model, x, y, bs, device, low, [eps])}, device, args.repeats)["bf16"]
             robust = {"robench": 100 * ours[2][eps.text].float().mean().item(),
                       "robench-bf16": 100 * bf[2][eps.text].float().mean().item(),
