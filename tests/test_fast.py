@@ -6,7 +6,7 @@ from torch import nn
 
 import robench
 from robench.engine.evaluate import attack_mode
-from robench.nn.fast import InputGradConv, WindowMaxPool, accelerate
+from robench.nn.fast import InputGradConv, WindowMaxPool, accelerate, swap
 
 
 def frozen(arch, act, seed=0, **kw):
@@ -53,7 +53,7 @@ def test_weights_are_shared_not_copied_and_settings_come_back():
     assert model.training and all(p.requires_grad for p in model.parameters())
 
 
-def test_window_pool_without_gradients_equals_max_pool():
+def test_window_pool_equals_max_pool_in_values_and_gradients():
     g = torch.Generator().manual_seed(0)
     for shape, k in [((3, 4, 28, 28), 2), ((2, 3, 9, 11), 2), ((2, 2, 10, 10), 3), ((1, 16, 4, 4), 4),
                      ((2, 3, 6, 6), 1)]:
@@ -61,12 +61,13 @@ def test_window_pool_without_gradients_equals_max_pool():
         x[0, 0, 0, 0] = float("nan")
         x[0, 1, :2, :2] = 0.5  # a tie
         x[-1, -1, :k, :k] = float("-inf")
+        x[-1, 0] = x[-1, 0].clamp_min(0)  # after a ReLU most windows tie at zero
         if k == 2:  # a channels-last input (a model converted for speed) pools the same
             x = x.contiguous(memory_format=torch.channels_last)
         pool = WindowMaxPool(nn.MaxPool2d(k), k)
         with torch.no_grad():
             torch.testing.assert_close(pool(x), F.max_pool2d(x, k), rtol=0, atol=0, equal_nan=True)
-        xg = x.nan_to_num().requires_grad_(True)  # with gradients PyTorch's own kernel picks the element
+        xg = x.nan_to_num().requires_grad_(True)  # the gradient goes to the element PyTorch picks
         go = torch.randn(F.max_pool2d(xg, k).shape, generator=g)
         assert torch.equal(torch.autograd.grad(pool(xg), xg, go)[0],
                            torch.autograd.grad(F.max_pool2d(xg, k), xg, go)[0])
@@ -74,11 +75,13 @@ def test_window_pool_without_gradients_equals_max_pool():
 
 def test_flipped_gradient_conv_matches_autograd_for_every_padding_and_under_bf16():
     g = torch.Generator().manual_seed(0)
-    for cin, cout, k, pad in [(1, 6, 5, 2), (3, 8, 3, 1), (6, 12, 5, 0), (2, 4, (3, 5), (1, 2))]:
+    for cin, cout, k, pad in [(1, 6, 5, 2), (3, 8, 3, 1), (6, 12, 5, 0), (2, 4, (3, 5), (1, 2)),
+                              (1, 32, 3, 1), (1, 5, (5, 3), (1, 0)), (1, 4, (1, 3), 0)]:  # one input channel: row taps
         conv = nn.Conv2d(cin, cout, k, padding=pad, bias=True).requires_grad_(False)
         x = torch.randn(5, cin, 13, 12, generator=g, requires_grad=True)
         go = torch.randn(conv(x).shape, generator=g)
         ref = torch.autograd.grad(conv(x), x, go)[0]
+        assert swap(conv) is not None
         got = torch.autograd.grad(InputGradConv(conv)(x), x, go)[0]
         assert torch.allclose(ref, got, rtol=1e-4, atol=1e-5)
         with torch.autocast("cpu", dtype=torch.bfloat16):
