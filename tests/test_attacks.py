@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import robench
-from robench.attacks.pgd import PGD
+from robench.attacks.base import lp_norm
+from robench.attacks.pgd import PGD, random_start, random_starts
 from robench.attacks.registry import create_attack, split_spec
 from robench.config import parse_eps
 from robench.data import load_split
@@ -76,6 +77,25 @@ def test_sweep_equals_separate_runs_on_a_linear_model():
     for e in eps:
         alone, _, _ = attack_batch(model, x, y, idx, [e], [PGD(steps=20)], "Linf", 0)
         assert [r[3] for r in sweep if r[0] == e.text] == [r[3] for r in alone]
+
+
+@pytest.mark.parametrize("norm", ["Linf", "L2"])
+def test_random_starts_do_not_depend_on_the_batch(norm):
+    x = torch.rand(40, 1, 6, 6, generator=torch.Generator().manual_seed(0))
+    x[:4] = 0  # starts that the [0, 1] box clips
+    seeds = list(range(100, 140))
+    batch = random_starts(x, 0.3, norm, seeds)
+    for j in (0, 7, 39):  # each start is the draw of its own generator, as if it were alone
+        alone = random_start(x[j:j + 1], 0.3, norm, torch.Generator().manual_seed(seeds[j]))
+        assert torch.equal(batch[j:j + 1], alone)
+    assert torch.equal(random_starts(x[7:20], 0.3, norm, seeds[7:20]), batch[7:20])
+    assert (lp_norm(batch, norm) <= 0.3 + 1e-6).all() and ((x + batch) >= 0).all() and ((x + batch) <= 1).all()
+    model, xl, y, _ = linear_problem(n=60)
+    eps, idx = [parse_eps("0.05")], torch.arange(60)
+    whole, _, _ = attack_batch(model, xl, y, idx, eps, [PGD(steps=5)], norm, 0)
+    parts = [attack_batch(model, xl[s], y[s], idx[s], eps, [PGD(steps=5)], norm, 0)[0]
+             for s in (slice(0, 17), slice(17, 60))]
+    assert whole == parts[0] + parts[1]
 
 
 def test_an_attack_that_cheats_is_projected_back():

@@ -6,7 +6,7 @@ from torch import nn
 
 import robench
 from robench.engine.evaluate import attack_mode
-from robench.nn.fast import InputGradConv, WindowMaxPool, accelerate, swap
+from robench.nn.fast import FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
 
 
 def frozen(arch, act, seed=0, **kw):
@@ -90,6 +90,29 @@ def test_flipped_gradient_conv_matches_autograd_for_every_padding_and_under_bf16
         assert gb.dtype == torch.float32 and torch.allclose(ref, gb, rtol=0.05, atol=0.05 * ref.abs().max())
 
 
+def test_frozen_batch_norm_forward_is_identical_and_its_gradient_is_the_scale():
+    g = torch.Generator().manual_seed(0)
+    bn = nn.BatchNorm2d(6)
+    bn.running_mean.uniform_(-1, 1, generator=g)
+    bn.running_var.uniform_(0.5, 2, generator=g)
+    bn.weight.data.uniform_(-2, 2, generator=g)
+    bn.eval().requires_grad_(False)
+    fast = accelerate(nn.Sequential(bn), "cpu")[0]
+    assert isinstance(fast, FrozenBatchNorm)
+    x = torch.randn(64, 6, 28, 28, generator=g, requires_grad=True)
+    go = torch.randn(x.shape, generator=g)
+    assert torch.equal(fast(x), bn(x))
+    ref = torch.autograd.grad(bn(x), x, go)[0]
+    torch.testing.assert_close(torch.autograd.grad(fast(x), x, go)[0], ref, rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast(x.bfloat16())
+    assert torch.autograd.grad(out.float(), x, go)[0].dtype == torch.float32
+    fast.train()  # in training mode it is the plain batch norm: batch statistics, running stats updated
+    before = bn.running_mean.clone()
+    torch.testing.assert_close(fast(x), F.batch_norm(x, None, None, bn.weight, bn.bias, True), rtol=0, atol=0)
+    assert not torch.equal(bn.running_mean, before)
+
+
 def test_trainable_weights_and_other_devices_run_the_native_layers():
     conv = nn.Conv2d(1, 6, 5, padding=2)
     x = torch.randn(2, 1, 8, 8, requires_grad=True)
@@ -98,4 +121,12 @@ def test_trainable_weights_and_other_devices_run_the_native_layers():
     model = frozen("lenet5", "relu", in_channels=1, input_size=28)
     assert accelerate(model, "meta") is model  # only the CPU gets stand-ins
     wide = frozen("resnet20", "relu", in_channels=3, input_size=32)
-    assert accelerate(wide, "cpu") is wide  # 16 channels and up: nothing pays, nothing is swapped
+    fast = accelerate(wide, "cpu")  # RGB and 16 channels and up: only the batch norms are swapped
+    assert InputGradConv not in {type(m) for m in fast.modules()}
+    assert sum(isinstance(m, FrozenBatchNorm) for m in fast.modules()) == 21  # 19 + 2 in shortcuts
+    x = torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # large enough to swap
+    y = torch.arange(32) % 10
+    z0, g0 = input_grad(wide, x, y)
+    z1, g1 = input_grad(fast, x, y)
+    assert torch.equal(z0, z1)
+    torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-6 * g0.abs().max().item())

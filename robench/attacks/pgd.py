@@ -60,10 +60,28 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Genera
     """A uniform draw from the Linf ball, or a random direction with a uniform radius in the L2 ball
     (drawn on the CPU from ``generator``, so CPU and GPU runs start from the same points)."""
     if norm == "Linf":
-        d = (2 * torch.rand(x.shape, generator=generator) - 1) * eps
+        return _into_ball(x, torch.rand(x.shape, generator=generator), None, eps, norm)
+    u = torch.randn(x.shape, generator=generator)
+    return _into_ball(x, u, torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator), eps, norm)
+
+
+def random_starts(x: torch.Tensor, eps: float, norm: str, seeds: list[int]) -> torch.Tensor:
+    """``random_start`` per example, each drawn from its own generator seeded by ``seeds[j]`` (so a start
+    does not depend on how examples are batched); only the draws are per example, the arithmetic is batched."""
+    one = (1,) + tuple(x.shape[1:])
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    if norm == "Linf":
+        return _into_ball(x, torch.cat([torch.rand(one, generator=g) for g in gens]), None, eps, norm)
+    draws = [(torch.randn(one, generator=g), torch.rand((1,) * len(one), generator=g)) for g in gens]
+    return _into_ball(x, torch.cat([u for u, _ in draws]), torch.cat([r for _, r in draws]), eps, norm)
+
+
+def _into_ball(x, u, r, eps, norm):
+    """The start ``x + d`` kept in [0, 1], as a perturbation: ``d`` from uniform draws ``u`` (Linf), or from
+    normal draws ``u`` and uniform radii ``r`` (L2)."""
+    if norm == "Linf":
+        d = (2 * u - 1) * eps
     else:
-        u = torch.randn(x.shape, generator=generator)
-        r = torch.rand((len(x),) + (1,) * (x.dim() - 1), generator=generator)
         d = u / u.flatten(1).norm(dim=1).clamp_min(1e-12).view(r.shape) * eps * r
     d = d.to(x.device, x.dtype)
     return (x + d).clamp(0, 1) - x
@@ -118,8 +136,7 @@ class PGD(Attack):
         examples are batched."""
         if not self.random_start:
             return torch.zeros_like(x)
-        return torch.cat([random_start(x[j:j + 1], eps, norm, torch.Generator().manual_seed(
-            example_seed(seed, i, restart, norm, "pgd-start"))) for j, i in enumerate(idx.tolist())])
+        return random_starts(x, eps, norm, [example_seed(seed, i, restart, norm, "pgd-start") for i in idx.tolist()])
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         x_adv = x.clone()

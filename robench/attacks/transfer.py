@@ -13,7 +13,7 @@ from torch import nn
 from .. import __version__
 from ..errors import RobenchError, unknown
 from .base import example_seed
-from .pgd import LOSSES, ascend, attack_loss, random_start
+from .pgd import LOSSES, ascend, attack_loss, random_starts
 from .registry import split_spec
 
 METHODS = ("pgd", "mifgsm", "difgsm")
@@ -66,8 +66,7 @@ class TransferAttack:
         alpha = self.rel_step_size * eps / self.steps
         ids = idx.tolist()
         if self.random_start:
-            delta = torch.cat([random_start(x[j:j + 1], eps, norm, torch.Generator().manual_seed(
-                example_seed(seed, i, norm, "transfer-start"))) for j, i in enumerate(ids)])
+            delta = random_starts(x, eps, norm, [example_seed(seed, i, norm, "transfer-start") for i in ids])
         else:
             delta = torch.zeros_like(x)
         momentum = torch.zeros_like(x)

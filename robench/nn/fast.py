@@ -1,7 +1,7 @@
 """Faster stand-ins for layers at attack time, for models in eval mode with frozen parameters.
 
 `accelerate(model, device)` returns the same network (parameters and buffers shared, not copied) with
-two kinds of layer replaced where they pay on the CPU (measured on the shipped LeNet-5, batch 250, runs
+three kinds of layer replaced where they pay on the CPU (measured on the shipped LeNet-5, batch 250, runs
 interleaved: one attack step takes 31 ms natively, 22 ms with the first versions of these layers and 13 ms
 with the row taps and the pair pool below):
 
@@ -20,10 +20,13 @@ with the row taps and the pair pool below):
   element PyTorch's kernel picks (the first maximum in row-major order), 1.4x faster forward and
   backward; other windows run PyTorch's kernel. Only a window holding NaN may send its gradient to
   another element than PyTorch does (its output, and so the loss, is NaN either way).
+- ``BatchNorm2d`` in eval mode: PyTorch's forward, and as input gradient one multiplication by the
+  per-channel scale it applies, 2-3x faster than the general batch-norm backward on large inputs.
 
 So the accelerated model's forward pass is bit-identical to the original's: clean accuracy and every
 final verdict are unchanged, and only the attack's search direction can differ, at the level of float
-rounding (as it does between two CPUs). On CUDA the model is returned as it is: cuDNN has neither problem.
+rounding (as it does between two CPUs). On CUDA the model is returned as it is: cuDNN has none of these
+problems.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SMALL_NORM = 2 ** 17  # below this many elements PyTorch's batch-norm backward beats a Python-level one
 SMALL_CONV = 12  # at most this many output channels: the flipped forward convolution wins (benchmarks)
 
 
@@ -122,6 +126,39 @@ def row_taps(grad: torch.Tensor, flipped: torch.Tensor, pad: tuple[int, int]) ->
     return reduce(torch.add, (rows[:, a, a:a + h] for a in range(k_h))).unsqueeze(1)
 
 
+class _AffineGrad(torch.autograd.Function):
+    """An eval-mode batch norm: PyTorch's forward, and as backward the per-channel scale it applies."""
+
+    @staticmethod
+    def forward(ctx, x, bn):
+        scale = (bn.running_var + bn.eps).rsqrt()
+        if bn.weight is not None:
+            scale = scale * bn.weight
+        ctx.scale, ctx.dtype = scale.view((1, -1) + (1,) * (x.dim() - 2)), x.dtype
+        return bn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad * ctx.scale.to(grad.dtype)).to(ctx.dtype), None
+
+
+class FrozenBatchNorm(nn.Module):
+    """A ``BatchNorm2d`` in eval mode whose input gradient is one multiplication by its per-channel scale
+    instead of PyTorch's general batch-norm backward (2-3x faster from about 10^5 elements on; below
+    ``SMALL_NORM`` the native one runs)."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x):
+        bn = self.bn
+        if (bn.training or x.numel() < SMALL_NORM or not (x.requires_grad and torch.is_grad_enabled())
+                or any(p.requires_grad for p in bn.parameters())):
+            return bn(x)
+        return _AffineGrad.apply(x, bn)
+
+
 class InputGradConv(nn.Module):
     """A stride-1 ``Conv2d`` whose input gradient is a forward convolution with the flipped kernel."""
 
@@ -147,6 +184,10 @@ def _poolable(m: nn.Module) -> bool:
             and one(m.dilation) == 1 and not m.ceil_mode and not m.return_indices)
 
 
+def _normable(m: nn.Module) -> bool:
+    return type(m) is nn.BatchNorm2d and m.running_var is not None
+
+
 def _flippable(m: nn.Module) -> bool:
     if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str):
         return False
@@ -163,6 +204,8 @@ def swap(m: nn.Module) -> nn.Module | None:
         return WindowMaxPool(m, k)
     if _flippable(m):
         return InputGradConv(m)
+    if _normable(m):
+        return FrozenBatchNorm(m)
     return None
 
 
@@ -171,7 +214,7 @@ def accelerate(model: nn.Module, device) -> nn.Module:
     parameters and buffers are the same tensors, so nothing is copied and nothing can drift."""
     if torch.device(device).type != "cpu":
         return model
-    if not any(_poolable(m) or _flippable(m) for m in model.modules()):
+    if not any(swap(m) is not None for m in model.modules()):
         return model
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     try:
