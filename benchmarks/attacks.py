@@ -1,6 +1,6 @@
 """robench's attacks against torchattacks, Foolbox and direct pyautoattack on the same work, in one process.
 
-    python benchmarks/attacks.py [--device cpu|cuda] [--model lenet5|resnet20|wrn-28-10] [--repeats 3]
+    python benchmarks/attacks.py [--device cpu|cuda] [--model lenet5|resnet20|wrn-28-10] [--repeats 5]
 
 Same model, inputs, batch size and budget for every library:
 - PGD Linf, 10 and 100 steps (step 2.5*eps/steps, random start): robench (its engine: clean pass, PGD,
@@ -9,7 +9,8 @@ Same model, inputs, batch size and budget for every library:
   per-example outcomes compared;
 - an eps sweep of 5 values: robench's one sweep vs Foolbox's run per eps;
 - scaling: robench PGD time and peak memory against n and against steps.
-Prints medians over the repeats and ratios (their time / ours) and writes
+Prints medians over the repeats and ratios (their time / ours; the ratio of medians, and the range of the
+ratios within each interleaved round, which a drifting machine disturbs least) and writes
 benchmarks/results/<device>-<model>.json. On CUDA it adds a roofline line: attack FLOPs (forward +
 input-gradient backward per step, counted by torch's FlopCounterMode) per second against the measured
 bf16 and tf32 matmul rates.
@@ -47,11 +48,13 @@ def sync(device):
 def timed(fns: dict, device, repeats, warm_up=True) -> dict:
     """Per name, the median wall time of ``fns[name]()`` over ``repeats`` runs, its times and its last
     result. The runs are interleaved (one of each, then the next round), so a slow spell of a shared machine
-    lands on every library alike instead of on whichever ran during it."""
+    lands on every library alike instead of on whichever ran during it, and every other round runs them in
+    reverse order, so that no library always pays the one-time costs (oneDNN kernels built for a new shape)
+    that the others then reuse."""
     outs = {k: fn() if warm_up else None for k, fn in fns.items()}
     times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    for r in range(repeats):
+        for k, fn in (list(fns.items()) if r % 2 == 0 else list(fns.items())[::-1]):
             sync(device)
             tic = time.perf_counter()
             outs[k] = fn()
@@ -170,7 +173,7 @@ def main(argv=None):
                     "without warm-up")
     ap.add_argument("--aa-repeats", type=int, default=3, help="AutoAttack runs of each library [default: 3]")
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="timed rounds of PGD and the sweep [default: 5]")
     ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep or scaling")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -190,8 +193,10 @@ def main(argv=None):
     def record(key, ours_name, ours, others, robust):
         entry = {"ours": {"name": ours_name, "median_s": ours[0], "times": ours[1], "robust_acc": robust[ours_name]}}
         for name, t in others.items():
+            paired = [a / b for a, b in zip(t[1], ours[1])]  # same round: the same state of the machine
             entry[name] = {"median_s": t[0], "times": t[1], "robust_acc": robust.get(name),
-                           "ratio": t[0] / ours[0]}
+                           "ratio": t[0] / ours[0], "paired_ratios": paired,
+                           "median_paired_ratio": statistics.median(paired)}
         res["results"][key] = entry
         table.append((key, ours_name, ours[0], robust[ours_name], others, robust))
 
@@ -271,7 +276,8 @@ def main(argv=None):
         for name, (tt, _) in others.items():
             rr = robust.get(name)
             rr = "/".join(f"{v:.1f}" for v in rr) if isinstance(rr, list) else f"{rr:.1f}"
-            parts.append(f"{name} {tt:.2f} s {rr}% x{tt / t:.2f}")
+            paired = res["results"][key][name]["paired_ratios"]
+            parts.append(f"{name} {tt:.2f} s {rr}% x{tt / t:.2f} (rounds x{min(paired):.2f}-{max(paired):.2f})")
         print(f"{key:34} {t:8.2f} {r_txt:>9}  " + "; ".join(parts))
     for k, v in res["results"].items():
         if "identical_outcomes" in v:
