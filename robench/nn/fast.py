@@ -214,7 +214,7 @@ def accelerate(model: nn.Module, device) -> nn.Module:
     parameters and buffers are the same tensors, so nothing is copied and nothing can drift."""
     if torch.device(device).type != "cpu":
         return model
-    if not any(swap(m) is not None for m in model.modules()):
+    if not any(_poolable(m) or _flippable(m) or _normable(m) for m in model.modules()):
         return model
     memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     try:
