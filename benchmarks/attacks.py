@@ -5,8 +5,8 @@
 Same model, inputs, batch size and budget for every library:
 - PGD Linf, 10 and 100 steps (step 2.5*eps/steps, random start): robench (its engine: clean pass, PGD,
   fp32 re-check) vs torchattacks.PGD vs foolbox LinfPGD; robust accuracy beside each time;
-- AutoAttack standard: robench's `autoattack` vs pyautoattack's run_standard_evaluation, with the
-  per-example outcomes compared;
+- AutoAttack standard on one full batch: robench's `autoattack` vs pyautoattack's
+  run_standard_evaluation, with the per-example outcomes compared;
 - an eps sweep of 5 values: robench's one sweep vs Foolbox's run per eps;
 - scaling: robench PGD time and peak memory against n and against steps.
 Prints medians over the repeats and ratios (their time / ours; the ratio of medians, and the range of the
@@ -169,8 +169,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="lenet5", choices=["lenet5", "resnet20", "wrn-28-10"])
     ap.add_argument("--n", type=int, default=None, help="examples [default: 1000 on CUDA, 500 on CPU]")
-    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: n/5]; timed "
-                    "without warm-up")
+    ap.add_argument("--aa-n", type=int, default=None, help="examples for AutoAttack [default: one full batch, so "
+                    "that it runs at the batch size of the other rows]; timed without warm-up")
     ap.add_argument("--aa-repeats", type=int, default=3, help="AutoAttack runs of each library [default: 3]")
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds of PGD and the sweep [default: 5]")
@@ -230,7 +230,7 @@ def main(argv=None):
                   "foolbox": [100 * fb_[2][e.value].float().mean().item() for e in sweep]}
         record("eps-sweep-5 (pgd 20 steps)", "robench", ours[:2], {"foolbox": fb_[:2]}, robust)
     if "autoattack" not in args.skip:
-        m = args.aa_n or max(n // 5, 20)
+        m = min(args.aa_n or bs, n)
         xa, ya = x[:m], y[:m]
         atk = create_attack("autoattack", batch_size=bs)
         t = timed({"robench": lambda: robench_run(model, xa, ya, bs, device, atk, [eps]),
@@ -268,7 +268,7 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"{res['device']} ({res['threads']} threads), {args.model} on {data}, batch {bs}, eps {eps.text}, "
-          f"medians of {args.repeats}")
+          f"medians of {args.repeats} rounds ({args.aa_repeats} for AutoAttack)")
     print(f"{'work':34} {'ours s':>8} {'robust %':>9}  others: time s, robust %, ratio (their time / ours)")
     for key, _, t, r, others, robust in table:
         r_txt = "/".join(f"{v:.1f}" for v in r) if isinstance(r, list) else f"{r:.1f}"
