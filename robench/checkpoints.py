@@ -5,7 +5,8 @@ Formats read:
   key ``robench`` holds the JSON meta): the model is rebuilt from the meta alone;
 - a plain state dict or a RobustBench zoo file (``state_dict`` key, ``module.``/``model.`` prefixes), given
   ``arch``/``activation``/``dataset`` by the caller or by a sidecar model card ``<file>.json``;
-- an exported program (``torch.export``, ``.pt2``), run as is;
+- an exported program (``torch.export``, ``.pt2``), run as is (read by ``robench.pt2``: nothing in it is
+  unpickled beyond plain tensors, and no compiled code is loaded, unless the user trusts the file);
 - a pickled ``nn.Module``, only with ``trust=True``.
 """
 from __future__ import annotations
@@ -31,6 +32,8 @@ from .nn.activations import activation_modules, parse_activation
 from .nn.architectures import Normalized, create_model
 
 FORMAT_VERSION = 1
+MAX_META_BYTES = 1 << 20  # checkpoint metadata or a model card: JSON text up to 1 MiB
+MAX_PARAMS = 10 ** 9  # a model robench builds: up to a billion parameters (4 GB in float32)
 TRUST_HINT = "pass --trust-checkpoint (trust=True) only if you trust where the file came from"
 
 
@@ -64,11 +67,20 @@ def atomic_path(path: str | Path):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        # mkstemp makes the file 0600; the written file gets the usual permissions (the one it replaces
+        # keeps its own), as if it had been opened with open()
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         yield Path(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # -------------------------------------------------------------------------------------------- save
@@ -84,7 +96,8 @@ def model_meta(arch: str, activation: str, dataset: str | None = None, **extra) 
 
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
-    """Write ``model`` with ``meta`` to .pt or .safetensors, atomically. Returns the path."""
+    """Write ``model`` with ``meta`` to .pt or .safetensors, atomically. Returns the path. The normalization
+    stored is the model's own (a ``Normalized`` model's mean and std, or none), never the dataset's."""
     path = Path(path)
     missing = [k for k in ("arch", "activation", "num_classes", "input_shape") if k not in meta]
     if missing:
@@ -92,9 +105,12 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
     net = model.net if isinstance(model, Normalized) else model
     # plain JSON types only, so a .pt loads with weights_only (torch.__version__, for one, is not a str)
     meta = json.loads(json.dumps({**meta, "robench_version": __version__}, default=str))
+    # the model's own normalization is what the loaded model must apply: none when it has none, whatever
+    # the dataset's defaults in ``meta`` say, so that load(save(model)) returns the same logits
+    meta.pop("mean", None), meta.pop("std", None)
     if isinstance(model, Normalized) and model.normalize.enabled:
-        meta.setdefault("mean", model.normalize.mean.flatten().tolist())
-        meta.setdefault("std", model.normalize.std.flatten().tolist())
+        meta["mean"] = model.normalize.mean.flatten().tolist()
+        meta["std"] = model.normalize.std.flatten().tolist()
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_model
@@ -108,17 +124,111 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
             buf = io.BytesIO()
             torch.save({"robench_format": FORMAT_VERSION, "meta": meta, "state_dict": sd}, buf)
             tmp.write_bytes(buf.getvalue())
+        _check_round_trip(model, tmp, path.suffix, meta)
     return path
 
 
+def _check_round_trip(model: nn.Module, tmp: Path, suffix: str, meta: dict) -> None:
+    """The saved file must give back the model it was saved from: the same logits on a random batch, bit
+    for bit. Metadata that describes another model (another activation, classes or input size) is refused."""
+    loaded = (_load_safetensors(tmp, {}) if suffix == ".safetensors" else _load_pickle(tmp, False, {})).model.eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    shape = [int(v) for v in meta["input_shape"]]
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            want = model(x)
+            got = loaded.to(device)(x)
+    except RuntimeError as e:
+        raise RobenchError(f"The metadata ({meta['arch']}, {meta['activation']}, input "
+                           f"{'x'.join(map(str, shape))}) does not describe this model ({str(e).splitlines()[0]}); "
+                           "nothing was saved.") from None
+    finally:
+        model.train(was_training)
+    # bit for bit on the CPU; a GPU may pick other kernels for the second model, so there within rounding
+    same = want.shape == got.shape and (torch.equal(want, got) if device.type == "cpu"
+                                        else torch.allclose(want, got, rtol=1e-4, atol=1e-5))
+    if not same:
+        raise RobenchError(f"The metadata ({meta['arch']}, {meta['activation']}, {meta['num_classes']} classes) "
+                           "describes another model than the one given: reloaded, it would return different "
+                           "logits; build the metadata with the model's own architecture and activation. "
+                           "Nothing was saved.")
+
+
 # -------------------------------------------------------------------------------------------- load
+def parse_meta(text, what: str) -> dict:
+    """JSON metadata (a checkpoint's or a model card's) as a dict: bounded in size, one sentence otherwise."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "replace")
+    if len(text) > MAX_META_BYTES:
+        raise RobenchError(f"{what} is {len(text) / 2**20:.1f} MiB of metadata; robench reads up to 1 MiB, so "
+                           "strip what the model does not need.")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(":")[0]
+        raise RobenchError(f"{what} is not valid JSON ({reason}); fix or remove it.") from None
+    if not isinstance(meta, dict):
+        raise RobenchError(f"{what} holds a JSON {type(meta).__name__} where an object of named fields "
+                           "belongs; fix or remove it.")
+    return meta
+
+
+def _meta_size(meta: dict, what: str) -> None:
+    try:
+        size = len(json.dumps(meta, default=str))
+    except (ValueError, RecursionError):
+        raise RobenchError(f"{what} is nested too deeply to be metadata; fix or remove it.") from None
+    if size > MAX_META_BYTES:
+        raise RobenchError(f"{what} is {size / 2**20:.1f} MiB of metadata; robench reads up to 1 MiB, so strip "
+                           "what the model does not need.")
+
+
+def check_meta(meta: dict, what: str) -> dict:
+    """The fields robench builds a model from must have their types and sensible ranges."""
+    _meta_size(meta, what)
+
+    def bad(key: str, want: str):
+        shown = repr(meta[key])
+        return RobenchError(f"{what} gives {key} as {shown[:40] + ('...' if len(shown) > 40 else '')}, but it "
+                            f"must be {want}; fix the metadata or pass --{key.replace('num_classes', 'dataset')}.")
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for key in ("arch", "activation", "dataset", "name"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "a string")
+    if meta.get("num_classes") is not None and not (whole(meta["num_classes"]) and 1 <= meta["num_classes"] <= 100_000):
+        raise bad("num_classes", "a whole number from 1 to 100000")
+    shape = meta.get("input_shape")
+    if shape is not None and not (isinstance(shape, list) and len(shape) == 3 and all(whole(v) for v in shape)
+                                  and 1 <= shape[0] <= 64 and all(1 <= v <= 4096 for v in shape[1:])):
+        raise bad("input_shape", "[channels, height, width] with at most 64 channels and 4096 pixels a side")
+    for key in ("mean", "std"):
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not (isinstance(v, list) and 1 <= len(v) <= 64 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) < 1e6 for x in v)):
+            raise bad(key, "a list of one finite number per input channel")
+        if key == "std" and min(v) <= 0:
+            raise bad(key, "positive numbers")
+    return meta
+
+
 def _model_card(path: Path) -> dict:
     for card in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
         if card.is_file() and card != path:
             try:
-                return json.loads(card.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise RobenchError(f"The model card {card} is not valid JSON ({e}); fix or remove it.") from e
+                if card.stat().st_size > MAX_META_BYTES:
+                    return parse_meta("x" * (MAX_META_BYTES + 1), f"The model card {card}")
+                text = card.read_bytes()
+            except OSError as e:
+                raise RobenchError(f"The model card {card} cannot be read ({e.strerror}); fix or remove it.") from e
+            return check_meta(parse_meta(text, f"The model card {card}"), f"The model card {card}")
     return {}
 
 
@@ -135,7 +245,7 @@ def _torch_load(path: Path, trust: bool):
         raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
                            "format); re-save it with torch.save or robench.") from e
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
-            ImportError, TypeError, IndexError, MemoryError, OverflowError) as e:
+            ImportError, TypeError, IndexError, MemoryError, OverflowError, RecursionError) as e:
         raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
                            "format); re-save it with torch.save or robench.") from e
 
@@ -200,11 +310,27 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
 
 
 def _build(meta: dict, path: Path) -> Normalized:
+    check_meta(meta, f"The metadata of {path}")
     shape = meta.get("input_shape") or [3, 32, 32]
+    build = dict(activation=meta.get("activation", "relu"), num_classes=int(meta["num_classes"]),
+                 in_channels=int(shape[0]), input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
+    with torch.device("meta"):  # counted before any memory is taken: a file cannot make robench allocate 9 GB
+        try:
+            probe = create_model(meta["arch"], **build)
+        except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
+            raise RobenchError(f"{path} describes a {meta['arch']} that cannot be built for inputs "
+                               f"{'x'.join(map(str, shape))} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                               "check its architecture and input shape.") from None
+    count = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
+    if count > MAX_PARAMS:
+        raise RobenchError(f"{path} describes a {meta['arch']} of {count:,} parameters ({4 * count / 2**30:,.0f} GiB); "
+                           "robench builds models of up to 1,000,000,000, so check its architecture name.")
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; the caller's RNG is left alone
-        return create_model(meta["arch"], activation=meta.get("activation", "relu"),
-                            num_classes=int(meta["num_classes"]), in_channels=int(shape[0]),
-                            input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
+        try:
+            return create_model(meta["arch"], **build)
+        except MemoryError:
+            raise RobenchError(f"{path} describes a {meta['arch']} of {count:,} parameters, more than this "
+                               "machine's memory holds.") from None
 
 
 def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
@@ -231,6 +357,8 @@ def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None =
         raise RobenchError(f"No such checkpoint: {path}.")
     if path.is_dir():
         raise RobenchError(f"{path} is a folder, not a checkpoint file.")
+    if not path.is_file():
+        raise RobenchError(f"{path} is not a regular file (a device, pipe or socket), so it is not a checkpoint.")
     if path.stat().st_size == 0:
         raise RobenchError(f"{path} is empty (0 bytes), so it is not a checkpoint.")
     overrides = {"arch": arch, "activation": activation, "dataset": dataset, "num_classes": num_classes,
@@ -239,7 +367,7 @@ def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None =
     if path.suffix == ".safetensors":
         ckpt = _load_safetensors(path, overrides)
     elif path.suffix == ".pt2":
-        ckpt = _load_exported(path, overrides)
+        ckpt = _load_exported(path, trust, overrides)
     else:
         ckpt = _load_pickle(path, trust, overrides)
     ckpt.sha256, ckpt.path = digest, path
@@ -258,7 +386,7 @@ def _load_safetensors(path: Path, overrides: dict) -> Checkpoint:
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise RobenchError(f"{path} is not a readable safetensors file (corrupt or truncated).") from e
     if "robench" in header:
-        meta = json.loads(header["robench"])
+        meta = parse_meta(header["robench"], f"The metadata of {path}")
         meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
         kind = "robench"
     else:
@@ -286,11 +414,18 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str) -> Checkpoint:
 def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
     obj = _torch_load(path, trust)
     if isinstance(obj, dict) and "robench_format" in obj:
-        if int(obj["robench_format"]) > FORMAT_VERSION:
+        if not isinstance(obj["robench_format"], int) or isinstance(obj["robench_format"], bool):
+            raise RobenchError(f"{path} has a robench_format that is not a whole number; re-save it with robench.")
+        if obj["robench_format"] > FORMAT_VERSION:
             raise RobenchError(f"{path} was written by a newer robench (format {obj['robench_format']}); "
                                "upgrade robench to read it.")
+        if not isinstance(obj.get("meta"), dict):
+            raise RobenchError(f"The metadata of {path} is a {type(obj.get('meta')).__name__}, not an object of named "
+                               "fields; re-save the checkpoint with robench.")
         meta = dict(obj["meta"])
         meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
+        if not isinstance(obj.get("state_dict"), dict):
+            raise RobenchError(f"{path} is a robench checkpoint without a state dict; re-save it with robench.")
         return _from_state_dict(path, obj["state_dict"], meta, "robench")
     if isinstance(obj, nn.Module):
         meta = _foreign_meta(path, overrides, "pickled-module")
@@ -326,11 +461,10 @@ class _Exported(nn.Module):
         return self.module(x)
 
 
-def _load_exported(path: Path, overrides: dict) -> Checkpoint:
-    try:
-        program = torch.export.load(str(path))
-    except Exception as e:  # torch.export raises many types for a bad file
-        raise RobenchError(f"{path} is not a readable exported program (torch.export .pt2).") from e
+def _load_exported(path: Path, trust: bool, overrides: dict) -> Checkpoint:
+    from .pt2 import load_exported
+
+    program = load_exported(path, trust)
     meta = _foreign_meta(path, overrides, "exported-program")
     meta["arch"] = meta.get("arch") or "exported"
     return Checkpoint(_wrap_module(_Exported(program.module()), meta), meta, "", format="exported-program")

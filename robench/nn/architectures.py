@@ -212,6 +212,9 @@ class WideResNet(nn.Module):
         super().__init__()
         if (depth - 4) % 6:
             raise RobenchError(f"A WideResNet needs depth 6n+4 (16, 22, 28, 34, 40 ...), not {depth}.")
+        if depth > 1000 or not 1 <= width <= 64:  # RobustBench's largest is WRN-106-16
+            raise RobenchError(f"A WideResNet of depth {depth} and width {width} is beyond what robench builds "
+                               "(depth up to 1000, width 1 to 64); check the architecture name.")
         n = (depth - 4) // 6
         ch = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
