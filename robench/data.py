@@ -6,8 +6,12 @@ Search order: ``--data-dir``, then ``$ROBENCH_DATA``, then ``./data``, then ``/u
 from __future__ import annotations
 
 import gzip
+import hashlib
+import math
 import os
 import pickle
+import struct
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +59,29 @@ class Split:
         idx = torch.as_tensor(idx, dtype=torch.long)
         return self.images(idx), self.labels[idx]
 
+    def fingerprint(self, idx) -> str:
+        """sha256 of the examples at ``idx``, images and labels as read: two folders whose files differ give
+        different fingerprints, so a stored result is only ever reused for the same data. Images held in
+        memory are hashed as stored; a split read per example hashes its files' bytes (``files``) or else
+        the loaded images."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        key = hashlib.sha256(idx.numpy().tobytes()).hexdigest()
+        cache = self.__dict__.setdefault("_fingerprints", {})
+        if key not in cache:
+            h = hashlib.sha256(b"robench-data-1")
+            h.update(self.labels[idx].numpy().astype("<i8").tobytes())
+            files = getattr(self, "files", None)
+            for chunk in idx.split(1024):
+                if self._images is not None:
+                    h.update(self._images[chunk].contiguous().numpy().tobytes())
+                elif files is not None:
+                    for i in chunk.tolist():
+                        h.update(Path(files[i]).read_bytes())
+                else:
+                    h.update(self.images(chunk).contiguous().numpy().astype("<f4").tobytes())
+            cache[key] = h.hexdigest()
+        return cache[key]
+
 
 def check_images(x: torch.Tensor, source) -> torch.Tensor:
     """Images from a loader must be floats in [0, 1] (models normalize inside); anything else is refused."""
@@ -66,6 +93,22 @@ def check_images(x: torch.Tensor, source) -> torch.Tensor:
         raise RobenchError(f"The images from {source} lie in [{lo:g}, {hi:g}], outside [0, 1]; robench models "
                            "take inputs in [0, 1] with normalization inside the model, so scale them in the loader.")
     return x
+
+
+def check_split(data: Split, info: DatasetInfo) -> Split:
+    """Refuse a split whose labels lie outside the dataset's classes or whose image and label counts
+    differ, before anything is evaluated or stored."""
+    if len(data) == 0:
+        raise RobenchError(f"{data.source} holds no {info.name} {data.split} examples; replace it with a good copy.")
+    lo, hi = int(data.labels.min()), int(data.labels.max())
+    if lo < 0 or hi >= info.num_classes:
+        bad = lo if lo < 0 else hi
+        raise RobenchError(f"{data.source} has a {info.name} {data.split} label of {bad}, outside the dataset's "
+                           f"classes 0 to {info.num_classes - 1}; replace the label file with a good copy.")
+    if data._images is not None and len(data._images) != len(data.labels):
+        raise RobenchError(f"{data.source} has {len(data._images)} images but {len(data.labels)} labels; the "
+                           "files do not match.")
+    return data
 
 
 def select_indices(total: int, n: int | None, seed: int | None = None, subset: str = "first") -> torch.Tensor:
@@ -83,26 +126,45 @@ def select_indices(total: int, n: int | None, seed: int | None = None, subset: s
 
 
 # ------------------------------------------------------------------------------------------ readers
-def _open(path: Path) -> bytes:
-    try:
-        data = path.read_bytes()
-        return gzip.decompress(data) if path.suffix == ".gz" else data
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise RobenchError(f"{path} is corrupt or unreadable ({e}); replace it with a good copy.") from e
+MAX_IDX_BYTES = 2 << 30  # an IDX file may declare up to 2 GiB of data (Fashion-MNIST's training images: 47 MB)
+
+
+def _corrupt(path: Path, e: Exception) -> RobenchError:
+    return RobenchError(f"{path} is corrupt or unreadable ({e}); replace it with a good copy.")
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format), plain or gzipped."""
-    data = _open(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise RobenchError(f"{path} is not an IDX file of unsigned bytes; replace it with a good copy.")
-    ndim = data[3]
-    dims = np.frombuffer(data, dtype=">u4", count=ndim, offset=4).astype(np.int64)
-    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
-        raise RobenchError(f"{path} is truncated ({body.size} of {int(np.prod(dims))} bytes); "
-                           "replace it with a good copy.")
-    return body.reshape(tuple(dims))
+    """An IDX file (MNIST's format), plain or gzipped. The header is read first and bounds what is
+    decompressed: a file that declares more than 2 GiB, or holds more than it declares, is refused."""
+    def refuse(why: str) -> RobenchError:
+        return RobenchError(f"{path} {why}; replace it with a good copy.")
+
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\0\0\x08":
+                raise refuse("is not an IDX file of unsigned bytes")
+            ndim = head[3]
+            if not 1 <= ndim <= 4:
+                raise refuse(f"declares {ndim} dimensions, where an IDX file of images or labels has 1 to 4")
+            raw = f.read(4 * ndim)
+            if len(raw) < 4 * ndim:
+                raise refuse(f"has a short header ({4 + len(raw)} of {4 + 4 * ndim} bytes)")
+            dims = struct.unpack(">" + "I" * ndim, raw)
+            if 0 in dims:
+                raise refuse(f"declares a zero dimension ({'x'.join(map(str, dims))}), so it holds no examples")
+            size = math.prod(dims)
+            if size > MAX_IDX_BYTES:
+                raise refuse(f"declares {size / 2**30:.1f} GiB of data ({'x'.join(map(str, dims))}), more than "
+                             "robench reads from one IDX file (2 GiB)")
+            body = f.read(size)
+            if len(body) < size:
+                raise RobenchError(f"{path} is truncated ({len(body)} of {size} bytes); replace it with a good copy.")
+            if f.read(1):
+                raise refuse(f"holds more data than its header declares ({'x'.join(map(str, dims))})")
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise _corrupt(path, e) from e
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _find_file(folder: Path, stem: str) -> Path | None:
@@ -173,11 +235,23 @@ def _read_svhn(folder: Path, split: str) -> Split:
     path = folder / f"{split}_32x32.mat"
     try:
         mat = scipy.io.loadmat(path)
-        x = np.transpose(mat["X"], (3, 2, 0, 1)).astype(np.uint8)
-        y = mat["y"].astype(np.int64).reshape(-1) % 10  # SVHN stores digit 0 as label 10
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise RobenchError(f"{path} is not a readable SVHN .mat file ({e}); replace it with a good copy.") from e
-    return Split("svhn", split, torch.from_numpy(y), folder, images=torch.from_numpy(np.ascontiguousarray(x)))
+        X, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
+        if X.ndim != 4 or X.shape[:3] != (32, 32, 3):
+            raise ValueError(f"X has shape {'x'.join(map(str, X.shape))}, not 32x32x3xN")
+    except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
+        raise RobenchError(f"{path} is a MATLAB v7.3 file, which robench cannot read; save it in the v5 format "
+                           "of the original SVHN release.") from None
+    except Exception as e:  # scipy raises many types for a file that is not a .mat
+        raise RobenchError(f"{path} is not a readable SVHN .mat file ({e}); replace it with a good copy.") from None
+    if X.dtype != np.uint8 or not np.issubdtype(y.dtype, np.integer):
+        raise RobenchError(f"{path} stores its images as {X.dtype} and labels as {y.dtype}; SVHN's are unsigned "
+                           "bytes and whole numbers, so replace it with the original file.")
+    if len(y) and (y.min() < 1 or y.max() > 10):
+        raise RobenchError(f"{path} has a label of {int(y.min() if y.min() < 1 else y.max())}; SVHN's labels are "
+                           "1 to 10 (10 for the digit 0), so replace it with the original file.")
+    x = np.transpose(X, (3, 2, 0, 1))
+    return Split("svhn", split, torch.from_numpy(y.astype(np.int64) % 10), folder,  # 10 stands for the digit 0
+                 images=torch.from_numpy(np.ascontiguousarray(x)))
 
 
 IMAGENET_SUBSET = 5000
@@ -191,7 +265,7 @@ def _read_imagenet(folder: Path, split: str) -> Split:
     tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
     try:
         ds = datasets.ImageFolder(str(folder), transform=tf)
-    except (OSError, FileNotFoundError) as e:
+    except OSError as e:
         raise RobenchError(f"{folder} is not an ImageNet folder of class sub-folders ({e}).") from e
     total = len(ds.samples)
     keep = (list(range(total)) if total <= IMAGENET_SUBSET
@@ -200,13 +274,32 @@ def _read_imagenet(folder: Path, split: str) -> Split:
     labels = torch.tensor([s[1] for s in samples])
 
     def load(i: int) -> torch.Tensor:
+        from PIL import Image
+
         path = samples[i][0]
         try:
             return tf(ds.loader(path))
-        except OSError as e:
+        except Image.DecompressionBombError:
+            raise RobenchError(f"{path} is an image of more than 178 million pixels, which robench refuses to "
+                               "decode (a decompression bomb); replace or remove it.") from None
+        except (OSError, ValueError, SyntaxError) as e:
             raise RobenchError(f"{path} is not a readable image ({e}); replace or remove it.") from e
 
-    return Split("imagenet", split, labels, folder, loader=load)
+    data = Split("imagenet", split, labels, folder, loader=load)
+    data.files = [s[0] for s in samples]
+    return data
+
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_classes(folder: Path) -> bool:
+    """A folder of class sub-folders that hold images (so D/imagenet/ itself, whose only sub-folder is val/,
+    is not taken for a one-class dataset)."""
+    for sub in folder.iterdir():
+        if sub.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in sub.iterdir()):
+            return True
+    return False
 
 
 def _files_present(files: dict[str, list[str]]):
@@ -246,7 +339,7 @@ _PRESENT = {
     "fashion-mnist": _idx_present, "mnist": _idx_present,
     "cifar10": _files_present(CIFAR10_FILES), "cifar100": _files_present(CIFAR100_FILES),
     "svhn": lambda folder, split: (folder / f"{split}_32x32.mat").is_file(),
-    "imagenet": lambda folder, split: folder.is_dir() and any(p.is_dir() for p in folder.iterdir()),
+    "imagenet": lambda folder, split: _image_classes(folder),
 }
 ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
            "cifar-10": "cifar10", "cifar-100": "cifar100"}
@@ -297,6 +390,6 @@ def load_split(name: str, split: str = "test", data_dir: str | Path | None = Non
         except OSError:
             present = False
         if present:
-            return info.reader(folder, split)
+            return check_split(info.reader(folder, split), info)
     looked = ", ".join(str(f) for f in dict.fromkeys(folders))
     raise RobenchError(f"No {info.name} {split} files found (looked in {looked}); {info.how_to_get}.")
