@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 import tomllib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -72,13 +75,13 @@ class EvalConfig:
     subset: str = "first"
     seed: int = 0
     norm: str = "Linf"
-    eps: list[str] = field(default_factory=list)
+    eps: list[str | float] = field(default_factory=list)
     attacks: list[str] = field(default_factory=lambda: ["pgd"])
     pgd_steps: int = 20
     pgd_restarts: int = 1
-    pgd_step_size: float | None = None
+    pgd_step_size: str | float | None = None
     pgd_loss: str = "ce"
-    batch_size: str = "auto"
+    batch_size: str | int = "auto"
     device: str = "auto"
     store: str | None = None
     out: str | None = None
@@ -144,6 +147,66 @@ def check_keys(data: dict, cls, where: str, extra: tuple[str, ...] = ()) -> dict
     return out
 
 
+def _fits(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    return True
+
+
+def _describe(hint) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args if a is not type(None))
+    if origin is list:
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
+    return {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}.get(
+        hint, getattr(hint, "__name__", str(hint)))
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_types(values: dict, cls_or_fn, where: str, skip: tuple[str, ...] = ()) -> dict:
+    """Each value must have the type its field (or parameter) is annotated with: one sentence otherwise."""
+    target = cls_or_fn.__init__ if isinstance(cls_or_fn, type) and not is_dataclass(cls_or_fn) else cls_or_fn
+    hints = typing.get_type_hints(target)
+    for key, value in values.items():
+        if key in hints and key not in skip and not _fits(value, hints[key]):
+            raise RobenchError(f'{where}: "{key}" must be {_describe(hints[key])}, not {_show(value)}.')
+    return values
+
+
+MAX_SEED = 2**63 - 1
+
+
+def check_counts(values: dict, where: str, fields_at_least_1=("n", "jobs", "pgd_steps", "pgd_restarts", "epochs",
+                                                               "steps", "batch_size", "val_pgd_n",
+                                                               "val_pgd_steps")) -> None:
+    """Counts must be at least 1 and seeds between 0 and 2**63 - 1 (the generators' range)."""
+    for key in fields_at_least_1:
+        v = values.get(key)
+        if isinstance(v, numbers.Integral) and not isinstance(v, bool) and v < 1:
+            raise RobenchError(f"{where}: {key} must be at least 1, not {v}.")
+    seed = values.get("seed")
+    if isinstance(seed, numbers.Integral) and not 0 <= seed <= MAX_SEED:
+        raise RobenchError(f"{where}: seed must be a whole number from 0 to 2**63 - 1, not {seed}.")
+
+
 def load_suite(path: str | Path) -> list[dict]:
     """Read a TOML suite: top-level keys (or an [eval] table) named as EvalConfig's fields, and optionally
     ``[[run]]`` tables, each one evaluation with its own keys on top of the top-level ones (a run may carry
@@ -163,6 +226,10 @@ def load_suite(path: str | Path) -> list[dict]:
             if k in settings and not isinstance(settings[k], list):
                 settings[k] = [settings[k]]
         if "eps" in settings:
+            bad = [e for e in settings["eps"] if isinstance(e, bool) or not isinstance(e, (str, int, float))]
+            if bad:
+                raise RobenchError(f'{where}: "eps" must be numbers or strings such as "8/255", not {_show(bad[0])}.')
             settings["eps"] = [str(e) for e in settings["eps"]]
+        check_types(settings, EvalConfig, where)
         out.append(settings)
     return out

@@ -40,6 +40,11 @@ class FoolboxAttack(Attack):
         if bad:
             valid = [p for p in sig.parameters if p not in ("self", "kwargs")]
             raise RobenchError(f"fb:{cls_name} has no option {bad[0]}; its options are {', '.join(valid)}.")
+        for k, v in options.items():
+            default = sig.parameters[k].default
+            if not _same_kind(v, default):
+                raise RobenchError(f"fb:{cls_name} option {k} must be {_kind(default)} like its default "
+                                   f"{default!r}, not {v!r}."[:400])
         try:
             self.attack = cls(**options)
         except (TypeError, ValueError) as e:
@@ -71,6 +76,27 @@ class FoolboxAttack(Attack):
             fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=x.device)
             _, clipped, _ = self.attack(fmodel, x, y, epsilons=eps)
         return AttackOutput(clipped.detach())
+
+
+def _same_kind(value, default) -> bool:
+    """A value of the kind the option's default is: a bool for a bool, a whole number for an int, a number
+    for a float, a string for a string; anything plain where the default is None or not plain."""
+    if not _plain(value):
+        return False
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) == isinstance(default, bool) or default is None
+    if isinstance(default, int):
+        return isinstance(value, int)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def _kind(default) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
+        type(default), "a plain value")
 
 
 def _plain(v) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 
+from ..config import check_types
 from ..errors import RobenchError, unknown
 from .autoattack import MEMBERS, VERSIONS, AutoAttack
 from .base import Attack
@@ -15,7 +16,10 @@ NAMES = ["none", "pgd", "fgsm", "autoattack", *(f"autoattack:{v}" for v in VERSI
 
 def split_spec(spec: str) -> tuple[str, dict]:
     """``name(key=value, ...)`` -> (name, {key: value}); values are Python literals or bare words."""
-    text = spec.strip()
+    text = str(spec).strip()
+    if len(text) > 1000:
+        raise RobenchError(f'Attack spec "{text[:40]}..." is {len(text)} characters long; write it as '
+                           "name(key=value, ...) in under 1000.")
     if "(" not in text:
         return text, {}
     if not text.endswith(")"):
@@ -23,15 +27,15 @@ def split_spec(spec: str) -> tuple[str, dict]:
     name, args = text[: text.index("(")].strip(), text[text.index("(") + 1: -1]
     try:
         call = ast.parse(f"f({args})", mode="eval").body
-    except SyntaxError:
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
         raise RobenchError(f'Cannot read the options of attack "{spec}"; write them as key=value, ...') from None
-    if call.args:
+    if call.args or any(kw.arg is None for kw in call.keywords):
         raise RobenchError(f'Attack "{spec}" takes options as key=value only.')
     opts = {}
     for kw in call.keywords:
         try:
             opts[kw.arg] = ast.literal_eval(kw.value)
-        except ValueError:
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
             if isinstance(kw.value, ast.Name):
                 opts[kw.arg] = kw.value.id  # bare word: loss=dlr
             else:
@@ -50,6 +54,7 @@ def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> 
     try:
         if low in ("pgd", "fgsm"):
             cls = PGD if low == "pgd" else FGSM
+            check_types(opts, cls, f'Attack "{spec}"')
             return cls(**{**(pgd or {}), **opts}) if low == "pgd" else cls(**opts)
         if low == "autoattack" or low.startswith("autoattack:"):
             version = low.partition(":")[2] or "standard"
@@ -61,6 +66,9 @@ def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> 
             if opts and (low != "square" or set(opts) != {"queries"}):
                 raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options"
                                    + (" but queries=N." if low == "square" else "."))
+            check_types(opts, AutoAttack, f'Attack "{spec}"')
+            if opts and opts["queries"] < 1:
+                raise RobenchError(f'Attack "{spec}": queries must be at least 1.')
             return AutoAttack("plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,),
                               batch_size=batch_size, **opts)
     except TypeError as e:

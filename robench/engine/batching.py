@@ -54,8 +54,10 @@ def parse_batch_size(value) -> int | None:
     if value in (None, "auto"):
         return None
     try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
         v = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RobenchError(f'--batch-size must be "auto" or a positive whole number, not "{value}".') from None
     if v < 1:
         raise RobenchError(f"--batch-size must be at least 1, not {v}.")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..config import TrainConfig, check_keys, read_toml
+from ..config import TrainConfig, check_counts, check_keys, check_types, read_toml
 from ..errors import RobenchError
 from ..nn.activations import parse_activation
 from .train import fit
@@ -22,12 +22,15 @@ class Member:
 
 
 def member_file(cfg: TrainConfig, suffix: str = ".safetensors") -> str:
+    """``<arch>-<activation>-<method>``, with ``-seed<N>`` for a training seed other than 0."""
     act = re.sub(r"[^a-z0-9]+", "-", str(parse_activation(cfg.activation)).lower()).strip("-")
-    return f"{cfg.arch}-{act}-{cfg.method}{suffix}"
+    seed = f"-seed{cfg.seed}" if cfg.seed else ""
+    return f"{cfg.arch}-{act}-{cfg.method}{seed}{suffix}"
 
 
 def read_zoo(path: str | Path) -> list[Member]:
-    """Every member of every ``[[group]]``: the group's recipe keys with one of its ``activations``."""
+    """Every member of every ``[[group]]``: the group's recipe keys with one of its ``activations`` and,
+    where the group lists ``seeds``, one of them (seeds vary slowest, so each seed's members come together)."""
     data = read_toml(path)
     groups = data.get("group")
     if not isinstance(groups, list) or not groups:
@@ -39,10 +42,19 @@ def read_zoo(path: str | Path) -> list[Member]:
         acts = group.pop("activations", None)
         if not isinstance(acts, list) or not acts:
             raise RobenchError(f'{path}: group "{name}" needs a non-empty list of activations.')
+        seeds = group.pop("seeds", None)
+        if seeds is not None and ("seed" in group or not isinstance(seeds, list) or not seeds
+                                  or not all(type(s) is int and 0 <= s < 2**31 for s in seeds)
+                                  or len(set(seeds)) != len(seeds)):
+            raise RobenchError(f'{path}: group "{name}" needs either one seed or a list of distinct '
+                               "whole-number seeds between 0 and 2**31 - 1.")
         recipe = check_keys(group, TrainConfig, f'{path} group "{name}"')
-        for act in acts:
-            cfg = TrainConfig(**{**recipe, "activation": act})
-            members.append(Member(name, member_file(cfg), cfg))
+        check_types(recipe, TrainConfig, f'{path} group "{name}"', skip=("eps", "step_size"))
+        check_counts(recipe, f'{path} group "{name}"')
+        for seed in seeds or [recipe.get("seed", TrainConfig.seed)]:
+            for act in acts:
+                cfg = TrainConfig(**{**recipe, "seed": seed, "activation": act})
+                members.append(Member(name, member_file(cfg), cfg))
     return members
 
 
