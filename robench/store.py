@@ -5,8 +5,11 @@ Outcomes are committed batch by batch, so a killed run resumes where it stopped;
 same run insert the same rows, and the primary key keeps exactly one of each.
 
 Schema 2 adds ``checks`` (gradient-masking diagnostics per model, with their evidence) and ``attack_stats``
-(model queries per attack). A schema-1 store is migrated in place when opened for writing, after a copy of
-it is kept beside it; a store from a newer robench is refused and never written.
+(model queries per attack). Schema 3 adds ``runs.data_sha256``, a fingerprint of the examples a run read,
+which is part of its key: runs stored before it cannot say which data they came from, so migration marks
+them ``stale`` (kept, never read as results, recomputed by the next evaluation). An older store is migrated
+in place when opened for writing, after a copy of it is kept beside it; a store from a newer robench is
+refused and never written. Reading (``readonly``) works on a read-only file system too.
 """
 from __future__ import annotations
 
@@ -16,12 +19,13 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import pandas as pd
 
 from .errors import RobenchError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_STORE = Path("results") / "robench.sqlite"
 
 SCHEMA = """
@@ -38,7 +42,8 @@ CREATE TABLE IF NOT EXISTS runs (
     batch_size INTEGER NOT NULL, device TEXT NOT NULL, dtype TEXT NOT NULL,
     robench_version TEXT NOT NULL, torch_version TEXT NOT NULL,
     wall_time REAL NOT NULL DEFAULT 0,
-    model_meta TEXT NOT NULL DEFAULT '{}'
+    model_meta TEXT NOT NULL DEFAULT '{}',
+    data_sha256 TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -73,7 +78,8 @@ CREATE TABLE IF NOT EXISTS attack_stats (
 """
 
 RUN_FIELDS = ("model", "checkpoint", "sha256", "dataset", "split", "n", "subset", "seed", "norm", "eps",
-              "attacks", "batch_size", "device", "dtype", "robench_version", "torch_version", "model_meta")
+              "attacks", "batch_size", "device", "dtype", "robench_version", "torch_version", "model_meta",
+              "data_sha256")
 
 
 def store_path(path: str | Path | None = None) -> Path:
@@ -85,10 +91,15 @@ class Store:
         self.path = store_path(path)
         if readonly and not self.path.exists():
             raise RobenchError(f"No results store at {self.path}; run `robench eval` first or pass --store.")
+        if self.path.is_symlink() and self.path.exists() and self.path.stat().st_size == 0:
+            raise RobenchError(f"{self.path} is a link to an empty file, not a robench store; robench does not "
+                               "turn a file of yours into a database, so pass --store with another path.")
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+                self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            else:
+                self.conn = _connect_readonly(self.path)
             self.conn.execute("PRAGMA busy_timeout = 60000")
             version = self._version()
             if version is None:
@@ -132,6 +143,10 @@ class Store:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)  # only the tables this store lacks are created
+            columns = {r[1] for r in self.conn.execute("PRAGMA table_info(runs)")}
+            if "data_sha256" not in columns:  # schema 3: runs that cannot name their data are not trusted
+                self.conn.execute("ALTER TABLE runs ADD COLUMN data_sha256 TEXT NOT NULL DEFAULT ''")
+                self.conn.execute("UPDATE runs SET status='stale' WHERE data_sha256=''")
             self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _explain(self, e: Exception) -> str:
@@ -148,7 +163,13 @@ class Store:
         if not has_meta:
             return None
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return int(row[0]) if row else None
+        if not row:
+            return None
+        try:
+            return int(row[0])
+        except (TypeError, ValueError):
+            raise RobenchError(f"{self.path} is a damaged robench store (its schema version is {str(row[0])[:20]!r}, "
+                               "not a number); pass --store with another path.") from None
 
     def transaction(self):
         store = self
@@ -185,7 +206,7 @@ class Store:
         """The run for ``key`` (created if new); with ``force`` its outcomes are cleared first."""
         def go():
             row = self.conn.execute("SELECT run_id, status FROM runs WHERE key=?", (key,)).fetchone()
-            if row and not force:
+            if row and not force and row[1] != "stale":  # a stale run's outcomes are recomputed, never resumed
                 return row[0], row[1]
             if row:
                 self.conn.execute("DELETE FROM outcomes WHERE run_id=?", (row[0],))
@@ -200,6 +221,16 @@ class Store:
                 f"{', '.join('?' * len(RUN_FIELDS))})", [key, time.time(), *vals])
             return cur.lastrowid, "running"
         return self._write(go)
+
+    def discard_if_empty(self, run_id: int) -> None:
+        """Remove a run that failed before any batch was stored, so nothing of it remains to be mistaken for
+        a result (a run with stored batches stays 'running' and resumes)."""
+        def go():
+            if not self.conn.execute("SELECT 1 FROM outcomes WHERE run_id=? LIMIT 1", (run_id,)).fetchone():
+                self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (run_id,))
+                self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (run_id,))
+                self.conn.execute("DELETE FROM runs WHERE run_id=? AND status != 'done'", (run_id,))
+        self._write(go)
 
     def is_done(self, key: str) -> bool:
         row = self.conn.execute("SELECT status FROM runs WHERE key=?", (key,)).fetchone()
@@ -281,13 +312,19 @@ class Store:
         cols = [c[0] for c in cur.description]
         d = dict(zip(cols, cur.fetchone()))
         for k in ("eps", "attacks", "model_meta"):
-            d[k] = json.loads(d[k])
+            try:
+                d[k] = json.loads(d[k])
+            except (TypeError, ValueError, RecursionError):
+                raise RobenchError(f"Run {run_id} in {self.path} is damaged (its {k} is not valid JSON); rerun its "
+                                   "evaluation with --force, or pass --store with another path.") from None
         d["flags"] = [r[0] for r in self.conn.execute(
             "SELECT flag FROM run_flags WHERE run_id=? ORDER BY flag", (run_id,))]
         return d
 
     def runs(self, status: str | None = "done") -> pd.DataFrame:
-        if self._version() is None:  # created a moment ago by another process, tables not there yet
+        """The runs with ``status`` (all with None). A store not yet migrated to schema 3 (read read-only)
+        has no finished runs: none of them can say which data it came from."""
+        if self._version() is None or (status == "done" and self.version < 3):
             return pd.DataFrame(columns=["run_id", "key", "status"])
         q = "SELECT * FROM runs" + (" WHERE status=?" if status else "") + " ORDER BY run_id"
         return pd.read_sql_query(q, self.conn, params=(status,) if status else ())
@@ -298,6 +335,22 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection for reading. Where the WAL index cannot be created beside the store (a read-only file
+    system, a folder the user may not write), the file is opened read-only, then as immutable."""
+    uri = f"file:{quote(str(path.resolve()))}"
+    for target, is_uri in ((str(path), False), (f"{uri}?mode=ro", True), (f"{uri}?immutable=1", True)):
+        conn = None
+        try:
+            conn = sqlite3.connect(target, uri=is_uri, timeout=60, isolation_level=None)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            if conn is not None:
+                conn.close()
+    raise sqlite3.OperationalError("unable to open database file")
 
 
 def _sql(v):

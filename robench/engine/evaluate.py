@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -110,11 +111,14 @@ def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> 
                            "attacks; remove the final softmax so that it returns logits.")
 
 
-def run_key(t: Target, dataset: str, split: str, idx: torch.Tensor, subset: str, seed: int, norm: str,
-            eps: list[Eps], budgets: list[dict], batch_size: int) -> str:
-    payload = {"sha256": t.sha256, "dataset": dataset, "split": split, "subset": subset, "seed": seed,
-               "examples": hashlib.sha256(idx.numpy().tobytes()).hexdigest(), "norm": norm,
-               "eps": [repr(e.value) for e in eps], "attacks": budgets,
+def run_key(t: Target, sl: "Slice", split: str, subset: str, seed: int, norm: str, budgets: list[dict],
+            batch_size: int) -> str:
+    """What identifies a run: the model's weights, the data itself (a fingerprint of the examples read, not
+    only the dataset's name and indices), the eps sweep, every attack's full budget and the batch size."""
+    payload = {"sha256": t.sha256, "dataset": sl.info.name, "split": split, "subset": subset, "seed": seed,
+               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(), "data": sl.data_sha256,
+               "norm": norm,
+               "eps": [repr(e.value) for e in sl.eps], "attacks": budgets,
                "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -178,6 +182,10 @@ class Slice:
     idx: torch.Tensor
     eps: list[Eps]
 
+    @property
+    def data_sha256(self) -> str:
+        return self.data.fingerprint(self.idx)
+
 
 def data_slice(t: Target, dataset: str | None, split: str, data_dir, splits: dict, eps_given: list[Eps], norm: str,
                n: int, seed: int, subset: str) -> Slice:
@@ -205,10 +213,12 @@ def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
     try:
         with torch.no_grad():
             out = model(x0.to(dev))
-    except RuntimeError as e:
+    except Exception as e:  # a model from a file may raise anything on inputs it was not made for
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = ("re-export it with a dynamic batch dimension (torch.export.Dim)" if "Guard failed" in first
+                else "check --dataset and the model's input channels")
         raise RobenchError(f"{name} fails on the {sl.info.name} images of shape {'x'.join(map(str, x0.shape[1:]))} "
-                           f"({first}); check --dataset and the model's input channels.") from None
+                           f"({first[:200]}); {hint}.") from None
     check_logits(out, len(x0), sl.info.num_classes, name)
 
 
@@ -217,6 +227,7 @@ def run_fields(t: Target, sl: Slice, split: str, subset: str, seed: int, norm: s
     """Everything a stored run records besides its outcomes."""
     return {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": sl.info.name,
             "split": split, "n": len(sl.idx), "subset": subset, "seed": seed, "norm": norm,
+            "data_sha256": sl.data_sha256,
             "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
             "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
             "model_meta": t.meta}
@@ -253,8 +264,10 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     group = distributed.current()
     dev = group.device(dev)
     db = Store(store) if group.main else None  # under torchrun only rank 0 touches the store
+    run_id = None
     try:
         for t, sl in zip(targets, slices):
+            run_id = None
             info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
             model = t.model.to(dev)
             with attack_mode(model) as fast:
@@ -264,7 +277,7 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                 for a in atk:
                     a.check_norm(norm)
                 budgets = [a.budget() for a in atk]
-                key = run_key(t, info.name, split, idx, subset, seed, norm, eps_list, budgets, bs)
+                key = run_key(t, sl, split, subset, seed, norm, budgets, bs)
                 if cached_only and (force or not db.is_done(key)):
                     return None
                 run_id = status = todo = None
@@ -308,6 +321,10 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
             rows += summary
             outcomes.append(per_example.assign(run_id=run_id, model=t.name))
             notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+    except Exception:
+        if db is not None and run_id is not None:
+            db.discard_if_empty(run_id)  # a failure leaves no empty run behind; stored batches resume
+        raise
     finally:
         if db is not None:
             db.close()
@@ -333,23 +350,73 @@ def evaluate_many(tasks: list[dict], jobs: int = 1, progress: Callable[[dict], N
         notify = progress or (lambda event: None)
         frames = [evaluate(**u, cached_only=True) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
-        with cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=mp.get_context("spawn"),
-                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        ctx = mp.get_context("spawn")
+        events = ctx.Queue()  # the workers' progress (start, batch, end of each run), shown as it comes
+        pool = cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=ctx, initializer=_worker_init,
+                                      initargs=(threads, os.getpid(), events))
+        try:
             futures = {pool.submit(_unit, units[i]): i for i in todo}
-            for done, fut in enumerate(cf.as_completed(futures), 1):
-                i = futures[fut]
-                frames[i], seconds = fut.result()
-                notify({"event": "unit", "done": done, "total": len(todo), "seconds": seconds,
-                        "rows": frames[i].to_dict(orient="records")})
+            pending, done = set(futures), 0
+            while pending:
+                finished, pending = cf.wait(pending, timeout=0.5, return_when=cf.FIRST_COMPLETED)
+                _relay(events, notify)
+                for fut in finished:
+                    i, done = futures[fut], done + 1
+                    frames[i], seconds = fut.result()
+                    notify({"event": "unit", "done": done, "total": len(todo), "seconds": seconds,
+                            "rows": frames[i].to_dict(orient="records")})
+        except BaseException:
+            _relay(events, notify)
+            # a failure, Ctrl-C or SIGTERM stops every worker now (each batch they finished is stored)
+            # instead of waiting for their units to finish
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     outcomes = [f.attrs.pop("outcomes") for f in frames]  # pandas compares attrs when concatenating
     df = pd.concat(frames, ignore_index=True)
     df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True)
     return df
 
 
+_EVENTS = None  # in a worker process: the queue its progress goes to
+
+
+def _relay(events, notify) -> None:
+    import queue
+
+    while True:
+        try:
+            notify(events.get_nowait())
+        except queue.Empty:
+            return
+        except (EOFError, OSError):  # the queue's pipe is gone with a terminated worker
+            return
+
+
+def _worker_init(threads: int, parent: int, events=None) -> None:
+    """A worker: its share of the threads, its progress sent to the parent, and it ends itself if the parent
+    process is gone (killed with SIGKILL, which no handler sees), so no orphan keeps attacking."""
+    import threading
+
+    global _EVENTS
+    _EVENTS = events
+    torch.set_num_threads(threads)
+
+    def watch():
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _unit(kwargs: dict) -> tuple[pd.DataFrame, float]:
     tic = time.perf_counter()
-    df = evaluate(**kwargs)
+    send = (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "batch", "end") else None) if _EVENTS else None
+    df = evaluate(**kwargs, progress=send)
     return df, time.perf_counter() - tic
 
 

@@ -77,6 +77,7 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
     rows, outcomes = [], []
     checked: dict[str, Target] = {}
     finished: list[tuple] = []
+    run_id = None
     try:
         for members, tgt_list in pairs:
             surrogate = Ensemble([m.model for m in members]) if len(members) > 1 else members[0].model
@@ -87,7 +88,8 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
             adv = None  # crafted lazily: only when some target's run is not already in the store
             for t in tgt_list:
                 bs = bs_given or auto_batch_size(t.model.to(dev), sl.info.shape, dev, len(sl.idx))
-                key = run_key(t, sl.info.name, split, sl.idx, subset, seed, norm, sl.eps, [budget], bs)
+                key = run_key(t, sl, split, subset, seed, norm, [budget], bs)
+                run_id = None
                 run_id, status = db.open_run(key, run_fields(t, sl, split, subset, seed, norm, [budget], bs, dev),
                                              force=force)
                 notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(sl.idx),
@@ -112,6 +114,10 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
                 rows.append({"source": label, "target": t.name, "white_box": t.sha256 in shas, **_success(o), **r})
             outcomes.append(per_example.assign(run_id=run_id, model=t.name, source=label))
             notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+    except Exception:
+        if run_id is not None:
+            db.discard_if_empty(run_id)  # a failure leaves no empty run behind; stored batches resume
+        raise
     finally:
         db.close()
     df = pd.DataFrame(rows)
@@ -150,7 +156,7 @@ def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, nor
               seed: int) -> str:
     payload = {"sources": sorted(m.sha256 for m in members), "attack": attack.budget(), "eps": repr(eps.value),
                "norm": norm, "dataset": sl.info.name, "split": split, "seed": seed,
-               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest()}
+               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(), "data": sl.data_sha256}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
