@@ -57,13 +57,15 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
 
 
 def _eval_config(settings: dict, checkpoints):
-    from .config import EvalConfig
+    from .config import EvalConfig, check_counts, check_types
     from .errors import unknown
 
     valid = set(EvalConfig.__dataclass_fields__)
     for key in settings:
         if key not in valid:
             raise unknown("evaluation option", key, valid)
+    check_types(settings, EvalConfig, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
+    check_counts(settings, "evaluation options")
     cfg = EvalConfig(**settings)
     if checkpoints:
         from torch import nn
@@ -182,11 +184,14 @@ def train(out: str | Path | None = None, *, overwrite: bool = False, progress=No
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
     from .checkpoints import save_checkpoint, sha256_file
-    from .config import TrainConfig, check_keys
+    from .config import TrainConfig, check_counts, check_keys, check_types
     from .errors import RobenchError
     from .training.train import check, fit
 
-    cfg = check(TrainConfig(**check_keys(options, TrainConfig, "train")))
+    settings = check_keys(options, TrainConfig, "train")
+    check_types(settings, TrainConfig, "train", skip=("data_dir", "eps", "step_size"))
+    check_counts(settings, "train")
+    cfg = check(TrainConfig(**settings))
     path = Path(out) if out else None
     if path is not None:
         if path.suffix not in (".pt", ".safetensors"):
@@ -243,6 +248,8 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
     from .reporting.leaderboard import default_eps, leaderboards, markdown, model_info, results
     from .store import Store
 
+    out = Path(out)
+    _check_output_folder(out)
     db = Store(store, readonly=True)
     try:
         res = results(db)
@@ -250,8 +257,11 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
         db.close()
     boards = leaderboards(res)
     if not boards:
+        if db.version < 3:
+            raise RobenchError(f"The store {db.path} was written before robench recorded which data each run "
+                               "read, so none of its runs is trusted; run `robench eval` on it once to migrate it "
+                               "and recompute them.")
         raise RobenchError(f"The store {db.path} holds no finished runs; run `robench eval` first.")
-    out = Path(out)
     written = []
 
     def write(path: Path, text: str):
@@ -262,6 +272,8 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
             raise RobenchError(f"Cannot write {path} ({e.strerror}); pass --out with a writable folder.") from None
         written.append(path)
 
+    write(out / OUTPUT_MARKER, "This folder is written by `robench leaderboard`; robench rewrites its files.\n")
+    written.pop()  # first, so that a leaderboard stopped half-way still owns its folder; not a result file
     for (dataset, norm), df in boards.items():
         write(out / f"{dataset}_{norm}.csv", df.to_csv(index=False, lineterminator="\n"))
         std = default_eps(dataset, norm)
@@ -278,6 +290,21 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
         write(out / "report.md", text)
     write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
     return {"files": written, "boards": boards}
+
+
+OUTPUT_MARKER = ".robench-leaderboard"
+
+
+def _check_output_folder(out: Path) -> None:
+    """robench writes into a new or empty folder, or one it wrote before (it holds the marker file); it
+    never overwrites a file of the user's."""
+    from .errors import RobenchError
+
+    if out.exists() and not out.is_dir():
+        raise RobenchError(f"{out} is a file, not a folder; pass --out with a folder for the leaderboard.")
+    if out.is_dir() and not (out / OUTPUT_MARKER).is_file() and any(out.iterdir()):
+        raise RobenchError(f"{out} holds files that robench did not write, which a leaderboard would overwrite; "
+                           "pass --out with a new or empty folder.")
 
 
 def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alpha: float = 0.05,

@@ -13,7 +13,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__, api
-from .cli_output import EvalProgress, TrainProgress, err, interrupted, num, out, pct, results_table, short, track
+from .cli_output import (EvalProgress, TrainProgress, clean, err, esc, interrupted, num, out, pct, results_table, safe,
+                         short, track)
 from .errors import RobenchError
 
 
@@ -26,7 +27,7 @@ class _Group(TyperGroup):
         except RobenchError as e:
             if os.environ.get("ROBENCH_DEBUG"):
                 raise
-            err.print(f"Error: {e}", soft_wrap=True, markup=False)
+            err.print(f"Error: {clean(e)}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except _UsageError as e:
             if isinstance(e, _NoArgsIsHelp) or os.environ.get("ROBENCH_DEBUG"):
@@ -34,7 +35,7 @@ class _Group(TyperGroup):
             command = f"robench {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else "robench --help"
             text = " ".join(e.format_message().split()).rstrip(".")
             tail = f" See `{command}`." if text.endswith("?") else f"; see `{command}`."
-            err.print(f"Error: {text}{tail}", soft_wrap=True, markup=False)
+            err.print(f"Error: {clean(text)}{tail}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             if os.environ.get("ROBENCH_DEBUG"):
@@ -105,19 +106,19 @@ def info(
         return
     meta = d["meta"]
     t = Table(show_header=False, box=None)
-    t.add_row("file", d["path"])
+    t.add_row("file", safe(d["path"]))
     t.add_row("sha256", d["sha256"])
     t.add_row("format", d["format"])
     t.add_row("parameters", f"{d['parameters']:,}")
     for key in ("name", "arch", "activation", "dataset", "num_classes", "input_shape", "mean", "std", "notes"):
         if meta.get(key) is not None:
-            t.add_row(key, str(meta[key]))
+            t.add_row(key, safe(meta[key]))
     for key, val in (meta.get("recipe") or {}).items():
-        t.add_row(f"recipe.{key}", str(val))
+        t.add_row(safe(f"recipe.{key}"), safe(val))
     out.print(t)
     for a in d["activations"]:
         vals = "; ".join(f"{k}={short(v)}" for k, v in a["values"].items())
-        out.print(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}")
+        out.print(clean(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}"), markup=False)
 
 
 @app.command("eval")
@@ -229,19 +230,19 @@ def transfer(
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
     for eps_text, block in df.groupby("eps", sort=False):
         targets = list(dict.fromkeys(block.target))
-        t = Table("source \\ target", *targets, title=f"Transfer: robust accuracy % [95% CI] and attack success "
+        t = Table("source \\ target", *map(safe, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
                   f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
         for src, rows in block.groupby("source", sort=False):
             cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
                                 + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
-            t.add_row(src, *[cells.get(x, "-") for x in targets])
+            t.add_row(safe(src), *[safe(cells.get(x, "-")) for x in targets])
         t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
             f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version"))
         t.caption_justify = "left"
         out.print(t)
     flags = [f for f in dict.fromkeys("; ".join(df["flags"]).split("; ")) if f]
     for i, f in enumerate(flags, 1):
-        out.print(f"[{i}] {f}", markup=False)
+        out.print(clean(f"[{i}] {f}"), markup=False)
     if out_file:
         out.print(f"Wrote {out_file}")
 
@@ -271,13 +272,14 @@ def sanity(
                      pgd_restarts=pgd_restarts, batch_size=batch_size, device=device,
                      store=str(store) if store else None, trust_checkpoint=trust or None, arch=arch,
                      activation=activation)
-    t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {res['model']}")
+    t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {esc(res['model'])}")
     for r in res["checks"].itertuples():
-        t.add_row(r.check, r.eps or "-", "[bold red]FLAG[/]" if r.status == "flag" else "[green]ok[/]", r.evidence)
+        t.add_row(r.check, r.eps or "-", "[bold red]FLAG[/]" if r.status == "flag" else "[green]ok[/]", safe(r.evidence))
     out.print(t)
     k = int((res["checks"].status == "flag").sum())
     if k:
-        out.print(f"{k} of {len(res['checks'])} checks flag {res['model']}: its robust accuracy may be overstated.")
+        out.print(clean(f"{k} of {len(res['checks'])} checks flag {res['model']}: its robust accuracy may be "
+                        "overstated."), markup=False)
         raise typer.Exit(1)
     out.print(f"All {len(res['checks'])} checks passed.")
 
@@ -356,7 +358,7 @@ def leaderboard(
                 t.add_column(head)
             t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
             for r in block.itertuples():
-                t.add_row(str(r.rank), r.model_id, r.training_method, num(r.clean_acc),
+                t.add_row(str(r.rank), safe(r.model_id), safe(r.training_method), num(r.clean_acc),
                           num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc), num(r.best_known_acc),
                           str(r.n), "yes" if r.unreliable else "no")
             out.print(t)
@@ -395,7 +397,7 @@ def check(
     for r in table.itertuples():
         verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
         n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"
-        t.add_row(r.model_id + (" (changed)" if r.checkpoint == "changed" else ""), r.eps, r.metric,
+        t.add_row(safe(r.model_id + (" (changed)" if r.checkpoint == "changed" else "")), safe(r.eps), r.metric,
                   f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
     tests = sorted(set(table.test)) if len(table) else []
     t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
@@ -409,7 +411,18 @@ def check(
     out.print(f"All {len(res['table'])} checks passed.")
 
 
+def _stop_on_signal(signum, frame):
+    """SIGTERM and SIGHUP stop robench the way Ctrl-C does: workers are stopped and the message says where
+    the run stopped."""
+    raise KeyboardInterrupt
+
+
 def main():
+    import signal
+
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        if sig is not None:
+            signal.signal(sig, _stop_on_signal)
     app()
 
 

@@ -4,29 +4,57 @@ from __future__ import annotations
 
 import os
 
+import unicodedata
+
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 _WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
 out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
 err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WIDTH)
 
 
-WHERE: dict = {}  # the last run a command reported progress on, for the Ctrl-C message
+def clean(value) -> str:
+    """Text from a file (a model's name, a path, metadata) with every control character shown as an escape,
+    so nothing a stranger writes can move the cursor, clear the screen or restyle the terminal."""
+    return "".join(c if unicodedata.category(c) != "Cc" or c == "\n" else repr(c)[1:-1] for c in str(value))
+
+
+def safe(value) -> Text:
+    """A table cell or line of text from a file: printed as it is, never read as rich markup."""
+    return Text(clean(value))
+
+
+def esc(value) -> str:
+    """Text from a file inside a string that holds rich markup of robench's own."""
+    return escape(clean(value))
+
+
+WHERE: dict = {}  # the runs a command reported progress on and that have not ended, for the stop message
 
 
 def track(ev: dict) -> None:
     if ev.get("event") in ("start", "batch") and "run_id" in ev:
-        WHERE.update({k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
+        WHERE.setdefault("runs", {}).setdefault(ev["run_id"], {}).update(
+            {k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
+    elif ev.get("event") == "end" and "run_id" in ev:
+        WHERE.setdefault("runs", {}).pop(ev["run_id"], None)
+        WHERE["ended"] = WHERE.get("ended", 0) + 1
 
 
 def interrupted() -> str:
-    if not WHERE:
+    runs = list(WHERE.get("runs", {}).values())
+    if not runs:
+        if WHERE.get("ended"):
+            return ("Interrupted between runs; every finished run is saved in the store, so run the same command "
+                    "again to continue.")
         return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
-    w = WHERE
-    return (f"Interrupted: {w['model']} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}); "
-            f"every finished batch is saved in {w.get('store', 'the store')}, so run the same command again to "
-            "continue from there.")
+    where = "; ".join(f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']})"
+                      for w in runs)
+    return (f"Interrupted: {where}; every finished batch is saved in {runs[0].get('store', 'the store')}, so run "
+            "the same command again to continue from there.")
 
 
 def num(v) -> str:
@@ -77,9 +105,10 @@ def results_table(df) -> Table:
             if flag not in notes:
                 notes.append(flag)
             marks.append(f"[{notes.index(flag) + 1}]")
-        t.add_row(r.model, r.norm, r.eps, r.attacks, str(r.n), pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
+        t.add_row(safe(r.model), r.norm, safe(r.eps), safe(r.attacks), str(r.n),
+                  pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
                   pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), " ".join(marks) or "-")
-    t.caption = "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1)) or None
+    t.caption = "\n".join(f"\\[{i}] {esc(n)}" for i, n in enumerate(notes, 1)) or None
     t.caption_justify = "left"
     return t
 
@@ -106,24 +135,24 @@ class EvalProgress:
         track(ev)
         if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
             last = ev["rows"][-1]
-            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {last['model']}: {last['attacks']} (n={last['n']})"
+            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} (n={last['n']})"
                                         f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
                                         f"{ev['seconds']:.0f} s", markup=False)
             return
         if ev["event"] == "craft":
             how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
-            self.progress.console.print(f"Transfer examples from {ev['source']} at eps {ev['eps']}: {how}",
+            self.progress.console.print(f"Transfer examples from {clean(ev['source'])} at eps {ev['eps']}: {how}",
                                         markup=False)
             return
         if ev["event"] == "check":
-            self.progress.console.print(f"{ev['model']}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
+            self.progress.console.print(f"{clean(ev['model'])}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
                                         f" robust  {ev['seconds']:.0f} s", markup=False)
             return
         rid = ev["run_id"]
         if ev["event"] == "start":
             note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
             self.robust[rid] = 0
-            self.tasks[rid] = self.progress.add_task(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}",
+            self.tasks[rid] = self.progress.add_task(esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
                                                      total=ev["total"], completed=ev["done"], robust="-")
         elif ev["event"] == "batch":
             self.robust[rid] += ev["robust"]
