@@ -1,6 +1,8 @@
 """Small builders shared by the tests: real on-disk formats, tiny models."""
 import gzip
+import os
 import pickle
+import sqlite3
 import struct
 from pathlib import Path
 
@@ -65,3 +67,63 @@ def train_fmnist(path, activation="relu", n_train=6000, seed=0):
     return robench.api.train(path, arch="lenet5", activation=activation, epochs=1, train_images=n_train,
                              val_size=1000, val_pgd_n=50, val_pgd_steps=5, seed=seed,
                              name=f"lenet5-{activation}-test").model
+
+
+class Evil:
+    """Unpickling this runs a shell command that writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def readonly_dir(tmp: Path) -> Path:
+    """A folder nobody may write in; as root (where chmod does not bind) sysfs, which refuses even root."""
+    ro = tmp / "readonly"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("x")
+    except OSError:
+        return ro
+    (ro / "probe").unlink()
+    return Path("/sys")
+
+
+def store_rows(store: Path) -> list[str]:
+    con = sqlite3.connect(store)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_refused(app, args, fragment, files: Path, ckpt: Path, tmp_path: Path):
+    """The hostile-input contract: exit 2, one line naming the problem, no traceback, no hostile code run (no
+    PWNED marker), the results store and every input file unchanged, nothing half-written left behind."""
+    from typer.testing import CliRunner
+
+    import robench
+
+    store = tmp_path / "store.sqlite"
+    if not store.exists():
+        robench.evaluate([str(ckpt)], n=10, eps=["0.05"], attacks=["fgsm"], store=store)
+    before_store, before_files = store_rows(store), snapshot(files)
+    ro = readonly_dir(tmp_path)
+    argv = [a.format(d=files, ckpt=ckpt, ro=ro) for a in args]
+    if argv[0] in ("eval", "transfer") and "--store" not in argv:
+        argv += ["--store", str(store)]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2, r.output
+    assert fragment in r.output, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (files / "PWNED").exists(), "hostile code ran"
+    assert store_rows(store) == before_store and snapshot(files) == before_files
+    assert not (files / "lb").exists() and not list(tmp_path.glob("*.tmp"))
+    return r

@@ -1,5 +1,4 @@
 import json
-import os
 import zipfile
 
 import pytest
@@ -9,7 +8,7 @@ import robench
 from robench.checkpoints import checkpoint_info
 from robench.errors import RobenchError
 
-from helpers import save_tiny, tiny_model
+from helpers import Evil, save_tiny, tiny_model
 
 X = torch.rand(4, 1, 28, 28)
 
@@ -86,14 +85,6 @@ def test_state_dict_that_does_not_fit_names_keys(tmp_path):
         robench.load_checkpoint(path, arch="resnet20", dataset="cifar10")
     with pytest.raises(RobenchError, match=r"shape differs for fc.weight \(10x128 in the file, 100x128"):
         robench.load_checkpoint(path, arch="wrn-16-2", dataset="cifar100")
-
-
-class Evil:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.parametrize("layout", ["zip", "legacy", "nested"])

@@ -18,19 +18,9 @@ import robench
 from robench.cli import app
 from robench.data import DATASETS, DatasetInfo, Split, register_dataset
 
-from helpers import tiny_model, write_cifar, write_idx, write_mnist_like
+from helpers import Evil, assert_refused, tiny_model, write_cifar, write_idx, write_mnist_like
 
 runner = CliRunner()
-
-
-class Evil:
-    """Unpickling this runs a shell command that writes a marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def _robench_pt(path, sd, meta=None):
@@ -41,19 +31,6 @@ def _robench_pt(path, sd, meta=None):
 def _safetensors_raw(path, header: dict, body: bytes):
     h = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(h)) + h + body)
-
-
-def _readonly_dir(tmp: Path) -> Path:
-    """A folder nobody may write in; as root (where chmod does not bind) sysfs, which refuses even root."""
-    ro = tmp / "readonly"
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        (ro / "probe").write_text("x")
-    except OSError:
-        return ro
-    (ro / "probe").unlink()
-    return Path("/sys")
 
 
 @pytest.fixture(scope="module")
@@ -228,18 +205,6 @@ CASES = [
 ]
 
 
-def _rows(store: Path) -> list[str]:
-    con = sqlite3.connect(store)
-    try:
-        return list(con.iterdump())
-    finally:
-        con.close()
-
-
-def _snapshot(folder: Path) -> dict:
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_there_are_at_least_30_distinct_cases():
     assert len({c[0] for c in CASES}) == len(CASES) >= 30
 
@@ -247,18 +212,4 @@ def test_there_are_at_least_30_distinct_cases():
 @pytest.mark.parametrize("name,args,fragment", CASES, ids=[c[0] for c in CASES])
 def test_user_error_is_one_line_exit_2_and_changes_nothing(files, trained, custom_dataset, tmp_path, name, args,
                                                            fragment):
-    store = tmp_path / "store.sqlite"
-    robench.evaluate([str(trained)], n=10, eps=["0.05"], attacks=["fgsm"], store=store)
-    before_store = _rows(store)
-    before_files = _snapshot(files)
-    ro = _readonly_dir(tmp_path)
-    argv = [a.format(d=files, ckpt=trained, ro=ro) for a in args]
-    if argv[0] in ("eval", "transfer") and "--store" not in argv:
-        argv += ["--store", str(store)]
-    r = runner.invoke(app, argv)
-    assert r.exit_code == 2, r.output
-    assert fragment in r.output, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert not (files / "PWNED").exists(), "unpickling ran code from the file"
-    assert _rows(store) == before_store and _snapshot(files) == before_files
-    assert not (files / "lb").exists() and not list(tmp_path.glob("*.tmp"))
+    assert_refused(app, args, fragment, files, trained, tmp_path)

@@ -66,9 +66,10 @@ def test_an_older_store_is_migrated_in_place_with_a_backup(tmp_path, monkeypatch
     write_mnist_like(Path("data/fashion-mnist"), n_test=20)
     save_tiny("m.pt")
     before = robench.evaluate(["m.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
-    con = sqlite3.connect("s.sqlite")  # turn it into the schema-1 layout: no checks, no attack counts
-    con.executescript("DROP TABLE checks; DROP TABLE attack_stats; UPDATE meta SET value='1' "
-                      "WHERE key='schema_version';")
+    con = sqlite3.connect("s.sqlite")  # the schema-1 layout: no checks, no attack counts, no data fingerprints
+    con.executescript("DROP TABLE checks; DROP TABLE attack_stats; ALTER TABLE runs DROP COLUMN data_sha256; "
+                      "UPDATE runs SET key = 'before data fingerprints ' || key; "  # older robench keyed runs so
+                      "UPDATE meta SET value='1' WHERE key='schema_version';")
     con.close()
     v1 = sqlite3.connect("s.sqlite").execute("SELECT * FROM outcomes ORDER BY idx").fetchall()
     Store("s.sqlite", readonly=True).close()  # reading never migrates
@@ -79,5 +80,7 @@ def test_an_older_store_is_migrated_in_place_with_a_backup(tmp_path, monkeypatch
     assert backup.execute("SELECT value FROM meta").fetchone() == ("1",)
     assert backup.execute("SELECT * FROM outcomes ORDER BY idx").fetchall() == v1
     db = Store("s.sqlite")
+    # the old run cannot name its data, so it was kept as stale and computed again, not trusted
     assert db.version == SCHEMA_VERSION and len(results(db)) == 1
+    assert db.runs(None).status.tolist() == ["stale", "done"]
     db.close()

@@ -122,7 +122,7 @@ def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
         fields = {"model": "m", "checkpoint": None, "sha256": "abc", "dataset": "fashion-mnist", "split": "test",
                   "n": 50, "subset": "first", "seed": 0, "norm": "Linf", "eps": [[eps, float(eps)]],
                   "attacks": budget, "batch_size": 50, "device": "cpu", "dtype": "float32", "robench_version": "x",
-                  "torch_version": "x", "model_meta": {}}
+                  "torch_version": "x", "model_meta": {}, "data_sha256": "d"}
         run_id, _ = db.open_run(f"k{i}", fields)
         db.add_batch(run_id, [(eps, j, 1, r, None if r else "pgd") for j, r in enumerate(robust)], [], 0.0)
         db.finish(run_id)

@@ -200,15 +200,30 @@ def test_zoo_file_errors_name_the_group_and_the_closest_key(tmp_path):
         read_zoo("z.toml")
 
 
-def test_shipped_zoo_file_groups_differ_only_in_activation():
+def test_shipped_zoo_file_groups_differ_only_in_activation_and_seed():
     members = read_zoo(Path(__file__).parent.parent / "checkpoints" / "zoo.toml")
-    groups = {}
+    groups, seeds = {}, {}
     for m in members:
-        recipe = {k: v for k, v in vars(m.config).items() if k not in ("activation", "name")}
+        recipe = {k: v for k, v in vars(m.config).items() if k not in ("activation", "name", "seed")}
         groups.setdefault(m.group, []).append((m.config.activation, json.dumps(recipe, sort_keys=True)))
+        seeds.setdefault(m.group, {}).setdefault(m.config.seed, set()).add(m.config.activation)
     for name, rows in groups.items():
         assert len({r[1] for r in rows}) == 1, name
+        assert len({frozenset(a) for a in seeds[name].values()}) == 1, f"{name}: every seed trains every activation"
     acts = {name: {r[0] for r in rows} for name, rows in groups.items()}
     must = {"relu", "prelu", "elu", "silu", "softplus", "splash", "pssilu", "psoftplus"}
     assert must <= acts["lenet5-standard"] and must <= acts["lenet5-pgd-at"]
     assert {"relu", "silu", "splash", "pssilu", "psoftplus"} <= acts["resnet20-pgd-at"]
+
+
+def test_a_zoo_group_with_seeds_names_one_file_per_seed(tmp_path):
+    (tmp_path / "zoo.toml").write_text('[[group]]\nname = "g"\narch = "lenet5"\nseeds = [0, 2]\n'
+                                      'activations = ["relu", "silu"]\n')
+    members = read_zoo(tmp_path / "zoo.toml")
+    assert [(m.file, m.config.seed) for m in members] == [
+        ("lenet5-relu-standard.safetensors", 0), ("lenet5-silu-standard.safetensors", 0),
+        ("lenet5-relu-standard-seed2.safetensors", 2), ("lenet5-silu-standard-seed2.safetensors", 2)]
+    for bad in ("seeds = [0, 0]", "seeds = []", 'seeds = ["a"]', "seeds = [0]\nseed = 1", "seeds = 3"):
+        (tmp_path / "zoo.toml").write_text(f'[[group]]\nname = "g"\n{bad}\nactivations = ["relu"]\n')
+        with pytest.raises(RobenchError, match="seed"):
+            read_zoo(tmp_path / "zoo.toml")
