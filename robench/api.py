@@ -82,15 +82,15 @@ def _expand(items: list) -> list:
 
     from .errors import RobenchError
 
-    out = []
+    out, patterns = [], []
     for item in items:
         if isinstance(item, (str, Path)) and any(c in str(item) for c in "*?["):
-            hits = sorted(glob.glob(str(item)))
-            if not hits:
-                raise RobenchError(f"No checkpoint matches {item}.")
-            out += hits
+            patterns.append(str(item))
+            out += sorted(glob.glob(str(item)))
         else:
             out.append(item)
+    if patterns and not out:  # one pattern of several may match nothing yet (a folder still being filled)
+        raise RobenchError(f"No checkpoint matches {' or '.join(patterns)}.")
     return out
 
 
@@ -305,6 +305,22 @@ def _check_output_folder(out: Path) -> None:
     if out.is_dir() and not (out / OUTPUT_MARKER).is_file() and any(out.iterdir()):
         raise RobenchError(f"{out} holds files that robench did not write, which a leaderboard would overwrite; "
                            "pass --out with a new or empty folder.")
+
+
+def export_results(store: str | Path | None, out: str | Path) -> dict:
+    """Write the store's finished runs, per-example outcomes and model checks to a .jsonl.gz archive (the
+    form in which results are committed and shared). Returns {"runs", "checks", "path"}."""
+    from .archive import export_results as export
+
+    return export(store, out)
+
+
+def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
+    """Add an archive's runs to the store (finished runs already there are kept). Returns {"added", "kept",
+    "checks"}."""
+    from .archive import import_results as load
+
+    return load(archive, store)
 
 
 def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alpha: float = 0.05,

@@ -68,6 +68,7 @@ TRUST = typer.Option(False, "--trust-checkpoint", help="Allow checkpoints that n
 ARCH = typer.Option(None, "--arch", help="Architecture of a plain state dict (see `robench models`).")
 ACT = typer.Option(None, "--activation", help="Activation spec of a plain state dict, e.g. splash:share=channel.")
 DATASET = typer.Option(None, "--dataset", help="Dataset, for files that carry none.")
+STORE = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or results/robench.sqlite].")
 
 
 @app.command()
@@ -140,8 +141,7 @@ def eval_(
     pgd_loss: Optional[str] = typer.Option(None, "--pgd-loss", help="ce, dlr or margin [default: ce]."),
     batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    store: Optional[Path] = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or "
-                                         "results/robench.sqlite]."),
+    store: Optional[Path] = STORE,
     out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the table to FILE.csv or FILE.json."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML suite file with the same settings, "
                                           "or several [[run]] tables."),
@@ -185,7 +185,7 @@ SHARED = dict(
     norm=typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
     batch_size=typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
     device=typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    store=typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or results/robench.sqlite]."),
+    store=STORE,
 )
 
 
@@ -230,7 +230,7 @@ def transfer(
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
     for eps_text, block in df.groupby("eps", sort=False):
         targets = list(dict.fromkeys(block.target))
-        t = Table("source \\ target", *map(safe, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
+        t = Table("source \\ target", *map(esc, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
                   f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
         for src, rows in block.groupby("source", sort=False):
             cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
@@ -341,8 +341,7 @@ def train(
 
 @app.command()
 def leaderboard(
-    store: Optional[Path] = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or "
-                                         "results/robench.sqlite]."),
+    store: Optional[Path] = STORE,
     out_dir: Path = typer.Option(Path("leaderboard"), "--out", help="Folder to write."),
 ):
     """Write RobustBench-style leaderboards (CSV, model_info JSON, README.md) from the results store."""
@@ -363,6 +362,28 @@ def leaderboard(
                           str(r.n), "yes" if r.unreliable else "no")
             out.print(t)
     out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
+
+
+@app.command("export")
+def export_(
+    archive: Path = typer.Argument(..., help="The archive to write (.jsonl.gz)."),
+    store: Optional[Path] = STORE,
+):
+    """Write the store's finished runs, with every per-example outcome, to a compressed archive to commit
+    or share."""
+    res = api.export_results(str(store) if store else None, archive)
+    out.print(clean(f"Wrote {res['runs']} runs and {res['checks']} model checks to {res['path']}"), markup=False)
+
+
+@app.command("import")
+def import_(
+    archive: Path = typer.Argument(..., help="An archive written by `robench export`."),
+    store: Optional[Path] = STORE,
+):
+    """Add the runs of an archive to the store; runs the store already finished are kept as they are."""
+    res = api.import_results(archive, str(store) if store else None)
+    out.print(f"Imported {res['added']} runs ({res['kept']} already in the store) and {res['checks']} model "
+              "checks.")
 
 
 @app.command()
@@ -393,7 +414,7 @@ def check(
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     table = res["table"]
     t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
-              title=f"robench check against {baseline} (tolerance {tolerance} points, alpha {alpha})")
+              title=f"robench check against {esc(baseline)} (tolerance {tolerance} points, alpha {alpha})")
     for r in table.itertuples():
         verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
         n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"

@@ -264,9 +264,10 @@ class Store:
                 [(run_id, a, e, q) for a, (e, q) in totals.items()])
         self._write(go)
 
-    def add_flags(self, run_id: int, flags: list[str]) -> None:
-        self._write(lambda: self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)",
-                                                  [(run_id, f) for f in flags]))
+    def set_queries(self, run_id: int, counts: dict[str, tuple[int, int]]) -> None:
+        """A run's {attack: (examples attacked, model queries)}, as an archive recorded them."""
+        self._write(lambda: self.conn.executemany("INSERT OR REPLACE INTO attack_stats VALUES (?, ?, ?, ?)",
+                                                  [(run_id, a, e, q) for a, (e, q) in counts.items()]))
 
     def queries(self, run_id: int) -> dict[str, dict]:
         """{attack: {"examples": attacked, "queries": model queries}} of a run."""

@@ -117,7 +117,7 @@ def assert_refused(app, args, fragment, files: Path, ckpt: Path, tmp_path: Path)
     before_store, before_files = store_rows(store), snapshot(files)
     ro = readonly_dir(tmp_path)
     argv = [a.format(d=files, ckpt=ckpt, ro=ro) for a in args]
-    if argv[0] in ("eval", "transfer") and "--store" not in argv:
+    if argv[0] in ("eval", "transfer", "import") and "--store" not in argv:
         argv += ["--store", str(store)]
     r = CliRunner().invoke(app, argv)
     assert r.exit_code == 2, r.output

@@ -170,6 +170,11 @@ def files(tmp_path_factory, trained):
     con.close()
     (d / "my-notes.txt").write_text("")
     (d / "link.sqlite").symlink_to(d / "my-notes.txt")
+    # results archives
+    (d / "archive-text.jsonl.gz").write_text("hello")
+    header = b'{"format": "robench-results", "version": 1}\n'
+    (d / "archive-forged.jsonl.gz").write_bytes(gzip.compress(header + b'{"key": "x", "outcomes": [1]}\n'))
+    (d / "archive-newer.jsonl.gz").write_bytes(gzip.compress(b'{"format": "robench-results", "version": 7}\n'))
     # a folder of the user's own
     (d / "mine").mkdir()
     (d / "mine" / "README.md").write_text("my own notes\n")
@@ -254,6 +259,11 @@ CASES = [
      "is damaged"),
     ("store that links to a user's empty file", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/link.sqlite"],
      "link to an empty file"),
+    ("results archive that is not gzip", ["import", "{d}/archive-text.jsonl.gz"], "not a readable results archive"),
+    ("results archive with a forged run", ["import", "{d}/archive-forged.jsonl.gz"], "line 2"),
+    ("results archive from a newer robench", ["import", "{d}/archive-newer.jsonl.gz"], "newer robench"),
+    ("results archive of the wrong name", ["export", "{d}/results.zip", "--store", "{d}/damaged.sqlite"],
+     "is a .jsonl.gz file"),
     # other people's folders
     ("leaderboard into a folder of the user's", ["leaderboard", "--store", "{d}/damaged.sqlite", "--out", "{d}/mine"],
      "did not write"),

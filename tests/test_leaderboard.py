@@ -83,7 +83,20 @@ def test_the_report_compares_each_activation_with_relu_on_the_same_examples():
     assert f"{pgd['diff']:+.1f} [{pgd['low']:+.1f}, {pgd['high']:+.1f}]" in row
     assert f"{clean['diff']:+.1f} [{clean['low']:+.1f}, {clean['high']:+.1f}]" in row
     assert "### Accuracy at Linf eps 0.1" in text and "| relu | tiny-relu |" in text
-    assert "trained once with one seed" in text  # the summary says what the intervals do not cover
+    assert "Each activation was trained once" in text  # the summary says what the intervals do not cover
     for name in ("-eps.png", "-activations.png"):
         png = next(Path("lb").glob(f"*{name}"))
         assert f"]({png.name})" in text and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
+    write_mnist_like(Path("data/fashion-mnist"), n_test=30)
+    files = []
+    for act, seeds in (("relu", (0, 1, 2)), ("splash", (0, 1, 2))):
+        for seed in seeds:
+            f = f"{act}-{seed}.pt"
+            save_tiny(f, act, seed=seed, name=f"tiny-{act}-seed{seed}", recipe={"seed": seed})
+            files.append(f)
+    robench.evaluate(files, n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    robench.api.leaderboard("s.sqlite", "lb")
+    assert "Training runs per activation (relu: 3; splash: 3)" in Path("lb/report.md").read_text()

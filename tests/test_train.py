@@ -222,7 +222,7 @@ def test_a_zoo_group_with_seeds_names_one_file_per_seed(tmp_path):
     members = read_zoo(tmp_path / "zoo.toml")
     assert [(m.file, m.config.seed) for m in members] == [
         ("lenet5-relu-standard.safetensors", 0), ("lenet5-silu-standard.safetensors", 0),
-        ("lenet5-relu-standard-seed2.safetensors", 2), ("lenet5-silu-standard-seed2.safetensors", 2)]
+        ("seeds/lenet5-relu-standard-seed2.safetensors", 2), ("seeds/lenet5-silu-standard-seed2.safetensors", 2)]
     for bad in ("seeds = [0, 0]", "seeds = []", 'seeds = ["a"]', "seeds = [0]\nseed = 1", "seeds = 3"):
         (tmp_path / "zoo.toml").write_text(f'[[group]]\nname = "g"\n{bad}\nactivations = ["relu"]\n')
         with pytest.raises(RobenchError, match="seed"):

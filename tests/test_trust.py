@@ -157,7 +157,10 @@ def test_names_from_files_are_printed_as_text(tmp_path, monkeypatch):
     name = "evil\x1b[2J\x07[bold red]boom[/]"
     robench.save_checkpoint(robench.create_model("lenet5", "relu", 10, 1, 28), "m.pt",
                             robench.model_meta("lenet5", "relu", "fashion-mnist", name=name))
-    for argv in (["eval", "m.pt", "--n", "20", "--attack", "none", "--store", "s.sqlite"], ["info", "m.pt"]):
+    robench.save_checkpoint(robench.create_model("lenet5", "silu", 10, 1, 28), "n.pt",
+                            robench.model_meta("lenet5", "silu", "fashion-mnist", name=name + "2"))
+    for argv in (["eval", "m.pt", "--n", "20", "--attack", "none", "--store", "s.sqlite"], ["info", "m.pt"],
+                 ["transfer", "--source", "m.pt", "--target", "n.pt", "--n", "20", "--store", "s.sqlite"]):
         r = runner.invoke(app, argv)
         assert r.exit_code == 0, r.output
         assert "\x1b" not in r.output and "\x07" not in r.output

@@ -30,7 +30,7 @@ def test_a_zoo_checkpoint_loads_alone_and_reproduces_its_validation_accuracy(pat
     ck = robench.load_checkpoint(path)  # nothing else given: the metadata rebuilds the model
     meta = ck.meta
     assert meta["name"] == path.stem and meta["dataset"] == "fashion-mnist"
-    member = next(m for m in MEMBERS if m.file == path.name)
+    member = next(m for m in MEMBERS if ZOO / m.file == path)
     assert meta["recipe"]["epochs"] >= 1 and meta["recipe"]["seed"] == member.config.seed
     start, stop = map(int, meta["recipe"]["data"]["val_indices"].split(":"))
     split = load_split("fashion-mnist", "train")

@@ -28,6 +28,7 @@ class Member:
     by_eps: dict[str, dict[str, dict[int, int]]]  # eps -> metric -> {idx: right}
     flags: list[str]
     label: str = ""
+    seed: object = None  # the training seed its metadata records (None when it records none)
 
 
 @dataclass
@@ -65,7 +66,7 @@ def groups(res: pd.DataFrame) -> list[Group]:
         by_eps = {eps: outcome_sets(block) for eps, block in m.groupby("eps", sort=True)}
         flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
         group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
-                                    last["checkpoint"] or "", by_eps, flags))
+                                    last["checkpoint"] or "", by_eps, flags, seed=recipe.get("seed")))
     out = []
     for key in sorted(found):
         g = found[key]
@@ -229,10 +230,23 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         lines.append(f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
                      "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
                      "attacks.")
-    lines.append("Each activation was trained once with one seed, so the intervals cover the sampling of test "
-                 "examples only, not the variation between training runs: a difference here describes these "
-                 "checkpoints, not yet the activations in general.")
+    lines.append(_seed_sentence(g))
     return lines
+
+
+def _seed_sentence(g: Group) -> str:
+    """How many training runs each activation has in the group, from the members' own metadata."""
+    runs: dict[str, set] = {}
+    for mb in g.members:
+        runs.setdefault(mb.activation, set()).add(mb.seed if mb.seed is not None else mb.sha256)
+    counts = sorted({len(v) for v in runs.values()})
+    if counts == [1]:
+        return ("Each activation was trained once, so the intervals cover the sampling of test examples only, "
+                "not the variation between training runs: a difference here describes these checkpoints, not "
+                "yet the activations in general.")
+    many = "; ".join(f"{act}: {len(v)}" for act, v in sorted(runs.items()))
+    return (f"Training runs per activation ({many}): each interval above compares single checkpoints, so it "
+            "covers the sampling of test examples only, not the variation between training runs.")
 
 
 def _transfer_sentence(g: Group, eps: str) -> list[str]:

@@ -22,10 +22,12 @@ class Member:
 
 
 def member_file(cfg: TrainConfig, suffix: str = ".safetensors") -> str:
-    """``<arch>-<activation>-<method>``, with ``-seed<N>`` for a training seed other than 0."""
+    """``<arch>-<activation>-<method>``; a training seed other than 0 makes ``seeds/<...>-seed<N>``, so the
+    replicates sit apart from the seed-0 zoo that the leaderboard's globs pick up."""
     act = re.sub(r"[^a-z0-9]+", "-", str(parse_activation(cfg.activation)).lower()).strip("-")
-    seed = f"-seed{cfg.seed}" if cfg.seed else ""
-    return f"{cfg.arch}-{act}-{cfg.method}{seed}{suffix}"
+    if cfg.seed:
+        return f"seeds/{cfg.arch}-{act}-{cfg.method}-seed{cfg.seed}{suffix}"
+    return f"{cfg.arch}-{act}-{cfg.method}{suffix}"
 
 
 def read_zoo(path: str | Path) -> list[Member]:

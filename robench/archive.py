@@ -1,0 +1,205 @@
+"""Results archives: a store's finished runs as one gzipped JSON-lines file, small enough to commit and
+read back into any store. Per-example outcomes are kept in full, column-wise (a string of 0s and 1s per
+eps, and which attack broke each example), so an archive holds exactly what the leaderboard and report
+need to be rebuilt. The same store gives the same bytes; importing validates every line and never
+replaces a finished run, so an archive from a stranger can add results but not change or run anything.
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+from .errors import RobenchError
+from .store import RUN_FIELDS, Store
+
+FORMAT = "robench-results"
+VERSION = 1
+MAX_ARCHIVE = 1 << 30  # bytes an archive may decompress to
+MAX_LINE = 64 << 20  # one run's line: far above what 10,000 examples at a dozen eps take
+
+
+def _ranges(idx: list[int]) -> list[list[int]]:
+    """[0, 1, 2, 5, 6] -> [[0, 3], [5, 7]] (half-open runs of consecutive indices)."""
+    out: list[list[int]] = []
+    for i in idx:
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+def _expand(ranges) -> list[int]:
+    return [i for a, b in ranges for i in range(a, b)]
+
+
+def export_results(store: str | Path | None, out: str | Path) -> dict:
+    """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
+    checks to ``out`` (.jsonl.gz). Returns {"runs", "checks", "path"}."""
+    from .checkpoints import atomic_path
+
+    out = Path(out)
+    if not out.name.endswith(".jsonl.gz"):
+        raise RobenchError(f"A results archive is a .jsonl.gz file, not {out.name}.")
+    db = Store(store, readonly=True)
+    lines = [json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True)]
+    try:
+        with db.snapshot():
+            runs = db.runs()
+            for run_id in runs["run_id"].tolist():
+                lines.append(json.dumps(_run_record(db, int(run_id)), sort_keys=True, separators=(",", ":")))
+            checks = db.checks()
+            for c in checks.to_dict(orient="records"):
+                lines.append(json.dumps({"check": c}, sort_keys=True, separators=(",", ":")))
+    finally:
+        db.close()
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: the same store, the same bytes
+        gz.write(("\n".join(lines) + "\n").encode())
+    try:
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(buf.getvalue())
+    except OSError as e:
+        raise RobenchError(f"Cannot write {out} ({e.strerror}).") from None
+    return {"runs": len(runs), "checks": len(checks), "path": out}
+
+
+def _run_record(db: Store, run_id: int) -> dict:
+    row = db.conn.execute(f"SELECT key, wall_time, {', '.join(RUN_FIELDS)} FROM runs WHERE run_id=?",
+                          (run_id,)).fetchone()
+    rec = dict(zip(["key", "wall_time", *RUN_FIELDS], row))
+    for k in ("eps", "attacks", "model_meta"):
+        rec[k] = json.loads(rec[k])
+    oc = db.outcomes(run_id)
+    idx = sorted(set(oc.idx.tolist()))
+    pos = {i: p for p, i in enumerate(idx)}
+    per_eps = {}
+    for eps, block in oc.groupby("eps", sort=True):
+        clean, robust = ["0"] * len(idx), ["0"] * len(idx)
+        broken: dict[str, list[int]] = {}
+        for i, c, r, b in zip(block.idx, block.clean, block.robust, block.broken_by):
+            clean[pos[i]], robust[pos[i]] = str(int(c)), str(int(r))
+            if b is not None and b == b:
+                broken.setdefault(b, []).append(pos[i])
+        per_eps[eps] = {"clean": "".join(clean), "robust": "".join(robust), "broken_by": broken}
+    rec["outcomes"] = {"idx": _ranges(idx), "eps": per_eps}
+    rec["flags"] = db.run(run_id)["flags"]
+    rec["queries"] = db.queries(run_id)
+    return rec
+
+
+def _bad(path: Path, line: int, why: str) -> RobenchError:
+    return RobenchError(f"{path} line {line} is not a valid robench results record ({why}); nothing was imported.")
+
+
+def _check_run(rec: dict, path: Path, line: int) -> list[tuple]:
+    """The outcome rows of one record, after checking every field robench reads."""
+    missing = [k for k in ("key", "wall_time", "outcomes", "flags", "queries", *RUN_FIELDS) if k not in rec]
+    if missing:
+        raise _bad(path, line, f"no {missing[0]}")
+    if not isinstance(rec["key"], str) or len(rec["key"]) != 64:
+        raise _bad(path, line, "its key is not a sha256")
+    for k in ("model", "sha256", "dataset", "split", "subset", "norm", "device", "dtype", "robench_version",
+              "torch_version", "data_sha256"):
+        if not isinstance(rec[k], str):
+            raise _bad(path, line, f"{k} is not a string")
+    for k in ("n", "seed", "batch_size"):
+        if not isinstance(rec[k], int) or isinstance(rec[k], bool):
+            raise _bad(path, line, f"{k} is not a whole number")
+    if not isinstance(rec["model_meta"], dict) or not isinstance(rec["attacks"], list) or not isinstance(
+            rec["eps"], list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                                         for e in rec["eps"]):
+        raise _bad(path, line, "its metadata, attacks or eps are malformed")
+    oc = rec["outcomes"]
+    try:
+        idx = _expand(oc["idx"])
+        rows = []
+        for eps, d in oc["eps"].items():
+            clean, robust = d["clean"], d["robust"]
+            if len(clean) != len(idx) or len(robust) != len(idx) or set(clean + robust) - {"0", "1"}:
+                raise ValueError("outcome strings do not match the indices")
+            by = {p: name for name, ps in d["broken_by"].items() for p in ps}
+            rows += [(eps, i, int(clean[p]), int(robust[p]), by.get(p)) for p, i in enumerate(idx)]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise _bad(path, line, f"its outcomes are malformed: {e}") from None
+    if {r[0] for r in rows} != {e[0] for e in rec["eps"]} or len(idx) != rec["n"]:
+        raise _bad(path, line, "its outcomes do not cover its eps and n")
+    return rows
+
+
+def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
+    """Add the runs of ``archive`` to ``store``: a run the store already finished is kept as it is, any
+    other is written whole. Every line is checked before anything is written. Returns
+    {"added", "kept", "checks"}."""
+    archive = Path(archive)
+    try:
+        with gzip.open(archive, "rb") as f:
+            raw = f.read(MAX_ARCHIVE + 1)
+        if len(raw) > MAX_ARCHIVE:
+            raise RobenchError(f"{archive} holds more than 1 GiB of results; robench imports archives up to that.")
+    except FileNotFoundError:
+        raise RobenchError(f"No such results archive: {archive}.") from None
+    except (OSError, EOFError) as e:
+        raise RobenchError(f"{archive} is not a readable results archive (gzipped JSON lines): {e}.") from None
+    records, checks = [], []
+    for n, text in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
+        if not text.strip():
+            continue
+        if len(text) > MAX_LINE:
+            raise _bad(archive, n, "the line is too long")
+        try:
+            rec = json.loads(text)
+        except (ValueError, RecursionError):
+            raise _bad(archive, n, "not JSON") from None
+        if not isinstance(rec, dict):
+            raise _bad(archive, n, "not an object")
+        if n == 1:
+            if rec.get("format") != FORMAT or not isinstance(rec.get("version"), int):
+                raise _bad(archive, n, "it does not start with the robench-results header")
+            if rec["version"] > VERSION:
+                raise RobenchError(f"{archive} was written by a newer robench (archive version {rec['version']}); "
+                                   "upgrade robench to read it.")
+            continue
+        if "check" in rec:
+            c = rec["check"]
+            if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in
+                                                 ("sha256", "dataset", "norm", "check", "eps", "status", "evidence")):
+                raise _bad(archive, n, "a malformed check")
+            checks.append(c)
+            continue
+        rows = _check_run(rec, archive, n)
+        if not isinstance(rec["queries"], dict) or not all(
+                isinstance(q, dict) and isinstance(q.get("examples"), int) and isinstance(q.get("queries"), int)
+                for q in rec["queries"].values()) or not isinstance(rec["flags"], list):
+            raise _bad(archive, n, "its flags or query counts are malformed")
+        if not isinstance(rec["wall_time"], (int, float)) or len(json.dumps(rec["model_meta"])) > 1 << 20:
+            raise _bad(archive, n, "its wall time or metadata is malformed")
+        records.append((rec, rows))
+    if not raw.strip():
+        raise RobenchError(f"{archive} is empty; it is not a results archive.")
+    db = Store(store)
+    added = kept = 0
+    try:
+        for rec, rows in records:
+            if db.is_done(rec["key"]):
+                kept += 1
+                continue
+            run_id, _ = db.open_run(rec["key"], {k: rec[k] for k in RUN_FIELDS}, force=True)
+            db.add_batch(run_id, rows, [str(f) for f in rec["flags"]], float(rec["wall_time"]))
+            db.set_queries(run_id, {a: (int(q["examples"]), int(q["queries"])) for a, q in rec["queries"].items()})
+            db.finish(run_id)
+            added += 1
+        by_model: dict[tuple, list[dict]] = {}
+        for c in checks:
+            try:
+                budget = json.loads(c.get("budget") or "{}")
+            except (TypeError, ValueError):
+                budget = {}
+            by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append({**c, "budget": budget})
+        for (sha, dataset, norm), cs in by_model.items():
+            db.set_checks(sha, dataset, norm, cs)
+    finally:
+        db.close()
+    return {"added": added, "kept": kept, "checks": len(checks)}
