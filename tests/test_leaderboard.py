@@ -97,6 +97,21 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
             f = f"{act}-{seed}.pt"
             save_tiny(f, act, seed=seed, name=f"tiny-{act}-seed{seed}", recipe={"seed": seed})
             files.append(f)
-    robench.evaluate(files, n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    df = robench.evaluate(files, n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
     robench.api.leaderboard("s.sqlite", "lb")
-    assert "Training runs per activation (relu: 3; splash: 3)" in Path("lb/report.md").read_text()
+    text = Path("lb/report.md").read_text()
+    assert "Training runs per activation (relu: 3; splash: 3)" in text
+    # the between-seed table: mean and SD over seeds, and the seed-paired change with a t-interval
+    import statistics
+
+    from scipy.stats import t
+
+    acc = {(m.split("-")[1], int(m[-1])): (c, r) for m, c, r in zip(df.model, df.clean_acc, df.robust_acc)}
+    for metric, col in (("Clean", 0), ("Best known", 1)):
+        diffs = [acc[("splash", s)][col] - acc[("relu", s)][col] for s in range(3)]
+        mean, half = statistics.mean(diffs), t.ppf(0.975, 2) * statistics.stdev(diffs) / 3 ** 0.5
+        vals = [acc[("splash", s)][col] for s in range(3)]
+        row = next(line for line in text.splitlines() if line.startswith(f"| {metric} | splash | 0, 1, 2 |"))
+        assert f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row, row
+        assert f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in row, row
+    assert "### Between training runs at Linf eps 0.1" in text

@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .leaderboard import METRICS, model_id, outcome_sets
+from .seeds import section as seed_section
 from .stats import compare_outcomes, holm, wilson
 
 LABELS = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack", "transfer": "Transfer",
@@ -360,6 +361,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
                       "attacked with its own examples is white-box. The Transfer column above is the worst case "
                       "over every other source. Transfer accuracy below white-box accuracy would point to masked "
                       "gradients (see the flags)."]
+        lines += seed_section(g, eps)
         if dl:
             shown = [m for m in METRICS if m in dl]
             lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", "",

@@ -90,3 +90,20 @@ def binom_above(k: int, n: int, rate: float) -> float:
     from scipy.stats import binom
 
     return float(binom.sf(k - 1, n, rate))
+
+
+def t_interval(values: list[float], alpha: float = 0.05) -> tuple[float, float, float, float]:
+    """Mean, Student-t (1 - alpha) interval and two-sided p-value (mean 0) of a few values, such as one
+    difference per training seed; with one value the interval is unbounded and p is 1."""
+    k = len(values)
+    mean = sum(values) / k
+    if k < 2:
+        return mean, -math.inf, math.inf, 1.0
+    from scipy.stats import t
+
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (k - 1))
+    if sd == 0:
+        return mean, mean, mean, (1.0 if mean == 0 else 0.0)
+    se = sd / math.sqrt(k)
+    half = float(t.ppf(1 - alpha / 2, k - 1)) * se
+    return mean, mean - half, mean + half, float(2 * t.sf(abs(mean) / se, k - 1))
