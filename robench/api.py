@@ -40,7 +40,7 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
     ``df.attrs["outcomes"]``. ``config`` names a TOML suite (one evaluation, or several ``[[run]]`` tables)
     whose keys fill in what is not given; ``jobs`` > 1 spreads checkpoint x run tasks over processes."""
     from .config import load_suite
-    from .engine.evaluate import evaluate_many
+    from .engine.jobs import evaluate_many
 
     progress = options.pop("progress", None)
     given = {k: v for k, v in options.items() if v is not None}
@@ -334,7 +334,7 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
     import tempfile
 
     from .checkpoints import atomic_path
-    from .engine.evaluate import evaluate_many
+    from .engine.jobs import evaluate_many
     from .errors import RobenchError
     from .reporting.leaderboard import model_id, results
     from .reporting.regression import compare, junit_xml, read_baseline, runs_of

@@ -67,11 +67,8 @@ def export_results(store: str | Path | None, out: str | Path) -> dict:
 
 
 def _run_record(db: Store, run_id: int) -> dict:
-    row = db.conn.execute(f"SELECT key, wall_time, {', '.join(RUN_FIELDS)} FROM runs WHERE run_id=?",
-                          (run_id,)).fetchone()
-    rec = dict(zip(["key", "wall_time", *RUN_FIELDS], row))
-    for k in ("eps", "attacks", "model_meta"):
-        rec[k] = json.loads(rec[k])
+    run = db.run(run_id)  # every column, JSON fields parsed, with the run's flags
+    rec = {k: run[k] for k in ("key", "wall_time", "flags", *RUN_FIELDS)}
     oc = db.outcomes(run_id)
     idx = sorted(set(oc.idx.tolist()))
     pos = {i: p for p, i in enumerate(idx)}
@@ -85,7 +82,6 @@ def _run_record(db: Store, run_id: int) -> dict:
                 broken.setdefault(b, []).append(pos[i])
         per_eps[eps] = {"clean": "".join(clean), "robust": "".join(robust), "broken_by": broken}
     rec["outcomes"] = {"idx": _ranges(idx), "eps": per_eps}
-    rec["flags"] = db.run(run_id)["flags"]
     rec["queries"] = db.queries(run_id)
     return rec
 
