@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 from .leaderboard import METRICS, model_id, outcome_sets
+from .anomaly import section as anomaly_section
+from .claims import section as claims_section
 from .seeds import section as seed_section
 from .stats import compare_outcomes, holm, wilson
 
@@ -119,18 +121,29 @@ def _delta(c: dict | None) -> str:
     return f"**{text}**" if c["significant"] else text
 
 
+def reference(g: Group, mb: Member) -> Member | None:
+    """The ReLU member ``mb`` is compared with: the one trained with the same seed, else the first."""
+    relus = [r for r in g.members if r.activation == "relu"]
+    return next((r for r in relus if r.seed == mb.seed), relus[0] if relus else None)
+
+
+def compared(g: Group) -> list[Member]:
+    """The members compared against ReLU: every non-ReLU member, when the group has a ReLU member."""
+    return [mb for mb in g.members if mb.activation != "relu"] if reference(g, g.members[0]) else []
+
+
 def deltas(g: Group, eps: str) -> dict[str, dict[str, dict]]:
-    """metric -> member label -> paired comparison against the ReLU member (Holm-adjusted across members)."""
-    ref = g.members[0] if g.members[0].activation == "relu" else None
+    """metric -> member label -> paired comparison against its ReLU member (same training seed where there
+    is one), Holm-adjusted across members."""
     out: dict[str, dict[str, dict]] = {}
-    if ref is None:
-        return out
     for metric in METRICS:
-        base = ref.by_eps.get(eps, {}).get(metric)
-        if not base:
+        rows = {}
+        for mb in compared(g):
+            base = reference(g, mb).by_eps.get(eps, {}).get(metric)
+            if base and metric in mb.by_eps.get(eps, {}):
+                rows[mb.label] = compare_outcomes(mb.by_eps[eps][metric], base)
+        if not rows:
             continue
-        rows = {mb.label: compare_outcomes(mb.by_eps[eps][metric], base) for mb in g.members[1:]
-                if metric in mb.by_eps.get(eps, {})}
         for (label, c), adj in zip(rows.items(), holm([c["p"] for c in rows.values()])):
             c["p_holm"] = adj
             c["significant"] = adj < ALPHA
@@ -198,8 +211,7 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         else:
             lines.append(f"At {g.norm} eps {eps}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
                          f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples.")
-    ref = g.members[0] if g.members[0].activation == "relu" else None
-    if ref is None:
+    if not compared(g):
         lines.append("There is no ReLU member, so no change against ReLU is computed.")
     for metric in ("best_known", "pgd", "clean"):
         rows = dl.get(metric)
@@ -273,20 +285,21 @@ def _transfer_sentence(g: Group, eps: str) -> list[str]:
 def _far_eps(g: Group, eps: str) -> list[str]:
     """A sentence on the largest eps measured beyond the comparison eps: which activations fall significantly
     below ReLU there (a ranking at one eps need not hold at another)."""
-    ref = g.members[0] if g.members[0].activation == "relu" else None
     later = sorted({e for mb in g.members for e in mb.by_eps if _eps_value(e) > _eps_value(eps)}, key=_eps_value)
-    if ref is None or not later:
+    if not compared(g) or not later:
         return []
     far = later[-1]
-    rows = {mb.label: compare_outcomes(mb.by_eps[far]["pgd"], ref.by_eps[far]["pgd"]) for mb in g.members[1:]
-            if "pgd" in mb.by_eps.get(far, {}) and "pgd" in ref.by_eps.get(far, {})}
+    rows = {mb.label: compare_outcomes(mb.by_eps[far]["pgd"], reference(g, mb).by_eps[far]["pgd"])
+            for mb in compared(g) if "pgd" in mb.by_eps.get(far, {}) and "pgd" in reference(g, mb).by_eps.get(far, {})}
     if not rows:
         return []
     adj = dict(zip(rows, holm([c["p"] for c in rows.values()])))
     worse = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] < 0]
     better = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] > 0]
-    base = 100 * sum(ref.by_eps[far]["pgd"].values()) / len(ref.by_eps[far]["pgd"])
-    text = f"At the largest eps measured, {far}, ReLU keeps {base:.1f}% under PGD"
+    relus = [mb.by_eps[far]["pgd"] for mb in g.members if mb.activation == "relu" and "pgd" in mb.by_eps.get(far, {})]
+    base = sum(100 * sum(d.values()) / len(d) for d in relus) / len(relus)
+    text = (f"At the largest eps measured, {far}, ReLU keeps {base:.1f}% under PGD"
+            + (f" (mean of {len(relus)} training runs)" if len(relus) > 1 else ""))
     if not worse and not better:
         return [text + "; no activation differs from it significantly there."]
     parts = [f"{k} {c['diff']:+.1f} points" for k, c in worse + better]
@@ -327,6 +340,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
     found = groups(res)
     if not found:
         lines += ["", "No group of two or more models differing only in activation is in the store."]
+    lines += claims_section(found)
     for g in found:
         eps = comparison_eps(g)
         dl = deltas(g, eps)
@@ -362,11 +376,14 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
                       "over every other source. Transfer accuracy below white-box accuracy would point to masked "
                       "gradients (see the flags)."]
         lines += seed_section(g, eps)
+        lines += anomaly_section(res, g, eps)
         if dl:
             shown = [m for m in METRICS if m in dl]
-            lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", "",
-                      "| Activation | " + " | ".join(LABELS[m] for m in shown) + " |", "|---" * (len(shown) + 1) + "|"]
-            for mb in g.members[1:]:
+            same_seed = sum(mb.activation == "relu" for mb in g.members) > 1
+            lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", ""]
+            lines += ["Each model against the ReLU model trained with the same seed.", ""] if same_seed else []
+            lines += ["| Activation | " + " | ".join(LABELS[m] for m in shown) + " |", "|---" * (len(shown) + 1) + "|"]
+            for mb in compared(g):
                 lines.append(f"| {mb.label} | " + " | ".join(_delta(dl[m].get(mb.label)) for m in shown) + " |")
         metric, series = curve_series(g)
         curve = eps_curves(folder / f"{g.slug}-eps.png", series, f"{g.title}: {LABELS[metric]} vs eps", g.norm,

@@ -1,0 +1,134 @@
+"""The report's claims table and its eps-anomaly section: effects, intervals and verdicts follow from the data."""
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from scipy.integrate import quad
+from scipy.stats import t
+
+import robench
+from robench.nn.activations import create_activation
+from robench.reporting import anomaly, claims
+from robench.reporting.compare import Group, Member
+
+from helpers import save_tiny, write_mnist_like
+
+
+def test_shape_statistics_are_read_from_the_activation_itself():
+    relu = claims.shape_stats(torch.nn.Sequential(create_activation("relu")))
+    assert relu["negative_output"] == 0 and relu["curvature"] == math.inf and not relu["learned"]
+    soft = claims.shape_stats(torch.nn.Sequential(create_activation("softplus")))
+    area = quad(lambda x: math.log1p(math.exp(x)), -4, 0)[0] / 4
+    assert soft["negative_output"] == pytest.approx(area, abs=2e-3)
+    assert soft["curvature"] == pytest.approx(0.25, abs=1e-3)  # max of sigmoid'
+    assert claims.shape_stats(torch.nn.Sequential(create_activation("tanh")))["curvature"] == pytest.approx(
+        4 / (3 * math.sqrt(3)), abs=1e-3)
+    splash = claims.shape_stats(torch.nn.Sequential(create_activation("splash")))
+    assert splash["curvature"] == math.inf and splash["learned"]  # hinges are kinks
+    assert claims.shape_stats(torch.nn.Linear(2, 2)) is None
+
+
+def test_verdicts_follow_from_the_interval():
+    assert claims.verdict(0.2, 5.0) == "supported"
+    assert claims.verdict(0.2, 5.0, p=0.12) == "inconclusive at this n"  # the interval and the test disagree
+    assert claims.verdict(-4.0, -0.5).startswith("not supported (significant the other way)")
+    assert claims.verdict(-0.8, 0.6).startswith("not supported (rules out a gain of 1 point")
+    assert claims.verdict(-3.0, 4.0) == "inconclusive at this n"
+
+
+def _outcomes(right: int, n: int, offset: int = 0) -> dict[int, int]:
+    return {i: int((i + offset) % n < right) for i in range(n)}
+
+
+def _member(act, seed, **by_eps):
+    return Member(sha256=f"{act}-{seed}", model_id=f"m-{act}-{seed}", activation=act, checkpoint="",
+                  by_eps=by_eps, flags=[], label=f"m-{act}-{seed}", seed=seed)
+
+
+def test_claims_pair_training_runs_by_seed_and_give_a_verdict():
+    # three seeds each; SPLASH above ReLU in AutoAttack by 10, 12 and 14 points on 500 examples
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    for seed in range(3):
+        g.members.append(_member("relu", seed, **{"0.1": {"clean": _outcomes(400, 500), "autoattack": _outcomes(300, 500)}}))
+        g.members.append(_member("splash", seed, **{"0.1": {"clean": _outcomes(400 + seed, 500),
+                                                            "autoattack": _outcomes(350 + 10 * seed, 500)}}))
+    rows = claims.claim_rows([g])
+    white = next(r for r in rows if "white-box" in r["claim"])
+    diffs = [10.0, 12.0, 14.0]
+    half = t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+    assert white["effect"].startswith(f"+12.0 [{12 - half:+.1f}, {12 + half:+.1f}]")
+    assert "3 training runs each, seed-paired t-interval" in white["basis"] and "n = 500" in white["basis"]
+    assert white["verdict"] == "supported"
+    clean = next(r for r in rows if "clean accuracy" in r["claim"])
+    assert clean["verdict"].startswith("not supported (rules out")  # +0.2 points at most, tightly
+    # the PAF claims have no PSSiLU/PSoftplus member to test; the shape claims have no checkpoints to read
+    assert not any("PSSiLU" in r["claim"] for r in rows)
+    assert all(r["verdict"] == "not yet measured" for r in rows if "Spearman" in r["basis"] or "correlate" in r["basis"])
+
+
+def test_a_single_training_run_gets_a_test_sampling_interval():
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    g.members += [_member("relu", 0, **{"0.1": {"autoattack": _outcomes(100, 200)}}),
+                  _member("pssilu", 0, **{"0.1": {"autoattack": _outcomes(104, 200)}})]
+    row = next(r for r in claims.claim_rows([g]) if "PSSiLU gives higher" in r["claim"])
+    assert "one training run each" in row["basis"] and row["verdict"] == "inconclusive at this n"
+    assert row["effect"].startswith("+2.0 [")
+
+
+def test_the_report_carries_the_claims_table(tmp_path):
+    write_mnist_like(Path("data/fashion-mnist"), n_test=30)
+    files = []
+    for act in ("relu", "splash"):
+        for seed in (0, 1):
+            files.append(f"{act}-{seed}.pt")
+            save_tiny(files[-1], act, seed=seed, name=f"tiny-{act}-{seed}", recipe={"seed": seed})
+    df = robench.evaluate(files, n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    robench.api.leaderboard("s.sqlite", "lb")
+    text = Path("lb/report.md").read_text()
+    assert "## The papers' claims" in text
+    acc = {m: c for m, c in zip(df.model, df.clean_acc)}
+    diffs = [acc[f"tiny-splash-{s}"] - acc[f"tiny-relu-{s}"] for s in (0, 1)]
+    row = next(line for line in text.splitlines() if line.startswith("| SPLASH improves clean accuracy"))
+    assert f"{statistics.mean(diffs):+.1f} [" in row and "2 training runs each" in row
+
+
+def _res_rows(member, eps, label_budget, outcomes, run_id):
+    return {"sha256": member.sha256, "eps": eps, "kind": "autoattack" if "autoattack" in label_budget else "pgd",
+            "budget": label_budget, "n": len(outcomes), "run_id": run_id, "robust_by_idx": outcomes}
+
+
+def test_the_anomaly_section_lays_the_attacks_side_by_side():
+    pgd20 = json.dumps([{"name": "pgd", "steps": 20, "restarts": 1, "loss": "ce"}])
+    pgd100 = json.dumps([{"name": "pgd", "steps": 100, "restarts": 5, "loss": "ce"}])
+    aa = json.dumps([{"name": "autoattack", "version": "standard"}])
+    n = 400
+    relu = _member("relu", 0)
+    splash = _member("splash", 0)
+    # PGD-20: splash leads at 0.1 (300 vs 240) but trails at 0.2 (20 vs 120); the stronger attacks take
+    # splash down to ReLU's level at 0.1
+    runs = [(relu, "0.1", {pgd20: _outcomes(240, n), pgd100: _outcomes(236, n), aa: _outcomes(235, n)}),
+            (splash, "0.1", {pgd20: _outcomes(300, n), pgd100: _outcomes(240, n), aa: _outcomes(238, n)}),
+            (relu, "0.2", {pgd20: _outcomes(120, n), aa: _outcomes(100, n)}),
+            (splash, "0.2", {pgd20: _outcomes(20, n), aa: _outcomes(10, n)})]
+    rows, run_id = [], 0
+    for mb, eps, by in runs:
+        for budget, out in by.items():
+            run_id += 1
+            rows.append(_res_rows(mb, eps, budget, out, run_id))
+        best = {i: int(all(o[i] for o in by.values())) for i in range(n)}
+        mb.by_eps[eps] = {"pgd": by[pgd20], "autoattack": by[aa], "best_known": best}
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, splash])
+    text = "\n".join(anomaly.section(pd.DataFrame(rows), g, "0.1"))
+    assert "| Model | eps | AutoAttack | PGD-100 x 5 restarts | PGD-20 | Best known |" in text
+    assert "| m-splash-0 | 0.1 | 59.5 [" in text and "(400)" in text
+    assert "Under PGD, m-splash-0 leads ReLU at eps 0.1 but falls significantly below it at eps 0.2" in text
+    assert "m-splash-0: at eps 0.1 its lead over ReLU is not significant under the strongest attacks: best known +0.7 points [-0.1, +1.6]" in text
+    assert "the PGD sweep overstates robust accuracy compared with the worst case over all attacks: m-splash-0 by " \
+           "2.5 points, m-relu-0 by 5.0 points" in text
+    # no flip, no section
+    g2 = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, _member("tanh", 0, **relu.by_eps)])
+    assert anomaly.section(pd.DataFrame(rows), g2, "0.1") == []
