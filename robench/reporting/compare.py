@@ -171,29 +171,47 @@ def curve_series(g: Group) -> tuple[str, list[dict]]:
 
 
 def shape_panels(g: Group) -> list[dict]:
-    """Each member's activation instances as functions of x, from its checkpoint's own parameters."""
+    """One panel per activation: each activation instance of each of its checkpoints as a function of x,
+    from the checkpoint's own parameters; colour by layer, line style by training seed."""
     import torch
 
     from ..checkpoints import load_checkpoint
     from ..nn.activations import activation_modules
 
-    panels = []
+    styles = ["-", "-.", ":", (0, (5, 1)), (0, (1, 1))]
+    by_act: dict[str, list[Member]] = {}
     for mb in g.members:
-        try:
-            model = load_checkpoint(mb.checkpoint).model
-        except Exception:  # a moved or untrusted checkpoint: the panel says so instead of failing the report
-            panels.append({"title": mb.label, "curves": [], "note": "checkpoint not found"})
-            continue
-        curves = []
-        for k, act in enumerate(activation_modules(model)):
-            def fn(x, act=act):
-                with torch.no_grad():
-                    t = torch.as_tensor(x, dtype=torch.float32)
-                    if act.channels:  # per-channel parameters: the mean over channels
-                        return act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1).numpy()
-                    return act(t).numpy()
-            curves.append((f"layer {k + 1}" if len(activation_modules(model)) > 1 else mb.label, fn))
-        panels.append({"title": mb.label, "curves": curves[:8]})
+        by_act.setdefault(mb.activation, []).append(mb)
+    panels = []
+    for act_name, members in by_act.items():
+        members = sorted(members, key=lambda mb: (mb.seed is None, mb.seed if mb.seed is not None else 0, mb.model_id))
+        several = len(members) > 1
+        curves, missing = [], []
+        for k, mb in enumerate(members):
+            try:
+                model = load_checkpoint(mb.checkpoint).model
+            except Exception:  # a moved or untrusted checkpoint: the panel says so instead of failing the report
+                missing.append(mb.label)
+                continue
+            acts = activation_modules(model)
+            for j, act in enumerate(acts):
+                def fn(x, act=act):
+                    with torch.no_grad():
+                        t = torch.as_tensor(x, dtype=torch.float32)
+                        if act.channels:  # per-channel parameters: the mean over channels
+                            return act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1).numpy()
+                        return act(t).numpy()
+                if len(acts) == 1:  # one network-wide activation: a colour per training run
+                    label = f"seed {mb.seed}" if several else act_name
+                    curves.append((label, fn, {"linestyle": "-", "color_index": k}))
+                else:  # a colour per layer, a line style per training run
+                    curves.append((f"layer {j + 1}" if k == 0 else None, fn,
+                                   {"linestyle": styles[k % len(styles)], "color_index": j}))
+        title = act_name if not several else f"{act_name} ({len(members)} training runs)"
+        panel = {"title": title if several else members[0].label, "curves": curves}
+        if missing:
+            panel["note"] = "checkpoint not found"
+        panels.append(panel)
     return panels
 
 
@@ -399,5 +417,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
                   "shaded bands are 95% intervals; ReLU is black and dashed.",
                   "", "### Learned activation shapes", "", f"![Learned activations]({shapes.name})", "",
                   "Each activation instance of each checkpoint, drawn from its own learned parameters over "
-                  "[-4, 4]; ReLU dashed."]
+                  "[-4, 4]; ReLU dashed." + (" One panel per activation; with several training runs, the line "
+                                             "style marks the seed (solid, dash-dot, dotted in seed order)."
+                                             if any(mb.seed not in (None, 0) for mb in g.members) else "")]
     return "\n".join(lines) + "\n", files

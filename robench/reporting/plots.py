@@ -67,15 +67,20 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.plot(x, np.maximum(x, 0), color="black", linestyle="--", linewidth=1.0, label="ReLU")
         curves = panel["curves"]
-        for (label, fn), color in zip(curves, _colors(len(curves))):
-            ax.plot(x, fn(x), color=color, linewidth=1.3, label=label)
+        layers = max((c[2].get("color_index", 0) for c in curves if len(c) > 2), default=len(curves) - 1) + 1
+        colors = _colors(max(layers, len(curves) if all(len(c) == 2 for c in curves) else layers))
+        for i, curve in enumerate(curves):
+            label, fn = curve[0], curve[1]
+            style = curve[2] if len(curve) > 2 else {}
+            color = colors[style.get("color_index", i)]
+            ax.plot(x, fn(x), color=color, linewidth=1.3, label=label, linestyle=style.get("linestyle", "-"))
         ax.set_title(panel["title"], fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
         if panel.get("note"):
             ax.text(0.5, 0.5, panel["note"], transform=ax.transAxes, ha="center", fontsize=8)
-        if 1 < len(curves) <= 6:
+        if sum(c[0] is not None for c in curves) > 1 and len(curves) <= 16:
             ax.legend(fontsize=6, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
