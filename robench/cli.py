@@ -7,8 +7,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer._click.exceptions import NoArgsIsHelpError as _NoArgsIsHelp
-from typer._click.exceptions import UsageError as _UsageError
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -16,6 +14,10 @@ from . import __version__, api
 from .cli_output import (EvalProgress, TrainProgress, clean, err, esc, interrupted, num, out, pct, results_table, safe,
                          short, track)
 from .errors import RobenchError
+
+
+# click's UsageError, reached through typer's public BadParameter (typer vendors click privately)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 class _Group(TyperGroup):
@@ -30,7 +32,7 @@ class _Group(TyperGroup):
             err.print(f"Error: {clean(e)}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except _UsageError as e:
-            if isinstance(e, _NoArgsIsHelp) or os.environ.get("ROBENCH_DEBUG"):
+            if type(e).__name__ == "NoArgsIsHelpError" or os.environ.get("ROBENCH_DEBUG"):
                 raise
             command = f"robench {e.ctx.info_name} --help" if e.ctx and e.ctx.parent else "robench --help"
             text = " ".join(e.format_message().split()).rstrip(".")

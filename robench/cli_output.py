@@ -135,9 +135,10 @@ class EvalProgress:
         track(ev)
         if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
             last = ev["rows"][-1]
-            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} (n={last['n']})"
-                                        f"  robust {last['robust_acc']:.1f}% at eps {last['eps']}  "
-                                        f"{ev['seconds']:.0f} s", markup=False)
+            acc = (f"clean {last['clean_acc']:.1f}%" if last["attacks"] in ("none", "") else
+                   f"robust {last['robust_acc']:.1f}% at eps {last['eps']}")
+            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
+                                        f"(n={last['n']})  {acc}  {ev['seconds']:.0f} s", markup=False)
             return
         if ev["event"] == "craft":
             how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"

@@ -88,7 +88,7 @@ def check_images(x: torch.Tensor, source) -> torch.Tensor:
     if not x.is_floating_point():
         raise RobenchError(f"The images from {source} are {str(x.dtype).replace('torch.', '')}, not floats in "
                            "[0, 1]; convert them in the loader (e.g. torchvision's ToTensor).")
-    lo, hi = float(x.min()), float(x.max()) if x.numel() else (0.0, 0.0)
+    lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
         raise RobenchError(f"The images from {source} lie in [{lo:g}, {hi:g}], outside [0, 1]; robench models "
                            "take inputs in [0, 1] with normalization inside the model, so scale them in the loader.")

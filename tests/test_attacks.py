@@ -196,3 +196,12 @@ def test_bf16_pgd_is_as_strong_and_every_success_holds_in_fp32(trained, tmp_path
     claimed = (out.x_adv != x).flatten(1).any(1)  # PGD returns a new point only for examples it fooled
     assert claimed.sum() >= 10 and fooled[claimed].all()  # each one holds for the fp32 model
     assert (out.x_adv - x).abs().amax() <= 0.1 + 1e-6
+
+
+def test_fgsm_refuses_options_it_does_not_have():
+    from robench.attacks.registry import create_attack
+    from robench.errors import RobenchError
+
+    assert create_attack("fgsm(loss=dlr)").loss == "dlr"
+    with pytest.raises(RobenchError, match="unknown option"):
+        create_attack("fgsm(steps=50)")

@@ -201,5 +201,5 @@ class FGSM(PGD):
 
     name = "fgsm"
 
-    def __init__(self, loss: str = "ce", **_):
+    def __init__(self, loss: str = "ce"):
         super().__init__(steps=1, restarts=1, rel_step_size=1.0, loss=loss, random_start=False)

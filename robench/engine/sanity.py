@@ -28,8 +28,6 @@ from .evaluate import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
 
 ZERO_GRAD_SHARE = 0.05  # more than 5% of examples with an all-zero input gradient is "many"
 TOLERANCE = 1.0  # points: a stronger budget must lower robust accuracy by more than this to flag
-CHECKS = ("probabilities", "randomized", "zero-gradients", "transfer", "eps-monotone", "eps-sweep", "large-eps",
-          "convergence", "square")
 
 
 def _check(name: str, flag: bool, evidence: str, eps: str = "", **budget) -> dict:

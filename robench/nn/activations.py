@@ -63,6 +63,8 @@ class Activation(nn.Module):
             out[pname] = t.item() if t.numel() == 1 else [round(v, 6) for v in t.flatten().tolist()]
         return out
 
+    penalty_formula: str | None = None  # what penalty() adds to the loss; {option} fills in the option's value
+
     def penalty(self) -> torch.Tensor | None:
         """A training-loss term the activation asks for (PSSiLU's lambda*|beta|); None for most."""
         return None
@@ -185,6 +187,8 @@ class PSSiLU(Activation):
     def forward(self, x):
         a, b = self._b(self.alpha, x).abs(), self._b(self.beta, x).abs()
         return x * (torch.sigmoid(a * x) - b) / (1 - b)
+
+    penalty_formula = "lam*|beta|, lam={lam}"
 
     def penalty(self):
         return self.opts["lam"] * self.beta.abs().sum()

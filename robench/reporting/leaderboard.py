@@ -96,10 +96,6 @@ def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
     return out
 
 
-def _ci(row) -> str:
-    return f"[{row['robust_ci_low']:.2f}, {row['robust_ci_high']:.2f}]"
-
-
 def _fmt_ci(lo: float, hi: float) -> str:
     return f"[{100 * lo:.2f}, {100 * hi:.2f}]"
 

@@ -243,7 +243,7 @@ def _meta(model, cfg, val, history, seconds, device, train_idx, val_idx) -> dict
                            "weight_decay": cfg.weight_decay, "decay_on": "conv/linear weights"}
     acts = activation_modules(model)
     recipe["activation_training"] = {
-        "penalty": sorted({f"{m.name}: lam*|beta|, lam={m.opts['lam']}" for m in acts if m.penalty() is not None}),
+        "penalty": sorted({f"{m.name}: {m.penalty_formula.format(**m.opts)}" for m in acts if m.penalty() is not None}),
         "grad_clip": sorted({f"{m.name}.{p} <= {v}" for m in acts for p, v in m.grad_clip.items()}),
         "learned": sorted({f"{m.name}.{p}" for m in acts for p in m.learned})}
     recipe["data"] = {"split": "train", "train_indices": f"0:{len(train_idx)}",
