@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import robench  # noqa: E402
 from robench.attacks.registry import create_attack  # noqa: E402
 from robench.config import parse_eps  # noqa: E402
-from robench.engine.evaluate import attack_batch, attack_mode  # noqa: E402
+from robench.engine.core import attack_batch, attack_mode  # noqa: E402
 
 CHECKPOINTS = {"lenet5": "checkpoints/lenet5-relu-pgd-at.safetensors",
                "resnet20": "checkpoints/resnet20-relu-pgd-at.safetensors"}

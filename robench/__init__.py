@@ -1,5 +1,5 @@
 """robench: adversarial-robustness benchmark for PyTorch checkpoints."""
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import RobenchError  # noqa: E402
 from .nn.activations import ActivationFactory, create_activation, parse_activation  # noqa: E402

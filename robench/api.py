@@ -141,7 +141,7 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
 
     from .engine import sanity as checks_mod
     from .engine.batching import auto_batch_size, parse_batch_size, resolve_device
-    from .engine.evaluate import as_target, attack_mode, check_model, data_slice
+    from .engine.core import as_target, attack_mode, check_model, data_slice
     from .config import parse_eps
     from .errors import RobenchError
     from .store import Store

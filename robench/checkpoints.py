@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__
+from ._version import __version__
 from .data import dataset_info
 from .errors import RobenchError
 from .metadata import check_meta, model_card as _model_card, parse_meta

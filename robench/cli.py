@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from . import __version__, api
+from . import api
+from ._version import __version__
 from .cli_output import (EvalProgress, TrainProgress, clean, err, esc, interrupted, num, out, pct, results_table, safe,
                          short, track)
 from .errors import RobenchError

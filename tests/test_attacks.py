@@ -11,7 +11,7 @@ from robench.attacks.pgd import PGD, random_start, random_starts
 from robench.attacks.registry import create_attack, split_spec
 from robench.config import parse_eps
 from robench.data import load_split
-from robench.engine.evaluate import attack_batch
+from robench.engine.core import attack_batch
 from robench.errors import RobenchError
 
 

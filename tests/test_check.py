@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import robench
 from robench.cli import app
 from robench.reporting.regression import compare
-from robench.reporting.stats import fisher_exact, unpaired_diff_ci
+from robench.stats import fisher_exact, unpaired_diff_ci
 
 from conftest import requires_fmnist
 

@@ -13,7 +13,7 @@ from scipy.stats import t
 import robench
 from robench.nn.activations import create_activation
 from robench.reporting import anomaly, claims
-from robench.reporting.compare import Group, Member
+from robench.reporting.groups import Group, Member
 
 from helpers import save_tiny, write_mnist_like
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import robench
 from robench.cli import app
 from robench.errors import RobenchError
-from robench.reporting.stats import wilson
+from robench.stats import wilson
 
 from helpers import save_tiny, write_mnist_like
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import robench
-from robench.engine.evaluate import attack_mode
+from robench.engine.core import attack_mode
 from robench.nn.fast import FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
 
 

@@ -14,7 +14,7 @@ import robench
 from conftest import requires_fmnist
 from robench.cli import app
 from robench.store import Store
-from robench.reporting.stats import binom_above
+from robench.stats import binom_above
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(dataset="fashion-mnist", n=60, eps=["0.1"], strong_restarts=2, square_queries=200, device="cpu")
@@ -135,7 +135,7 @@ def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
 def test_black_box_flag_in_a_cascade_needs_more_than_noise():
     from collections import Counter
 
-    from robench.engine.evaluate import black_box_flags
+    from robench.engine.core import black_box_flags
 
     assert black_box_flags(Counter(square=1), 50, ["apgd-ce"]) == []  # one lucky example in fifty
     assert black_box_flags(Counter(square=4), 50, ["apgd-ce"])  # 8% against a 0.2% margin

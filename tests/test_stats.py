@@ -1,7 +1,7 @@
 """Statistics behind every reported comparison, against published or hand-computed values."""
 import pytest
 
-from robench.reporting.stats import mcnemar_exact, paired_diff_ci, wilson
+from robench.stats import mcnemar_exact, paired_diff_ci, wilson
 
 
 def test_wilson_matches_the_published_example():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
+from .._version import __version__
 from ..errors import RobenchError
 from .base import Attack, AttackOutput, example_seed, lp_norm
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..errors import RobenchError, unknown
 from .base import example_seed
 from .pgd import LOSSES, ascend, attack_loss, random_starts

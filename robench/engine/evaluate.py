@@ -8,229 +8,23 @@ smaller eps is not attacked again). Every candidate from an attack is projected 
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import time
-from collections import Counter
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .. import __version__
-from ..attacks.base import Attack, lp_norm, project
-from ..attacks.registry import black_box, create_attack
-from ..checkpoints import Checkpoint, load_checkpoint
-from ..config import Eps, check_eps_range, parse_eps, parse_norm
-from ..data import Split, dataset_info, load_split, select_indices
+from ..attacks.registry import create_attack
+from ..checkpoints import Checkpoint
+from ..config import parse_eps, parse_norm
+from ..data import Split
 from ..errors import RobenchError
-from ..nn.fast import accelerate
-from ..reporting.stats import binom_above, wilson
 from ..store import Store
 from . import distributed
+from .core import as_target, attack_batch, attack_mode, check_model, data_slice, run_fields, run_key, summarize
 from .batching import auto_batch_size, parse_batch_size, resolve_device
-
-SQUARE_MARGIN = 0.002  # AutoAttack's own rule: Square lowering robust accuracy by > 0.2 pt is suspicious
-ALPHA = 0.05
-
-
-def black_box_flags(broken: Counter, n: int, white_box: list[str]) -> list[str]:
-    """A black-box attack later in a cascade broke examples every white-box attack left robust: flagged
-    when that share is above AutoAttack's 0.2-point margin beyond sampling noise (one-sided exact binomial
-    test at 5%), so one lucky example in fifty is not a flag but a real masking pattern is."""
-    if not n or not white_box:
-        return []
-    out = []
-    for name, k in sorted(broken.items()):
-        if black_box(name) and k / n > SQUARE_MARGIN and (p := binom_above(k, n, SQUARE_MARGIN)) < ALPHA:
-            out.append(f"{name} (black-box) broke {k} of {n} examples ({k / n:.1%}) that the white-box attacks "
-                       f"({', '.join(white_box)}) left robust, above AutoAttack's 0.2% margin (p={p:.2g}); the "
-                       "white-box gradients may be masked.")
-    return out
-
-
-@dataclass
-class Target:
-    """A model to evaluate with what identifies it."""
-
-    model: nn.Module
-    name: str
-    checkpoint: str | None
-    sha256: str
-    meta: dict
-
-
-def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
-    if isinstance(item, nn.Module):
-        h = hashlib.sha256()
-        for k, v in item.state_dict().items():
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {})
-    ck = item if isinstance(item, Checkpoint) else load_checkpoint(item, trust=trust, **overrides)
-    return Target(ck.model, ck.name, str(ck.path) if ck.path else None, ck.sha256, ck.meta)
-
-
-@contextmanager
-def attack_mode(model: nn.Module):
-    """Eval mode and parameter gradients off for the duration; the caller's settings come back after.
-    Yields the model for attacks: the same weights, with the faster equivalent layers of
-    ``robench.nn.fast`` on the CPU (bit-identical forward pass)."""
-    was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield accelerate(model, next(iter(model.parameters()), torch.empty(0)).device)
-    finally:
-        for p, r in flags:
-            p.requires_grad_(r)
-        model.train(was_training)
-
-
-def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> None:
-    """The model must return finite logits of shape (batch, num_classes), not probabilities."""
-    if out.dim() != 2 or out.shape[0] != batch:
-        raise RobenchError(f"{name} returns outputs of shape {tuple(out.shape)}; robench needs logits of "
-                           f"shape (batch, classes).")
-    if out.shape[1] != num_classes:
-        raise RobenchError(f"{name} returns {out.shape[1]} outputs per example but the dataset has "
-                           f"{num_classes} classes; check --dataset.")
-    if not torch.isfinite(out).all():
-        raise RobenchError(f"{name} returns NaN or Inf outputs on clean inputs; it cannot be evaluated.")
-    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device),
-                                                            atol=1e-4):
-        raise RobenchError(f"{name} returns probabilities (its outputs sum to 1), which hide gradients from "
-                           "attacks; remove the final softmax so that it returns logits.")
-
-
-def run_key(t: Target, sl: "Slice", split: str, subset: str, seed: int, norm: str, budgets: list[dict],
-            batch_size: int) -> str:
-    """What identifies a run: the model's weights, the data itself (a fingerprint of the examples read, not
-    only the dataset's name and indices), the eps sweep, every attack's full budget and the batch size."""
-    payload = {"sha256": t.sha256, "dataset": sl.info.name, "split": split, "subset": subset, "seed": seed,
-               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(), "data": sl.data_sha256,
-               "norm": norm,
-               "eps": [repr(e.value) for e in sl.eps], "attacks": budgets,
-               "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class Counted(nn.Module):
-    """The model as an attack sees it: every forward pass adds its batch size to ``queries``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model, self.queries = model, 0
-        self.train(model.training)
-
-    def forward(self, x):
-        self.queries += int(x.shape[0])
-        return self.model(x)
-
-
-def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], norm: str, seed: int):
-    """Clean and per-eps robust flags for one batch, which attack broke each example, the flags raised, and
-    per attack and example index the (times attacked, model queries: the example's share of its batch's)."""
-    with torch.no_grad():
-        clean = model(x).argmax(1) == y
-    robust = clean.clone()
-    rows, flags, queries = [], [], {}
-    broken_by: list[str | None] = [None] * len(x)
-    for eps in eps_list:
-        for attack in attacks:
-            live = robust.nonzero()[:, 0]
-            if len(live) == 0:
-                break
-            counted = Counted(model)
-            out = attack.run(counted, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
-            per = queries.setdefault(attack.name, {})
-            share = counted.queries / len(live)
-            for i in idx[live.cpu()].tolist():
-                e, q = per.get(i, (0, 0.0))
-                per[i] = (e + 1, q + share)
-            flags += [f for f in out.flags if f not in flags]
-            x_adv = out.x_adv.to(x.device, torch.float32)
-            excess = lp_norm(x_adv - x[live], norm) - eps.value
-            if (excess > 1e-6 * max(1.0, eps.value)).any() or x_adv.min() < 0 or x_adv.max() > 1:
-                x_adv = project(x[live], x_adv, eps.value, norm)
-            with torch.no_grad():
-                hit = model(x_adv).argmax(1) != y[live]
-            for j in hit.nonzero()[:, 0].tolist():
-                i = int(live[j])
-                broken_by[i] = (out.broken_by[j] if out.broken_by and out.broken_by[j] else attack.name)
-            robust[live[hit]] = False
-        for j in range(len(x)):
-            rows.append((eps.text, int(idx[j]), int(clean[j]), int(robust[j]),
-                         broken_by[j] if not robust[j] and clean[j] else None))
-    return rows, flags, queries
-
-
-@dataclass
-class Slice:
-    """What a model is evaluated on: the dataset, its split, the example indices and the eps sweep."""
-
-    info: object
-    data: Split
-    idx: torch.Tensor
-    eps: list[Eps]
-
-    @property
-    def data_sha256(self) -> str:
-        return self.data.fingerprint(self.idx)
-
-
-def data_slice(t: Target, dataset: str | None, split: str, data_dir, splits: dict, eps_given: list[Eps], norm: str,
-               n: int, seed: int, subset: str) -> Slice:
-    """The dataset slice and eps sweep for ``t`` (its own dataset unless one is given); splits are loaded
-    once into ``splits``."""
-    ds = dataset or t.meta.get("dataset")
-    if not ds:
-        raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
-    info = dataset_info(ds)
-    data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, split, data_dir))
-    eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
-    for e in eps_list:
-        check_eps_range(e, norm, math.prod(info.shape))
-    return Slice(info, data, select_indices(len(data), n, seed, subset), eps_list)
-
-
-def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
-    """Fail fast on a model that cannot take this dataset's images or does not return logits for it."""
-    x0, _ = sl.data.batch(sl.idx[: min(len(sl.idx), 8)])
-    want = tuple(input_shape or ())
-    if tuple(x0.shape[1:]) != tuple(sl.info.shape) or (want and tuple(want) != tuple(x0.shape[1:])):
-        have = "x".join(map(str, x0.shape[1:]))
-        raise RobenchError(f"{name} takes inputs of shape {'x'.join(map(str, want or sl.info.shape))} but the "
-                           f"{sl.info.name} images are {have}; check --dataset.")
-    try:
-        with torch.no_grad():
-            out = model(x0.to(dev))
-    except Exception as e:  # a model from a file may raise anything on inputs it was not made for
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ("re-export it with a dynamic batch dimension (torch.export.Dim)" if "Guard failed" in first
-                else "check --dataset and the model's input channels")
-        raise RobenchError(f"{name} fails on the {sl.info.name} images of shape {'x'.join(map(str, x0.shape[1:]))} "
-                           f"({first[:200]}); {hint}.") from None
-    check_logits(out, len(x0), sl.info.num_classes, name)
-
-
-def run_fields(t: Target, sl: Slice, split: str, subset: str, seed: int, norm: str, budgets: list[dict],
-               bs: int, dev) -> dict:
-    """Everything a stored run records besides its outcomes."""
-    return {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": sl.info.name,
-            "split": split, "n": len(sl.idx), "subset": subset, "seed": seed, "norm": norm,
-            "data_sha256": sl.data_sha256,
-            "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
-            "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
-            "model_meta": t.meta}
-
 
 def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000,
              subset: str = "first", seed: int = 0, norm: str = "Linf", eps=None, attacks=("pgd",),
@@ -330,41 +124,3 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
     df = pd.DataFrame(rows)
     df.attrs["outcomes"] = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame()
     return df
-
-
-def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
-    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals."""
-    run = db.run(run_id)
-    oc = db.outcomes(run_id)
-    names = [a["name"] for a in run["attacks"]]
-    members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
-    white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
-    checks = db.checks(run["sha256"], run["dataset"], run["norm"])
-    model_flags = checks.loc[checks.status == "flag", "evidence"].tolist()
-    queries = db.queries(run_id)
-    rows = []
-    for text, value in run["eps"]:
-        o = oc[oc.eps == text]
-        n = len(o)
-        k_clean, k_rob = int(o.clean.sum()), int(o.robust.sum())
-        c_lo, c_hi = wilson(k_clean, n)
-        r_lo, r_hi = wilson(k_rob, n)
-        broken = Counter(o.broken_by.dropna())
-        flags = list(run["flags"]) + black_box_flags(broken, n, white_box) + model_flags
-        rows.append({
-            "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
-            "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
-            "dataset": run["dataset"], "split": run["split"], "norm": run["norm"], "eps": text,
-            "eps_value": value, "attacks": "+".join(names) or "none", "n": n,
-            "clean_acc": 100 * k_clean / n if n else float("nan"), "clean_ci_low": 100 * c_lo,
-            "clean_ci_high": 100 * c_hi,
-            "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,
-            "robust_ci_high": 100 * r_hi,
-            "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": "; ".join(flags),
-            "queries": json.dumps(queries, sort_keys=True),
-            "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
-            "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],
-            "wall_time_s": round(run["wall_time"], 3), "robench_version": run["robench_version"],
-            "torch_version": run["torch_version"], "run_id": run_id,
-        })
-    return rows, oc

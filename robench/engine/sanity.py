@@ -22,9 +22,9 @@ from ..attacks.autoattack import AutoAttack
 from ..attacks.pgd import PGD
 from ..attacks.registry import black_box
 from ..config import Eps
-from ..reporting.stats import binom_above, mcnemar_exact, wilson
+from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
-from .evaluate import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
+from .core import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
 
 ZERO_GRAD_SHARE = 0.05  # more than 5% of examples with an all-zero input gradient is "many"
 TOLERANCE = 1.0  # points: a stronger budget must lower robust accuracy by more than this to flag

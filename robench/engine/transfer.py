@@ -21,10 +21,10 @@ from ..attacks.transfer import Ensemble, TransferAttack
 from ..checkpoints import atomic_path
 from ..config import parse_eps, parse_norm
 from ..errors import RobenchError
-from ..reporting.stats import wilson
+from ..stats import wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
-from .evaluate import (Slice, Target, as_target, attack_mode, check_model, data_slice, run_fields, run_key,
+from .core import (Slice, Target, as_target, attack_mode, check_model, data_slice, run_fields, run_key,
                        summarize)
 
 

@@ -8,7 +8,8 @@ import json
 
 import pandas as pd
 
-from .stats import compare_outcomes, holm, wilson
+from ..stats import compare_outcomes, holm, wilson
+from .groups import compared, eps_value, reference
 
 ALPHA = 0.05
 
@@ -32,9 +33,7 @@ def attack_label(budget_json: str) -> str:
 def flipped(g, eps: str) -> tuple[str, list] | None:
     """(far eps, members) where each member's PGD accuracy is significantly above its ReLU's at ``eps`` and
     significantly below at the largest eps measured (Holm-adjusted over the members at each eps)."""
-    from .compare import _eps_value, compared, reference
-
-    later = sorted({e for mb in g.members for e in mb.by_eps if _eps_value(e) > _eps_value(eps)}, key=_eps_value)
+    later = sorted({e for mb in g.members for e in mb.by_eps if eps_value(e) > eps_value(eps)}, key=eps_value)
     if not later:
         return None
     far = later[-1]
@@ -58,8 +57,6 @@ def _acc(d: dict) -> str:
 
 def section(res: pd.DataFrame, g, eps: str) -> list[str]:
     """The Markdown section, or nothing when no member's standing against ReLU flips between the eps."""
-    from .compare import reference
-
     found = flipped(g, eps)
     if not found:
         return []
@@ -95,8 +92,6 @@ def section(res: pd.DataFrame, g, eps: str) -> list[str]:
 def _findings(g, members: list, eps: str, far: str) -> list[str]:
     """Per member: whether its lead over ReLU holds in best known accuracy at ``eps``, and how much the PGD
     sweep overstates robustness at ``far`` compared with the worst case, for it and for its ReLU."""
-    from .compare import reference
-
     out = []
     for mb in members:
         ref = reference(g, mb)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import math
 
-from .stats import compare_outcomes, t_interval
+from ..stats import compare_outcomes, t_interval
+from .groups import eps_value
 
 MIN_EFFECT = 1.0  # points: a gain smaller than this is not a gain a reader would act on
 SPLASH = "Tavakoli et al. 2021 (SPLASH)"
@@ -100,11 +101,9 @@ def _acts(g) -> set[str]:
 
 
 def _eps_with(g, metric: str, *acts: str) -> list[str]:
-    from .compare import _eps_value
-
     found = [{e for mb in g.members if mb.activation == a for e, s in mb.by_eps.items() if s.get(metric)}
              for a in acts]
-    return sorted(set.intersection(*found), key=_eps_value) if found else []
+    return sorted(set.intersection(*found), key=eps_value) if found else []
 
 
 def _adversarial(g) -> bool:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 
 import pandas as pd
 
 from ..data import dataset_info
-from ..engine.evaluate import summarize
+from ..engine.core import summarize
 from ..store import Store
-from .stats import wilson
+from ..stats import wilson
 
 COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_method", "clean_acc",
            "autoattack_acc", "pgd_acc", "transfer_acc", "best_known_acc", "unreliable", "additional_data",
@@ -66,18 +65,21 @@ def _sources(budgets: list[dict]) -> str:
 
 
 def worst_case(runs: pd.DataFrame) -> dict[int, int]:
-    """Per-example worst case over every run: on the examples all runs share, an example is robust only
-    if every attack left it robust."""
-    common = set.intersection(*(set(d) for d in runs["robust_by_idx"]))
-    return {i: int(all(d[i] for d in runs["robust_by_idx"])) for i in sorted(common)}
+    """Per-example worst case over runs: on the examples of the base run (the AutoAttack run with the most
+    examples, else the run with the most), an example is robust only if every run that attacked it left it
+    robust. A smaller run (say AutoAttack on the first 50 beside PGD on 10,000) neither shrinks nor widens
+    the set the accuracy is measured on; it only adds attacks to the examples it covers."""
+    aa = runs[runs.kind == "autoattack"] if "kind" in runs else runs.iloc[0:0]
+    base = (aa if len(aa) else runs).sort_values(["n", "run_id"]).iloc[-1]["robust_by_idx"]
+    sets = list(runs["robust_by_idx"])
+    return {i: int(all(d[i] for d in sets if i in d)) for i in sorted(base)}
 
 
 def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
     """The per-example outcomes ({idx: 1 if right}) behind each accuracy of one model at one eps: clean from
     the run with the most examples; pgd and autoattack from their runs with the most examples; transfer, the
-    worst case over every source (the strongest black-box result); best_known,
-    the worst case over every attack run on the examples they share (the lowest single result when they
-    share none). A metric with no run is absent."""
+    worst case over every source (the strongest black-box result); best_known, the worst case over every
+    attack run (see worst_case). A metric with no run is absent."""
     out = {"clean": m.sort_values(["n", "run_id"]).iloc[-1]["clean_by_idx"]}
     for kind in ("pgd", "autoattack"):
         run = _pick(m, kind)
@@ -85,14 +87,10 @@ def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
             out[kind] = run["robust_by_idx"]
     transfer = m[m.kind == "transfer"]
     if len(transfer):
-        out["transfer"] = worst_case(transfer) or _pick(m, "transfer")["robust_by_idx"]
+        out["transfer"] = worst_case(transfer)
     attacked = m[m.kind != "clean"]
     if len(attacked):
-        worst = worst_case(attacked)
-        if not worst:
-            worst = attacked.sort_values(["robust_acc", "n", "run_id"], ascending=[True, False, True]).iloc[0][
-                "robust_by_idx"]
-        out["best_known"] = worst
+        out["best_known"] = worst_case(attacked)
     return out
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..errors import RobenchError
 from .leaderboard import COLUMNS, METRICS, outcome_sets
-from .stats import compare_outcomes, fisher_exact, unpaired_diff_ci
+from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
 N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from .stats import compare_outcomes, t_interval
+from ..stats import compare_outcomes, t_interval
 
 SEED_METRICS = ("clean", "autoattack", "best_known")
 LABELS = {"clean": "Clean", "autoattack": "AutoAttack", "best_known": "Best known"}

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..attacks.pgd import PGD, attack_loss, perturb, random_start
 from ..checkpoints import model_meta
 from ..config import TrainConfig, check_eps_range, parse_eps, parse_norm
 from ..data import dataset_info, load_split
 from ..engine.batching import resolve_device
-from ..engine.evaluate import attack_batch
+from ..engine.core import attack_batch
 from ..errors import RobenchError, unknown
 from ..nn.activations import activation_modules, activation_penalty, clip_activation_gradients, parse_activation
 from ..nn.architectures import create_model, resolve_arch

@@ -1,0 +1,104 @@
+"""Groups of models that differ only in their activation (same dataset, norm, architecture, training method
+and training eps), built from the results store's rows, and which ReLU member each model is compared with.
+The report's sections (compare, seeds, claims, anomaly) all read these."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .leaderboard import model_id, outcome_sets
+
+
+@dataclass
+class Member:
+    sha256: str
+    model_id: str
+    activation: str
+    checkpoint: str
+    by_eps: dict[str, dict[str, dict[int, int]]]  # eps -> metric -> {idx: right}
+    flags: list[str]
+    label: str = ""
+    seed: object = None  # the training seed its metadata records (None when it records none)
+
+
+@dataclass
+class Group:
+    dataset: str
+    norm: str
+    arch: str
+    method: str
+    train_eps: str
+    members: list[Member] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        parts = [self.dataset, self.arch, self.method or "model"] + ([f"eps{self.train_eps}"] if self.train_eps else [])
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-").lower()
+
+    @property
+    def title(self) -> str:
+        how = f"{self.method or 'unknown training'}" + (f" at eps {self.train_eps}" if self.train_eps else "")
+        return f"{self.arch}, {how} ({self.dataset}, {self.norm})"
+
+
+def groups(res: pd.DataFrame) -> list[Group]:
+    """Models grouped by what they share besides the activation; only groups of two or more."""
+    if res.empty:
+        return []
+    found: dict[tuple, Group] = {}
+    for (dataset, norm, sha), m in res.groupby(["dataset", "norm", "sha256"], sort=True):
+        last = m.sort_values("run_id").iloc[-1]
+        meta = last["meta"]
+        recipe = meta.get("recipe") or {}
+        key = (dataset, norm, meta.get("arch", "?"), meta.get("training_method", ""),
+               str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
+        group = found.setdefault(key, Group(*key))
+        by_eps = {eps: outcome_sets(block) for eps, block in m.groupby("eps", sort=True)}
+        flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
+        group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
+                                    last["checkpoint"] or "", by_eps, flags, seed=recipe.get("seed")))
+    out = []
+    for key in sorted(found):
+        g = found[key]
+        if len(g.members) < 2:
+            continue
+        g.members.sort(key=lambda mb: (mb.activation != "relu", mb.activation, mb.model_id))
+        acts = [mb.activation for mb in g.members]
+        for mb in g.members:
+            mb.label = mb.activation if acts.count(mb.activation) == 1 else mb.model_id
+        out.append(g)
+    return out
+
+
+def eps_value(text: str) -> float:
+    from ..config import parse_eps
+
+    return parse_eps(text).value
+
+
+def comparison_eps(g: Group) -> str:
+    """The eps the tables use: where the most members have AutoAttack, then where all have a best known
+    result, preferring the training eps, then the largest."""
+    all_eps = sorted({e for mb in g.members for e in mb.by_eps}, key=eps_value)
+
+    def score(e):
+        aa = sum("autoattack" in mb.by_eps.get(e, {}) for mb in g.members)
+        known = sum("best_known" in mb.by_eps.get(e, {}) for mb in g.members)
+        return aa, known, e == g.train_eps, eps_value(e)
+
+    return max(all_eps, key=score)
+
+
+def reference(g: Group, mb: Member) -> Member | None:
+    """The ReLU member ``mb`` is compared with: the one trained with the same seed, else the first."""
+    relus = [r for r in g.members if r.activation == "relu"]
+    return next((r for r in relus if r.seed == mb.seed), relus[0] if relus else None)
+
+
+def compared(g: Group) -> list[Member]:
+    """The members compared against ReLU: every non-ReLU member, when the group has a ReLU member."""
+    return [mb for mb in g.members if mb.activation != "relu"] if reference(g, g.members[0]) else []
+
+
