@@ -137,16 +137,9 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
     """The full gradient-masking checklist on one checkpoint (``options`` are evaluate's: dataset, n, eps,
     seed, store, pgd_steps ...; the largest eps is the one under test). The checks are stored with their
     evidence, together with the store's cross-run checks; returns {"model", "checks": DataFrame, "flagged"}."""
-    import pandas as pd
-
-    from .engine import sanity as checks_mod
-    from .engine.batching import auto_batch_size, parse_batch_size, resolve_device
-    from .engine.core import as_target, attack_mode, check_model, data_slice
-    from .config import parse_eps
+    from .engine.core import as_target
+    from .engine.sanity import sanity as run_checks
     from .errors import RobenchError
-    from .store import Store
-
-    import torch
 
     cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
     e = _engine_options(cfg)
@@ -154,30 +147,7 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
         raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
     t = as_target(checkpoint, 0, e["trust"], {"arch": e["arch"], "activation": e["activation"],
                                               "dataset": e["dataset"]})
-    dev = resolve_device(e["device"])
-    sl = data_slice(t, e["dataset"], e["split"], e["data_dir"], {}, [parse_eps(x) for x in e["eps"] or []],
-                    e["norm"], e["n"], e["seed"], e["subset"])
-    model = t.model.to(dev)
-    with attack_mode(model):
-        x0, _ = sl.data.batch(sl.idx[:8])
-        with torch.no_grad():
-            z = model(x0.to(dev))
-        if z.dim() != 2 or z.shape[1] != sl.info.num_classes:
-            check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))  # wrong shapes are an error, not a finding
-        bs = parse_batch_size(e["batch_size"]) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
-    found = checks_mod.checklist(model, sl, t, e["norm"], dev, bs, e["seed"], pgd=e["pgd"],
-                                 strong_steps=strong_steps, strong_restarts=strong_restarts,
-                                 square_queries=square_queries, progress=progress)
-    white = next(c["white"] for c in found if "white" in c)
-    found = [c for c in found if "white" not in c]
-    db = Store(e["store"])
-    try:
-        db.set_checks(t.sha256, sl.info.name, e["norm"], found)
-        found += checks_mod.cross_checks(db, t.sha256, sl.info.name, e["norm"], extra_white=white)
-    finally:
-        db.close()
-    df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]
-    return {"model": t.name, "sha256": t.sha256, "checks": df, "flagged": bool((df.status == "flag").any())}
+    return run_checks(t, e, strong_steps, strong_restarts, square_queries, progress)
 
 
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
@@ -210,33 +180,12 @@ def build_zoo(zoo: str | Path, folder: str | Path | None = None, *, overwrite: b
     """Train the members of a zoo file missing from ``folder`` (all with ``overwrite``), then rewrite the
     table in ``folder``/README.md. Returns one row per member (file, group, status)."""
     from .training.zoo import build_zoo as build
+    from .training.zoo import write_zoo_readme
 
     folder = Path(folder) if folder else Path(zoo).parent
     rows = build(zoo, folder, overwrite=overwrite, only=only, progress=progress)
     write_zoo_readme(folder)
     return rows
-
-
-ZOO_MARKERS = ("<!-- zoo table: written by robench train --zoo -->", "<!-- end zoo table -->")
-
-
-def write_zoo_readme(folder: str | Path) -> Path:
-    """Put the table of the checkpoints in ``folder`` (from their own metadata) into its README.md,
-    between the zoo-table markers; the rest of the file is left as written."""
-    from .checkpoints import atomic_path
-    from .training.zoo import zoo_markdown, zoo_rows
-
-    readme = Path(folder) / "README.md"
-    table = f"{ZOO_MARKERS[0]}\n{zoo_markdown(zoo_rows(folder))}{ZOO_MARKERS[1]}"
-    text = readme.read_text() if readme.exists() else "# Checkpoints\n\n"
-    if ZOO_MARKERS[0] in text and ZOO_MARKERS[1] in text:
-        head, rest = text.split(ZOO_MARKERS[0], 1)
-        text = head + table + rest.split(ZOO_MARKERS[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + table + "\n"
-    with atomic_path(readme) as tmp:
-        tmp.write_text(text)
-    return readme
 
 
 def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard", report: bool = True) -> dict:

@@ -184,8 +184,9 @@ def large_eps(norm: str, dims: int) -> Eps:
 
 def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict | None = None,
               strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
-              progress: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every check on one model and slice (``sl.eps[-1]`` is the budget under test): the probes; PGD at
+              progress: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
+    """Every check on one model and slice (``sl.eps[-1]`` is the budget under test), and the white-box
+    outcomes at that eps for cross_checks ({eps: {idx: robust}}): the probes; PGD at
     eps/4, eps/2, eps, 2 eps and the large eps, each attacked on its own; PGD with ``strong_steps`` (5x) and
     ``strong_restarts``; PGD with the other loss (DLR or cross-entropy); Square with ``square_queries`` on the
     examples every PGD left robust."""
@@ -267,7 +268,7 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
                          f"{eps.text} (n={n}, change {-drop:+.1f} points, McNemar p={p:.2g})"
                          + ("; the default budget had not converged." if flag else "."), eps.text,
                          pgd=budget, strong=strong.budget()))
-    checks.append({"white": {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}})  # for cross_checks
+    white = {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}  # for cross_checks
     broke = sum(1 - v for v in square_res.values())
     k = sum(apgd_res.values())  # broken by Square, robust to APGD-CE and APGD-T
     p = binom_above(k, n, SQUARE_MARGIN)
@@ -279,4 +280,37 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
                          f"AutoAttack's margin 0.2%, p={p:.2g})"
                          + ("; a black-box attack beating white-box ones points to masked gradients." if flag else "."),
                          eps.text, square=square.budget(), apgd=apgd.budget()))
-    return checks
+    return checks, white
+
+
+def sanity(t, e: dict, strong_steps: int | None, strong_restarts: int, square_queries: int,
+           progress: Callable[[dict], None] | None = None) -> dict:
+    """The checklist on target ``t`` with the engine options ``e`` (the largest eps is the one under test),
+    stored with their evidence together with the store's cross-run checks."""
+    import pandas as pd
+
+    from ..config import parse_eps
+    from .batching import auto_batch_size, parse_batch_size, resolve_device
+    from .core import check_model, data_slice
+
+    dev = resolve_device(e["device"])
+    sl = data_slice(t, e["dataset"], e["split"], e["data_dir"], {}, [parse_eps(x) for x in e["eps"] or []],
+                    e["norm"], e["n"], e["seed"], e["subset"])
+    model = t.model.to(dev)
+    with attack_mode(model):
+        x0, _ = sl.data.batch(sl.idx[:8])
+        with torch.no_grad():
+            z = model(x0.to(dev))
+        if z.dim() != 2 or z.shape[1] != sl.info.num_classes:  # wrong shapes are an error, not a finding
+            check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+        bs = parse_batch_size(e["batch_size"]) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
+    found, white = checklist(model, sl, t, e["norm"], dev, bs, e["seed"], pgd=e["pgd"], strong_steps=strong_steps,
+                             strong_restarts=strong_restarts, square_queries=square_queries, progress=progress)
+    db = Store(e["store"])
+    try:
+        db.set_checks(t.sha256, sl.info.name, e["norm"], found)
+        found += cross_checks(db, t.sha256, sl.info.name, e["norm"], extra_white=white)
+    finally:
+        db.close()
+    df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]
+    return {"model": t.name, "sha256": t.sha256, "checks": df, "flagged": bool((df.status == "flag").any())}

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoints import load_checkpoint, save_checkpoint
+from ..checkpoints import atomic_path, load_checkpoint, save_checkpoint
 from ..config import TrainConfig, check_counts, check_keys, check_types, read_toml
 from ..errors import RobenchError
 from ..nn.activations import parse_activation
@@ -105,3 +105,22 @@ def zoo_markdown(rows: list[dict]) -> str:
         f"| {r['file']} | {r['arch']} | {r['activation']} | {r['method']} | {r['eps']} | {r['epochs']} | "
         f"{r['val_clean']:.2f} | {r['val_pgd']:.2f} | {r['params']:,} | {r['size_kb']} | {r['train_s']} |\n"
         for r in rows)
+
+
+ZOO_MARKERS = ("<!-- zoo table: written by robench train --zoo -->", "<!-- end zoo table -->")
+
+
+def write_zoo_readme(folder: str | Path) -> Path:
+    """Put the table of the checkpoints in ``folder`` (from their own metadata) into its README.md,
+    between the zoo-table markers; the rest of the file is left as written."""
+    readme = Path(folder) / "README.md"
+    table = f"{ZOO_MARKERS[0]}\n{zoo_markdown(zoo_rows(folder))}{ZOO_MARKERS[1]}"
+    text = readme.read_text() if readme.exists() else "# Checkpoints\n\n"
+    if ZOO_MARKERS[0] in text and ZOO_MARKERS[1] in text:
+        head, rest = text.split(ZOO_MARKERS[0], 1)
+        text = head + table + rest.split(ZOO_MARKERS[1], 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + table + "\n"
+    with atomic_path(readme) as tmp:
+        tmp.write_text(text)
+    return readme
