@@ -224,13 +224,17 @@ def claim_rows(found: list) -> list[dict]:
     for g in adversarial:
         robust = {mb.sha256: _acc(mb.by_eps[g.train_eps]["autoattack"]) for mb in g.members
                   if mb.by_eps.get(g.train_eps, {}).get("autoattack")}
+        ns = sorted({len(mb.by_eps[g.train_eps]["autoattack"]) for mb in g.members
+                     if mb.by_eps.get(g.train_eps, {}).get("autoattack")})
+        on = f"; AutoAttack on n = {ns[0]:,}" + (f" to {ns[-1]:,}" if len(ns) > 1 else "") if ns else ""
         st = shapes[id(g)]
         neg = [(st[s]["negative_output"], r) for s, r in robust.items() if s in st]
         smooth = [(st[s]["curvature"], r) for s, r in robust.items() if s in st and st[s]["curvature"] != KINK]
         rows.append(_corr_row("Positive outputs on negative inputs go with higher robust accuracy (AutoAttack)",
-                              f"{g.title}, attacked at eps {g.train_eps}", neg, "mean activation output on [-4, 0)"))
+                              f"{g.title}, attacked at eps {g.train_eps}", neg, "mean activation output on [-4, 0)" + on))
         rows.append(_corr_row("Higher finite curvature goes with higher robust accuracy (AutoAttack)",
-                              f"{g.title}, attacked at eps {g.train_eps}", smooth, "largest absolute f'' of the smooth activations"))
+                              f"{g.title}, attacked at eps {g.train_eps}", smooth,
+                              "largest absolute f'' of the smooth activations" + on))
     for g in adversarial:
         for std in found:
             if (std.method == "standard" and std.arch == g.arch and std.dataset == g.dataset):
