@@ -97,7 +97,8 @@ def test_the_report_carries_the_claims_table(tmp_path):
 
 
 def _res_rows(member, eps, label_budget, outcomes, run_id):
-    return {"sha256": member.sha256, "eps": eps, "kind": "autoattack" if "autoattack" in label_budget else "pgd",
+    kind = "autoattack" if "autoattack" in label_budget else "pgd"
+    return {"sha256": member.sha256, "eps": eps, "kind": kind, "attacks": kind,
             "budget": label_budget, "n": len(outcomes), "run_id": run_id, "robust_by_idx": outcomes}
 
 

@@ -68,7 +68,7 @@ def section(res: pd.DataFrame, g, eps: str) -> list[str]:
             refs.append(r)
     shown = refs + members
     attacked = res[res.sha256.isin([mb.sha256 for mb in shown]) & res.eps.isin([eps, far])
-                   & ~res.kind.isin(["clean", "transfer"])]
+                   & ~res.kind.isin(["clean", "transfer"]) & (res.attacks != "transfer")]
     labels = sorted({attack_label(b) for b in attacked.budget})
     lines = ["", f"### Does the lead at eps {eps} survive stronger attacks? (eps {eps} and {far})", "",
              f"Under PGD, {', '.join(mb.label for mb in members)} {'lead' if len(members) > 1 else 'leads'} ReLU at "
