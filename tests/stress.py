@@ -126,7 +126,9 @@ class Stress:
                         "missing": 0, "leaderboard_kills": 0, "leaderboard_files_checked": 0}
 
     def popen(self, cmd, **kw) -> subprocess.Popen:
-        p = subprocess.Popen(cmd, env=ENV, **kw)
+        # Ctrl-C as in a terminal, even when this harness itself was started in the background (a shell
+        # starts background jobs with SIGINT ignored, and a child inherits that)
+        p = subprocess.Popen(cmd, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
         self.procs.append(p)
         return p
 
