@@ -103,7 +103,7 @@ def _pick(runs: pd.DataFrame, kind: str):
     comes first (the run over the most eps): a longer PGD run at one or two eps, say 100 steps with
     restarts against a suspected anomaly, feeds the best known accuracy but does not replace the sweep's
     attack in the PGD column, so every model's PGD column holds the same budget."""
-    r = runs[runs.kind == kind].assign(_sweep=lambda d: d["eps_list"].map(len) if kind == "pgd" else 0)
+    r = runs[runs.kind == kind].assign(_sweep=lambda d: d["eps_list"].map(len) if kind == "pgd" and "eps_list" in d else 0)
     r = r.sort_values(["_sweep", "n", "run_id"])
     return r.iloc[-1] if len(r) else None
 
