@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from .errors import RobenchError, closest, unknown
+from .errors import RobenchError, closest
+from .norms import get_norm
 
-NORMS = ("Linf", "L2")
 
 
 @dataclass(frozen=True, order=True)
@@ -49,15 +49,12 @@ def parse_eps(text: str | float | Eps) -> Eps:
 
 
 def parse_norm(norm: str) -> str:
-    for n in NORMS:
-        if str(norm).lower() == n.lower():
-            return n
-    raise unknown("norm", norm, NORMS)
+    return get_norm(norm).name
 
 
 def check_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
     """Inputs live in [0, 1]: an Linf eps above 1, or an L2 eps above the diameter of the cube, is an error."""
-    limit = 1.0 if norm == "Linf" else math.sqrt(input_numel)
+    limit = get_norm(norm).diameter(input_numel)
     if eps.value > limit:
         raise RobenchError(f"eps {eps} is above the largest meaningful {norm} budget ({limit:g}) for inputs "
                            "in [0, 1]; did you mean a fraction such as 8/255?")

@@ -6,13 +6,13 @@ import torch
 from torch import nn
 
 import robench
-from robench.attacks.base import lp_norm
-from robench.attacks.pgd import PGD, random_start, random_starts
+from robench.attacks.pgd import PGD
 from robench.attacks.registry import create_attack, split_spec
 from robench.config import parse_eps
 from robench.data import load_split
 from robench.engine.core import attack_batch
 from robench.errors import RobenchError
+from robench.norms import get_norm, random_starts
 
 
 def linear_problem(n=300, d=20, classes=10, seed=0):
@@ -86,10 +86,10 @@ def test_random_starts_do_not_depend_on_the_batch(norm):
     seeds = list(range(100, 140))
     batch = random_starts(x, 0.3, norm, seeds)
     for j in (0, 7, 39):  # each start is the draw of its own generator, as if it were alone
-        alone = random_start(x[j:j + 1], 0.3, norm, torch.Generator().manual_seed(seeds[j]))
+        alone = random_starts(x[j:j + 1], 0.3, norm, torch.Generator().manual_seed(seeds[j]))
         assert torch.equal(batch[j:j + 1], alone)
     assert torch.equal(random_starts(x[7:20], 0.3, norm, seeds[7:20]), batch[7:20])
-    assert (lp_norm(batch, norm) <= 0.3 + 1e-6).all() and ((x + batch) >= 0).all() and ((x + batch) <= 1).all()
+    assert (get_norm(norm).distance(batch) <= 0.3 + 1e-6).all() and ((x + batch) >= 0).all() and ((x + batch) <= 1).all()
     model, xl, y, _ = linear_problem(n=60)
     eps, idx = [parse_eps("0.05")], torch.arange(60)
     whole, _, _ = attack_batch(model, xl, y, idx, eps, [PGD(steps=5)], norm, 0)

@@ -3,7 +3,6 @@ sizes. Whatever robench is given, it either does its work (exit 0) or says in on
 (exit 2): never a traceback, never exit 1, never a change to the store it was pointed at."""
 import json
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ import robench
 from robench.cli import app
 from robench.config import EvalConfig
 
-from helpers import store_rows, tiny_model, write_mnist_like
+from helpers import tiny_model
 
 runner = CliRunner()
 SEED = 20261129

@@ -2,11 +2,9 @@
 code 2 with one line that names the problem, no traceback, nothing stored, no hostile code run, and no file
 of the user's changed."""
 import json
-import os
 import sqlite3
 import struct
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 targets them; honest models (and the shipped checkpoints) are not."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ transfer column and heatmap, and query attacks (Square, Foolbox decision-based) 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -1,7 +1,6 @@
 """No model changes silently and no stored result is trusted beyond what it can prove: round trips keep
 logits bit for bit, stored runs are keyed by the data itself, failures leave no result behind, signals stop
 every worker, and robench never writes over other people's files or prints their escape codes."""
-import json
 import os
 import signal
 import sqlite3
@@ -12,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 from typer.testing import CliRunner
 
 import robench

@@ -63,7 +63,7 @@ class AutoAttack(Attack):
         if queries is not None and (self.members != ("square",) or int(queries) < 1):
             raise RobenchError("Only square on its own takes a query budget, e.g. square(queries=1000).")
         self.queries = int(queries) if queries is not None else None
-        self.name = (f"autoattack" if version == "standard" and members is None else
+        self.name = ("autoattack" if version == "standard" and members is None else
                      f"autoattack:{version}" if members is None else "+".join(self.members))
 
     def _adversary(self, model, device, eps, norm, seed):

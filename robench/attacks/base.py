@@ -44,19 +44,3 @@ def example_seed(*parts) -> int:
     """A 63-bit seed from any parts (seed, example index, restart ...), stable across runs and machines."""
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
-
-
-def lp_norm(d: torch.Tensor, norm: str) -> torch.Tensor:
-    flat = d.flatten(1)
-    return flat.abs().amax(1) if norm == "Linf" else flat.norm(dim=1)
-
-
-def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project ``x_adv`` into the eps ball around ``x`` and into [0, 1]."""
-    d = x_adv - x
-    if norm == "Linf":
-        d = d.clamp(-eps, eps)
-    else:
-        n = lp_norm(d, norm).clamp_min(1e-12)
-        d = d * (eps / n).clamp(max=1.0).view(-1, *([1] * (d.dim() - 1)))
-    return (x + d).clamp(0.0, 1.0)

@@ -12,8 +12,9 @@ from torch import nn
 
 from .._version import __version__
 from ..errors import RobenchError, unknown
-from .base import example_seed
-from .pgd import LOSSES, ascend, attack_loss, random_starts
+from ..norms import random_starts
+from .base import Attack, AttackOutput, example_seed
+from .descent import LOSSES, Ascent, labels_loss
 from .registry import split_spec
 
 METHODS = ("pgd", "mifgsm", "difgsm")
@@ -30,7 +31,7 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
-class TransferAttack:
+class TransferAttack(Attack):
     """``pgd`` (random start, step 2.5*eps/steps), ``mifgsm`` (decay 1.0, step eps/steps) and ``difgsm``
     (diversity on, decay 0 unless given). ``decay`` > 0 adds momentum to any of them."""
 
@@ -63,23 +64,29 @@ class TransferAttack:
     def craft(self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str,
               seed: int) -> torch.Tensor:
         """Adversarial examples for ``x`` on ``model`` (the last iterate)."""
-        alpha = self.rel_step_size * eps / self.steps
         ids = idx.tolist()
         if self.random_start:
-            delta = random_starts(x, eps, norm, [example_seed(seed, i, norm, "transfer-start") for i in ids])
+            start = random_starts(x, eps, norm, [example_seed(seed, i, norm, "transfer-start") for i in ids])
         else:
-            delta = torch.zeros_like(x)
+            start = torch.zeros_like(x)
+        ascent = Ascent(norm, eps, self.rel_step_size * eps / self.steps, self.steps, labels_loss(y, self.loss),
+                        grad=self._momentum(x) if self.decay else None,
+                        inputs=(lambda xin, step, live: self._diversify(xin, [ids[i] for i in live.tolist()], seed,
+                                                                        step)) if self.diverse else None)
+        return ascent.run(model, x, start)[1]
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        return AttackOutput(self.craft(model, x, y, idx, eps, norm, seed))
+
+    def _momentum(self, x: torch.Tensor):
+        """MI-FGSM's direction: the decayed sum of the L1-normalised gradients so far, per example."""
         momentum = torch.zeros_like(x)
-        for step in range(self.steps):
-            delta.requires_grad_(True)
-            xin = self._diversify(x + delta, ids, seed, step) if self.diverse else x + delta
-            (g,) = torch.autograd.grad(attack_loss(model(xin), y, self.loss).sum(), delta)
-            if self.decay:
-                g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
-                momentum = self.decay * momentum + g
-                g = momentum
-            delta = ascend(x, delta.detach(), g, alpha, eps, norm)
-        return (x + delta).detach()
+
+        def direction(g, live):
+            g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
+            momentum[live] = self.decay * momentum[live] + g
+            return momentum[live]
+        return direction
 
     def _diversify(self, x: torch.Tensor, ids: list[int], seed: int, step: int) -> torch.Tensor:
         """Per example, with probability ``diversity_prob``: resize to a random size between the image size

@@ -15,13 +15,14 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..attacks.base import Attack, lp_norm, project
+from ..attacks.base import Attack
 from ..attacks.registry import black_box
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import Eps, check_eps_range, parse_eps
 from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.fast import accelerate
+from ..norms import get_norm, project
 from ..stats import binom_above, wilson
 from ..store import Store
 
@@ -147,7 +148,7 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
                 per[i] = (e + 1, q + share)
             flags += [f for f in out.flags if f not in flags]
             x_adv = out.x_adv.to(x.device, torch.float32)
-            excess = lp_norm(x_adv - x[live], norm) - eps.value
+            excess = get_norm(norm).distance(x_adv - x[live]) - eps.value
             if (excess > 1e-6 * max(1.0, eps.value)).any() or x_adv.min() < 0 or x_adv.max() > 1:
                 x_adv = project(x[live], x_adv, eps.value, norm)
             with torch.no_grad():

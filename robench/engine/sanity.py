@@ -22,6 +22,7 @@ from ..attacks.autoattack import AutoAttack
 from ..attacks.pgd import PGD
 from ..attacks.registry import black_box
 from ..config import Eps
+from ..norms import get_norm
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
 from .core import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
@@ -178,7 +179,7 @@ def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
 # -------------------------------------------------------------------------------------- the checklist
 def large_eps(norm: str, dims: int) -> Eps:
     """A budget that covers the whole [0, 1] box around mid-grey: Linf 0.5, L2 0.5 * sqrt(dims)."""
-    value = 0.5 if norm == "Linf" else 0.5 * math.sqrt(dims)
+    value = 0.5 * get_norm(norm).diameter(dims)
     return Eps(value, f"{value:g}")
 
 

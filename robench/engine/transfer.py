@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..attacks.base import project
+from ..norms import project
 from ..attacks.transfer import Ensemble, TransferAttack
 from ..checkpoints import atomic_path
 from ..config import parse_eps, parse_norm

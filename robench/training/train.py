@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._version import __version__
-from ..attacks.pgd import PGD, attack_loss, perturb, random_start
+from ..attacks.descent import Ascent, labels_loss
+from ..attacks.pgd import PGD
 from ..checkpoints import model_meta
 from ..config import TrainConfig, check_eps_range, parse_eps, parse_norm
 from ..data import dataset_info, load_split
@@ -27,6 +28,7 @@ from ..engine.core import attack_batch
 from ..errors import RobenchError, unknown
 from ..nn.activations import activation_modules, activation_penalty, clip_activation_gradients, parse_activation
 from ..nn.architectures import create_model, resolve_arch
+from ..norms import random_starts
 
 METHODS = ("standard", "pgd-at", "trades", "fast-at")
 SCHEDULES = ("cosine", "step", "constant")
@@ -112,13 +114,13 @@ def _adversarial(model, x, y, cfg: TrainConfig, g: torch.Generator) -> torch.Ten
             p_clean = F.softmax(model(x), 1)
         start = ((x + 0.001 * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1) - x)
 
-        def loss(z):
-            return F.kl_div(F.log_softmax(z, 1), p_clean, reduction="none").sum(1)
-        x_adv = perturb(model, x, loss, eps, cfg.norm, cfg.steps, alpha, start)
+        def loss(z, live):
+            return F.kl_div(F.log_softmax(z, 1), p_clean[live], reduction="none").sum(1)
+        _, x_adv = Ascent(cfg.norm, eps, alpha, cfg.steps, loss).run(model, x, start)
     else:
         steps = 1 if cfg.method == "fast-at" else cfg.steps
-        x_adv = perturb(model, x, lambda z: attack_loss(z, y, "ce"), eps, cfg.norm, steps, alpha,
-                        random_start(x, eps, cfg.norm, g))
+        _, x_adv = Ascent(cfg.norm, eps, alpha, steps, labels_loss(y, "ce")).run(
+            model, x, random_starts(x, eps, cfg.norm, g))
     model.train()
     return x_adv
 

@@ -1,0 +1,103 @@
+"""The one projected-gradient ascent loop every robench gradient attack runs (as Foolbox 3's
+gradient_descent_base does): evaluation PGD and FGSM, the transfer attacks (PGD/I-FGSM, MI-FGSM, DI-FGSM)
+and the training-time attacks (PGD-AT, TRADES, fast AT).
+
+The loop takes the norm (robench.norms), the loss to ascend and two optional hooks: ``grad`` turns the
+gradient into the ascent direction (MI-FGSM's momentum) and ``inputs`` turns the iterate into the model's
+input (DI-FGSM's diversity). Given the true labels as ``stop``, an example leaves the batch the moment it
+is misclassified and its adversarial point is kept; without, every step runs and the last iterate returns.
+Hooks and losses get ``live``, the positions in the batch still being attacked, so per-example state
+(targets, momentum, seeds) stays aligned as examples leave.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..norms import Norm, ascend, get_norm
+
+LOSSES = ("ce", "dlr", "margin")
+PRECISIONS = ("fp32", "bf16")  # bf16: attack steps under autocast, every success confirmed in fp32
+
+
+def _others_max(z: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    return z.masked_fill(F.one_hot(cls, z.shape[1]).bool(), float("-inf")).amax(1)
+
+
+def attack_loss(z: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-example loss to ascend. Untargeted: push away from y; targeted: pull towards ``target``."""
+    zy = z.gather(1, y[:, None])[:, 0]
+    if target is None:
+        if loss == "ce":
+            return F.cross_entropy(z, y, reduction="none")
+        if loss == "margin":
+            return _others_max(z, y) - zy
+        s = z.sort(1, descending=True).values  # DLR (Croce & Hein 2020)
+        return -(zy - _others_max(z, y)) / (s[:, 0] - s[:, 2] + 1e-12)
+    zt = z.gather(1, target[:, None])[:, 0]
+    if loss == "ce":
+        return -F.cross_entropy(z, target, reduction="none")
+    if loss == "margin":
+        return zt - _others_max(z, target)
+    s = z.sort(1, descending=True).values  # targeted DLR
+    return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
+
+
+def labels_loss(y: torch.Tensor, loss: str, target: torch.Tensor | None = None):
+    """``attack_loss`` as a loop loss: the labels (and targets) of the examples still live."""
+    return lambda z, live: attack_loss(z, y[live], loss, target[live] if target is not None else None)
+
+
+@dataclass
+class Ascent:
+    """``steps`` projected ascent steps of size ``alpha`` in the ``eps`` ball of ``norm``."""
+
+    norm: Norm | str
+    eps: float
+    alpha: float
+    steps: int
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, live) -> per-example loss
+    grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (gradient, live) -> direction
+    inputs: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None  # (x + d, step, live)
+    precision: str = "fp32"
+
+    def run(self, model, x: torch.Tensor, start: torch.Tensor,
+            stop: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(fooled mask or None, adversarial points) from ``x + start``. With ``stop`` (the labels) an
+        example stops at its first misclassified iterate (the final one included); the others end at the
+        last iterate."""
+        norm, low = get_norm(self.norm), self.precision == "bf16"
+        out = x.clone()
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if stop is not None else None
+        live = torch.arange(len(x), device=x.device)
+        xl, yl, delta = x, stop, start.detach()
+        for step in range(self.steps + (stop is not None)):
+            delta.requires_grad_(True)
+            xin = self.inputs(xl + delta, step, live) if self.inputs else xl + delta
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
+                z = model(xin).float()
+            if step < self.steps:
+                (g,) = torch.autograd.grad(self.loss(z, live).sum(), delta)
+            delta = delta.detach()
+            if stop is not None:
+                hit = z.detach().argmax(1) != yl
+                if low and hit.any():  # a bf16 verdict is only a candidate: the fp32 model must agree
+                    with torch.no_grad():
+                        hit[hit.clone()] = model((xl + delta)[hit]).argmax(1) != yl[hit]
+                if hit.any():  # keep the adversarial point and drop the example from the batch
+                    out[live[hit]] = xl[hit] + delta[hit]
+                    found[live[hit]] = True
+                    keep = ~hit
+                    if not keep.any():
+                        return found, out
+                    live, xl, yl, delta = live[keep], xl[keep], yl[keep], delta[keep]
+                    if step < self.steps:
+                        g = g[keep]
+            if step == self.steps:
+                break
+            delta = ascend(xl, delta, self.grad(g, live) if self.grad else g, self.alpha, self.eps, norm)
+        out[live] = (xl + delta).detach()
+        return found, out
