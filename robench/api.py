@@ -113,7 +113,7 @@ def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = 
     difgsm, with inline options), scored on every target; ``all_checkpoints`` makes every checkpoint a
     source and a target. ``options`` are evaluate's (dataset, n, eps, seed, store ...). Returns one row per
     source x target x eps; the outcomes are stored per example like any evaluation."""
-    from .attacks.transfer import create_transfer_attack
+    from .attacks.registry import create_transfer_attack
     from .engine.transfer import transfer as run
 
     atk = create_transfer_attack(attack, steps=steps, decay=decay, resize_rate=resize_rate,

@@ -165,7 +165,7 @@ def test_foolbox_attack_through_robench_records_its_budget(trained):
 
 @pytest.mark.parametrize("spec,fragment", [
     ("pgdd", "did you mean pgd"), ("pgd(stepz=3)", "unknown option"), ("fb:LinfPGDD", "Unknown Foolbox attack"),
-    ("fb:LinfPGD(stepz=3)", "has no option stepz"), ("autoattack:turbo", "Unknown AutoAttack version"),
+    ("fb:LinfPGD(stepz=3)", "has no option stepz"), ("autoattack:turbo", "Unknown attack \"autoattack:turbo\"; did you mean autoattack"),
     ("autoattack(n=1)", "official budget"), ("pgd(loss=hinge)", "is not one of"), ("pgd(steps=3", "unclosed"),
 ])
 def test_bad_attack_specs(spec, fragment):
@@ -205,3 +205,54 @@ def test_fgsm_refuses_options_it_does_not_have():
     assert create_attack("fgsm(loss=dlr)").loss == "dlr"
     with pytest.raises(RobenchError, match="unknown option"):
         create_attack("fgsm(steps=50)")
+
+
+@pytest.mark.parametrize("spec", ["pgd", "pgd(steps=7,restarts=2,loss=dlr,precision=bf16)",
+                                  "pgd(step_size=0.01,targeted=True,targets=3)", "fgsm(loss=margin)", "autoattack",
+                                  "autoattack:plus", "apgd-t", "square(queries=100)", "fb:LinfPGD(steps=3)"])
+def test_a_stored_budget_rebuilds_its_attack(spec):
+    """``robench check`` and the leaderboard re-run stored runs from their budgets: the registry's inverse
+    gives a spec that builds the very same budget."""
+    from robench.attacks.registry import spec_from_budget
+
+    budget = create_attack(spec).budget()
+    assert create_attack(spec_from_budget(budget)).budget() == budget
+
+
+@pytest.mark.parametrize("spec", ["pgd", "mifgsm", "difgsm(steps=3,decay=0.5)", "pgd(random_start=False)"])
+def test_a_stored_transfer_budget_rebuilds_its_attack(spec):
+    from robench.attacks.registry import TRANSFER, create_transfer_attack
+
+    budget = create_transfer_attack(spec).budget()
+    assert create_transfer_attack(TRANSFER.spec(budget)).budget() == budget
+
+
+def test_an_attack_registers_where_it_is_defined():
+    """A new family needs no edit of the registry: the decorator makes its name a spec, with its options
+    checked and unknown ones refused, and lists it in the unknown-name message."""
+    from robench.attacks.base import Attack, AttackOutput
+    from robench.attacks.registry import Registry
+
+    reg = Registry("attack")
+
+    @reg.register("noise")
+    class Noise(Attack):
+        name = "noise"
+
+        def __init__(self, scale: float = 1.0):
+            self.scale = scale
+
+        def budget(self):
+            return {"name": self.name, "scale": self.scale}
+
+        def run(self, model, x, y, idx, eps, norm, seed):
+            return AttackOutput(x)
+
+    assert reg.create("noise(scale=0.5)").scale == 0.5
+    assert reg.spec(reg.create("NOISE").budget()) == "noise"
+    with pytest.raises(RobenchError, match="unknown option"):
+        reg.create("noise(sigma=2)")
+    with pytest.raises(RobenchError, match="must be a finite number"):
+        reg.create("noise(scale='big')")
+    with pytest.raises(RobenchError, match="did you mean noise"):
+        reg.create("noize")

@@ -10,7 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 import robench
-from robench.attacks.transfer import TransferAttack, create_transfer_attack
+from robench.attacks.registry import create_transfer_attack
+from robench.attacks.transfer import TransferAttack
 from robench.cli import app
 from robench.errors import RobenchError
 

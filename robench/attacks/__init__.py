@@ -1,0 +1,7 @@
+"""robench's attacks. Importing the package registers every attack family (each module registers its
+classes where they are defined, in this order, which is the order error messages list them); build attacks
+through ``registry.create_attack`` and ``registry.create_transfer_attack``."""
+from . import pgd
+from . import autoattack, foolbox, transfer
+
+__all__ = ["pgd", "autoattack", "foolbox", "transfer"]

@@ -13,8 +13,10 @@ from contextlib import contextmanager
 
 import torch
 
+from ..config import check_types
 from ..errors import RobenchError, unknown
 from .base import Attack, AttackOutput
+from .registry import ATTACKS
 
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 VERSIONS = {
@@ -48,6 +50,7 @@ def _captured_warnings():
         logger.propagate = old
 
 
+@ATTACKS.register("autoattack", *(f"autoattack:{v}" for v in VERSIONS), *MEMBERS)
 class AutoAttack(Attack):
     """``version``: standard, plus or rand; ``members``: a subset run with the version's settings."""
 
@@ -65,6 +68,34 @@ class AutoAttack(Attack):
         self.queries = int(queries) if queries is not None else None
         self.name = ("autoattack" if version == "standard" and members is None else
                      f"autoattack:{version}" if members is None else "+".join(self.members))
+
+    @classmethod
+    def from_spec(cls, name: str, opts: dict, spec: str, batch_size: int = 250, **context) -> "AutoAttack":
+        low = name.lower()
+        if low in MEMBERS:
+            if opts and (low != "square" or set(opts) != {"queries"}):
+                raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options"
+                                   + (" but queries=N." if low == "square" else "."))
+            check_types(opts, cls, f'Attack "{spec}"')
+            if opts and opts["queries"] < 1:
+                raise RobenchError(f'Attack "{spec}": queries must be at least 1.')
+            return cls("plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,), batch_size=batch_size,
+                       **opts)
+        if opts:
+            raise RobenchError("AutoAttack runs at its official budget and takes no options; "
+                               "use pgd(...) for a custom budget.")
+        return cls(low.partition(":")[2] or "standard", batch_size=batch_size)
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        queries = budget.get("members", {}).get("square", {}).get("queries")
+        if budget["name"] == "square" and queries != 5000:
+            return f"square(queries={queries})"
+        return budget["name"]  # autoattack, autoattack:VERSION and single members run at the official budget
+
+    @classmethod
+    def is_black_box(cls, name: str) -> bool:
+        return name == "square"
 
     def _adversary(self, model, device, eps, norm, seed):
         from pyautoattack import AutoAttack as Official

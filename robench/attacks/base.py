@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..config import check_types
+
 
 @dataclass
 class AttackOutput:
@@ -32,6 +34,29 @@ class Attack(ABC):
     def run(self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str,
             seed: int) -> AttackOutput:
         """Candidate adversarial examples for ``x`` (shape preserved)."""
+
+    @classmethod
+    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> "Attack":
+        """The attack a spec names (``name(opts)``); ``context`` holds what the caller knows (the --pgd-*
+        flags, the batch size), which each class reads or ignores. A wrong type is one sentence; an unknown
+        option raises TypeError, which the registry words."""
+        check_types(opts, cls, f'Attack "{spec}"')
+        return cls(**{**cls.defaults(context), **opts})
+
+    @classmethod
+    def defaults(cls, context: dict) -> dict:
+        """Options the caller's context supplies where the spec is silent."""
+        return {}
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        """The inverse of ``budget``: a spec that builds this attack again."""
+        return budget["name"]
+
+    @classmethod
+    def is_black_box(cls, name: str) -> bool:
+        """Whether the attack of this name reads only the model's outputs (never a gradient)."""
+        return False
 
     def check_norm(self, norm: str) -> None:
         """Raise a RobenchError when this attack cannot run at ``norm``; called before a run opens."""

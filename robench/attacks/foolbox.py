@@ -7,6 +7,7 @@ import torch
 
 from ..errors import RobenchError, unknown
 from .base import Attack, AttackOutput, example_seed
+from .registry import ATTACKS
 
 _DISTANCES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
 # Foolbox attacks that never read a gradient: decision-based (Boundary, HopSkipJump, Pointwise), the genetic
@@ -27,6 +28,7 @@ def _norm_of(attack) -> str | None:
     return _DISTANCES.get(word)
 
 
+@ATTACKS.register(prefix="fb:")
 class FoolboxAttack(Attack):
     def __init__(self, cls_name: str, options: dict):
         import foolbox.attacks as fa
@@ -55,6 +57,19 @@ class FoolboxAttack(Attack):
                     if p.default is not inspect.Parameter.empty and _plain(p.default)}
         self._budget = {**defaults, **options}
         self.norm = _norm_of(self.attack)
+
+    @classmethod
+    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> "FoolboxAttack":
+        return cls(name[3:], opts)  # Foolbox's own signature checks the options
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        opts = {k: v for k, v in budget.items() if k not in ("name", "norm", "implementation")}
+        return f"{budget['name']}({','.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else budget["name"]
+
+    @classmethod
+    def is_black_box(cls, name: str) -> bool:
+        return gradient_free(name[3:].partition("(")[0])
 
     def budget(self) -> dict:
         import foolbox

@@ -16,8 +16,10 @@ from ..errors import RobenchError
 from ..norms import random_starts
 from .base import Attack, AttackOutput, example_seed
 from .descent import LOSSES, PRECISIONS, Ascent, labels_loss
+from .registry import ATTACKS
 
 
+@ATTACKS.register("pgd")
 class PGD(Attack):
     name = "pgd"
 
@@ -46,6 +48,22 @@ class PGD(Attack):
             b["precision"] = self.precision
         b["version"] = f"robench {__version__}"
         return b
+
+    @classmethod
+    def defaults(cls, context: dict) -> dict:
+        return context.get("pgd") or {}  # the --pgd-* flags
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        size = budget["step_size"]
+        step = (f"rel_step_size={float(size.split('*')[0])!r}" if isinstance(size, str) else f"step_size={size!r}")
+        opts = [f"steps={budget['steps']}", f"restarts={budget['restarts']}", step, f"loss={budget['loss']}",
+                f"random_start={budget['random_start']}", f"targeted={budget['targeted']}"]
+        if budget.get("targeted"):
+            opts.append(f"targets={budget['targets']}")
+        if budget.get("precision"):
+            opts.append(f"precision={budget['precision']}")
+        return f"pgd({','.join(opts)})"
 
     def alpha(self, eps: float) -> float:
         return self.step_size if self.step_size is not None else self.rel_step_size * eps / self.steps
@@ -86,6 +104,7 @@ class PGD(Attack):
         return ascent.run(model, x, self._start(x, idx, eps, norm, seed, restart), stop=y)
 
 
+@ATTACKS.register("fgsm")
 class FGSM(PGD):
     """One step of size eps from the clean point (Goodfellow et al. 2015)."""
 
@@ -93,3 +112,11 @@ class FGSM(PGD):
 
     def __init__(self, loss: str = "ce"):
         super().__init__(steps=1, restarts=1, rel_step_size=1.0, loss=loss, random_start=False)
+
+    @classmethod
+    def defaults(cls, context: dict) -> dict:
+        return {}  # the --pgd-* flags are PGD's
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        return f"fgsm(loss={budget['loss']})"

@@ -1,17 +1,15 @@
-"""Attack specs: ``none`` (clean accuracy only, on its own), ``pgd``, ``pgd(steps=100,loss=dlr)``, ``fgsm``, ``autoattack``, ``autoattack:plus``,
-``apgd-ce`` ... ``square`` (AutoAttack members at its official budget), ``fb:NAME(key=value,...)``."""
+"""Attack registries: each attack class registers itself where it is defined (as timm's models do), with the
+names its spec answers to. A spec is ``name`` or ``name(key=value, ...)``: ``pgd``, ``pgd(steps=100,loss=dlr)``,
+``fgsm``, ``autoattack``, ``autoattack:plus``, ``apgd-ce`` ... ``square`` (AutoAttack members at its official
+budget), ``fb:NAME(key=value,...)``; transfer attacks ``pgd``, ``mifgsm``, ``difgsm``. The class builds
+itself from the options (``Attack.from_spec``; an unknown option is an error) and rebuilds the spec from a
+stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) is not an attack.
+"""
 from __future__ import annotations
 
 import ast
 
-from ..config import check_types
 from ..errors import RobenchError, unknown
-from .autoattack import MEMBERS, VERSIONS, AutoAttack
-from .base import Attack
-from .foolbox import FoolboxAttack, gradient_free
-from .pgd import FGSM, PGD
-
-NAMES = ["none", "pgd", "fgsm", "autoattack", *(f"autoattack:{v}" for v in VERSIONS), *MEMBERS, "fb:NAME(...)"]
 
 
 def split_spec(spec: str) -> tuple[str, dict]:
@@ -43,61 +41,75 @@ def split_spec(spec: str) -> tuple[str, dict]:
     return name, opts
 
 
-def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250) -> Attack:
-    """Build one attack from its spec. ``pgd`` holds the --pgd-* flags (inline options win)."""
-    name, opts = split_spec(spec)
-    low = name.lower()
-    if low == "none":
+class Registry:
+    """Attack classes by the spec names they answer to (exact names, any case, or a prefix such as fb:)."""
+
+    def __init__(self, kind: str, also: tuple[str, ...] = ()):
+        self.kind, self.also = kind, also  # ``also``: names the spec language knows that build no attack
+        self._names: dict[str, type] = {}
+        self._prefixes: dict[str, type] = {}
+
+    def register(self, *names: str, prefix: str | None = None):
+        """Class decorator: ``cls`` builds the attacks of these names (and of any name starting ``prefix``)."""
+        def add(cls):
+            for name in names:
+                if name in self._names:
+                    raise ValueError(f"{self.kind} {name} is registered twice")
+                self._names[name] = cls
+            if prefix:
+                self._prefixes[prefix] = cls
+            return cls
+        return add
+
+    def names(self) -> list[str]:
+        return [*self.also, *self._names, *(f"{p}NAME(...)" for p in self._prefixes)]
+
+    def lookup(self, name: str) -> type | None:
+        low = str(name).lower()
+        if low in self._names:
+            return self._names[low]
+        return next((cls for p, cls in self._prefixes.items() if low.startswith(p)), None)
+
+    def create(self, spec: str, **context):
+        """The attack a spec names; ``context`` holds what the caller knows (--pgd-* flags, batch size)."""
+        name, opts = split_spec(spec)
+        cls = self.lookup(name)
+        if cls is None:
+            raise unknown(self.kind, name, self.names())
+        try:
+            return cls.from_spec(name, opts, spec, **context)
+        except TypeError as e:
+            raise RobenchError(f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'
+                               .replace("__init__() ", "")) from None
+
+    def spec(self, budget: dict) -> str:
+        """The spec that rebuilds the attack a stored budget describes (``create(spec).budget()`` gives the
+        budget back, up to the implementation version)."""
+        cls = self.lookup(budget["name"])
+        return cls.spec_of(budget) if cls is not None else budget["name"]
+
+    def black_box(self, name: str) -> bool:
+        """Whether the attack (or AutoAttack member) of this name uses only the model's outputs."""
+        cls = self.lookup(name)
+        return cls is not None and cls.is_black_box(name)
+
+
+ATTACKS = Registry("attack", also=("none",))
+TRANSFER = Registry("transfer attack")
+
+
+def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250):
+    """Build one white-box or query attack from its spec. ``pgd`` holds the --pgd-* flags (inline options win)."""
+    if split_spec(spec)[0].lower() == "none":
         raise RobenchError('The attack "none" (clean accuracy only) cannot be combined with other attacks.')
-    if low.startswith("fb:"):
-        return FoolboxAttack(name[3:], opts)
-    try:
-        if low in ("pgd", "fgsm"):
-            cls = PGD if low == "pgd" else FGSM
-            check_types(opts, cls, f'Attack "{spec}"')
-            return cls(**{**(pgd or {}), **opts}) if low == "pgd" else cls(**opts)
-        if low == "autoattack" or low.startswith("autoattack:"):
-            version = low.partition(":")[2] or "standard"
-            if opts:
-                raise RobenchError("AutoAttack runs at its official budget and takes no options; "
-                                   "use pgd(...) for a custom budget.")
-            return AutoAttack(version, batch_size=batch_size)
-        if low in MEMBERS:
-            if opts and (low != "square" or set(opts) != {"queries"}):
-                raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options"
-                                   + (" but queries=N." if low == "square" else "."))
-            check_types(opts, AutoAttack, f'Attack "{spec}"')
-            if opts and opts["queries"] < 1:
-                raise RobenchError(f'Attack "{spec}": queries must be at least 1.')
-            return AutoAttack("plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,),
-                              batch_size=batch_size, **opts)
-    except TypeError as e:
-        raise RobenchError(f'Attack "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")) from None
-    raise unknown("attack", name, NAMES)
+    return ATTACKS.create(spec, pgd=pgd, batch_size=batch_size)
 
 
-def black_box(name: str) -> bool:
-    """Whether the attack (or AutoAttack member) of this name uses only the model's outputs."""
-    return name == "square" or (name.startswith("fb:") and gradient_free(name[3:].partition("(")[0]))
+def create_transfer_attack(spec: str, **flags):
+    """``mifgsm``, ``difgsm(steps=20)``, ``pgd(steps=10,random_start=False)`` ...; ``flags`` (the CLI's
+    --steps, --decay, --resize-rate, --diversity-prob) fill in what the spec leaves out."""
+    return TRANSFER.create(spec, flags=flags)
 
 
-def spec_from_budget(budget: dict) -> str:
-    """The spec that rebuilds the attack a stored budget describes (``create_attack(spec).budget()`` gives
-    the budget back, up to the implementation version)."""
-    name = budget["name"]
-    if name == "fgsm":
-        return f"fgsm(loss={budget['loss']})"
-    if name == "pgd":
-        size = budget["step_size"]
-        step = (f"rel_step_size={float(size.split('*')[0])!r}" if isinstance(size, str) else f"step_size={size!r}")
-        opts = [f"steps={budget['steps']}", f"restarts={budget['restarts']}", step, f"loss={budget['loss']}",
-                f"random_start={budget['random_start']}", f"targeted={budget['targeted']}"]
-        if budget.get("targeted"):
-            opts.append(f"targets={budget['targets']}")
-        return f"pgd({','.join(opts)})"
-    if name.startswith("fb:"):
-        opts = {k: v for k, v in budget.items() if k not in ("name", "norm", "implementation")}
-        return f"{name}({','.join(f'{k}={v!r}' for k, v in opts.items())})" if opts else name
-    if name == "square" and budget.get("members", {}).get("square", {}).get("queries") != 5000:
-        return f"square(queries={budget['members']['square']['queries']})"
-    return name  # autoattack, autoattack:VERSION and single AutoAttack members run at the official budget
+spec_from_budget = ATTACKS.spec
+black_box = ATTACKS.black_box

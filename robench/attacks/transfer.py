@@ -15,7 +15,7 @@ from ..errors import RobenchError, unknown
 from ..norms import random_starts
 from .base import Attack, AttackOutput, example_seed
 from .descent import LOSSES, Ascent, labels_loss
-from .registry import split_spec
+from .registry import TRANSFER
 
 METHODS = ("pgd", "mifgsm", "difgsm")
 
@@ -31,6 +31,7 @@ class Ensemble(nn.Module):
         return torch.stack([m(x) for m in self.members]).mean(0)
 
 
+@TRANSFER.register(*METHODS)
 class TransferAttack(Attack):
     """``pgd`` (random start, step 2.5*eps/steps), ``mifgsm`` (decay 1.0, step eps/steps) and ``difgsm``
     (diversity on, decay 0 unless given). ``decay`` > 0 adds momentum to any of them."""
@@ -47,11 +48,24 @@ class TransferAttack(Attack):
         if loss not in LOSSES:
             raise RobenchError(f'Transfer loss "{loss}" is not one of {", ".join(LOSSES)}.')
         self.method, self.steps, self.loss = method, steps, loss
+        self.name = method
         self.rel_step_size = rel_step_size if rel_step_size is not None else (2.5 if method == "pgd" else 1.0)
         self.decay = decay if decay is not None else (1.0 if method == "mifgsm" else 0.0)
         self.random_start = random_start if random_start is not None else method == "pgd"
         self.diverse = method == "difgsm"
         self.resize_rate, self.diversity_prob = resize_rate, diversity_prob
+
+    @classmethod
+    def from_spec(cls, name: str, opts: dict, spec: str, flags: dict | None = None, **context) -> "TransferAttack":
+        given = {k: v for k, v in (flags or {}).items() if v is not None}
+        return cls(name.lower(), **{**given, **opts})
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        opts = {"steps": budget["steps"], "rel_step_size": float(budget["step_size"].split("*")[0]),
+                "decay": budget["decay"], "random_start": budget["random_start"], "loss": budget["loss"]}
+        opts.update({k: budget[k] for k in ("resize_rate", "diversity_prob") if k in budget})
+        return f"{budget['name']}({','.join(f'{k}={v!r}' for k, v in opts.items())})"
 
     def budget(self) -> dict:
         b = {"name": self.method, "steps": self.steps, "step_size": f"{self.rel_step_size:g}*eps/steps",
@@ -112,14 +126,3 @@ class TransferAttack(Attack):
                 part = F.interpolate(part, size=(size, size), mode="bilinear", align_corners=False)
             out[js] = part
         return out
-
-
-def create_transfer_attack(spec: str, **flags) -> TransferAttack:
-    """``mifgsm``, ``difgsm(steps=20)``, ``pgd(steps=10,random_start=False)`` ...; ``flags`` (the CLI's
-    --steps, --decay, --resize-rate, --diversity-prob) fill in what the spec leaves out."""
-    name, opts = split_spec(spec)
-    given = {k: v for k, v in flags.items() if v is not None}
-    try:
-        return TransferAttack(name.lower(), **{**given, **opts})
-    except TypeError as e:
-        raise RobenchError(f'Transfer attack "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")) from None
