@@ -49,28 +49,18 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
     out = cfgs[0].out
     if out:
         _check_table_path(out)
-    tasks = [dict(_engine_options(cfg), checkpoints=cfg.checkpoints) for cfg in cfgs]
-    df = evaluate_many(tasks, jobs=max(int(c.jobs) for c in cfgs), progress=progress)
+    df = evaluate_many(cfgs, jobs=max(int(c.jobs) for c in cfgs), progress=progress)
     if out and is_main():  # under torchrun, rank 0 alone holds the results
         write_table(df, out)
     return df
 
 
 def _eval_config(settings: dict, checkpoints):
-    from .config import EvalConfig, check_counts, check_types
-    from .errors import unknown
+    from .config import EvalConfig
 
-    valid = set(EvalConfig.__dataclass_fields__)
-    for key in settings:
-        if key not in valid:
-            raise unknown("evaluation option", key, valid)
-    check_types(settings, EvalConfig, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
-    check_counts(settings, "evaluation options")
-    cfg = EvalConfig(**settings)
+    cfg = EvalConfig.checked(settings)
     if checkpoints:
-        from torch import nn
-
-        single = isinstance(checkpoints, (str, Path, nn.Module, Checkpoint))
+        single = not isinstance(checkpoints, (list, tuple))
         cfg.checkpoints = [checkpoints] if single else list(checkpoints)
     cfg.checkpoints = _expand(cfg.checkpoints)
     return cfg
@@ -94,18 +84,6 @@ def _expand(items: list) -> list:
     return out
 
 
-def _engine_options(cfg) -> dict:
-    pgd = {"steps": cfg.pgd_steps, "restarts": cfg.pgd_restarts, "loss": cfg.pgd_loss}
-    if cfg.pgd_step_size is not None:
-        from .config import parse_eps
-
-        pgd["step_size"] = parse_eps(cfg.pgd_step_size).value
-    return dict(dataset=cfg.dataset, data_dir=cfg.data_dir, split=cfg.split, n=cfg.n, subset=cfg.subset,
-                seed=cfg.seed, norm=cfg.norm, eps=cfg.eps, attacks=cfg.attacks, pgd=pgd, batch_size=cfg.batch_size,
-                device=cfg.device, store=cfg.store, force=cfg.force, trust=cfg.trust_checkpoint, arch=cfg.arch,
-                activation=cfg.activation)
-
-
 def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = "mifgsm", ensemble: bool = False,
              steps: int | None = None, decay: float | None = None, resize_rate: float | None = None,
              diversity_prob: float | None = None, out: str | Path | None = None, progress=None, **options):
@@ -121,12 +99,9 @@ def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = 
     cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
     if out:
         _check_table_path(out)
-    e = _engine_options(cfg)
     src = _expand(list(all_checkpoints or sources or []))
-    df = run(src, _expand(list(targets or [])), attack=atk, ensemble=ensemble, all_pairs=bool(all_checkpoints),
-             dataset=e["dataset"], data_dir=e["data_dir"], split=e["split"], n=e["n"], subset=e["subset"],
-             seed=e["seed"], norm=e["norm"], eps=e["eps"], batch_size=e["batch_size"], device=e["device"],
-             store=e["store"], force=e["force"], trust=e["trust"], progress=progress)
+    df = run(src, _expand(list(targets or [])), cfg, attack=atk, ensemble=ensemble, all_pairs=bool(all_checkpoints),
+             progress=progress)
     if out:
         write_table(df, out)
     return df
@@ -142,12 +117,10 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
     from .errors import RobenchError
 
     cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
-    e = _engine_options(cfg)
     if strong_restarts < 1 or square_queries < 1 or (strong_steps is not None and strong_steps < 1):
         raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
-    t = as_target(checkpoint, 0, e["trust"], {"arch": e["arch"], "activation": e["activation"],
-                                              "dataset": e["dataset"]})
-    return run_checks(t, e, strong_steps, strong_restarts, square_queries, progress)
+    t = as_target(checkpoint, 0, cfg.trust_checkpoint, cfg.overrides())
+    return run_checks(t, cfg, strong_steps, strong_restarts, square_queries, progress)
 
 
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
@@ -307,17 +280,18 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
                 raise RobenchError(f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
                                    "not exist here; name the checkpoints to check.")
             models[mid] = load_checkpoint(path, trust=trust)
-    tasks = []
-    for mid, ck in models.items():
-        rows = base_csv[base_csv.model_id == mid]
-        data, runs = runs_of(rows)
-        for run in runs:
-            tasks.append(dict(checkpoints=[ck], dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"],
-                              data_dir=data_dir, n=run["n"], eps=run["eps"], attacks=run["attacks"],
-                              batch_size=run["batch_size"], device=device, **data))
     with tempfile.TemporaryDirectory() as tmp:
-        for t in tasks:
-            t["store"] = str(Path(tmp) / "check.sqlite")
+        tasks = []
+        for mid, ck in models.items():
+            rows = base_csv[base_csv.model_id == mid]
+            data, runs = runs_of(rows)
+            for run in runs:
+                cfg = _eval_config(dict(dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"], data_dir=data_dir,
+                                        n=run["n"], eps=run["eps"], attacks=run["attacks"],
+                                        batch_size=run["batch_size"], device=device,
+                                        store=str(Path(tmp) / "check.sqlite"), **data), None)
+                cfg.checkpoints = [ck]
+                tasks.append(cfg)
         evaluate_many(tasks, progress=progress)
         db = Store(Path(tmp) / "check.sqlite", readonly=True)
         try:

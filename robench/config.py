@@ -10,9 +10,8 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from fractions import Fraction
 from pathlib import Path
 
-from .errors import RobenchError, closest
+from .errors import RobenchError, closest, unknown
 from .norms import get_norm
-
 
 
 @dataclass(frozen=True, order=True)
@@ -87,6 +86,35 @@ class EvalConfig:
     arch: str | None = None
     activation: str | None = None
     jobs: int = 1  # worker processes for a suite (each runs whole checkpoint x run tasks)
+
+    @classmethod
+    def checked(cls, settings: dict) -> "EvalConfig":
+        """The settings from CLI keywords, a TOML run or Python keywords, checked: an unknown key, a wrong type,
+        a count below 1 or an unknown norm is one sentence. The engine takes the result as it is."""
+        valid = set(cls.__dataclass_fields__)
+        for key in settings:
+            if key not in valid:
+                raise unknown("evaluation option", key, valid)
+        check_types(settings, cls, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
+        check_counts(settings, "evaluation options")
+        cfg = cls(**settings)
+        cfg.norm = parse_norm(cfg.norm)
+        return cfg
+
+    def eps_values(self) -> list["Eps"]:
+        """The eps sweep as given (empty: the dataset's standard budget), each parsed."""
+        return [parse_eps(e) for e in self.eps or []]
+
+    def overrides(self) -> dict:
+        """What the user says about the checkpoints themselves (for files that do not say it)."""
+        return {"arch": self.arch, "activation": self.activation, "dataset": self.dataset}
+
+    def pgd_options(self) -> dict:
+        """The --pgd-* flags as PGD's options (an attack's inline options win over them)."""
+        pgd = {"steps": self.pgd_steps, "restarts": self.pgd_restarts, "loss": self.pgd_loss}
+        if self.pgd_step_size is not None:
+            pgd["step_size"] = parse_eps(self.pgd_step_size).value
+        return pgd
 
 
 @dataclass

@@ -90,12 +90,14 @@ def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, 
     for rel in made:
         assert filecmp.cmp(tmp_path / "lb" / rel, committed / rel, shallow=False), rel
     # and `make leaderboard` on a fresh clone finds every evaluation of its suite there, so it changes nothing
-    from robench.api import _engine_options, _eval_config
+    import dataclasses
+
+    from robench.api import _eval_config
     from robench.config import load_suite
     from robench.engine.evaluate import evaluate
 
     for run in load_suite(ROOT / "suites" / "leaderboard.toml"):
         cfg = _eval_config(run, None)
         for ck in cfg.checkpoints:
-            kwargs = {**_engine_options(cfg), "store": tmp_path / "s.sqlite"}
-            assert evaluate(ck, **kwargs, cached_only=True) is not None, (run, ck)
+            one = dataclasses.replace(cfg, checkpoints=[ck], store=str(tmp_path / "s.sqlite"))
+            assert evaluate(one, cached_only=True) is not None, (run, ck)

@@ -18,7 +18,7 @@ from .._version import __version__
 from ..attacks.base import Attack
 from ..attacks.registry import black_box
 from ..checkpoints import Checkpoint, load_checkpoint
-from ..config import Eps, check_eps_range, parse_eps
+from ..config import Eps, EvalConfig, check_eps_range, parse_eps
 from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.fast import accelerate
@@ -101,13 +101,12 @@ def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> 
                            "attacks; remove the final softmax so that it returns logits.")
 
 
-def run_key(t: Target, sl: "Slice", split: str, subset: str, seed: int, norm: str, budgets: list[dict],
-            batch_size: int) -> str:
+def run_key(t: Target, sl: "Slice", cfg: EvalConfig, budgets: list[dict], batch_size: int) -> str:
     """What identifies a run: the model's weights, the data itself (a fingerprint of the examples read, not
     only the dataset's name and indices), the eps sweep, every attack's full budget and the batch size."""
-    payload = {"sha256": t.sha256, "dataset": sl.info.name, "split": split, "subset": subset, "seed": seed,
-               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(), "data": sl.data_sha256,
-               "norm": norm,
+    payload = {"sha256": t.sha256, "dataset": sl.info.name, "split": cfg.split, "subset": cfg.subset,
+               "seed": cfg.seed, "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(),
+               "data": sl.data_sha256, "norm": cfg.norm,
                "eps": [repr(e.value) for e in sl.eps], "attacks": budgets,
                "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -177,19 +176,19 @@ class Slice:
         return self.data.fingerprint(self.idx)
 
 
-def data_slice(t: Target, dataset: str | None, split: str, data_dir, splits: dict, eps_given: list[Eps], norm: str,
-               n: int, seed: int, subset: str) -> Slice:
-    """The dataset slice and eps sweep for ``t`` (its own dataset unless one is given); splits are loaded
-    once into ``splits``."""
-    ds = dataset or t.meta.get("dataset")
+def data_slice(t: Target, cfg: EvalConfig, splits: dict, eps_given: list[Eps] | None = None) -> Slice:
+    """The dataset slice and eps sweep of ``cfg`` for ``t`` (its own dataset unless one is given); splits are
+    loaded once into ``splits``."""
+    norm, eps_given = cfg.norm, cfg.eps_values() if eps_given is None else eps_given
+    ds = cfg.dataset or t.meta.get("dataset")
     if not ds:
         raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
     info = dataset_info(ds)
-    data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, split, data_dir))
+    data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, cfg.split, cfg.data_dir))
     eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
     for e in eps_list:
         check_eps_range(e, norm, math.prod(info.shape))
-    return Slice(info, data, select_indices(len(data), n, seed, subset), eps_list)
+    return Slice(info, data, select_indices(len(data), cfg.n, cfg.seed, cfg.subset), eps_list)
 
 
 def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
@@ -212,11 +211,10 @@ def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
     check_logits(out, len(x0), sl.info.num_classes, name)
 
 
-def run_fields(t: Target, sl: Slice, split: str, subset: str, seed: int, norm: str, budgets: list[dict],
-               bs: int, dev) -> dict:
+def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: int, dev) -> dict:
     """Everything a stored run records besides its outcomes."""
     return {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": sl.info.name,
-            "split": split, "n": len(sl.idx), "subset": subset, "seed": seed, "norm": norm,
+            "split": cfg.split, "n": len(sl.idx), "subset": cfg.subset, "seed": cfg.seed, "norm": cfg.norm,
             "data_sha256": sl.data_sha256,
             "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
             "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,

@@ -8,6 +8,7 @@ smaller eps is not attacked again). Every candidate from an attack is projected 
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..attacks.registry import create_attack
 from ..checkpoints import Checkpoint
-from ..config import parse_eps, parse_norm
+from ..config import EvalConfig, parse_norm
 from ..data import Split
 from ..errors import RobenchError
 from ..store import Store
@@ -26,37 +27,37 @@ from . import distributed
 from .core import as_target, attack_batch, attack_mode, check_model, data_slice, run_fields, run_key, summarize
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 
-def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000,
-             subset: str = "first", seed: int = 0, norm: str = "Linf", eps=None, attacks=("pgd",),
-             pgd: dict | None = None, batch_size="auto", device: str = "auto", store=None, force: bool = False,
-             trust: bool = False, arch: str | None = None, activation: str | None = None,
-             progress: Callable[[dict], None] | None = None, cached_only: bool = False) -> pd.DataFrame | None:
-    """Evaluate checkpoints (paths, Checkpoint objects or nn.Modules). One row per model x eps; the
-    per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame keyed by run_id). With
-    ``cached_only``, return None unless every run is already finished in the store (nothing is attacked)."""
+
+def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
+             cached_only: bool = False) -> pd.DataFrame | None:
+    """Evaluate ``cfg.checkpoints`` (paths, Checkpoint objects or nn.Modules) with the checked settings
+    ``cfg``. One row per model x eps; the per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame
+    keyed by run_id). With ``cached_only``, return None unless every run is already finished in the store
+    (nothing is attacked)."""
+    checkpoints = cfg.checkpoints
     if isinstance(checkpoints, (str, Path, nn.Module, Checkpoint)):
         checkpoints = [checkpoints]
     if not checkpoints:
         raise RobenchError("Name at least one checkpoint to evaluate.")
-    norm = parse_norm(norm)
+    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
+    norm, attacks, pgd = cfg.norm, cfg.attacks, cfg.pgd_options()
     if not attacks:
         raise RobenchError("Name at least one attack (e.g. --attack pgd), or none for clean accuracy only.")
     attacks = [a for a in attacks if str(a).strip().lower() != "none"] if len(attacks) == 1 else list(attacks)
-    bs_given = parse_batch_size(batch_size)
-    dev = resolve_device(device)
-    eps_given = [parse_eps(e) for e in (eps or [])]
+    bs_given = parse_batch_size(cfg.batch_size)
+    dev = resolve_device(cfg.device)
+    eps_given = cfg.eps_values()
     for a in attacks:  # names, options and norms are checked before anything is loaded or stored
         create_attack(a, pgd=pgd, batch_size=bs_given or 1).check_norm(norm)
-    overrides = {"arch": arch, "activation": activation, "dataset": dataset}
     splits: dict[str, Split] = {}
     rows, outcomes = [], []
     notify = progress or (lambda event: None)
     # every checkpoint and its data are checked before any attack runs, so a bad one fails fast
-    targets = [as_target(c, i, trust, overrides) for i, c in enumerate(checkpoints)]
-    slices = [data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset) for t in targets]
+    targets = [as_target(c, i, cfg.trust_checkpoint, cfg.overrides()) for i, c in enumerate(checkpoints)]
+    slices = [data_slice(t, cfg, splits, eps_given) for t in targets]
     group = distributed.current()
     dev = group.device(dev)
-    db = Store(store) if group.main else None  # under torchrun only rank 0 touches the store
+    db = Store(cfg.store) if group.main else None  # under torchrun only rank 0 touches the store
     run_id = None
     try:
         for t, sl in zip(targets, slices):
@@ -70,13 +71,13 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                 for a in atk:
                     a.check_norm(norm)
                 budgets = [a.budget() for a in atk]
-                key = run_key(t, sl, split, subset, seed, norm, budgets, bs)
-                if cached_only and (force or not db.is_done(key)):
+                key = run_key(t, sl, cfg, budgets, bs)
+                if cached_only and (cfg.force or not db.is_done(key)):
                     return None
                 run_id = status = todo = None
                 if group.main:
-                    fields = run_fields(t, sl, split, subset, seed, norm, budgets, bs, dev)
-                    run_id, status = db.open_run(key, fields, force=force)
+                    fields = run_fields(t, sl, cfg, budgets, bs, dev)
+                    run_id, status = db.open_run(key, fields, force=cfg.force)
                     done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
                     todo = [i for i in idx.tolist() if i not in done]
                     notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path),
@@ -91,7 +92,7 @@ def evaluate(checkpoints, *, dataset: str | None = None, data_dir=None, split: s
                     part = ([], [], {})
                     if len(b):
                         x, y = data.batch(b)
-                        part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, seed)
+                        part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
                     parts = group.gather(part)
                     if group.main:
                         batch_rows = [r for p in parts for r in p[0]]

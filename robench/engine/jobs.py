@@ -2,6 +2,7 @@
 whose progress is relayed to the caller and which are all stopped at once on a failure or a signal."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -9,27 +10,28 @@ from collections.abc import Callable
 import pandas as pd
 import torch
 
+from ..config import EvalConfig
 from ..errors import RobenchError
 from . import distributed
 from .evaluate import evaluate
 
 
-def evaluate_many(tasks: list[dict], jobs: int = 1, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """Several evaluations (each a dict of ``evaluate``'s arguments), one after the other, or with ``jobs`` > 1
+def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """Several evaluations (each its checked settings), one after the other, or with ``jobs`` > 1
     as checkpoint x task units spread over that many processes (each with its share of the CPU threads).
     The results do not depend on ``jobs``: every example's attack is seeded by the example alone."""
     if jobs > 1 and distributed.current().world > 1:
         raise RobenchError("--jobs cannot be combined with torchrun; let torchrun's processes share the work.")
     if jobs <= 1:
-        frames = [evaluate(progress=progress, **t) for t in tasks]
+        frames = [evaluate(t, progress=progress) for t in tasks]
     else:
         import concurrent.futures as cf
         import multiprocessing as mp
 
-        units = [dict(t, checkpoints=[c]) for t in tasks for c in t["checkpoints"]]
+        units = [dataclasses.replace(t, checkpoints=[c]) for t in tasks for c in t.checkpoints]
         threads = max(1, torch.get_num_threads() // jobs)
         notify = progress or (lambda event: None)
-        frames = [evaluate(**u, cached_only=True) for u in units]  # what the store holds needs no worker
+        frames = [evaluate(u, cached_only=True) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
         ctx = mp.get_context("spawn")
         events = ctx.Queue()  # the workers' progress (start, batch, end of each run), shown as it comes
@@ -94,8 +96,8 @@ def _worker_init(threads: int, parent: int, events=None) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _unit(kwargs: dict) -> tuple[pd.DataFrame, float]:
+def _unit(cfg: EvalConfig) -> tuple[pd.DataFrame, float]:
     tic = time.perf_counter()
     send = (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "batch", "end") else None) if _EVENTS else None
-    df = evaluate(**kwargs, progress=send)
+    df = evaluate(cfg, progress=send)
     return df, time.perf_counter() - tic

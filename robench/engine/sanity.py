@@ -11,6 +11,7 @@ binomial against a tolerated rate otherwise), so a single lucky example never ra
 from __future__ import annotations
 
 import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from ..attacks.autoattack import AutoAttack
 from ..attacks.pgd import PGD
 from ..attacks.registry import black_box
-from ..config import Eps
+from ..config import Eps, EvalConfig, parse_norm
 from ..norms import get_norm
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
@@ -284,19 +285,18 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     return checks, white
 
 
-def sanity(t, e: dict, strong_steps: int | None, strong_restarts: int, square_queries: int,
+def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, square_queries: int,
            progress: Callable[[dict], None] | None = None) -> dict:
-    """The checklist on target ``t`` with the engine options ``e`` (the largest eps is the one under test),
-    stored with their evidence together with the store's cross-run checks."""
+    """The checklist on target ``t`` with the checked settings ``cfg`` (the largest eps is the one under
+    test), stored with their evidence together with the store's cross-run checks."""
     import pandas as pd
 
-    from ..config import parse_eps
     from .batching import auto_batch_size, parse_batch_size, resolve_device
     from .core import check_model, data_slice
 
-    dev = resolve_device(e["device"])
-    sl = data_slice(t, e["dataset"], e["split"], e["data_dir"], {}, [parse_eps(x) for x in e["eps"] or []],
-                    e["norm"], e["n"], e["seed"], e["subset"])
+    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
+    dev = resolve_device(cfg.device)
+    sl = data_slice(t, cfg, {})
     model = t.model.to(dev)
     with attack_mode(model):
         x0, _ = sl.data.batch(sl.idx[:8])
@@ -304,13 +304,13 @@ def sanity(t, e: dict, strong_steps: int | None, strong_restarts: int, square_qu
             z = model(x0.to(dev))
         if z.dim() != 2 or z.shape[1] != sl.info.num_classes:  # wrong shapes are an error, not a finding
             check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
-        bs = parse_batch_size(e["batch_size"]) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
-    found, white = checklist(model, sl, t, e["norm"], dev, bs, e["seed"], pgd=e["pgd"], strong_steps=strong_steps,
+        bs = parse_batch_size(cfg.batch_size) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
+    found, white = checklist(model, sl, t, cfg.norm, dev, bs, cfg.seed, pgd=cfg.pgd_options(), strong_steps=strong_steps,
                              strong_restarts=strong_restarts, square_queries=square_queries, progress=progress)
-    db = Store(e["store"])
+    db = Store(cfg.store)
     try:
-        db.set_checks(t.sha256, sl.info.name, e["norm"], found)
-        found += cross_checks(db, t.sha256, sl.info.name, e["norm"], extra_white=white)
+        db.set_checks(t.sha256, sl.info.name, cfg.norm, found)
+        found += cross_checks(db, t.sha256, sl.info.name, cfg.norm, extra_white=white)
     finally:
         db.close()
     df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]

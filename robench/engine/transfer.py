@@ -7,6 +7,7 @@ classifies it right clean and under the transfer examples of that eps and every 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -16,11 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from ..norms import project
 from ..attacks.transfer import Ensemble, TransferAttack
 from ..checkpoints import atomic_path
-from ..config import parse_eps, parse_norm
+from ..config import EvalConfig, parse_norm
 from ..errors import RobenchError
+from ..norms import project
 from ..stats import wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
@@ -28,18 +29,18 @@ from .core import (Slice, Target, as_target, attack_mode, check_model, data_slic
                        summarize)
 
 
-def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False, all_pairs: bool = False,
-             dataset: str | None = None, data_dir=None, split: str = "test", n: int = 1000, subset: str = "first",
-             seed: int = 0, norm: str = "Linf", eps=None, batch_size="auto", device: str = "auto", store=None,
-             force: bool = False, trust: bool = False, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
-    """The source x target matrix, one row per (source, target, eps) with clean and robust accuracy and the
-    attack success rate over clean-correct examples, each with n and a Wilson interval. With ``all_pairs``
+def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensemble: bool = False,
+             all_pairs: bool = False, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+    """The source x target matrix under the checked settings ``cfg``, one row per (source, target, eps) with
+    clean and robust accuracy and the attack success rate over clean-correct examples, each with n and a
+    Wilson interval. With ``all_pairs``
     the checkpoints in ``sources`` are every source and every target (the diagonal is white-box); with
     ``ensemble`` the sources are one surrogate (with ``all_pairs``: for each target, the others)."""
     from .sanity import after_run
 
     notify = progress or (lambda e: None)
-    norm = parse_norm(norm)
+    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
+    norm, seed, split = cfg.norm, cfg.seed, cfg.split
     if all_pairs:
         targets = list(sources)
     if not sources or not targets:
@@ -51,20 +52,19 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
     def load(item, i):
         key = str(item)
         if key not in loaded:
-            loaded[key] = as_target(item, i, trust, {"dataset": dataset})
+            loaded[key] = as_target(item, i, cfg.trust_checkpoint, cfg.overrides())
         return loaded[key]
 
     srcs = [load(s, i) for i, s in enumerate(sources)]
     tgts = [load(t, len(sources) + i) for i, t in enumerate(targets)]
-    _same_dataset(srcs + tgts, dataset)
-    dev = resolve_device(device)
+    _same_dataset(srcs + tgts, cfg.dataset)
+    dev = resolve_device(cfg.device)
     splits: dict = {}
-    eps_given = [parse_eps(e) for e in (eps or [])]
-    slices = {id(t): data_slice(t, dataset, split, data_dir, splits, eps_given, norm, n, seed, subset)
-              for t in {id(t): t for t in srcs + tgts}.values()}
+    eps_given = cfg.eps_values()
+    slices = {id(t): data_slice(t, cfg, splits, eps_given) for t in {id(t): t for t in srcs + tgts}.values()}
     _same_inputs(srcs + tgts, slices, dev)
     sl = slices[id(tgts[0])]
-    bs_given = parse_batch_size(batch_size)
+    bs_given = parse_batch_size(cfg.batch_size)
 
     if ensemble and all_pairs:
         pairs = [([s for s in srcs if s.sha256 != t.sha256], [t]) for t in tgts]
@@ -72,7 +72,7 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
         pairs = [(srcs, tgts)]
     else:
         pairs = [([s], tgts) for s in srcs]
-    db = Store(store)
+    db = Store(cfg.store)
     cache = db.path.parent / "transfer-cache"
     rows, outcomes = [], []
     checked: dict[str, Target] = {}
@@ -88,10 +88,9 @@ def transfer(sources, targets, *, attack: TransferAttack, ensemble: bool = False
             adv = None  # crafted lazily: only when some target's run is not already in the store
             for t in tgt_list:
                 bs = bs_given or auto_batch_size(t.model.to(dev), sl.info.shape, dev, len(sl.idx))
-                key = run_key(t, sl, split, subset, seed, norm, [budget], bs)
+                key = run_key(t, sl, cfg, [budget], bs)
                 run_id = None
-                run_id, status = db.open_run(key, run_fields(t, sl, split, subset, seed, norm, [budget], bs, dev),
-                                             force=force)
+                run_id, status = db.open_run(key, run_fields(t, sl, cfg, [budget], bs, dev), force=cfg.force)
                 notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(sl.idx),
                         "done": len(sl.idx) if status == "done" else 0, "attacks": [f"transfer from {label}"],
                         "resumed": False, "cached": status == "done"})
