@@ -172,11 +172,8 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
 
     out = Path(out)
     _check_output_folder(out)
-    db = Store(store, readonly=True)
-    try:
+    with Store(store, readonly=True) as db:
         res = results(db)
-    finally:
-        db.close()
     boards = leaderboards(res)
     if not boards:
         if db.version < 3:
@@ -293,18 +290,12 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
                 cfg.checkpoints = [ck]
                 tasks.append(cfg)
         evaluate_many(tasks, progress=progress)
-        db = Store(Path(tmp) / "check.sqlite", readonly=True)
-        try:
+        with Store(Path(tmp) / "check.sqlite", readonly=True) as db:
             now = results(db)
-        finally:
-            db.close()
     base = None
     if store_path(store).exists():
-        db = Store(store, readonly=True)
-        try:
+        with Store(store, readonly=True) as db:
             base = results(db)
-        finally:
-            db.close()
     mapping = {ck.sha256: mid for mid, ck in models.items()}
     table = compare(base_csv, now, mapping, base, tolerance, alpha)
     if junit:

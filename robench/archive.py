@@ -43,18 +43,14 @@ def export_results(store: str | Path | None, out: str | Path) -> dict:
     out = Path(out)
     if not out.name.endswith(".jsonl.gz"):
         raise RobenchError(f"A results archive is a .jsonl.gz file, not {out.name}.")
-    db = Store(store, readonly=True)
     lines = [json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True)]
-    try:
-        with db.snapshot():
-            runs = db.runs()
-            for run_id in runs["run_id"].tolist():
-                lines.append(json.dumps(_run_record(db, int(run_id)), sort_keys=True, separators=(",", ":")))
-            checks = db.checks()
-            for c in checks.to_dict(orient="records"):
-                lines.append(json.dumps({"check": c}, sort_keys=True, separators=(",", ":")))
-    finally:
-        db.close()
+    with Store(store, readonly=True) as db, db.snapshot():
+        runs = db.runs()
+        for run_id in runs["run_id"].tolist():
+            lines.append(json.dumps(_run_record(db, int(run_id)), sort_keys=True, separators=(",", ":")))
+        checks = db.checks()
+        for c in checks.to_dict(orient="records"):
+            lines.append(json.dumps({"check": c}, sort_keys=True, separators=(",", ":")))
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: the same store, the same bytes
         gz.write(("\n".join(lines) + "\n").encode())
@@ -175,9 +171,8 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
         records.append((rec, rows))
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
-    db = Store(store)
     added = kept = 0
-    try:
+    with Store(store) as db:
         for rec, rows in records:
             if db.is_done(rec["key"]):
                 kept += 1
@@ -196,6 +191,4 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
             by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append({**c, "budget": budget})
         for (sha, dataset, norm), cs in by_model.items():
             db.set_checks(sha, dataset, norm, cs)
-    finally:
-        db.close()
     return {"added": added, "kept": kept, "checks": len(checks)}

@@ -337,6 +337,12 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _connect_readonly(path: Path) -> sqlite3.Connection:
     """A connection for reading. Where the WAL index cannot be created beside the store (a read-only file

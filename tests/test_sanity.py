@@ -113,7 +113,7 @@ def test_transfer_beating_white_box_is_flagged_and_shown_by_eval(honest, trained
 
 
 def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
-    from robench.engine.sanity import cross_checks
+    from robench.engine.checks import cross_checks
 
     db = Store(tmp_path / "s.sqlite")
     budget = [{"name": "pgd", "steps": 20}]

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -219,6 +220,27 @@ def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: i
             "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
             "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
             "model_meta": t.meta}
+
+
+def open_run(db: Store, key: str, fields: dict, force: bool, sl: Slice, t: Target, attacks: list[str],
+             notify: Callable[[dict], None]) -> tuple[int, str, list[int]]:
+    """Open the run ``key`` in the store (new, resumed where its stored batches end, or found finished) and
+    announce it: (run_id, status, the example indices still to attack)."""
+    run_id, status = db.open_run(key, fields, force=force)
+    idx = sl.idx.tolist()
+    done = db.done_indices(run_id, len(sl.eps)) if status != "done" else set(idx)
+    notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(idx),
+            "done": len(done), "attacks": attacks, "resumed": bool(done) and status != "done",
+            "cached": status == "done"})
+    return run_id, status, [i for i in idx if i not in done]
+
+
+def close_run(db: Store, run_id: int, t: Target, notify: Callable[[dict], None],
+              **columns) -> tuple[list[dict], pd.DataFrame]:
+    """A finished run's summary rows and per-example outcomes (with ``columns`` added), announced."""
+    summary, per_example = summarize(db, run_id)
+    notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+    return summary, per_example.assign(run_id=run_id, model=t.name, **columns)
 
 
 def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:

@@ -24,7 +24,9 @@ from ..data import Split
 from ..errors import RobenchError
 from ..store import Store
 from . import distributed
-from .core import as_target, attack_batch, attack_mode, check_model, data_slice, run_fields, run_key, summarize
+from .checks import after_run
+from .core import (as_target, attack_batch, attack_mode, check_model, close_run, data_slice, open_run, run_fields,
+                   run_key)
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 
 
@@ -76,13 +78,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     return None
                 run_id = status = todo = None
                 if group.main:
-                    fields = run_fields(t, sl, cfg, budgets, bs, dev)
-                    run_id, status = db.open_run(key, fields, force=cfg.force)
-                    done = db.done_indices(run_id, len(eps_list)) if status != "done" else set(idx.tolist())
-                    todo = [i for i in idx.tolist() if i not in done]
-                    notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path),
-                            "total": len(idx), "done": len(done), "attacks": [a.name for a in atk] or ["none"],
-                            "resumed": bool(done) and status != "done", "cached": status == "done"})
+                    run_id, status, todo = open_run(db, key, run_fields(t, sl, cfg, budgets, bs, dev), cfg.force,
+                                                    sl, t, [a.name for a in atk] or ["none"], notify)
                 run_id, status, todo = group.broadcast((run_id, status, todo))
                 step = bs * group.world
                 for start in range(0, len(todo), step):
@@ -107,14 +104,11 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     db.finish(run_id)
             if not group.main:
                 continue
-            from .sanity import after_run
-
             after_run(db, model, sl, t, norm, dev)
             model.to("cpu")
-            summary, per_example = summarize(db, run_id)
+            summary, per_example = close_run(db, run_id, t, notify)
             rows += summary
-            outcomes.append(per_example.assign(run_id=run_id, model=t.name))
-            notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+            outcomes.append(per_example)
     except Exception:
         if db is not None and run_id is not None:
             db.discard_if_empty(run_id)  # a failure leaves no empty run behind; stored batches resume

@@ -25,8 +25,9 @@ from ..norms import project
 from ..stats import wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
-from .core import (Slice, Target, as_target, attack_mode, check_model, data_slice, run_fields, run_key,
-                       summarize)
+from .checks import after_run
+from .core import (Slice, Target, as_target, attack_mode, check_model, close_run, data_slice, open_run, run_fields,
+                   run_key)
 
 
 def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensemble: bool = False,
@@ -36,8 +37,6 @@ def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensem
     Wilson interval. With ``all_pairs``
     the checkpoints in ``sources`` are every source and every target (the diagonal is white-box); with
     ``ensemble`` the sources are one surrogate (with ``all_pairs``: for each target, the others)."""
-    from .sanity import after_run
-
     notify = progress or (lambda e: None)
     cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
     norm, seed, split = cfg.norm, cfg.seed, cfg.split
@@ -88,17 +87,15 @@ def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensem
             adv = None  # crafted lazily: only when some target's run is not already in the store
             for t in tgt_list:
                 bs = bs_given or auto_batch_size(t.model.to(dev), sl.info.shape, dev, len(sl.idx))
-                key = run_key(t, sl, cfg, [budget], bs)
                 run_id = None
-                run_id, status = db.open_run(key, run_fields(t, sl, cfg, [budget], bs, dev), force=cfg.force)
-                notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(sl.idx),
-                        "done": len(sl.idx) if status == "done" else 0, "attacks": [f"transfer from {label}"],
-                        "resumed": False, "cached": status == "done"})
+                run_id, status, todo = open_run(db, run_key(t, sl, cfg, [budget], bs),
+                                                run_fields(t, sl, cfg, [budget], bs, dev), cfg.force, sl, t,
+                                                [f"transfer from {label}"], notify)
                 if status != "done":
                     if adv is None:
                         adv = {e.text: craft_cached(surrogate, members, attack, sl, e, norm, split, seed, bs, dev,
                                                     cache, notify, label) for e in sl.eps}
-                    _score(db, run_id, t, sl, adv, norm, bs, dev, label, notify)
+                    _score(db, run_id, t, sl, todo, adv, norm, bs, dev, label, notify)
                     db.finish(run_id)
                     checked[t.sha256] = t
                 finished.append((run_id, t, label, [m.sha256 for m in members]))
@@ -107,12 +104,11 @@ def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensem
             after_run(db, t.model, sl, t, norm, dev)
             t.model.to("cpu")
         for run_id, t, label, shas in finished:
-            summary, per_example = summarize(db, run_id)
+            summary, per_example = close_run(db, run_id, t, notify, source=label)
             for r in summary:
                 o = per_example[per_example.eps == r["eps"]]
                 rows.append({"source": label, "target": t.name, "white_box": t.sha256 in shas, **_success(o), **r})
-            outcomes.append(per_example.assign(run_id=run_id, model=t.name, source=label))
-            notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
+            outcomes.append(per_example)
     except Exception:
         if run_id is not None:
             db.discard_if_empty(run_id)  # a failure leaves no empty run behind; stored batches resume
@@ -194,13 +190,14 @@ def craft_cached(surrogate, members, attack: TransferAttack, sl: Slice, eps, nor
     return x_adv
 
 
-def _score(db: Store, run_id: int, t: Target, sl: Slice, adv: dict[str, torch.Tensor], norm: str, bs: int, dev,
-           label: str, notify) -> None:
-    """The target's clean and robust outcomes on the crafted examples, committed batch by batch."""
+def _score(db: Store, run_id: int, t: Target, sl: Slice, todo: list[int], adv: dict[str, torch.Tensor], norm: str,
+           bs: int, dev, label: str, notify) -> None:
+    """The target's clean and robust outcomes on the crafted examples ``todo`` (those the store does not hold
+    yet), committed batch by batch."""
     pos = {i: j for j, i in enumerate(sl.idx.tolist())}
     with attack_mode(t.model.to(dev)) as model, torch.no_grad():
-        for start in range(0, len(sl.idx), bs):
-            b = sl.idx[start: start + bs]
+        for start in range(0, len(todo), bs):
+            b = torch.tensor(todo[start: start + bs], dtype=torch.long)
             tic = time.perf_counter()
             x, y = sl.data.batch(b)
             x, y = x.to(dev), y.to(dev)
@@ -212,7 +209,8 @@ def _score(db: Store, run_id: int, t: Target, sl: Slice, adv: dict[str, torch.Te
                 rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
                          for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
             db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": {int(i): (1, 2 * len(sl.eps)) for i in b}})
-            notify({"event": "batch", "model": t.name, "run_id": run_id, "done": start + len(b), "total": len(sl.idx),
+            notify({"event": "batch", "model": t.name, "run_id": run_id,
+                    "done": len(sl.idx) - len(todo) + start + len(b), "total": len(sl.idx),
                     "robust": int(robust.sum())})
 
 
