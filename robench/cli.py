@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -12,8 +12,8 @@ from typer.core import TyperGroup
 
 from . import api
 from ._version import __version__
-from .cli_output import (EvalProgress, TrainProgress, clean, err, esc, interrupted, num, out, pct, results_table, safe,
-                         short, track)
+from .cli_output import (EvalProgress, TrainProgress, check_table, clean, err, esc, info_table, interrupted,
+                         leaderboard_tables, out, results_table, safe, track, transfer_tables)
 from .errors import RobenchError
 
 
@@ -47,7 +47,7 @@ class _Group(TyperGroup):
             raise typer.Exit(130) from None
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Adversarial-robustness benchmark for PyTorch checkpoints.")
 
 
@@ -67,11 +67,38 @@ def _root(
         os.environ["ROBENCH_DEBUG"] = "1"
 
 
-TRUST = typer.Option(False, "--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling.")
-ARCH = typer.Option(None, "--arch", help="Architecture of a plain state dict (see `robench models`).")
-ACT = typer.Option(None, "--activation", help="Activation spec of a plain state dict, e.g. splash:share=channel.")
-DATASET = typer.Option(None, "--dataset", help="Dataset, for files that carry none.")
-STORE = typer.Option(None, "--store", help="Results store [default: $ROBENCH_STORE or results/robench.sqlite].")
+# Options that several commands share, each written once (as sqlite-utils' shared option groups): the
+# checkpoint options, the data slice and the run settings. `_settings` turns them into robench.api's keywords.
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling.")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state dict (see `robench models`).")]
+Activation = Annotated[Optional[str], typer.Option("--activation", help="Activation spec of a plain state dict, e.g. "
+                                                   "splash:share=channel.")]
+Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset (default: from the checkpoint).")]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset.")]
+Examples = Annotated[Optional[int], typer.Option("--n", "--examples", help="Number of test examples [default: 1000] "
+                                                 "(--examples under torchrun, whose own options take --n).")]
+Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for the subset, random starts, AutoAttack and Square "
+                                             "[default: 0].")]
+Norm = Annotated[Optional[str], typer.Option("--norm", help="Linf or L2 [default: Linf].")]
+Sweep = Annotated[Optional[list[str]], typer.Option("--eps", help="Budget, e.g. 8/255; repeat for a sweep.")]
+BatchSize = Annotated[Optional[str], typer.Option("--batch-size", help="auto or a number [default: auto].")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+StorePath = Annotated[Optional[Path], typer.Option("--store", help="Results store [default: $ROBENCH_STORE or "
+                                                   "results/robench.sqlite].")]
+Table_ = Annotated[Optional[Path], typer.Option("--out", help="Also write the rows to FILE.csv or FILE.json.")]
+Force = Annotated[bool, typer.Option("--force", help="Recompute runs that are already in the store.")]
+Quiet = Annotated[bool, typer.Option("--quiet", help="No progress or table.")]
+PgdSteps = Annotated[Optional[int], typer.Option("--pgd-steps", help="PGD steps [default: 20].")]
+PgdRestarts = Annotated[Optional[int], typer.Option("--pgd-restarts", help="PGD restarts [default: 1].")]
+
+
+def _settings(trust: bool = False, force: bool = False, **given) -> dict:
+    """The shared options as robench.api keywords: paths as strings, flags left unset unless given (so a
+    suite file's value stands), the out file under its API name."""
+    kw = {k: str(v) if isinstance(v, Path) else v for k, v in given.items()}
+    if "out_file" in kw:
+        kw["out"] = kw.pop("out_file")
+    return dict(kw, trust_checkpoint=trust or None, force=force or None)
 
 
 @app.command()
@@ -99,8 +126,7 @@ def activations():
 @app.command()
 def info(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file (.pt, .safetensors, .pt2)."),
-    trust: bool = TRUST, arch: Optional[str] = ARCH, activation: Optional[str] = ACT,
-    dataset: Optional[str] = DATASET,
+    trust: Trust = False, arch: Arch = None, activation: Activation = None, dataset: Dataset = None,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
     """Show a checkpoint's metadata, parameter count and learned activation parameters."""
@@ -108,60 +134,34 @@ def info(
     if as_json:
         out.print_json(json.dumps(d, default=str))
         return
-    meta = d["meta"]
-    t = Table(show_header=False, box=None)
-    t.add_row("file", safe(d["path"]))
-    t.add_row("sha256", d["sha256"])
-    t.add_row("format", d["format"])
-    t.add_row("parameters", f"{d['parameters']:,}")
-    for key in ("name", "arch", "activation", "dataset", "num_classes", "input_shape", "mean", "std", "notes"):
-        if meta.get(key) is not None:
-            t.add_row(key, safe(meta[key]))
-    for key, val in (meta.get("recipe") or {}).items():
-        t.add_row(safe(f"recipe.{key}"), safe(val))
-    out.print(t)
-    for a in d["activations"]:
-        vals = "; ".join(f"{k}={short(v)}" for k, v in a["values"].items())
-        out.print(clean(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}"), markup=False)
+    info_table(d)
 
 
 @app.command("eval")
 def eval_(
     checkpoints: list[Path] = typer.Argument(None, help="Checkpoint files to evaluate."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
-    n: Optional[int] = typer.Option(None, "--n", "--examples", help="Number of test examples [default: 1000] "
-                                    "(--examples under torchrun, whose own options take --n)."),
+    dataset: Dataset = None, data_dir: DataDir = None, n: Examples = None,
     subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for random starts, AutoAttack, subsets [default: 0]."),
-    norm: Optional[str] = typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
-    eps: Optional[list[str]] = typer.Option(None, "--eps", help="Budget, e.g. 8/255; repeat for a sweep."),
+    seed: Seed = None, norm: Norm = None, eps: Sweep = None,
     attack: Optional[list[str]] = typer.Option(None, "--attack", help="pgd, fgsm, autoattack[:plus|:rand], "
                                                "apgd-ce ... square, fb:NAME(k=v); repeat for a cascade."),
-    pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="PGD steps [default: 20]."),
-    pgd_restarts: Optional[int] = typer.Option(None, "--pgd-restarts", help="PGD restarts [default: 1]."),
+    pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
     pgd_step_size: Optional[str] = typer.Option(None, "--pgd-step-size", help="PGD step size [default: 2.5*eps/steps]."),
     pgd_loss: Optional[str] = typer.Option(None, "--pgd-loss", help="ce, dlr or margin [default: ce]."),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    store: Optional[Path] = STORE,
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the table to FILE.csv or FILE.json."),
+    batch_size: BatchSize = None, device: Device = None, store: StorePath = None, out_file: Table_ = None,
     config: Optional[Path] = typer.Option(None, "--config", help="TOML suite file with the same settings, "
                                           "or several [[run]] tables."),
     jobs: Optional[int] = typer.Option(None, "--jobs", help="Worker processes, each running whole checkpoint x "
                                        "run tasks [default: 1]."),
-    force: bool = typer.Option(False, "--force", help="Recompute a run that is already in the store."),
-    trust: bool = TRUST, arch: Optional[str] = ARCH, activation: Optional[str] = ACT,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress or table."),
+    force: Force = False, trust: Trust = False, arch: Arch = None, activation: Activation = None,
+    quiet: Quiet = False,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON line per result row."),
 ):
     """Attack checkpoints white-box (PGD, AutoAttack, Foolbox) and report clean and robust accuracy."""
-    opts = dict(dataset=dataset, data_dir=str(data_dir) if data_dir else None, n=n, subset=subset, seed=seed,
-                norm=norm, eps=eps or None, attacks=attack or None, pgd_steps=pgd_steps,
-                pgd_restarts=pgd_restarts, pgd_step_size=pgd_step_size, pgd_loss=pgd_loss, batch_size=batch_size,
-                device=device, store=str(store) if store else None, force=force or None,
-                trust_checkpoint=trust or None, arch=arch, activation=activation,
-                out=str(out_file) if out_file else None, jobs=jobs)
+    opts = _settings(trust, force, dataset=dataset, data_dir=data_dir, n=n, subset=subset, seed=seed, norm=norm,
+                     eps=eps or None, attacks=attack or None, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+                     pgd_step_size=pgd_step_size, pgd_loss=pgd_loss, batch_size=batch_size, device=device,
+                     store=store, arch=arch, activation=activation, out_file=out_file, jobs=jobs)
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     if not api.is_main():  # under torchrun, rank 0 prints; the others only work
         api.evaluate(ckpts, config=config, **opts)
@@ -180,18 +180,6 @@ def eval_(
             out.print(f"Wrote {out_file}")
 
 
-SHARED = dict(
-    dataset=typer.Option(None, "--dataset", help="Dataset (default: from the checkpoint)."),
-    data_dir=typer.Option(None, "--data-dir", help="Folder holding the dataset."),
-    n=typer.Option(None, "--n", "--examples", help="Number of test examples [default: 1000]."),
-    seed=typer.Option(None, "--seed", help="Seed for the subset, random starts and Square [default: 0]."),
-    norm=typer.Option(None, "--norm", help="Linf or L2 [default: Linf]."),
-    batch_size=typer.Option(None, "--batch-size", help="auto or a number [default: auto]."),
-    device=typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    store=STORE,
-)
-
-
 @app.command()
 def transfer(
     source: Optional[list[Path]] = typer.Option(None, "--source", help="Surrogate checkpoint; repeat."),
@@ -206,43 +194,25 @@ def transfer(
     resize_rate: Optional[float] = typer.Option(None, "--resize-rate", help="difgsm: resize factor [default: 0.9]."),
     diversity_prob: Optional[float] = typer.Option(None, "--diversity-prob", help="difgsm: chance of the "
                                                    "resize-and-pad at each step [default: 0.5]."),
-    eps: Optional[list[str]] = typer.Option(None, "--eps", help="Budget, e.g. 0.1; repeat for a sweep."),
-    dataset: Optional[str] = SHARED["dataset"], data_dir: Optional[Path] = SHARED["data_dir"],
-    n: Optional[int] = SHARED["n"], seed: Optional[int] = SHARED["seed"], norm: Optional[str] = SHARED["norm"],
-    batch_size: Optional[str] = SHARED["batch_size"], device: Optional[str] = SHARED["device"],
-    store: Optional[Path] = SHARED["store"],
-    out_file: Optional[Path] = typer.Option(None, "--out", help="Also write the rows to FILE.csv or FILE.json."),
-    force: bool = typer.Option(False, "--force", help="Recompute pairs already in the store."),
-    trust: bool = TRUST,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress or table."),
+    eps: Sweep = None, dataset: Dataset = None, data_dir: DataDir = None, n: Examples = None, seed: Seed = None,
+    norm: Norm = None, batch_size: BatchSize = None, device: Device = None, store: StorePath = None,
+    out_file: Table_ = None, force: Force = False, trust: Trust = False, quiet: Quiet = False,
 ):
     """Black-box transfer: craft adversarial examples on surrogates, score them on targets (a source x target
     matrix; the diagonal is white-box)."""
     if all_ and (source or target):
         raise RobenchError("Use either --all or --source/--target, not both.")
-    kw = dict(all_checkpoints=[str(c) for c in all_] if all_ else None, attack=attack, ensemble=ensemble,
-              steps=steps, decay=decay, resize_rate=resize_rate, diversity_prob=diversity_prob, eps=eps or None,
-              dataset=dataset, data_dir=str(data_dir) if data_dir else None, n=n, seed=seed, norm=norm,
-              batch_size=batch_size, device=device, store=str(store) if store else None, force=force or None,
-              trust_checkpoint=trust or None, out=str(out_file) if out_file else None)
+    kw = _settings(trust, force, all_checkpoints=[str(c) for c in all_] if all_ else None, attack=attack,
+                   ensemble=ensemble, steps=steps, decay=decay, resize_rate=resize_rate, diversity_prob=diversity_prob,
+                   eps=eps or None, dataset=dataset, data_dir=data_dir, n=n, seed=seed, norm=norm,
+                   batch_size=batch_size, device=device, store=store, out_file=out_file)
     srcs, tgts = [str(c) for c in source or []], [str(c) for c in target or []]
     if quiet:
         df = api.transfer(srcs, tgts, progress=track, **kw)
         return
     with EvalProgress() as prog:
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
-    for eps_text, block in df.groupby("eps", sort=False):
-        targets = list(dict.fromkeys(block.target))
-        t = Table("source \\ target", *map(esc, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
-                  f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
-        for src, rows in block.groupby("source", sort=False):
-            cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
-                                + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
-            t.add_row(safe(src), *[safe(cells.get(x, "-")) for x in targets])
-        t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
-            f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version"))
-        t.caption_justify = "left"
-        out.print(t)
+    transfer_tables(df)
     flags = [f for f in dict.fromkeys("; ".join(df["flags"]).split("; ")) if f]
     for i, f in enumerate(flags, 1):
         out.print(clean(f"[{i}] {f}"), markup=False)
@@ -254,27 +224,23 @@ def transfer(
 def sanity(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to check."),
     eps: Optional[str] = typer.Option(None, "--eps", help="The budget under test [default: the dataset's]."),
-    dataset: Optional[str] = SHARED["dataset"], data_dir: Optional[Path] = SHARED["data_dir"],
+    dataset: Dataset = None, data_dir: DataDir = None,
     n: Optional[int] = typer.Option(200, "--n", help="Number of test examples."),
-    seed: Optional[int] = SHARED["seed"], norm: Optional[str] = SHARED["norm"],
-    pgd_steps: Optional[int] = typer.Option(None, "--pgd-steps", help="The PGD budget under test [default: 20]."),
-    pgd_restarts: Optional[int] = typer.Option(None, "--pgd-restarts", help="[default: 1]."),
+    seed: Seed = None, norm: Norm = None, pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
     strong_steps: Optional[int] = typer.Option(None, "--strong-steps", help="Steps of the stronger PGD "
                                                "[default: 5x --pgd-steps]."),
     strong_restarts: int = typer.Option(3, "--strong-restarts", help="Restarts of the stronger PGD."),
     square_queries: int = typer.Option(1000, "--square-queries", help="Query budget of Square."),
-    batch_size: Optional[str] = SHARED["batch_size"], device: Optional[str] = SHARED["device"],
-    store: Optional[Path] = SHARED["store"], trust: bool = TRUST, arch: Optional[str] = ARCH,
-    activation: Optional[str] = ACT,
+    batch_size: BatchSize = None, device: Device = None, store: StorePath = None, trust: Trust = False,
+    arch: Arch = None, activation: Activation = None,
 ):
     """Run the gradient-masking checklist (Carlini et al. 2019, AutoAttack's checks) on one checkpoint;
     exit 1 when a check flags it."""
     res = api.sanity(str(checkpoint), strong_steps=strong_steps, strong_restarts=strong_restarts,
-                     square_queries=square_queries, eps=[eps] if eps else None, dataset=dataset,
-                     data_dir=str(data_dir) if data_dir else None, n=n, seed=seed, norm=norm, pgd_steps=pgd_steps,
-                     pgd_restarts=pgd_restarts, batch_size=batch_size, device=device,
-                     store=str(store) if store else None, trust_checkpoint=trust or None, arch=arch,
-                     activation=activation)
+                     square_queries=square_queries,
+                     **_settings(trust, eps=[eps] if eps else None, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
+                                 norm=norm, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
+                                 device=device, store=store, arch=arch, activation=activation))
     t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {esc(res['model'])}")
     for r in res["checks"].itertuples():
         t.add_row(r.check, r.eps or "-", "[bold red]FLAG[/]" if r.status == "flag" else "[green]ok[/]", safe(r.evidence))
@@ -344,33 +310,19 @@ def train(
 
 @app.command()
 def leaderboard(
-    store: Optional[Path] = STORE,
+    store: StorePath = None,
     out_dir: Path = typer.Option(Path("leaderboard"), "--out", help="Folder to write."),
 ):
     """Write RobustBench-style leaderboards (CSV, model_info JSON, README.md) from the results store."""
-    from .reporting.leaderboard import shown_eps
-
     res = api.leaderboard(str(store) if store else None, out_dir)
-    for (dataset, norm), df in res["boards"].items():
-        for eps in shown_eps(df):
-            block = df[df.eps == eps]
-            t = Table("rank", title=f"{dataset} {norm} eps {eps}")
-            t.add_column("model", overflow="fold", min_width=max(len(m) for m in block.model_id))
-            for head in ("training", "clean", "AutoAttack", "PGD", "transfer", "best known", "n", "flagged"):
-                t.add_column(head)
-            t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
-            for r in block.itertuples():
-                t.add_row(str(r.rank), safe(r.model_id), safe(r.training_method), num(r.clean_acc),
-                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc), num(r.best_known_acc),
-                          str(r.n), "yes" if r.unreliable else "no")
-            out.print(t)
+    leaderboard_tables(res["boards"])
     out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
 
 
 @app.command("export")
 def export_(
     archive: Path = typer.Argument(..., help="The archive to write (.jsonl.gz)."),
-    store: Optional[Path] = STORE,
+    store: StorePath = None,
 ):
     """Write the store's finished runs, with every per-example outcome, to a compressed archive to commit
     or share."""
@@ -381,7 +333,7 @@ def export_(
 @app.command("import")
 def import_(
     archive: Path = typer.Argument(..., help="An archive written by `robench export`."),
-    store: Optional[Path] = STORE,
+    store: StorePath = None,
 ):
     """Add the runs of an archive to the store; runs the store already finished are kept as they are."""
     res = api.import_results(archive, str(store) if store else None)
@@ -397,36 +349,23 @@ def check(
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level a drop must reach to fail."),
     store: Optional[Path] = typer.Option(None, "--store", help="Store holding the baseline's per-example outcomes "
                                          "(paired test) [default: $ROBENCH_STORE or results/robench.sqlite]."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
+    device: Device = None, data_dir: DataDir = None,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
-    trust: bool = TRUST,
-    quiet: bool = typer.Option(False, "--quiet", help="No progress."),
+    trust: Trust = False, quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
     if not 0 < alpha < 1 or tolerance < 0:
         raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
-    kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device,
+    kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device or "auto",
               data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)
     if quiet:
         res = api.check(baseline, ckpts, progress=track, **kw)
     else:
         with EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
-    table = res["table"]
-    t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
-              title=f"robench check against {esc(baseline)} (tolerance {tolerance} points, alpha {alpha})")
-    for r in table.itertuples():
-        verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
-        n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"
-        t.add_row(safe(r.model_id + (" (changed)" if r.checkpoint == "changed" else "")), safe(r.eps), r.metric,
-                  f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
-    tests = sorted(set(table.test)) if len(table) else []
-    t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
-    t.caption_justify = "left"
-    out.print(t)
+    out.print(check_table(res["table"], baseline, tolerance, alpha))
     failed = res["table"][res["table"].verdict == "fail"]
     if len(failed):
         out.print(f"{len(failed)} of {len(res['table'])} checks failed: "

@@ -2,8 +2,8 @@
 message. The commands in cli.py call these; nothing here computes a result."""
 from __future__ import annotations
 
+import json
 import os
-
 import unicodedata
 
 from rich.console import Console
@@ -170,3 +170,72 @@ def short(v) -> str:
         head = ", ".join(f"{x:.4g}" for x in v[:8])
         return f"[{head}{', ...' if len(v) > 8 else ''}]"
     return f"{v:.4g}"
+
+
+def info_table(d: dict) -> None:
+    """A checkpoint's metadata, recipe and learned activation parameters."""
+    meta = d["meta"]
+    t = Table(show_header=False, box=None)
+    t.add_row("file", safe(d["path"]))
+    t.add_row("sha256", d["sha256"])
+    t.add_row("format", d["format"])
+    t.add_row("parameters", f"{d['parameters']:,}")
+    for key in ("name", "arch", "activation", "dataset", "num_classes", "input_shape", "mean", "std", "notes"):
+        if meta.get(key) is not None:
+            t.add_row(key, safe(meta[key]))
+    for key, val in (meta.get("recipe") or {}).items():
+        t.add_row(safe(f"recipe.{key}"), safe(val))
+    out.print(t)
+    for a in d["activations"]:
+        vals = "; ".join(f"{k}={short(v)}" for k, v in a["values"].items())
+        out.print(clean(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}"), markup=False)
+
+
+def transfer_tables(df) -> None:
+    """One source x target matrix per eps: robust accuracy with its interval and the attack success rate."""
+    for eps_text, block in df.groupby("eps", sort=False):
+        targets = list(dict.fromkeys(block.target))
+        t = Table("source \\ target", *map(esc, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
+                  f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
+        for src, rows in block.groupby("source", sort=False):
+            cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
+                                + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
+            t.add_row(safe(src), *[safe(cells.get(x, "-")) for x in targets])
+        t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
+            f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version"))
+        t.caption_justify = "left"
+        out.print(t)
+
+
+def leaderboard_tables(boards: dict) -> None:
+    """Each leaderboard at each eps it shows."""
+    from .reporting.leaderboard import shown_eps
+
+    for (dataset, norm), df in boards.items():
+        for eps in shown_eps(df):
+            block = df[df.eps == eps]
+            t = Table("rank", title=f"{dataset} {norm} eps {eps}")
+            t.add_column("model", overflow="fold", min_width=max(len(m) for m in block.model_id))
+            for head in ("training", "clean", "AutoAttack", "PGD", "transfer", "best known", "n", "flagged"):
+                t.add_column(head)
+            t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
+            for r in block.itertuples():
+                t.add_row(str(r.rank), safe(r.model_id), safe(r.training_method), num(r.clean_acc),
+                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc), num(r.best_known_acc),
+                          str(r.n), "yes" if r.unreliable else "no")
+            out.print(t)
+
+
+def check_table(table, baseline, tolerance: float, alpha: float) -> Table:
+    """robench check's comparison, model by model."""
+    t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
+              title=f"robench check against {esc(baseline)} (tolerance {tolerance} points, alpha {alpha})")
+    for r in table.itertuples():
+        verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
+        n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"
+        t.add_row(safe(r.model_id + (" (changed)" if r.checkpoint == "changed" else "")), safe(r.eps), r.metric,
+                  f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
+    tests = sorted(set(table.test)) if len(table) else []
+    t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
+    t.caption_justify = "left"
+    return t

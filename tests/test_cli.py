@@ -52,3 +52,15 @@ def test_user_errors_are_one_sentence_with_exit_code_2(tmp_path):
         assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
         assert r.output.startswith("Error: ")
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_help_shows_every_default_and_the_shared_options_alike():
+    """Defaults written as [default: ...] reach the reader (they are not read as markup), and an option
+    shared by several commands reads the same in each."""
+    helps = {cmd: " ".join(invoke(cmd, "--help").output.split()) for cmd in ("eval", "transfer", "sanity")}
+    assert "[default: 1000]" in helps["eval"] and "[default: Linf]" in helps["eval"]
+    assert "[[run]] tables" in helps["eval"]
+    line = "--norm <str> Linf or L2 [default: Linf]."
+    assert all(line in h for h in helps.values())
+    assert all("--store <path> Results store [default: $ROBENCH_STORE or results/robench.sqlite]." in h
+               for h in helps.values())
