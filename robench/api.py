@@ -167,7 +167,7 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
     report.md with its PNG figures. Returns {"files": [...], "boards": {...}}."""
     from .checkpoints import atomic_path
     from .errors import RobenchError
-    from .reporting.leaderboard import default_eps, leaderboards, markdown, model_info, results
+    from .reporting.leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, results
     from .store import Store
 
     out = Path(out)
@@ -194,7 +194,7 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
     write(out / OUTPUT_MARKER, "This folder is written by `robench leaderboard`; robench rewrites its files.\n")
     written.pop()  # first, so that a leaderboard stopped half-way still owns its folder; not a result file
     for (dataset, norm), df in boards.items():
-        write(out / f"{dataset}_{norm}.csv", df.to_csv(index=False, lineterminator="\n"))
+        write(out / f"{dataset}_{norm}.csv", df[COLUMNS].to_csv(index=False, lineterminator="\n"))
         std = default_eps(dataset, norm)
         for mid, rows in df.groupby("model_id", sort=True):
             at_std = rows[rows.eps == std]

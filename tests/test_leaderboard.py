@@ -116,3 +116,28 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
         assert f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row, row
         assert f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]" in row, row
     assert "### Between training runs at Linf eps 0.1" in text
+
+
+def test_number_forward_passes_comes_from_the_randomness_check():
+    """RobustBench's number_forward_passes is 1 for a model the store found deterministic, and null for one
+    it found randomized at inference (how many passes its prediction needs is not known)."""
+    import torch
+
+    from helpers import tiny_model
+
+    class Randomized(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+    write_mnist_like(Path("data/fashion-mnist"), n_test=40)
+    robench.evaluate([tiny_model("relu"), Randomized(tiny_model("relu", seed=1))], dataset="fashion-mnist", n=20,
+                     eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    robench.api.leaderboard("s.sqlite", "lb")
+    infos = {p.stem: json.loads(p.read_text()) for p in Path("lb/model_info/fashion-mnist/Linf").glob("*.json")}
+    passes = {info["unreliable"]: info["number_forward_passes"] for info in infos.values()}
+    assert passes == {False: 1, True: None}, passes
+    assert all("number_forward_passes" not in info["robench"] for info in infos.values())

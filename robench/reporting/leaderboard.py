@@ -19,6 +19,7 @@ COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_m
            "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
            "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
            "config"]
+EXTRA = ["number_forward_passes"]  # in model_info, not in the CSV
 METRICS = ("clean", "pgd", "autoattack", "transfer", "best_known")
 
 
@@ -45,15 +46,20 @@ def model_id(meta: dict, name: str) -> str:
 def results(db: Store) -> pd.DataFrame:
     """Every finished run x eps in the store, one row each, with the attack kind, the model metadata and
     the per-example outcomes ({idx: robust})."""
-    rows = []
+    rows, deterministic = [], {}
     with db.snapshot():  # one consistent view, even while evaluations write to the store
         for run_id in db.runs()["run_id"].tolist():
             summary, oc = summarize(db, int(run_id))
             run = db.run(int(run_id))
             meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
+            model = (run["sha256"], run["dataset"], run["norm"])
+            if model not in deterministic:  # the "randomized" check: ok, flag, or never run
+                status = db.checks(*model).query("check == 'randomized'").status.tolist()
+                deterministic[model] = status == ["ok"] if status else None
             for r in summary:
                 o = oc[oc.eps == r["eps"]]
                 rows.append({**r, "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
+                             "deterministic": deterministic[model],
                              "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
                              "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
                              "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
@@ -147,7 +153,7 @@ def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
         df = df.sort_values(["eps_value", "_aa", "best_known_acc", "clean_acc", "model_id"],
                             ascending=[True, False, False, False, True], kind="mergesort")
         df["rank"] = df.groupby("eps_value").cumcount() + 1
-        out[(dataset, norm)] = df[COLUMNS].reset_index(drop=True)
+        out[(dataset, norm)] = df[COLUMNS + EXTRA].reset_index(drop=True)
     return out
 
 
@@ -181,6 +187,9 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -
         "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
         "flags": "; ".join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
         "config": json.dumps(run_config(m), sort_keys=True),
+        # RobustBench's field: one pass gives a deterministic model's prediction; for a model the store found
+        # randomized, or never checked, the store cannot say how many passes its prediction needs
+        "number_forward_passes": 1 if m["deterministic"].eq(True).all() else None,
     }
 
 
@@ -206,12 +215,14 @@ def model_info(row: pd.Series) -> dict:
     """RobustBench's model_info fields (same names and types), then robench's own."""
     info = {
         "link": "", "name": row["name"], "authors": "", "additional_data": bool(row["additional_data"]),
-        "number_forward_passes": 1, "dataset": row["dataset"], "venue": row["venue"],
+        "number_forward_passes": None if pd.isna(row["number_forward_passes"]) else int(row["number_forward_passes"]),
+        "dataset": row["dataset"], "venue": row["venue"],
         "architecture": row["architecture"], "eps": row["eps"], "clean_acc": _s(row["clean_acc"]),
         "reported": "", "autoattack_acc": _s(row["autoattack_acc"]), "external": _s(row["best_known_acc"]),
         "footnote": row["flags"], "unreliable": bool(row["unreliable"]),
     }
-    info["robench"] = {k: _plain(v) for k, v in row.items() if k not in ("name", "dataset", "eps", "architecture")}
+    info["robench"] = {k: _plain(v) for k, v in row.items() if k in COLUMNS
+                       and k not in ("name", "dataset", "eps", "architecture")}
     return info
 
 
