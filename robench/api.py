@@ -1,7 +1,6 @@
 """The Python API that the CLI and users call. Works and returns data; never prints."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .checkpoints import Checkpoint, checkpoint_info, load_checkpoint
@@ -48,7 +47,9 @@ def evaluate(checkpoints, *, config: str | Path | None = None, **options):
     cfgs = [_eval_config({**run, **given}, checkpoints) for run in runs]
     out = cfgs[0].out
     if out:
-        _check_table_path(out)
+        from .reporting.publish import check_table_path
+
+        check_table_path(out)
     df = evaluate_many(cfgs, jobs=max(int(c.jobs) for c in cfgs), progress=progress)
     if out and is_main():  # under torchrun, rank 0 alone holds the results
         write_table(df, out)
@@ -98,7 +99,9 @@ def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = 
                                  diversity_prob=diversity_prob)
     cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
     if out:
-        _check_table_path(out)
+        from .reporting.publish import check_table_path
+
+        check_table_path(out)
     src = _expand(list(all_checkpoints or sources or []))
     df = run(src, _expand(list(targets or [])), cfg, attack=atk, ensemble=ensemble, all_pairs=bool(all_checkpoints),
              progress=progress)
@@ -165,65 +168,9 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
     """Write RobustBench-style leaderboards from the store into ``out``: <dataset>_<norm>.csv,
     model_info/<dataset>/<norm>/<model id>.json, README.md, and (with ``report``) the activation comparison
     report.md with its PNG figures. Returns {"files": [...], "boards": {...}}."""
-    from .checkpoints import atomic_path
-    from .errors import RobenchError
-    from .reporting.leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, results
-    from .store import Store
+    from .reporting.publish import write_leaderboard
 
-    out = Path(out)
-    _check_output_folder(out)
-    with Store(store, readonly=True) as db:
-        res = results(db)
-    boards = leaderboards(res)
-    if not boards:
-        if db.version < 3:
-            raise RobenchError(f"The store {db.path} was written before robench recorded which data each run "
-                               "read, so none of its runs is trusted; run `robench eval` on it once to migrate it "
-                               "and recompute them.")
-        raise RobenchError(f"The store {db.path} holds no finished runs; run `robench eval` first.")
-    written = []
-
-    def write(path: Path, text: str):
-        try:
-            with atomic_path(path) as tmp:
-                tmp.write_text(text)
-        except OSError as e:
-            raise RobenchError(f"Cannot write {path} ({e.strerror}); pass --out with a writable folder.") from None
-        written.append(path)
-
-    write(out / OUTPUT_MARKER, "This folder is written by `robench leaderboard`; robench rewrites its files.\n")
-    written.pop()  # first, so that a leaderboard stopped half-way still owns its folder; not a result file
-    for (dataset, norm), df in boards.items():
-        write(out / f"{dataset}_{norm}.csv", df[COLUMNS].to_csv(index=False, lineterminator="\n"))
-        std = default_eps(dataset, norm)
-        for mid, rows in df.groupby("model_id", sort=True):
-            at_std = rows[rows.eps == std]
-            row = (at_std if len(at_std) else rows).iloc[0]
-            write(out / "model_info" / dataset / norm / f"{mid}.json",
-                  json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
-    if report:
-        from .reporting.compare import report as compare_report
-
-        text, figures = compare_report(res, out)
-        written += figures
-        write(out / "report.md", text)
-    write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
-    return {"files": written, "boards": boards}
-
-
-OUTPUT_MARKER = ".robench-leaderboard"
-
-
-def _check_output_folder(out: Path) -> None:
-    """robench writes into a new or empty folder, or one it wrote before (it holds the marker file); it
-    never overwrites a file of the user's."""
-    from .errors import RobenchError
-
-    if out.exists() and not out.is_dir():
-        raise RobenchError(f"{out} is a file, not a folder; pass --out with a folder for the leaderboard.")
-    if out.is_dir() and not (out / OUTPUT_MARKER).is_file() and any(out.iterdir()):
-        raise RobenchError(f"{out} holds files that robench did not write, which a leaderboard would overwrite; "
-                           "pass --out with a new or empty folder.")
+    return write_leaderboard(store, Path(out), report)
 
 
 def export_results(store: str | Path | None, out: str | Path) -> dict:
@@ -250,87 +197,19 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
     CSV recorded and compare model by model. Returns {"table": DataFrame, "failed": bool, "models": {...}};
     a checkpoint with a new sha256 is matched by its model id and reported as changed. The baseline's
     per-example outcomes are read from ``store`` when it holds them (paired test)."""
-    import tempfile
-
-    from .checkpoints import atomic_path
-    from .engine.jobs import evaluate_many
     from .errors import RobenchError
-    from .reporting.leaderboard import model_id, results
-    from .reporting.regression import compare, junit_xml, read_baseline, runs_of
-    from .store import Store, store_path
+    from .reporting.regression import run_check
 
-    base_csv = read_baseline(baseline)
-    models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
-    if checkpoints:
-        for c in [checkpoints] if isinstance(checkpoints, (str, Path)) else checkpoints:
-            ck = load_checkpoint(c, trust=trust)
-            hit = base_csv[base_csv.sha256 == ck.sha256]
-            if hit.empty:
-                hit = base_csv[(base_csv.model_id == model_id(ck.meta, ck.name)) | (base_csv.name == ck.name)]
-            if hit.empty:
-                raise RobenchError(f"{c} matches no model of {baseline} by sha256 or by name.")
-            models[hit.iloc[0]["model_id"]] = ck
-    else:
-        for mid, rows in base_csv.groupby("model_id", sort=True):
-            path = rows.iloc[0]["checkpoint"]
-            if not path or not Path(path).exists():
-                raise RobenchError(f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
-                                   "not exist here; name the checkpoints to check.")
-            models[mid] = load_checkpoint(path, trust=trust)
-    with tempfile.TemporaryDirectory() as tmp:
-        tasks = []
-        for mid, ck in models.items():
-            rows = base_csv[base_csv.model_id == mid]
-            data, runs = runs_of(rows)
-            for run in runs:
-                cfg = _eval_config(dict(dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"], data_dir=data_dir,
-                                        n=run["n"], eps=run["eps"], attacks=run["attacks"],
-                                        batch_size=run["batch_size"], device=device,
-                                        store=str(Path(tmp) / "check.sqlite"), **data), None)
-                cfg.checkpoints = [ck]
-                tasks.append(cfg)
-        evaluate_many(tasks, progress=progress)
-        with Store(Path(tmp) / "check.sqlite", readonly=True) as db:
-            now = results(db)
-    base = None
-    if store_path(store).exists():
-        with Store(store, readonly=True) as db:
-            base = results(db)
-    mapping = {ck.sha256: mid for mid, ck in models.items()}
-    table = compare(base_csv, now, mapping, base, tolerance, alpha)
-    if junit:
-        with atomic_path(Path(junit)) as tmp:
-            tmp.write_text(junit_xml(table, tolerance, alpha))
-    if json_out:
-        with atomic_path(Path(json_out)) as tmp:
-            tmp.write_text(json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
-                                       "failed": bool((table.verdict == "fail").any()),
-                                       "rows": table.to_dict(orient="records")}, indent=2) + "\n")
-    return {"table": table, "failed": bool((table.verdict == "fail").any()),
-            "models": {mid: ck.sha256 for mid, ck in models.items()}}
-
-
-def _check_table_path(path) -> Path:
-    from .errors import RobenchError
-
-    path = Path(path)
-    if path.suffix not in (".csv", ".json"):
-        raise RobenchError(f"--out must end in .csv or .json, not {path.name}.")
-    return path
+    if not 0 < alpha < 1 or tolerance < 0:
+        raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
+    single = isinstance(checkpoints, (str, Path))
+    return run_check(baseline, [checkpoints] if single else checkpoints, tolerance=tolerance, alpha=alpha,
+                     store=store, device=device, data_dir=data_dir, trust=trust, junit=junit, json_out=json_out,
+                     progress=progress)
 
 
 def write_table(df, path: str | Path) -> Path:
     """Write a results table as CSV or JSON, atomically (temp file + rename)."""
-    from .checkpoints import atomic_path
-    from .errors import RobenchError
+    from .reporting.publish import write_table as write
 
-    path = _check_table_path(path)
-    try:
-        with atomic_path(path) as tmp:
-            if path.suffix == ".csv":
-                df.to_csv(tmp, index=False)
-            else:
-                df.to_json(tmp, orient="records", indent=2)
-    except OSError as e:
-        raise RobenchError(f"Cannot write {path} ({e.strerror}).") from None
-    return path
+    return write(df, path)

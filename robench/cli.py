@@ -355,8 +355,6 @@ def check(
     trust: Trust = False, quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
-    if not 0 < alpha < 1 or tolerance < 0:
-        raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device or "auto",
               data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)

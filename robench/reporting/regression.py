@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pandas as pd
 
+from ..checkpoints import Checkpoint, atomic_path, load_checkpoint
+from ..config import EvalConfig
+from ..engine.jobs import evaluate_many
 from ..errors import RobenchError
-from .leaderboard import COLUMNS, METRICS, outcome_sets
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
+from ..store import Store, store_path
+from .leaderboard import COLUMNS, METRICS, model_id, outcome_sets, results
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
 N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",
@@ -118,3 +123,61 @@ def junit_xml(table: pd.DataFrame, tolerance: float, alpha: float) -> str:
                 f"p={r.p:.3g}, {r.test}); the tolerance is {tolerance} points at alpha {alpha}"))
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: float, alpha: float,
+              store: str | Path | None, device: str, data_dir: str | None, trust: bool, junit: str | Path | None,
+              json_out: str | Path | None, progress=None) -> dict:
+    """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
+    own, and compared model by model (see robench.api.check)."""
+    base_csv = read_baseline(baseline)
+    models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
+    if checkpoints:
+        for c in checkpoints:
+            ck = load_checkpoint(c, trust=trust)
+            hit = base_csv[base_csv.sha256 == ck.sha256]
+            if hit.empty:
+                hit = base_csv[(base_csv.model_id == model_id(ck.meta, ck.name)) | (base_csv.name == ck.name)]
+            if hit.empty:
+                raise RobenchError(f"{c} matches no model of {baseline} by sha256 or by name.")
+            models[hit.iloc[0]["model_id"]] = ck
+    else:
+        for mid, rows in base_csv.groupby("model_id", sort=True):
+            path = rows.iloc[0]["checkpoint"]
+            if not path or not Path(path).exists():
+                raise RobenchError(f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
+                                   "not exist here; name the checkpoints to check.")
+            models[mid] = load_checkpoint(path, trust=trust)
+    with tempfile.TemporaryDirectory() as tmp:
+        tasks = []
+        for mid, ck in models.items():
+            rows = base_csv[base_csv.model_id == mid]
+            data, runs = runs_of(rows)
+            for run in runs:
+                cfg = EvalConfig.checked(dict(dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"],
+                                              data_dir=data_dir, n=run["n"], eps=run["eps"], attacks=run["attacks"],
+                                              batch_size=run["batch_size"], device=device,
+                                              store=str(Path(tmp) / "check.sqlite"), **data))
+                cfg.checkpoints = [ck]
+                tasks.append(cfg)
+        evaluate_many(tasks, progress=progress)
+        with Store(Path(tmp) / "check.sqlite", readonly=True) as db:
+            now = results(db)
+    base = None
+    if store_path(store).exists():
+        with Store(store, readonly=True) as db:
+            base = results(db)
+    mapping = {ck.sha256: mid for mid, ck in models.items()}
+    table = compare(base_csv, now, mapping, base, tolerance, alpha)
+    if junit:
+        with atomic_path(Path(junit)) as tmp:
+            tmp.write_text(junit_xml(table, tolerance, alpha))
+    if json_out:
+        with atomic_path(Path(json_out)) as tmp:
+            tmp.write_text(json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
+                                       "failed": bool((table.verdict == "fail").any()),
+                                       "rows": table.to_dict(orient="records")}, indent=2) + "\n")
+    return {"table": table, "failed": bool((table.verdict == "fail").any()),
+            "models": {mid: ck.sha256 for mid, ck in models.items()}}
+
+
