@@ -129,7 +129,8 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
-    from .checkpoints import save_checkpoint, sha256_file
+    from .checkpoints import save_checkpoint
+    from .files import sha256_file
     from .config import TrainConfig, check_counts, check_keys, check_types
     from .errors import RobenchError
     from .training.train import check, fit

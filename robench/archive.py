@@ -38,7 +38,7 @@ def _expand(ranges) -> list[int]:
 def export_results(store: str | Path | None, out: str | Path) -> dict:
     """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
     checks to ``out`` (.jsonl.gz). Returns {"runs", "checks", "path"}."""
-    from .checkpoints import atomic_path
+    from .files import atomic_path
 
     out = Path(out)
     if not out.name.endswith(".jsonl.gz"):

@@ -11,14 +11,10 @@ Formats read:
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +24,7 @@ from torch import nn
 from ._version import __version__
 from .data import dataset_info
 from .errors import RobenchError
+from .files import atomic_path, sha256_file
 from .metadata import check_meta, model_card as _model_card, parse_meta
 from .nn.activations import activation_modules, parse_activation
 from .nn.architectures import Normalized, create_model
@@ -49,38 +46,6 @@ class Checkpoint:
     @property
     def name(self) -> str:
         return self.meta.get("name") or (self.path.stem if self.path else "model")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary path beside ``path``; rename it over ``path`` only when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        # mkstemp makes the file 0600; the written file gets the usual permissions (the one it replaces
-        # keeps its own), as if it had been opened with open()
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -------------------------------------------------------------------------------------------- save

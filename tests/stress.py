@@ -276,7 +276,7 @@ class Stress:
 
 
 def _rows_of(store: Path, ckpt: Path) -> int:
-    from robench.checkpoints import sha256_file
+    from robench.files import sha256_file
 
     return table(store, "SELECT COUNT(*) FROM outcomes JOIN runs USING (run_id) WHERE sha256='%s'"
                  % sha256_file(ckpt))[0][0]
@@ -287,7 +287,7 @@ def _reset(store: Path, ckpt: Path) -> None:
     (as `--force` would; the reference comparison at the end covers the rerun)."""
     con = sqlite3.connect(store, timeout=60)
     try:
-        from robench.checkpoints import sha256_file
+        from robench.files import sha256_file
 
         sha = sha256_file(ckpt)
         with con:

@@ -8,7 +8,7 @@ import robench
 # Bottom to top. A module may import from its own layer or any layer below it. checkpoints sits above nn
 # (loading a checkpoint builds its architecture), and archive beside reporting (both read the store).
 LAYERS = [
-    ["robench._version", "robench.errors", "robench.stats", "robench.norms"],
+    ["robench._version", "robench.errors", "robench.stats", "robench.norms", "robench.files"],
     ["robench.config"],
     ["robench.store", "robench.metadata", "robench.pt2", "robench.data"],
     ["robench.nn"],

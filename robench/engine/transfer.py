@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from ..attacks.transfer import Ensemble, TransferAttack
-from ..checkpoints import atomic_path
+from ..files import atomic_path
 from ..config import EvalConfig, parse_norm
 from ..errors import RobenchError
 from ..norms import project

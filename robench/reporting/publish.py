@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..checkpoints import atomic_path
+from ..files import atomic_path
 from ..errors import RobenchError
 from ..store import Store
 from .compare import report as compare_report

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..checkpoints import Checkpoint, atomic_path, load_checkpoint
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..files import atomic_path
 from ..config import EvalConfig
 from ..engine.jobs import evaluate_many
 from ..errors import RobenchError

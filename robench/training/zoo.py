@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoints import atomic_path, load_checkpoint, save_checkpoint
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..files import atomic_path
 from ..config import TrainConfig, check_counts, check_keys, check_types, read_toml
 from ..errors import RobenchError
 from ..nn.activations import parse_activation
