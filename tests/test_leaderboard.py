@@ -121,17 +121,7 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
 def test_number_forward_passes_comes_from_the_randomness_check():
     """RobustBench's number_forward_passes is 1 for a model the store found deterministic, and null for one
     it found randomized at inference (how many passes its prediction needs is not known)."""
-    import torch
-
-    from helpers import tiny_model
-
-    class Randomized(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+    from helpers import Randomized, tiny_model
 
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
     robench.evaluate([tiny_model("relu"), Randomized(tiny_model("relu", seed=1))], dataset="fashion-mnist", n=20,

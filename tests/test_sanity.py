@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 import robench
 from conftest import requires_fmnist
+from helpers import Randomized
 from robench.cli import app
 from robench.store import Store
 from robench.stats import binom_above
@@ -39,17 +40,6 @@ class Quantized(torch.nn.Module):
 
     def forward(self, x):
         return self.net(torch.round(x * 8) / 8)
-
-
-class Randomized(torch.nn.Module):
-    """Adds fresh Gaussian noise to every input at inference."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
 
 
 class StraightThrough(torch.nn.Module):
