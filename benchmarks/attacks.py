@@ -8,6 +8,9 @@ Same model, inputs, batch size and budget for every library:
 - AutoAttack standard on one full batch: robench's `autoattack` vs pyautoattack's
   run_standard_evaluation, with the per-example outcomes compared;
 - an eps sweep of 5 values: robench's one sweep vs Foolbox's run per eps;
+- robench's `fast` vs official AutoAttack (both through robench) on one full batch, with the examples
+  AutoAttack breaks and fast does not listed by index, and the reverse count;
+- PGD with a fixed step (eps/4) at 1,000 steps with and without cycle detection, outcomes compared;
 - scaling: robench PGD time and peak memory against n and against steps.
 Prints medians over the repeats and ratios (their time / ours; the ratio of medians, and the range of the
 ratios within each interleaved round, which a drifting machine disturbs least) and writes
@@ -174,7 +177,7 @@ def main(argv=None):
     ap.add_argument("--aa-repeats", type=int, default=3, help="AutoAttack runs of each library [default: 3]")
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds of PGD and the sweep [default: 5]")
-    ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep or scaling")
+    ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep, fast, cycles or scaling")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -242,6 +245,34 @@ def main(argv=None):
                   "pyautoattack": 100 * direct[2].float().mean().item()}
         record(f"autoattack-standard (n={m})", "robench", ours[:2], {"pyautoattack": direct[:2]}, robust)
         res["results"][f"autoattack-standard (n={m})"]["identical_outcomes"] = same
+    if "fast" not in args.skip:
+        # robench's fast (APGD-CE, then APGD-T on MALT's targets) against official AutoAttack run through
+        # robench: same model, examples and batch; the per-example outcomes compared both ways
+        m = min(args.aa_n or bs, n)
+        xa, ya = x[:m], y[:m]
+        atks = {"autoattack": create_attack("autoattack", batch_size=bs), "fast": create_attack("fast", batch_size=bs)}
+        t = timed({k: (lambda a=a: robench_run(model, xa, ya, bs, device, a, [eps])) for k, a in atks.items()},
+                  device, args.aa_repeats, warm_up=False)
+        ours, aa = t["fast"], t["autoattack"]
+        r_fast, r_aa = ours[2][eps.text], aa[2][eps.text]
+        key = f"fast-vs-autoattack (n={m})"
+        record(key, "fast", ours[:2], {"autoattack": aa[:2]},
+               {"fast": 100 * r_fast.float().mean().item(), "autoattack": 100 * r_aa.float().mean().item()})
+        res["results"][key]["autoattack_breaks_fast_not"] = (~r_aa & r_fast).nonzero()[:, 0].tolist()
+        res["results"][key]["fast_breaks_autoattack_not"] = int((r_aa & ~r_fast).sum())
+    if "cycles" not in args.skip:
+        # PGD with a fixed step at 1,000 steps, with and without cycle detection: identical outcomes
+        m = min(args.aa_n or bs, n)
+        runs = {c: create_attack(f"pgd(steps=1000,step_size={eps.value / 4!r},cycles={c})", batch_size=bs)
+                for c in (True, False)}
+        t = timed({f"cycles={c}": (lambda a=a: robench_run(model, x[:m], y[:m], bs, device, a, [eps]))
+                   for c, a in runs.items()}, device, 1)
+        on, off = t["cycles=True"], t["cycles=False"]
+        key = f"pgd-1000-fixed-step-cycles (n={m})"
+        record(key, "cycles=True", on[:2], {"cycles=False": off[:2]},
+               {"cycles=True": 100 * on[2][eps.text].float().mean().item(),
+                "cycles=False": 100 * off[2][eps.text].float().mean().item()})
+        res["results"][key]["identical_outcomes"] = bool(torch.equal(on[2][eps.text], off[2][eps.text]))
     if "scaling" not in args.skip:
         rows = []
         for n_s, steps in ((n // 4, 20), (n // 2, 20), (n, 20), (n, 10), (n, 40)):

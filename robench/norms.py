@@ -125,6 +125,12 @@ def random_starts(x: torch.Tensor, eps: float, norm: str | Norm, seeds: list[int
     each example draws from a generator of its own seed (so a start does not depend on how examples are
     batched; only the draws are per example, the arithmetic is batched). Drawn on the CPU, so CPU and GPU
     runs start alike."""
+    d = random_points(x, eps, norm, seeds)
+    return (x + d).clamp(0, 1) - x
+
+
+def random_points(x: torch.Tensor, eps: float, norm: str | Norm, seeds: list[int] | torch.Generator) -> torch.Tensor:
+    """``random_starts`` before the [0, 1] box: points of the eps ball, on ``x``'s device."""
     norm = get_norm(norm)
     if isinstance(seeds, torch.Generator):
         draws = norm.draw(tuple(x.shape), seeds)
@@ -132,5 +138,4 @@ def random_starts(x: torch.Tensor, eps: float, norm: str | Norm, seeds: list[int
         one = (1,) + tuple(x.shape[1:])
         per = [norm.draw(one, torch.Generator().manual_seed(s)) for s in seeds]
         draws = tuple(torch.cat(parts) for parts in zip(*per))
-    d = norm.start(draws, eps).to(x.device, x.dtype)
-    return (x + d).clamp(0, 1) - x
+    return norm.start(draws, eps).to(x.device, x.dtype)

@@ -2,6 +2,6 @@
 classes where they are defined, in this order, which is the order error messages list them); build attacks
 through ``registry.create_attack`` and ``registry.create_transfer_attack``."""
 from . import pgd
-from . import autoattack, foolbox, transfer
+from . import apgd, autoattack, foolbox, transfer
 
-__all__ = ["pgd", "autoattack", "foolbox", "transfer"]
+__all__ = ["pgd", "apgd", "autoattack", "foolbox", "transfer"]

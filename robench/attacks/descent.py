@@ -51,6 +51,21 @@ def labels_loss(y: torch.Tensor, loss: str, target: torch.Tensor | None = None):
     return lambda z, live: attack_loss(z, y[live], loss, target[live] if target is not None else None)
 
 
+_MULTIPLIERS: dict = {}
+CYCLE_WINDOW = 32  # an iterate is compared with the last 32: a longer cycle runs on (slower, never wrong)
+
+
+def _fingerprint(d: torch.Tensor) -> torch.Tensor:
+    """(batch, 2) fingerprints of each example's perturbation: two random projections in float64. Equal
+    perturbations give equal fingerprints; two different ones share both only by a coincidence of about
+    2**-100, so no example is ever stopped by mistake."""
+    key = (d[0].numel(), str(d.device))
+    if key not in _MULTIPLIERS:
+        g = torch.Generator().manual_seed(20251)
+        _MULTIPLIERS[key] = torch.randn(key[0], 2, generator=g, dtype=torch.float64).to(d.device)
+    return d.detach().flatten(1).double() @ _MULTIPLIERS[key]
+
+
 @dataclass
 class Ascent:
     """``steps`` projected ascent steps of size ``alpha`` in the ``eps`` ball of ``norm``."""
@@ -63,17 +78,28 @@ class Ascent:
     grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None  # (gradient, live) -> direction
     inputs: Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor] | None = None  # (x + d, step, live)
     precision: str = "fp32"
+    cycles: bool = False  # with ``stop``: drop an example whose iterate repeats an earlier one (see run)
 
     def run(self, model, x: torch.Tensor, start: torch.Tensor,
             stop: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(fooled mask or None, adversarial points) from ``x + start``. With ``stop`` (the labels) an
         example stops at its first misclassified iterate (the final one included); the others end at the
-        last iterate."""
+        last iterate.
+
+        With ``cycles`` (Doldo et al. 2025, "Stop Walking in Circles!"), an example leaves the batch, not
+        fooled, as soon as its iterate equals one of its earlier iterates. Without hooks each step depends on
+        the iterate alone, so from there the run would only repeat iterates already found correctly
+        classified: the outcome is exactly that of the full run. Iterates are compared by fingerprints, each
+        with the last ``CYCLE_WINDOW`` before it."""
         norm, low = get_norm(self.norm), self.precision == "bf16"
         out = x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if stop is not None else None
         live = torch.arange(len(x), device=x.device)
         xl, yl, delta = x, stop, start.detach()
+        track = None
+        if self.cycles and stop is not None and self.grad is None and self.inputs is None:
+            track = torch.zeros(self.steps + 1, len(x), 2, dtype=torch.float64, device=x.device)
+            track[0] = _fingerprint(delta)
         for step in range(self.steps + (stop is not None)):
             delta.requires_grad_(True)
             xin = self.inputs(xl + delta, step, live) if self.inputs else xl + delta
@@ -99,5 +125,14 @@ class Ascent:
             if step == self.steps:
                 break
             delta = ascend(xl, delta, self.grad(g, live) if self.grad else g, self.alpha, self.eps, norm)
+            if track is not None:
+                h = _fingerprint(delta)
+                cycled = (track[max(0, step + 1 - CYCLE_WINDOW): step + 1, live] == h).all(2).any(0)
+                track[step + 1, live] = h
+                if cycled.any():
+                    keep = ~cycled
+                    if not keep.any():
+                        return found, out
+                    live, xl, yl, delta = live[keep], xl[keep], yl[keep], delta[keep]
         out[live] = (xl + delta).detach()
         return found, out

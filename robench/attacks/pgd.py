@@ -25,7 +25,7 @@ class PGD(Attack):
 
     def __init__(self, steps: int = 20, restarts: int = 1, step_size: float | None = None,
                  rel_step_size: float = 2.5, loss: str = "ce", random_start: bool = True,
-                 targeted: bool = False, targets: int = 9, precision: str = "fp32"):
+                 targeted: bool = False, targets: int = 9, precision: str = "fp32", cycles: bool = True):
         if precision not in PRECISIONS:
             raise RobenchError(f'PGD precision "{precision}" is not one of {", ".join(PRECISIONS)}.')
         if loss not in LOSSES:
@@ -37,6 +37,7 @@ class PGD(Attack):
         self.steps, self.restarts, self.step_size, self.rel_step_size = steps, restarts, step_size, rel_step_size
         self.loss, self.random_start, self.targeted, self.targets = loss, random_start, targeted, targets
         self.precision = precision
+        self.cycles = cycles  # stop examples whose iterates cycle: exactly the same outcome, so not in the budget
 
     def budget(self) -> dict:
         size = self.step_size if self.step_size is not None else f"{self.rel_step_size:g}*eps/steps"
@@ -100,7 +101,7 @@ class PGD(Attack):
     def _one_run(self, model, x, y, target, idx, eps, norm, seed, restart):
         """One PGD run; returns (fooled mask, adversarial points) over the batch."""
         ascent = Ascent(norm, eps, self.alpha(eps), self.steps, labels_loss(y, self.loss, target),
-                        precision=self.precision)
+                        precision=self.precision, cycles=self.cycles)
         return ascent.run(model, x, self._start(x, idx, eps, norm, seed, restart), stop=y)
 
 

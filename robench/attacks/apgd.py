@@ -1,0 +1,220 @@
+"""robench's own APGD (Croce and Hein 2020, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks"), and ``fast``, an ensemble of it that targets by MALT.
+
+APGD: a random start on the sphere of radius eps, a first step of size 2 eps, then steps with momentum
+(0.75), and at checkpoints (after 22% of the iterations, then periods shrinking by 3% of them down to 6%)
+the step size halves and the iterate returns to the best point so far wherever the loss rose in at most
+75% of the steps since the last checkpoint, or the step was not halved at the last checkpoint and the
+best loss has not risen since. Losses: cross-entropy or DLR untargeted, targeted DLR. Batched, for Linf
+and L2, and an example leaves the batch the moment one of its iterates is misclassified.
+
+Targets of the targeted run: AutoAttack's choice is the classes of highest logit ("rank"). MALT (Melamed,
+Yehudai and Shamir 2024) orders them instead by the distance to each class boundary of the model
+linearised at the input: the logit gap over the dual norm of the gradient of the gap ("malt"). The
+targets of every example are computed in one batched pass (one backward pass per class).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._version import __version__
+from ..errors import RobenchError, unknown
+from ..norms import get_norm, project, random_points
+from .base import Attack, AttackOutput, example_seed
+from .descent import attack_loss
+from .registry import ATTACKS
+
+CHOICES = ("malt", "rank")
+
+
+def target_classes(model, x: torch.Tensor, y: torch.Tensor, k: int, choice: str, norm: str) -> torch.Tensor:
+    """(batch, k) target classes per example, nearest first: by MALT's linearised distance or by logit rank
+    (at most every class but the true one)."""
+    if choice == "rank":
+        with torch.no_grad():
+            z = model(x)
+        k = min(k, z.shape[1] - 1)
+        return z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).topk(k, 1).indices
+    xg = x.detach().clone().requires_grad_(True)
+    z = model(xg)
+    classes = z.shape[1]
+    grads = torch.stack([torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < classes - 1)[0].flatten(1)
+                         for c in range(classes)], 1)  # (batch, classes, inputs)
+    rows = torch.arange(len(x), device=x.device)
+    diff = grads[rows, y][:, None] - grads
+    dual = diff.abs().sum(2) if get_norm(norm).name == "Linf" else diff.norm(dim=2)  # L1 is Linf's dual
+    z = z.detach()
+    distance = (z[rows, y][:, None] - z) / dual.clamp_min(1e-12)
+    distance[rows, y] = float("inf")
+    return distance.topk(min(k, classes - 1), 1, largest=False).indices
+
+
+def checkpoints(iters: int) -> list[int]:
+    """The iterations (1-based) after which APGD may halve its step."""
+    period, shrink, shortest = max(int(0.22 * iters), 1), max(int(0.03 * iters), 1), max(int(0.06 * iters), 1)
+    out, at = [], 0
+    while at + period <= iters:
+        at += period
+        out.append(at)
+        period = max(period - shrink, shortest)
+    return out
+
+
+@ATTACKS.register("apgd")
+class APGD(Attack):
+    """``loss`` ce or dlr; ``targeted`` runs targeted DLR against ``targets`` classes chosen by ``choice``."""
+
+    name = "apgd"
+
+    def __init__(self, loss: str = "ce", iters: int = 100, restarts: int = 1, targeted: bool = False,
+                 targets: int = 9, choice: str = "malt", rho: float = 0.75, momentum: float = 0.75):
+        if loss not in ("ce", "dlr"):
+            raise RobenchError(f'APGD loss "{loss}" is not one of ce, dlr (targeted runs use targeted DLR).')
+        if choice not in CHOICES:
+            raise unknown("APGD target choice", choice, CHOICES)
+        if iters < 1 or restarts < 1 or targets < 1:
+            raise RobenchError("APGD needs at least one iteration, one restart and one target.")
+        if not 0 < rho <= 1 or not 0 < momentum <= 1:
+            raise RobenchError("APGD's rho and momentum must lie in (0, 1].")
+        self.loss, self.iters, self.restarts, self.targeted = loss, iters, restarts, targeted
+        self.targets, self.choice, self.rho, self.momentum = targets, choice, rho, momentum
+
+    def budget(self) -> dict:
+        b = {"name": self.name, "loss": "dlr-targeted" if self.targeted else self.loss, "iters": self.iters,
+             "restarts": self.restarts, "rho": self.rho, "momentum": self.momentum}
+        if self.targeted:
+            b.update(targets=self.targets, choice=self.choice)
+        b["version"] = f"robench {__version__}"
+        return b
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        opts = [f"iters={budget['iters']}", f"restarts={budget['restarts']}", f"rho={budget['rho']!r}",
+                f"momentum={budget['momentum']!r}"]
+        if budget["loss"] == "dlr-targeted":
+            opts += ["targeted=True", f"targets={budget['targets']}", f"choice={budget['choice']}"]
+        else:
+            opts.insert(0, f"loss={budget['loss']}")
+        return f"apgd({','.join(opts)})"
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        x_adv = x.clone()
+        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        targets = None
+        if self.targeted:
+            targets = target_classes(model, x, y, self.targets, self.choice, norm)
+        rounds = [(r, t) for t in range(targets.shape[1] if targets is not None else 1) for r in range(self.restarts)]
+        for restart, t in rounds:
+            live = (~fooled).nonzero()[:, 0]
+            if len(live) == 0:
+                break
+            tgt = targets[live, t] if targets is not None else None
+            starts = random_points(x[live], 1.0, norm, [example_seed(seed, i, restart + t * self.restarts, norm,
+                                                                     "apgd-start") for i in idx[live.cpu()].tolist()])
+            found, xa = self.descend(model, x[live], y[live], tgt, starts, eps, norm)
+            x_adv[live[found]] = xa[found]
+            fooled[live[found]] = True
+        return AttackOutput(x_adv)
+
+    def descend(self, model, x, y, target, starts, eps, norm):
+        """One APGD run from ``x + eps * starts / |starts|`` (a random point of the eps sphere); returns
+        (fooled mask, adversarial points) over the batch."""
+        nm = get_norm(norm)
+        view = (-1,) + (1,) * (x.dim() - 1)
+        loss_name = "dlr" if target is not None else self.loss
+        found = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        out = x.clone()
+        s = {"live": torch.arange(len(x), device=x.device), "x": x, "y": y, "t": target}
+        d = starts.to(x.device, x.dtype)
+        s["xa"] = (x + eps * d / nm.distance(d).clamp_min(1e-12).view(view)).clamp(0, 1)
+
+        def forward(xa):
+            xa = xa.detach().requires_grad_(True)
+            z = model(xa)
+            loss = attack_loss(z, s["y"], loss_name, s["t"])
+            (g,) = torch.autograd.grad(loss.sum(), xa)
+            return loss.detach(), g.detach(), z.detach().argmax(1) != s["y"]
+
+        def drop(hit):
+            """Keep the fooled examples' points and remove them from every per-example tensor."""
+            out[s["live"][hit]] = s["xa"][hit].detach()
+            found[s["live"][hit]] = True
+            keep = ~hit
+            for key, v in list(s.items()):
+                if isinstance(v, torch.Tensor):
+                    s[key] = v[keep]
+            return bool(keep.any())
+
+        s["loss"], s["g"], hit = forward(s["xa"])
+        s["step"] = torch.full((len(x),), 2.0 * eps, device=x.device)
+        s["best"], s["x_best"], s["g_best"] = s["loss"].clone(), s["xa"].clone(), s["g"].clone()
+        s["x_prev"], s["rises"] = s["xa"].clone(), torch.zeros(len(x), device=x.device)
+        s["best_at_check"], s["halved"] = s["best"].clone(), torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        if hit.any() and not drop(hit):
+            return found, out
+        checks, last = set(checkpoints(self.iters)), 0
+        for i in range(self.iters):
+            a = self.momentum if i > 0 else 1.0
+            step = s["step"].view(view)
+            zk = project(s["x"], s["xa"] + nm.step(s["g"], step), eps, nm)
+            new = project(s["x"], s["xa"] + a * (zk - s["xa"]) + (1 - a) * (s["xa"] - s["x_prev"]), eps, nm)
+            s["x_prev"], s["xa"] = s["xa"], new
+            loss, s["g"], hit = forward(new)
+            s["rises"] += (loss > s["loss"]).float()
+            s["loss"] = loss
+            better = loss > s["best"]
+            s["best"] = torch.where(better, loss, s["best"])
+            s["x_best"][better], s["g_best"][better] = new[better], s["g"][better]
+            if hit.any() and not drop(hit):
+                return found, out
+            if i + 1 in checks:
+                period, last = i + 1 - last, i + 1
+                halve = (s["rises"] <= self.rho * period) | (~s["halved"] & (s["best_at_check"] >= s["best"]))
+                s["halved"], s["best_at_check"] = halve, s["best"].clone()
+                s["step"] = torch.where(halve, s["step"] / 2, s["step"])
+                s["xa"][halve], s["g"][halve] = s["x_best"][halve], s["g_best"][halve]
+                s["rises"].zero_()
+        return found, out
+
+
+@ATTACKS.register("fast")
+class Fast(Attack):
+    """robench's fast evaluation: APGD-CE, then APGD with targeted DLR against the ``targets`` classes MALT
+    finds nearest, on what APGD-CE left (``choice=rank`` for AutoAttack's logit-rank targets instead)."""
+
+    name = "fast"
+
+    def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt"):
+        self.members = {"apgd-ce": APGD("ce", iters=iters),
+                        "apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice)}
+        self.iters, self.targets, self.choice = iters, targets, choice
+
+    def budget(self) -> dict:
+        members = {}
+        for name, atk in self.members.items():
+            b = atk.budget()
+            members[name] = {k: v for k, v in b.items() if k not in ("name", "version")}
+        return {"name": self.name, "members": members, "version": f"robench {__version__}"}
+
+    @classmethod
+    def spec_of(cls, budget: dict) -> str:
+        t = budget["members"]["apgd-t"]
+        if (t["iters"], t["targets"], t["choice"]) == (100, 3, "malt"):
+            return "fast"
+        return f"fast(iters={t['iters']},targets={t['targets']},choice={t['choice']})"
+
+    def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        x_adv, broken_by = x.clone(), [None] * len(x)
+        remaining = torch.arange(len(x), device=x.device)
+        for name, atk in self.members.items():
+            if len(remaining) == 0:
+                break
+            xa = atk.run(model, x[remaining], y[remaining], idx[remaining.cpu()], eps, norm, seed).x_adv
+            with torch.no_grad():
+                hit = model(xa).argmax(1) != y[remaining]
+            x_adv[remaining[hit]] = xa[hit]
+            for i in remaining[hit].tolist():
+                broken_by[i] = name
+            remaining = remaining[~hit]
+        return AttackOutput(x_adv, broken_by=broken_by)

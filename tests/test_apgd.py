@@ -1,0 +1,102 @@
+"""robench's own APGD, MALT targets, the `fast` ensemble, and PGD's cycle detection."""
+import pytest
+import torch
+
+from robench.attacks.apgd import APGD, checkpoints, target_classes
+from robench.attacks.pgd import PGD
+from robench.attacks.registry import create_attack, spec_from_budget
+from robench.config import parse_eps
+from robench.engine.core import attack_batch
+
+from conftest import requires_fmnist
+from test_attacks import linear_problem
+
+
+def _robust(model, x, y, atk, eps, norm="Linf"):
+    rows, _, queries = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], norm, 0)
+    return torch.tensor([r[3] for r in rows], dtype=torch.bool), queries
+
+
+def test_apgd_checkpoints_follow_the_papers_schedule():
+    """After 22% of the iterations, then periods shrinking by 3% down to 6% (Croce and Hein 2020)."""
+    assert checkpoints(100) == [22, 41, 57, 70, 80, 87, 93, 99]
+
+
+def test_malt_picks_the_nearest_boundary_of_a_linear_model():
+    """On a linear model MALT's linearised distance is the exact distance to each class boundary."""
+    model, x, y, _ = linear_problem()
+    w, b = model[1].weight, model[1].bias
+    z = x.flatten(1) @ w.T + b
+    dist = (z.gather(1, y[:, None]) - z) / (w[y][:, None, :] - w[None]).abs().sum(-1)
+    dist[torch.arange(len(y)), y] = float("inf")
+    assert torch.equal(target_classes(model, x, y, 1, "malt", "Linf")[:, 0], dist.argmin(1))
+    ranked = target_classes(model, x, y, 3, "rank", "Linf")
+    assert torch.equal(ranked, z.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -1e9).topk(3, 1).indices)
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.03, 0.06])
+def test_fast_breaks_exactly_the_examples_a_linear_model_allows(eps):
+    """The minimal Linf perturbation of a linear model is known in closed form: fast breaks every example
+    within eps of a boundary and none beyond."""
+    model, x, y, dist = linear_problem()
+    robust, _ = _robust(model, x, y, create_attack("fast"), eps)
+    assert (dist < eps).sum() > 10 and (dist > eps).sum() > 10  # both kinds are present
+    assert not robust[dist < eps].any(), "fast missed an example whose margin allows a flip"
+    assert robust[dist > eps].all(), "an example was counted broken beyond its closed-form distance"
+
+
+@pytest.mark.parametrize("norm, eps", [("Linf", 0.03), ("L2", 0.3)])
+def test_apgd_stays_in_the_ball_and_leaves_the_broken_examples(norm, eps):
+    """Every point APGD returns lies in the eps ball and [0, 1], and an example leaves the batch at its first
+    success: the model answers fewer queries than the full schedule on every example would take."""
+    from robench.engine.core import Counted
+    from robench.norms import get_norm
+
+    model, x, y, _ = linear_problem(n=120)
+    counted = Counted(model)
+    out = APGD("dlr", iters=30).run(counted, x, y, torch.arange(len(x)), eps, norm, 0).x_adv
+    assert (get_norm(norm).distance(out - x) <= eps + 1e-5).all() and out.min() >= 0 and out.max() <= 1
+    broken = model(out).argmax(1) != y
+    assert 0 < broken.sum() < len(x)
+    assert counted.queries < 31 * len(x) - 20 * int(broken.sum())
+
+
+def test_pgd_cycle_detection_changes_no_outcome_and_saves_work():
+    """With a fixed step, an iterate that repeats an earlier one repeats forever: stopping there gives the
+    very same per-example outcome as the full run, with fewer model queries."""
+    model, x, y, dist = linear_problem()
+    runs = {c: _robust(model, x, y, PGD(steps=300, step_size=0.01, loss="margin", cycles=c), 0.03) for c in (True, False)}
+    assert torch.equal(runs[True][0], runs[False][0])
+    spent = {c: sum(q for _, q in runs[c][1]["pgd"].values()) for c in runs}
+    assert spent[True] < spent[False] / 10, spent
+    assert budget_of("pgd(cycles=False)") == budget_of("pgd")  # exact, so not part of the budget or run key
+
+
+def budget_of(spec):
+    return create_attack(spec).budget()
+
+
+@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "apgd", "apgd(loss=dlr,restarts=2)",
+                                  "apgd(targeted=True,targets=3,choice=rank)"])
+def test_apgd_budgets_rebuild_their_attack(spec):
+    budget = budget_of(spec)
+    assert budget_of(spec_from_budget(budget)) == budget
+
+
+@requires_fmnist
+def test_apgd_ce_is_at_least_as_strong_as_the_official_one():
+    """robench's APGD-CE leaves no more examples robust than the official APGD-CE at the same budget (100
+    iterations, one restart) on a shipped PGD-AT LeNet5."""
+    from pathlib import Path
+
+    from robench.checkpoints import load_checkpoint
+    from robench.data import load_split
+    from robench.engine.core import attack_mode
+
+    root = Path(__file__).resolve().parents[1]
+    model = load_checkpoint(root / "checkpoints" / "lenet5-relu-pgd-at.safetensors").model
+    x, y = load_split("fashion-mnist", "test").batch(range(64))
+    with attack_mode(model) as fast:
+        ours, _ = _robust(fast, x, y, create_attack("apgd", batch_size=64), 0.1)
+        official, _ = _robust(fast, x, y, create_attack("apgd-ce", batch_size=64), 0.1)
+    assert ours.sum() <= official.sum() < len(x)
