@@ -312,7 +312,11 @@ def main(argv=None):
         print(f"{key:34} {t:8.2f} {r_txt:>9}  " + "; ".join(parts))
     for k, v in res["results"].items():
         if "identical_outcomes" in v:
-            print(f"{k}: per-example outcomes identical to pyautoattack: {v['identical_outcomes']}")
+            other = next(name for name in v if name not in ("ours", "identical_outcomes"))
+            print(f"{k}: per-example outcomes identical to {other}: {v['identical_outcomes']}")
+        if "autoattack_breaks_fast_not" in v:
+            print(f"{k}: AutoAttack breaks and fast does not: {v['autoattack_breaks_fast_not'] or 'none'}; "
+                  f"fast breaks and AutoAttack does not: {v['fast_breaks_autoattack_not']}")
     for row in res.get("scaling", []):
         print(f"scaling: n={row['n']:5d} steps={row['steps']:3d}  {row['seconds']:.2f} s  peak {row['peak_mib']:.0f} MiB")
     if "roofline" in res:
