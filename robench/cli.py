@@ -143,7 +143,7 @@ def eval_(
     dataset: Dataset = None, data_dir: DataDir = None, n: Examples = None,
     subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
     seed: Seed = None, norm: Norm = None, eps: Sweep = None,
-    attack: Optional[list[str]] = typer.Option(None, "--attack", help="pgd, fgsm, autoattack[:plus|:rand], "
+    attack: Optional[list[str]] = typer.Option(None, "--attack", help="pgd, fgsm, apgd, fast, autoattack[:plus|:rand], "
                                                "apgd-ce ... square, fb:NAME(k=v); repeat for a cascade."),
     pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
     pgd_step_size: Optional[str] = typer.Option(None, "--pgd-step-size", help="PGD step size [default: 2.5*eps/steps]."),

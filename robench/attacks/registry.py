@@ -1,7 +1,8 @@
 """Attack registries: each attack class registers itself where it is defined (as timm's models do), with the
 names its spec answers to. A spec is ``name`` or ``name(key=value, ...)``: ``pgd``, ``pgd(steps=100,loss=dlr)``,
-``fgsm``, ``autoattack``, ``autoattack:plus``, ``apgd-ce`` ... ``square`` (AutoAttack members at its official
-budget), ``fb:NAME(key=value,...)``; transfer attacks ``pgd``, ``mifgsm``, ``difgsm``. The class builds
+``fgsm``, ``apgd`` and ``fast`` (robench's own APGD and its MALT-targeted ensemble), ``autoattack``,
+``autoattack:plus``, ``apgd-ce`` ... ``square`` (AutoAttack members at its official budget),
+``fb:NAME(key=value,...)``; transfer attacks ``pgd``, ``mifgsm``, ``difgsm``. The class builds
 itself from the options (``Attack.from_spec``; an unknown option is an error) and rebuilds the spec from a
 stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) is not an attack.
 """
