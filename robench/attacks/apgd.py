@@ -186,8 +186,9 @@ class Fast(Attack):
     name = "fast"
 
     def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt"):
-        self.members = {"apgd-ce": APGD("ce", iters=iters),
-                        "apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice)}
+        # named apart from AutoAttack's official members, so a stored outcome says whose attack broke it
+        self.members = {"robench-apgd-ce": APGD("ce", iters=iters),
+                        "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice)}
         self.iters, self.targets, self.choice = iters, targets, choice
 
     def budget(self) -> dict:
@@ -199,7 +200,7 @@ class Fast(Attack):
 
     @classmethod
     def spec_of(cls, budget: dict) -> str:
-        t = budget["members"]["apgd-t"]
+        t = budget["members"]["robench-apgd-t"]
         if (t["iters"], t["targets"], t["choice"]) == (100, 3, "malt"):
             return "fast"
         return f"fast(iters={t['iters']},targets={t['targets']},choice={t['choice']})"
