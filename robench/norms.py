@@ -31,6 +31,11 @@ class Norm:
         """A step of size ``alpha`` along the steepest-ascent direction of the gradient ``g``."""
         raise NotImplementedError
 
+    def dual(self, g: torch.Tensor) -> torch.Tensor:
+        """The dual norm of ``g`` along its last dimension: how far a linear function with gradient ``g`` can
+        move per unit of this norm."""
+        raise NotImplementedError
+
     def draw(self, shape: tuple[int, ...], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """The random draws of one start of ``shape`` (CPU, from ``generator``)."""
         raise NotImplementedError
@@ -59,6 +64,9 @@ class Linf(Norm):
     def step(self, g, alpha):
         return alpha * g.sign()
 
+    def dual(self, g):
+        return g.abs().sum(-1)  # L1
+
     def draw(self, shape, generator):
         return (torch.rand(shape, generator=generator),)
 
@@ -80,6 +88,9 @@ class L2(Norm):
 
     def step(self, g, alpha):
         return alpha * g / self.distance(g).clamp_min(1e-12).view(_view(g))
+
+    def dual(self, g):
+        return g.norm(dim=-1)  # L2 is its own dual
 
     def draw(self, shape, generator):
         return torch.randn(shape, generator=generator), torch.rand((shape[0],) + (1,) * (len(shape) - 1),

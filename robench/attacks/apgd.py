@@ -16,38 +16,15 @@ targets of every example are computed in one batched pass (one backward pass per
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._version import __version__
 from ..errors import RobenchError, unknown
 from ..norms import get_norm, project, random_points
 from .base import Attack, AttackOutput, example_seed
-from .descent import attack_loss
+from .descent import attack_loss, rounds, target_classes
 from .registry import ATTACKS
 
-CHOICES = ("malt", "rank")
-
-
-def target_classes(model, x: torch.Tensor, y: torch.Tensor, k: int, choice: str, norm: str) -> torch.Tensor:
-    """(batch, k) target classes per example, nearest first: by MALT's linearised distance or by logit rank
-    (at most every class but the true one)."""
-    if choice == "rank":
-        with torch.no_grad():
-            z = model(x)
-        k = min(k, z.shape[1] - 1)
-        return z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).topk(k, 1).indices
-    xg = x.detach().clone().requires_grad_(True)
-    z = model(xg)
-    classes = z.shape[1]
-    grads = torch.stack([torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < classes - 1)[0].flatten(1)
-                         for c in range(classes)], 1)  # (batch, classes, inputs)
-    rows = torch.arange(len(x), device=x.device)
-    diff = grads[rows, y][:, None] - grads
-    dual = diff.abs().sum(2) if get_norm(norm).name == "Linf" else diff.norm(dim=2)  # L1 is Linf's dual
-    z = z.detach()
-    distance = (z[rows, y][:, None] - z) / dual.clamp_min(1e-12)
-    distance[rows, y] = float("inf")
-    return distance.topk(min(k, classes - 1), 1, largest=False).indices
+CHOICES = ("malt", "rank")  # target_classes' choices
 
 
 def checkpoints(iters: int) -> list[int]:
@@ -99,23 +76,13 @@ class APGD(Attack):
         return f"apgd({','.join(opts)})"
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
-        x_adv = x.clone()
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        targets = None
-        if self.targeted:
-            targets = target_classes(model, x, y, self.targets, self.choice, norm)
-        rounds = [(r, t) for t in range(targets.shape[1] if targets is not None else 1) for r in range(self.restarts)]
-        for restart, t in rounds:
-            live = (~fooled).nonzero()[:, 0]
-            if len(live) == 0:
-                break
-            tgt = targets[live, t] if targets is not None else None
-            starts = random_points(x[live], 1.0, norm, [example_seed(seed, i, restart + t * self.restarts, norm,
-                                                                     "apgd-start") for i in idx[live.cpu()].tolist()])
-            found, xa = self.descend(model, x[live], y[live], tgt, starts, eps, norm)
-            x_adv[live[found]] = xa[found]
-            fooled[live[found]] = True
-        return AttackOutput(x_adv)
+        targets = target_classes(model, x, y, self.targets, self.choice, norm) if self.targeted else None
+
+        def one_run(live, target, r):
+            starts = random_points(x[live], 1.0, norm, [example_seed(seed, i, r, norm, "apgd-start")
+                                                        for i in idx[live.cpu()].tolist()])
+            return self.descend(model, x[live], y[live], target, starts, eps, norm)
+        return AttackOutput(rounds(x, targets, self.restarts, one_run))
 
     def descend(self, model, x, y, target, starts, eps, norm):
         """One APGD run from ``x + eps * starts / |starts|`` (a random point of the eps sphere); returns

@@ -46,6 +46,45 @@ def attack_loss(z: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tenso
     return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
 
 
+def target_classes(model, x: torch.Tensor, y: torch.Tensor, k: int, choice: str, norm: str) -> torch.Tensor:
+    """(batch, k) target classes per example, nearest first: by MALT's linearised distance or by logit rank
+    (at most every class but the true one)."""
+    if choice == "rank":
+        with torch.no_grad():
+            z = model(x)
+        k = min(k, z.shape[1] - 1)
+        return z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).topk(k, 1).indices
+    xg = x.detach().clone().requires_grad_(True)
+    z = model(xg)
+    classes = z.shape[1]
+    grads = torch.stack([torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < classes - 1)[0].flatten(1)
+                         for c in range(classes)], 1)  # (batch, classes, inputs)
+    rows = torch.arange(len(x), device=x.device)
+    diff = grads[rows, y][:, None] - grads
+    dual = get_norm(norm).dual(diff)
+    z = z.detach()
+    distance = (z[rows, y][:, None] - z) / dual.clamp_min(1e-12)
+    distance[rows, y] = float("inf")
+    return distance.topk(min(k, classes - 1), 1, largest=False).indices
+
+
+def rounds(x: torch.Tensor, targets: torch.Tensor | None, restarts: int, one_run) -> torch.Tensor:
+    """Restarts within each target in turn (one round without targets), each on the examples no earlier
+    round fooled: ``one_run(live, target or None, round number)`` returns (fooled mask, points) over
+    ``live``. Returns the adversarial points (the clean point where nothing fooled the model)."""
+    x_adv = x.clone()
+    fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for t in range(targets.shape[1] if targets is not None else 1):
+        for restart in range(restarts):
+            live = (~fooled).nonzero()[:, 0]
+            if len(live) == 0:
+                return x_adv
+            found, xa = one_run(live, targets[live, t] if targets is not None else None, restart + t * restarts)
+            x_adv[live[found]] = xa[found]
+            fooled[live[found]] = True
+    return x_adv
+
+
 def labels_loss(y: torch.Tensor, loss: str, target: torch.Tensor | None = None):
     """``attack_loss`` as a loop loss: the labels (and targets) of the examples still live."""
     return lambda z, live: attack_loss(z, y[live], loss, target[live] if target is not None else None)

@@ -9,13 +9,12 @@ example leaves the batch the moment it is misclassified, and its adversarial poi
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .._version import __version__
 from ..errors import RobenchError
 from ..norms import random_starts
 from .base import Attack, AttackOutput, example_seed
-from .descent import LOSSES, PRECISIONS, Ascent, labels_loss
+from .descent import LOSSES, PRECISIONS, Ascent, labels_loss, rounds, target_classes
 from .registry import ATTACKS
 
 
@@ -77,26 +76,9 @@ class PGD(Attack):
         return random_starts(x, eps, norm, [example_seed(seed, i, restart, norm, "pgd-start") for i in idx.tolist()])
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
-        x_adv = x.clone()
-        fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        targets = None
-        if self.targeted:
-            with torch.no_grad():
-                z = model(x)
-            k = min(self.targets, z.shape[1] - 1)
-            targets = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).topk(k, 1).indices
-        rounds = [(r, t) for t in range(targets.shape[1] if targets is not None else 1)
-                  for r in range(self.restarts)]
-        for restart, t in rounds:
-            live = (~fooled).nonzero()[:, 0]
-            if len(live) == 0:
-                break
-            tgt = targets[live, t] if targets is not None else None
-            found, xa = self._one_run(model, x[live], y[live], tgt, idx[live.cpu()], eps, norm, seed,
-                                      restart + t * self.restarts)
-            x_adv[live[found]] = xa[found]
-            fooled[live[found]] = True
-        return AttackOutput(x_adv)
+        targets = target_classes(model, x, y, self.targets, "rank", norm) if self.targeted else None
+        return AttackOutput(rounds(x, targets, self.restarts, lambda live, target, r: self._one_run(
+            model, x[live], y[live], target, idx[live.cpu()], eps, norm, seed, r)))
 
     def _one_run(self, model, x, y, target, idx, eps, norm, seed, restart):
         """One PGD run; returns (fooled mask, adversarial points) over the batch."""
