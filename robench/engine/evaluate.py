@@ -8,7 +8,6 @@ smaller eps is not attacked again). Every candidate from an attack is projected 
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 
 from ..attacks.registry import create_attack
 from ..checkpoints import Checkpoint
-from ..config import EvalConfig, parse_norm
+from ..config import EvalConfig
 from ..data import Split
 from ..errors import RobenchError
 from ..store import Store
@@ -41,7 +40,6 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
         checkpoints = [checkpoints]
     if not checkpoints:
         raise RobenchError("Name at least one checkpoint to evaluate.")
-    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
     norm, attacks, pgd = cfg.norm, cfg.attacks, cfg.pgd_options()
     if not attacks:
         raise RobenchError("Name at least one attack (e.g. --attack pgd), or none for clean accuracy only.")

@@ -8,7 +8,6 @@ binomial against a tolerated rate otherwise), so a single lucky example never ra
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ import torch
 
 from ..attacks.autoattack import AutoAttack
 from ..attacks.pgd import PGD
-from ..config import Eps, EvalConfig, parse_norm
+from ..config import Eps, EvalConfig
 from ..norms import get_norm
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
@@ -141,7 +140,6 @@ def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, s
     from .batching import auto_batch_size, parse_batch_size, resolve_device
     from .core import check_model, data_slice
 
-    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
     dev = resolve_device(cfg.device)
     sl = data_slice(t, cfg, {})
     model = t.model.to(dev)

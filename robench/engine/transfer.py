@@ -7,7 +7,6 @@ classifies it right clean and under the transfer examples of that eps and every 
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -19,7 +18,7 @@ import torch
 
 from ..attacks.transfer import Ensemble, TransferAttack
 from ..files import atomic_path
-from ..config import EvalConfig, parse_norm
+from ..config import EvalConfig
 from ..errors import RobenchError
 from ..norms import project
 from ..stats import wilson
@@ -34,11 +33,10 @@ def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensem
              all_pairs: bool = False, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
     """The source x target matrix under the checked settings ``cfg``, one row per (source, target, eps) with
     clean and robust accuracy and the attack success rate over clean-correct examples, each with n and a
-    Wilson interval. With ``all_pairs``
-    the checkpoints in ``sources`` are every source and every target (the diagonal is white-box); with
-    ``ensemble`` the sources are one surrogate (with ``all_pairs``: for each target, the others)."""
+    Wilson interval. With ``all_pairs`` the checkpoints in ``sources`` are every source and every target (the
+    diagonal is white-box); with ``ensemble`` the sources are one surrogate (with ``all_pairs``: for each
+    target, the others)."""
     notify = progress or (lambda e: None)
-    cfg = dataclasses.replace(cfg, norm=parse_norm(cfg.norm))
     norm, seed, split = cfg.norm, cfg.seed, cfg.split
     if all_pairs:
         targets = list(sources)
