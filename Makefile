@@ -10,7 +10,7 @@ install: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-cache-dir -c constraints.txt -e '.[dev]'
 	touch $@
 
 # The embedded default dataset: Debian's dataset-fashion-mnist (IDX files in /usr/share/datasets/).

@@ -41,10 +41,22 @@ class _Group(TyperGroup):
             err.print(f"Error: {clean(text)}{tail}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            if os.environ.get("ROBENCH_DEBUG"):
-                raise
-            err.print(interrupted(), soft_wrap=True, markup=False)
-            raise typer.Exit(130) from None
+            _interrupted()
+
+    def make_context(self, *args, **kwargs):
+        # Ctrl-C while the arguments are parsed: typer would end with exit code 130 and print nothing
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            _interrupted()
+
+
+def _interrupted():
+    """Ctrl-C (or SIGTERM/SIGHUP): one sentence saying where the run stopped, exit code 130."""
+    if os.environ.get("ROBENCH_DEBUG"):
+        raise
+    err.print(interrupted(), soft_wrap=True, markup=False)
+    raise typer.Exit(130) from None
 
 
 app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,

@@ -64,3 +64,18 @@ def test_help_shows_every_default_and_the_shared_options_alike():
     assert all(line in h for h in helps.values())
     assert all("--store <path> Results store [default: $ROBENCH_STORE or results/robench.sqlite]." in h
                for h in helps.values())
+
+
+def test_ctrl_c_while_the_arguments_are_parsed_says_so(monkeypatch, tmp_path):
+    # Ctrl-C can land before robench's command runs (typer is still converting the arguments); it must still
+    # end in the one sentence, not in a silent exit code 130
+    import typer.core
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(typer.core.TyperGroup, "parse_args", interrupt)
+    res = runner.invoke(app, ["eval", str(tmp_path / "m.pt"), "--store", str(tmp_path / "s.sqlite")])
+    assert res.exit_code == 130
+    assert "Interrupted before any run started, so nothing was stored" in res.output
+    assert not (tmp_path / "s.sqlite").exists()
