@@ -238,9 +238,12 @@ def sanity(
     eps: Optional[str] = typer.Option(None, "--eps", help="The budget under test [default: the dataset's]."),
     dataset: Dataset = None, data_dir: DataDir = None,
     n: Optional[int] = typer.Option(200, "--n", help="Number of test examples."),
-    seed: Seed = None, norm: Norm = None, pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
-    strong_steps: Optional[int] = typer.Option(None, "--strong-steps", help="Steps of the stronger PGD "
-                                               "[default: 5x --pgd-steps]."),
+    seed: Seed = None, norm: Norm = None,
+    attack: str = typer.Option("pgd", "--attack", help="The white-box attack under test: pgd (with --pgd-steps, "
+                               "--pgd-restarts) or fast."),
+    pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
+    strong_steps: Optional[int] = typer.Option(None, "--strong-steps", help="Steps (iterations for fast) of the "
+                                               "stronger run [default: 5x those under test]."),
     strong_restarts: int = typer.Option(3, "--strong-restarts", help="Restarts of the stronger PGD."),
     square_queries: int = typer.Option(1000, "--square-queries", help="Query budget of Square."),
     batch_size: BatchSize = None, device: Device = None, store: StorePath = None, trust: Trust = False,
@@ -251,8 +254,8 @@ def sanity(
     res = api.sanity(str(checkpoint), strong_steps=strong_steps, strong_restarts=strong_restarts,
                      square_queries=square_queries,
                      **_settings(trust, eps=[eps] if eps else None, dataset=dataset, data_dir=data_dir, n=n, seed=seed,
-                                 norm=norm, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, batch_size=batch_size,
-                                 device=device, store=store, arch=arch, activation=activation))
+                                 norm=norm, attacks=[attack], pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+                                 batch_size=batch_size, device=device, store=store, arch=arch, activation=activation))
     t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {esc(res['model'])}")
     for r in res["checks"].itertuples():
         t.add_row(r.check, r.eps or "-", "[bold red]FLAG[/]" if r.status == "flag" else "[green]ok[/]", safe(r.evidence))
@@ -364,18 +367,24 @@ def check(
     device: Device = None, data_dir: DataDir = None,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
+    autoattack: str = typer.Option("fast", "--autoattack", help="Re-run the baseline's AutoAttack rows with "
+                                   "robench's fast or the official code: fast or official."),
     trust: Trust = False, quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
     kw = dict(tolerance=tolerance, alpha=alpha, store=str(store) if store else None, device=device or "auto",
-              data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out)
+              data_dir=str(data_dir) if data_dir else None, trust=trust, junit=junit, json_out=json_out,
+              autoattack=autoattack)
     if quiet:
         res = api.check(baseline, ckpts, progress=track, **kw)
     else:
         with EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     out.print(check_table(res["table"], baseline, tolerance, alpha))
+    if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
+        out.print("The autoattack rows were re-run with robench's fast (--autoattack official runs AutoAttack "
+                  "itself).")
     failed = res["table"][res["table"].verdict == "fail"]
     if len(failed):
         out.print(f"{len(failed)} of {len(res['table'])} checks failed: "

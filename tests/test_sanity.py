@@ -88,6 +88,43 @@ def test_each_planted_masked_model_is_flagged_by_its_check(honest, tmp_path, wra
     assert check in set(stored[stored.status == "flag"].check)
 
 
+# fast at a small budget keeps these tests quick; the checks do not depend on the budget
+WITH_FAST = {**FAST, "n": 30, "attacks": ["fast(iters=10)"], "strong_steps": 20}
+
+
+# the probes (probabilities, randomized) run before any attack, so these two are the ones an attack could change
+@pytest.mark.parametrize("wrapper, check", [(Quantized, "zero-gradients"), (StraightThrough, "gradient-ascent")])
+def test_the_checklist_with_fast_still_flags_each_planted_masked_model(honest, tmp_path, wrapper, check):
+    """fast alone (a white-box ensemble) cannot see masked gradients, and its random start and first step of
+    2 eps break the straight-through decoy at the large eps where PGD stays stuck: with fast as the attack
+    under test the checks still run, Square included, and flag every planted model."""
+    res = robench.api.sanity(wrapper(honest), store=tmp_path / "s.sqlite", **WITH_FAST)
+    flags = _flags(res)
+    assert check in flags, (check, flags)
+    assert set(res["checks"].check) >= {"eps-sweep", "large-eps", "convergence", "square"}
+    assert "fast with 20 iterations x 9 targets" in res["checks"].set_index("check").evidence["convergence"]
+
+
+def test_the_checklist_with_fast_passes_an_honest_model(honest, tmp_path):
+    res = robench.api.sanity(honest, store=tmp_path / "s.sqlite", **WITH_FAST)
+    assert not res["flagged"], _flags(res)
+
+
+def test_a_step_along_the_gradient_raises_the_margin_of_honest_models_only(honest):
+    """The gradient-ascent check: a straight-through decoy (and a zero gradient) fails it, honest models
+    and the shipped checkpoints pass it, in both norms."""
+    from robench.engine.checks import ascent
+
+    split = robench.load_split("fashion-mnist")
+    x, y = split.batch(torch.arange(64))
+    models = {"honest": honest, "decoy": StraightThrough(honest), "quantized": Quantized(honest),
+              **{p.stem: robench.load_checkpoint(p).model for p in sorted((ROOT / "checkpoints").glob("*.safetensors"))[::6]}}
+    for name, model in models.items():
+        for norm in ("Linf", "L2"):
+            found = ascent(model.eval(), x, y, norm, name)
+            assert (found["status"] == "flag") == (name in ("decoy", "quantized")), found["evidence"]
+
+
 def test_transfer_beating_white_box_is_flagged_and_shown_by_eval(honest, trained, tmp_path):
     """The quantized copy resists PGD (no gradient) but not examples crafted on the honest network."""
     store = tmp_path / "s.sqlite"

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.registry import black_box
-from ..stats import mcnemar_exact
+from ..norms import get_norm
+from ..stats import binom_above, mcnemar_exact
 from ..store import Store
 from .core import ALPHA, Slice, attack_mode
 
@@ -50,13 +51,7 @@ def probe(model, x: torch.Tensor, y: torch.Tensor, name: str) -> list[dict]:
                       f"{name} is randomized at inference: two passes over the same {len(x)} inputs differ by up "
                       f"to {spread:.3g}; attack it with EOT or report its randomness." if rand else
                       f"{name} is deterministic: two passes over {len(x)} inputs agree."))
-    xg = x.clone().requires_grad_(True)
-    z = model(xg)
-    zy = z.gather(1, y[:, None])[:, 0]
-    other = z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1)
-    g = torch.autograd.grad((other - zy).sum(), xg, allow_unused=True)[0]
-    if g is None:
-        g = torch.zeros_like(x)
+    _, g = margin_grad(model, x, y)
     dead = int(((g.flatten(1).abs().amax(1) == 0) | ~torch.isfinite(g.flatten(1)).all(1)).sum())
     many = dead / len(x) > ZERO_GRAD_SHARE
     out.append(finding("zero-gradients", many,
@@ -64,6 +59,35 @@ def probe(model, x: torch.Tensor, y: torch.Tensor, name: str) -> list[dict]:
                       f"({pct(dead, len(x))}): gradient attacks cannot move them (shattered gradients)." if many
                       else f"{dead} of {len(x)} examples have an all-zero input gradient."))
     return out
+
+
+def margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The logit margin of the best other class over the true one (positive: misclassified)."""
+    return z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1) - z.gather(1, y[:, None])[:, 0]
+
+
+def margin_grad(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The margin and its input gradient (zeros where the graph does not reach the input)."""
+    xg = x.clone().requires_grad_(True)
+    m = margin(model(xg), y)
+    g = torch.autograd.grad(m.sum(), xg, allow_unused=True)[0]
+    return m.detach(), torch.zeros_like(x) if g is None else g
+
+
+def ascent(model, x: torch.Tensor, y: torch.Tensor, norm: str, name: str, size: float = 1e-3) -> dict:
+    """A small step along the input gradient must raise the logit margin (to first order it rises by
+    ``size`` times the gradient's dual norm). Where it falls or stays put for most examples, the gradient an
+    attack follows does not describe the model (a straight-through decoy, obfuscated gradients)."""
+    m, g = margin_grad(model, x, y)
+    with torch.no_grad():
+        m2 = margin(model((x + get_norm(norm).step(g, size)).clamp(0, 1)), y)
+    n, rose = len(x), int((m2 > m).sum())
+    p = binom_above(n - rose, n, 0.5)  # fewer than half rising, beyond noise
+    flag = rose < n / 2 and p < ALPHA
+    return finding("gradient-ascent", flag,
+                   f"A step of {size:g} ({norm}) along {name}'s input gradient raised its logit margin on {rose} "
+                   f"of {n} examples (p={p:.2g})" + ("; the gradients attacks follow do not describe the model "
+                                                      "(masked or obfuscated gradients)." if flag else "."))
 
 
 def after_run(db: Store, model, sl: Slice, t, norm: str, dev) -> None:

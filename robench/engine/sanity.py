@@ -1,8 +1,10 @@
 """Gradient-masking diagnostics: the checks of "On Evaluating Adversarial Robustness" (Carlini et al. 2019)
 and AutoAttack's own, each stored per model with its evidence (``Store.set_checks``), status "ok" or "flag".
 
-The cheap checks that run after every evaluation and transfer are in ``checks``. ``checklist`` adds the checks that need their own attacks: an eps sweep
-attacked eps by eps, a very large eps, a stronger PGD budget, and Square on what white-box attacks left.
+The cheap checks that run after every evaluation and transfer are in ``checks``. ``checklist`` adds a
+probe of the gradient itself (a small step along it must raise the logit margin) and the checks that need
+their own attacks, with PGD or robench's ``fast`` as the attack under test: an eps sweep attacked eps by
+eps, a very large eps, a stronger budget, and Square on what white-box attacks left.
 "Beyond noise" is an exact test at ``ALPHA`` on the per-example outcomes (McNemar for paired outcomes,
 binomial against a tolerated rate otherwise), so a single lucky example never raises a flag.
 """
@@ -15,12 +17,15 @@ from collections.abc import Callable
 import torch
 
 from ..attacks.autoattack import AutoAttack
+from ..attacks.apgd import Fast
 from ..attacks.pgd import PGD
+from ..attacks.registry import create_attack
 from ..config import Eps, EvalConfig
+from ..errors import RobenchError
 from ..norms import get_norm
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
-from .checks import TOLERANCE, cross_checks, finding, pct, probe
+from .checks import TOLERANCE, ascent, cross_checks, finding, pct, probe
 from .core import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
 
 # -------------------------------------------------------------------------------------- the checklist
@@ -30,19 +35,44 @@ def large_eps(norm: str, dims: int) -> Eps:
     return Eps(value, f"{value:g}")
 
 
+def white_box(attack: str | None, pgd: dict | None, bs: int, strong_steps: int | None, strong_restarts: int):
+    """The white-box attack under test (PGD with ``pgd``'s options, or robench's ``fast``), its stronger
+    budget, and the same attack with the other loss (None for ``fast``, which pairs cross-entropy with
+    targeted DLR itself)."""
+    opts = {k: v for k, v in (pgd or {}).items() if v is not None}
+    if attack in (None, "pgd"):
+        base = PGD(**opts)
+        strong = PGD(**{**opts, "steps": strong_steps or 5 * base.steps,
+                        "restarts": max(strong_restarts, base.restarts)})
+        return base, strong, PGD(**{**opts, "loss": "dlr" if base.loss != "dlr" else "ce"})
+    base = create_attack(attack, batch_size=bs)
+    if not isinstance(base, Fast):
+        raise RobenchError(f'The checklist attacks with pgd or fast, not "{attack}".')
+    return base, Fast(iters=strong_steps or 5 * base.iters, targets=9, choice=base.choice), None
+
+
+def _words(atk, short: bool = False) -> str:
+    """An attack's budget in the evidence: "100 steps x 3 restarts" (short: "100 x 3") or "500 iterations x
+    9 targets"."""
+    if isinstance(atk, PGD):
+        return f"{atk.steps} x {atk.restarts}" if short else f"{atk.steps} steps x {atk.restarts} restarts"
+    return f"{atk.iters} iterations x {atk.targets} targets"
+
+
 def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict | None = None,
               strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
-              progress: Callable[[dict], None] | None = None) -> tuple[list[dict], dict]:
+              progress: Callable[[dict], None] | None = None, attack: str | None = None) -> tuple[list[dict], dict]:
     """Every check on one model and slice (``sl.eps[-1]`` is the budget under test), and the white-box
-    outcomes at that eps for cross_checks ({eps: {idx: robust}}): the probes; PGD at
-    eps/4, eps/2, eps, 2 eps and the large eps, each attacked on its own; PGD with ``strong_steps`` (5x) and
-    ``strong_restarts``; PGD with the other loss (DLR or cross-entropy); Square with ``square_queries`` on the
-    examples every PGD left robust."""
+    outcomes at that eps for cross_checks ({eps: {idx: robust}}): the probes; the attack under test (PGD,
+    or ``attack="fast"``) at eps/4, eps/2, eps, 2 eps and the large eps, each attacked on its own; its
+    stronger budget (``strong_steps``, 5x, and for PGD ``strong_restarts``); PGD with the other loss (DLR or
+    cross-entropy); Square with ``square_queries`` on the examples every white-box run left robust: a
+    white-box ensemble alone cannot see masked gradients, so the black-box check runs whatever the attack."""
     notify = progress or (lambda e: None)
     eps = sl.eps[-1]
-    base = PGD(**{k: v for k, v in (pgd or {}).items() if v is not None})
-    strong = PGD(**{**{k: v for k, v in (pgd or {}).items() if v is not None},
-                    "steps": strong_steps or 5 * base.steps, "restarts": max(strong_restarts, base.restarts)})
+    base, strong, other = white_box(attack, pgd, bs, strong_steps, strong_restarts)
+    name = "PGD" if isinstance(base, PGD) else base.name
+    key = "pgd" if isinstance(base, PGD) else "attack"  # what the stored checks call its budget
     square = AutoAttack("standard", members=("square",), batch_size=bs, queries=square_queries)
     apgd = AutoAttack("standard", members=("apgd-ce", "apgd-t"), batch_size=bs)
     big = large_eps(norm, math.prod(sl.info.shape))
@@ -55,8 +85,9 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     tic = time.perf_counter()
     with attack_mode(model) as fast:
         checks += probe(model, x_all[:64].to(dev), y_all[:64].to(dev), t.name)
+        checks.append(ascent(model, x_all[:64].to(dev), y_all[:64].to(dev), norm, t.name))
 
-        def attack(e: Eps, atk, subset=None) -> dict[int, int]:
+        def run(e: Eps, atk, subset=None) -> dict[int, int]:
             res = {}
             pick = torch.arange(len(idx)) if subset is None else subset
             for s in range(0, len(pick), bs):
@@ -68,19 +99,18 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
             return res
 
         for e in grid:
-            outcomes[e.text] = attack(e, base)
-        strong_res = attack(eps, strong)
-        other = PGD(**{**{k: v for k, v in (pgd or {}).items() if v is not None},
-                       "loss": "dlr" if base.loss != "dlr" else "ce"})
-        other_res = attack(eps, other)  # a second loss, as AutoAttack pairs cross-entropy with DLR
+            outcomes[e.text] = run(e, base)
+        strong_res = run(eps, strong)
+        # a second loss, as AutoAttack pairs cross-entropy with DLR (fast does so itself)
+        other_res = run(eps, other) if other is not None else outcomes[eps.text]
         left = torch.tensor([j for j, i in enumerate(idx.tolist())
                              if strong_res[i] and outcomes[eps.text][i] and other_res[i]], dtype=torch.long)
-        square_res = attack(eps, square, left) if len(left) else {}
+        square_res = run(eps, square, left) if len(left) else {}
         # what Square broke is attacked again with AutoAttack's white-box members: only examples that resist
         # them as well show Square beating the white-box attacks (PGD alone is the weaker reference)
         pos = {i: j for j, i in enumerate(idx.tolist())}
         hit = torch.tensor([pos[i] for i, r in square_res.items() if not r], dtype=torch.long)
-        apgd_res = attack(eps, apgd, hit) if len(hit) else {}
+        apgd_res = run(eps, apgd, hit) if len(hit) else {}
     n = len(idx)
     budget = base.budget()
     for a, b in zip(grid, grid[1:]):
@@ -90,20 +120,20 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
         p = mcnemar_exact(up, down)
         flag = up > down and p < ALPHA
         checks.append(finding("eps-sweep", flag,
-                             f"PGD robust accuracy {pct(sum(ra.values()), n)} at eps {a.text} and "
+                             f"{name} robust accuracy {pct(sum(ra.values()), n)} at eps {a.text} and "
                              f"{pct(sum(rb.values()), n)} at eps {b.text} (n={n}, each attacked on its own; "
                              f"McNemar p={p:.2g})" + ("; it rises with eps, so the attack is failing." if flag else "."),
-                             b.text, pgd=budget))
+                             b.text, **{key: budget}))
     k = sum(outcomes[big.text].values())
     classes = sl.info.num_classes
     p = binom_above(k, n, 1 / classes)
     lo, hi = wilson(k, n)
     flag = k / n > 1 / classes and p < ALPHA
     checks.append(finding("large-eps", flag,
-                         f"At {norm} eps {big.text}, which reaches mid-grey from any image, PGD leaves "
+                         f"At {norm} eps {big.text}, which reaches mid-grey from any image, {name} leaves "
                          f"{pct(k, n)} [{100 * lo:.1f}, {100 * hi:.1f}] robust (n={n}; chance is {100 / classes:.1f}%"
                          f", p={p:.2g})" + ("; an unbounded attack should reach chance, so the attack is failing."
-                                            if flag else "."), big.text, pgd=budget))
+                                            if flag else "."), big.text, **{key: budget}))
     r0, r1 = outcomes[eps.text], strong_res
     extra = sum(1 for i in r0 if r0[i] and not r1[i])
     back = sum(1 for i in r0 if r1[i] and not r0[i])
@@ -111,24 +141,31 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     drop = 100 * (sum(r0.values()) - sum(r1.values())) / n
     flag = drop > TOLERANCE and extra > back and p < ALPHA
     checks.append(finding("convergence", flag,
-                         f"PGD with {strong.steps} steps x {strong.restarts} restarts: {pct(sum(r1.values()), n)} "
-                         f"robust against {pct(sum(r0.values()), n)} with {base.steps} x {base.restarts} at eps "
+                         f"{name} with {_words(strong)}: {pct(sum(r1.values()), n)} "
+                         f"robust against {pct(sum(r0.values()), n)} with {_words(base, short=True)} at eps "
                          f"{eps.text} (n={n}, change {-drop:+.1f} points, McNemar p={p:.2g})"
                          + ("; the default budget had not converged." if flag else "."), eps.text,
-                         pgd=budget, strong=strong.budget()))
+                         **{key: budget}, strong=strong.budget()))
     white = {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}  # for cross_checks
+    white_words = (f"PGD ({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss})"
+                   if other is not None else f"{name} ({_words(base)}, then {_words(strong)})")
     broke = sum(1 - v for v in square_res.values())
     k = sum(apgd_res.values())  # broken by Square, robust to APGD-CE and APGD-T
     p = binom_above(k, n, SQUARE_MARGIN)
     flag = k / n > SQUARE_MARGIN and p < ALPHA
     checks.append(finding("square", flag,
-                         f"Square ({square_queries} queries) broke {broke} of the {len(square_res)} examples that PGD "
-                         f"({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss}) left robust "
-                         f"at eps {eps.text}; {k} of them also resist APGD-CE and APGD-T ({pct(k, n)} of n={n}; "
+                         f"Square ({square_queries} queries) broke {broke} of the {len(square_res)} examples that "
+                         f"{white_words} left robust at eps {eps.text}; {k} of them also resist APGD-CE and APGD-T ({pct(k, n)} of n={n}; "
                          f"AutoAttack's margin 0.2%, p={p:.2g})"
                          + ("; a black-box attack beating white-box ones points to masked gradients." if flag else "."),
                          eps.text, square=square.budget(), apgd=apgd.budget()))
     return checks, white
+
+
+def _one_attack(attacks: list[str]) -> str:
+    if len(attacks) != 1:
+        raise RobenchError("The checklist takes one white-box attack (pgd or fast), not several.")
+    return attacks[0]
 
 
 def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, square_queries: int,
@@ -151,7 +188,8 @@ def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, s
             check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
         bs = parse_batch_size(cfg.batch_size) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
     found, white = checklist(model, sl, t, cfg.norm, dev, bs, cfg.seed, pgd=cfg.pgd_options(), strong_steps=strong_steps,
-                             strong_restarts=strong_restarts, square_queries=square_queries, progress=progress)
+                             strong_restarts=strong_restarts, square_queries=square_queries, progress=progress,
+                             attack=_one_attack(cfg.attacks))
     with Store(cfg.store) as db:
         db.set_checks(t.sha256, sl.info.name, cfg.norm, found)
         found += cross_checks(db, t.sha256, sl.info.name, cfg.norm, extra_white=white)
