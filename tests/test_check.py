@@ -112,3 +112,25 @@ def test_a_file_that_is_not_a_leaderboard_is_one_sentence():
     assert r.exit_code == 2 and "is not a robench leaderboard CSV" in r.output
     r = cli("check", "--baseline", "missing.csv")
     assert r.exit_code == 2 and "No such baseline" in r.output
+
+
+@requires_fmnist
+def test_autoattack_rows_are_rechecked_with_fast_unless_official_is_asked(tmp_path, monkeypatch):
+    """The AutoAttack row of the baseline is re-run with robench's fast (minutes instead of a quarter of an
+    hour at n=1000) and compared as the autoattack metric; a weakened model fails it."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ZOO / "lenet5-relu-pgd-at.safetensors", "model.safetensors")
+    robench.evaluate(["model.safetensors"], n=20, eps=["0.1"], attacks=["autoattack"], store="base.sqlite")
+    robench.api.leaderboard("base.sqlite", "lb", report=False)
+    base = Path("lb/fashion-mnist_Linf.csv")
+    r = cli("check", "--baseline", base, "--store", "base.sqlite", "--json", "c.json")
+    assert r.exit_code == 0, r.output
+    assert "re-run with robench's fast" in r.output
+    rows = pd.DataFrame(json.loads(Path("c.json").read_text())["rows"])
+    aa = rows[rows.metric == "autoattack"].iloc[0]
+    assert aa.test == "paired (McNemar)" and aa.verdict == "pass" and abs(aa.change) <= 100 / 20
+    _weaken()
+    r = cli("check", "--baseline", base, "weak.safetensors", "--store", "base.sqlite", "--json", "c.json")
+    assert r.exit_code == 1 and "lenet5-relu-pgd-at (autoattack)" in r.output
+    r = cli("check", "--baseline", base, "--autoattack", "best", "--store", "base.sqlite")
+    assert r.exit_code == 2 and "--autoattack is fast or official" in r.output

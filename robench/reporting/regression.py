@@ -126,11 +126,20 @@ def junit_xml(table: pd.DataFrame, tolerance: float, alpha: float) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
+def stand_in(spec: str, autoattack: str) -> str:
+    """The attack a check re-runs for a baseline attack spec: robench's ``fast`` in place of AutoAttack
+    standard when ``autoattack`` is "fast", the spec itself otherwise."""
+    if autoattack not in ("fast", "official"):
+        raise RobenchError(f'--autoattack is fast or official, not "{autoattack}".')
+    return "fast" if autoattack == "fast" and spec in ("autoattack", "autoattack:standard") else spec
+
+
 def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: float, alpha: float,
               store: str | Path | None, device: str, data_dir: str | None, trust: bool, junit: str | Path | None,
-              json_out: str | Path | None, progress=None) -> dict:
+              json_out: str | Path | None, progress=None, autoattack: str = "fast") -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
-    own, and compared model by model (see robench.api.check)."""
+    own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` the baseline's
+    AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack metric."""
     base_csv = read_baseline(baseline)
     models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
     if checkpoints:
@@ -156,7 +165,8 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
             data, runs = runs_of(rows)
             for run in runs:
                 cfg = EvalConfig.checked(dict(dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"],
-                                              data_dir=data_dir, n=run["n"], eps=run["eps"], attacks=run["attacks"],
+                                              data_dir=data_dir, n=run["n"], eps=run["eps"],
+                                              attacks=[stand_in(a, autoattack) for a in run["attacks"]],
                                               batch_size=run["batch_size"], device=device,
                                               store=str(Path(tmp) / "check.sqlite"), **data))
                 cfg.checkpoints = [ck]
@@ -164,6 +174,8 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
         evaluate_many(tasks, progress=progress)
         with Store(Path(tmp) / "check.sqlite", readonly=True) as db:
             now = results(db)
+        if len(now):  # fast stands in for the baseline's AutoAttack
+            now.loc[now.attacks == "fast", "kind"] = "autoattack"
     base = None
     if store_path(store).exists():
         with Store(store, readonly=True) as db:
@@ -179,6 +191,6 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
                                        "failed": bool((table.verdict == "fail").any()),
                                        "rows": table.to_dict(orient="records")}, indent=2) + "\n")
     return {"table": table, "failed": bool((table.verdict == "fail").any()),
-            "models": {mid: ck.sha256 for mid, ck in models.items()}}
+            "models": {mid: ck.sha256 for mid, ck in models.items()}, "autoattack": autoattack}
 
 
