@@ -152,11 +152,12 @@ class Fast(Attack):
 
     name = "fast"
 
-    def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt"):
+    def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt", restarts: int = 1):
         # named apart from AutoAttack's official members, so a stored outcome says whose attack broke it
         self.members = {"robench-apgd-ce": APGD("ce", iters=iters),
-                        "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice)}
-        self.iters, self.targets, self.choice = iters, targets, choice
+                        "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice,
+                                               restarts=restarts)}
+        self.iters, self.targets, self.choice, self.restarts = iters, targets, choice, restarts
 
     def budget(self) -> dict:
         members = {}
@@ -168,9 +169,9 @@ class Fast(Attack):
     @classmethod
     def spec_of(cls, budget: dict) -> str:
         t = budget["members"]["robench-apgd-t"]
-        if (t["iters"], t["targets"], t["choice"]) == (100, 3, "malt"):
+        if (t["iters"], t["targets"], t["choice"], t["restarts"]) == (100, 3, "malt", 1):
             return "fast"
-        return f"fast(iters={t['iters']},targets={t['targets']},choice={t['choice']})"
+        return f"fast(iters={t['iters']},targets={t['targets']},choice={t['choice']},restarts={t['restarts']})"
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         x_adv, broken_by = x.clone(), [None] * len(x)
