@@ -367,8 +367,9 @@ def check(
     device: Device = None, data_dir: DataDir = None,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
-    autoattack: str = typer.Option("fast", "--autoattack", help="Re-run the baseline's AutoAttack rows with "
-                                   "robench's fast or the official code: fast or official."),
+    autoattack: str = typer.Option("official", "--autoattack", help="Re-run the baseline's AutoAttack rows "
+                                   "with the official code or with robench's fast (quicker, not yet never weaker): "
+                                   "official or fast."),
     trust: Trust = False, quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
@@ -383,8 +384,8 @@ def check(
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     out.print(check_table(res["table"], baseline, tolerance, alpha))
     if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
-        out.print("The autoattack rows were re-run with robench's fast (--autoattack official runs AutoAttack "
-                  "itself).")
+        out.print("The autoattack rows were re-run with robench's fast, not AutoAttack itself (--autoattack "
+                  "official).")
     failed = res["table"][res["table"].verdict == "fail"]
     if len(failed):
         out.print(f"{len(failed)} of {len(res['table'])} checks failed: "

@@ -136,7 +136,7 @@ def stand_in(spec: str, autoattack: str) -> str:
 
 def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: float, alpha: float,
               store: str | Path | None, device: str, data_dir: str | None, trust: bool, junit: str | Path | None,
-              json_out: str | Path | None, progress=None, autoattack: str = "fast") -> dict:
+              json_out: str | Path | None, progress=None, autoattack: str = "official") -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
     own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` the baseline's
     AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack metric."""
