@@ -1,0 +1,132 @@
+"""Is robench's `fast` never weaker than official AutoAttack? Per example, on the shipped checkpoints.
+
+    python benchmarks/never_weaker.py [--n 1000] [--attack fast] [--reference results/leaderboard.sqlite]
+                                      [--store results/never-weaker.sqlite] [CHECKPOINT ...]
+
+For every checkpoint (default: every shipped one, seeds included) at its training eps (the dataset's
+leaderboard eps for standard training), on the first n test images:
+- official AutoAttack's per-example outcomes: read from the reference stores (the study's and the
+  leaderboard's runs of `autoattack` standard, the largest run that covers the first n) or, where none is
+  stored, run through robench into --store;
+- `fast` (or --attack) run through robench's engine into --store, as `robench eval` runs it (its default
+  batch size; resumable, so an interrupted benchmark continues and a rerun costs nothing);
+- the examples AutoAttack breaks and `fast` does not, by index (the target is none), and the reverse count.
+Prints one row per checkpoint and writes benchmarks/results/never-weaker-<attack>.json. The wall times are
+each run's own (the stored AutoAttack runs may have shared the machine); `benchmarks/attacks.py` measures
+the speed ratio in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import robench  # noqa: E402
+from robench.files import sha256_file  # noqa: E402
+from robench.store import Store  # noqa: E402
+
+
+def training_eps(meta: dict) -> str:
+    recipe = meta.get("recipe") or {}
+    if recipe.get("method", "standard") != "standard" and recipe.get("eps"):
+        return str(recipe["eps"])
+    from robench.data import dataset_info
+
+    return dataset_info(meta["dataset"]).eps["Linf"]  # the leaderboard's eps for the dataset
+
+
+def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int):
+    """(store path, run) of the largest finished AutoAttack standard run of the first >= n test images at eps."""
+    best = None
+    for path in stores:
+        if not path.exists():
+            continue
+        with Store(path, readonly=True) as st:
+            runs = st.runs()
+            for r in runs[(runs.sha256 == sha) & (runs.split == "test") & (runs.subset == "first")
+                          & (runs.n >= n)].itertuples():
+                atk = json.loads(r.attacks)
+                if (len(atk) == 1 and atk[0]["name"] == "autoattack" and atk[0].get("version") == "standard"
+                        and eps in [e[0] for e in json.loads(r.eps)] and (best is None or r.n > best[1].n)):
+                    best = (path, r)
+    return best
+
+
+def flags(store: Path, run_id: int, eps: str, n: int) -> tuple[dict, dict]:
+    """Per example index below n: robust (bool), and what broke it."""
+    with Store(store, readonly=True) as st:
+        o = st.outcomes(run_id)
+    o = o[(o.eps == eps) & (o.idx < n)]
+    return dict(zip(o.idx, o.robust.astype(bool))), dict(zip(o.idx, o.broken_by))
+
+
+def evaluate(path: Path, attacks: list[str], eps: str, n: int, store: Path, **kw) -> tuple[int, float]:
+    df = robench.evaluate([str(path)], n=n, eps=[eps], attacks=attacks, store=str(store), **kw)
+    rid = int(df.run_id.iloc[0])
+    with Store(store, readonly=True) as st:
+        return rid, float(st.run(rid)["wall_time"])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("checkpoints", nargs="*", type=Path)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--attack", action="append", help="the attack to compare (default fast); repeat for a cascade")
+    ap.add_argument("--reference", action="append", type=Path,
+                    help="a store to read AutoAttack runs from; repeat (default: results/study.sqlite and "
+                         "results/leaderboard.sqlite)")
+    ap.add_argument("--store", type=Path, default=ROOT / "results" / "never-weaker.sqlite")
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    attacks = args.attack or ["fast"]
+    label = "+".join(attacks)
+    refs = args.reference or [ROOT / "results" / "study.sqlite", ROOT / "results" / "leaderboard.sqlite"]
+    cks = [p.resolve() for p in args.checkpoints] or sorted((ROOT / "checkpoints").rglob("*.safetensors"))
+    rows = []
+    print(f"{'model':32s} {'eps':>5s} {'n':>5s} {'AA rob':>7s} {label + ' rob':>9s} {'AA s':>7s} "
+          f"{label + ' s':>7s}  AutoAttack breaks, {label} does not (index: member)  | reverse")
+    for path in cks:
+        meta = robench.load_checkpoint(path).meta
+        eps, sha = training_eps(meta), sha256_file(path)
+        ref = autoattack_runs(refs + [args.store], sha, eps, args.n)
+        if ref is None:  # none stored: run it (one batch, as the study does)
+            rid, aa_wall = evaluate(path, ["autoattack"], eps, args.n, args.store, batch_size=min(args.n, 1000))
+            ref_store = args.store
+        else:
+            ref_store, r = ref
+            rid, aa_wall = int(r.run_id), float(r.wall_time) * min(1.0, args.n / r.n)
+        aa, aa_by = flags(ref_store, rid, eps, args.n)
+        fid, f_wall = evaluate(path, attacks, eps, args.n, args.store)
+        ours, _ = flags(args.store, fid, eps, args.n)
+        common = sorted(set(aa) & set(ours))
+        misses = [i for i in common if not aa[i] and ours[i]]
+        reverse = [i for i in common if aa[i] and not ours[i]]
+        row = {"model": meta.get("name", path.stem), "checkpoint": str(path.relative_to(ROOT)), "eps": eps,
+               "n": len(common), "autoattack_robust": sum(aa[i] for i in common),
+               "fast_robust": sum(ours[i] for i in common), "autoattack_wall_s": round(aa_wall, 1),
+               "fast_wall_s": round(f_wall, 1), "autoattack_breaks_fast_not": {i: aa_by[i] for i in misses},
+               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": str(ref_store)}
+        rows.append(row)
+        listed = ", ".join(f"{i}: {aa_by[i]}" for i in misses) or "none"
+        print(f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "
+              f"{aa_wall:7.1f} {f_wall:7.1f}  {listed}  | {len(reverse)}", flush=True)
+    total = sum(len(r["autoattack_breaks_fast_not"]) for r in rows)
+    print(f"{len(rows)} checkpoints, {sum(r['n'] for r in rows)} examples: AutoAttack breaks and {label} "
+          f"does not: {total}; {label} breaks and AutoAttack does not: "
+          f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}")
+    out = args.out or ROOT / "benchmarks" / "results" / f"never-weaker-{label.split('(')[0].replace('+', '-')}.json"
+    out.write_text(json.dumps({"attack": label, "n": args.n, "machine": platform.platform(),
+                               "torch": torch.__version__, "robench": robench.__version__,
+                               "misses": total, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+if __name__ == "__main__":
+    main()
