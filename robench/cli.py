@@ -12,8 +12,8 @@ from typer.core import TyperGroup
 
 from . import api
 from ._version import __version__
-from .cli_output import (EvalProgress, TrainProgress, check_table, clean, err, esc, info_table, interrupted,
-                         leaderboard_tables, out, results_table, safe, track, transfer_tables)
+from .cli_output import (EvalProgress, TrainProgress, WHERE, check_table, clean, err, esc, info_table,
+                         interrupted, leaderboard_tables, out, results_table, safe, track, transfer_tables)
 from .errors import RobenchError
 
 
@@ -44,6 +44,7 @@ class _Group(TyperGroup):
             _interrupted()
 
     def make_context(self, *args, **kwargs):
+        WHERE.clear()  # a new command (several run in one process under tests or a notebook)
         # Ctrl-C while the arguments are parsed: typer would end with exit code 130 and print nothing
         try:
             return super().make_context(*args, **kwargs)

@@ -74,6 +74,9 @@ def test_ctrl_c_while_the_arguments_are_parsed_says_so(monkeypatch, tmp_path):
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
+    from robench import cli_output
+
+    cli_output.WHERE["ended"] = 1  # an earlier command in this process finished a run: not this command's
     monkeypatch.setattr(typer.core.TyperGroup, "parse_args", interrupt)
     res = runner.invoke(app, ["eval", str(tmp_path / "m.pt"), "--store", str(tmp_path / "s.sqlite")])
     assert res.exit_code == 130
