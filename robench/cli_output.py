@@ -120,9 +120,9 @@ class EvalProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("robust {task.fields[robust]}"), TimeRemainingColumn(),
+                                 TextColumn("{task.fields[robust]}"), TimeRemainingColumn(),
                                  console=err, transient=False)
-        self.tasks, self.robust = {}, {}
+        self.tasks, self.robust, self.word = {}, {}, {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -135,10 +135,8 @@ class EvalProgress:
         track(ev)
         if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
             last = ev["rows"][-1]
-            acc = (f"clean {last['clean_acc']:.1f}%" if last["attacks"] in ("none", "") else
-                   f"robust {last['robust_acc']:.1f}% at eps {last['eps']}")
             self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
-                                        f"(n={last['n']})  {acc}  {ev['seconds']:.0f} s", markup=False)
+                                        f"(n={last['n']})  {headline(last)}  {ev['seconds']:.0f} s", markup=False)
             return
         if ev["event"] == "craft":
             how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
@@ -153,16 +151,24 @@ class EvalProgress:
         if ev["event"] == "start":
             note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
             self.robust[rid] = 0
+            self.word[rid] = "clean" if list(ev["attacks"]) in (["none"], [""], []) else "robust"
             self.tasks[rid] = self.progress.add_task(esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
-                                                     total=ev["total"], completed=ev["done"], robust="-")
+                                                     total=ev["total"], completed=ev["done"],
+                                                     robust=f"{self.word[rid]} -")
         elif ev["event"] == "batch":
             self.robust[rid] += ev["robust"]
-            self.progress.update(self.tasks[rid], completed=ev["done"], robust=self.robust[rid])
+            self.progress.update(self.tasks[rid], completed=ev["done"], robust=f"{self.word[rid]} {self.robust[rid]}")
         elif ev["event"] == "end":
             last = ev["rows"][-1] if ev["rows"] else None
             if last:
-                self.progress.update(self.tasks[rid], completed=last["n"],
-                                     robust=f"{last['robust_acc']:.1f}% at eps {last['eps']}")
+                self.progress.update(self.tasks[rid], completed=last["n"], robust=headline(last))
+
+
+def headline(row: dict) -> str:
+    """A finished run's result in a few words: clean accuracy for `--attack none`, else robust accuracy."""
+    if row["attacks"] in ("none", ""):
+        return f"clean {row['clean_acc']:.1f}%"
+    return f"robust {row['robust_acc']:.1f}% at eps {row['eps']}"
 
 
 def short(v) -> str:

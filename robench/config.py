@@ -95,6 +95,10 @@ class EvalConfig:
         for key in settings:
             if key not in valid:
                 raise unknown("evaluation option", key, valid)
+        settings = dict(settings)
+        for key in ("eps", "attacks"):  # one budget or one attack given on its own: eps="0.1", attacks="fgsm"
+            if isinstance(settings.get(key), (str, int, float)) and not isinstance(settings.get(key), bool):
+                settings[key] = [settings[key]]
         check_types(settings, cls, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
         check_counts(settings, "evaluation options")
         cfg = cls(**settings)

@@ -1,9 +1,11 @@
 import torch
 from typer.testing import CliRunner
 
+import robench
 from robench import __version__
 from robench.cli import app
 
+from conftest import requires_fmnist
 from helpers import save_tiny
 
 runner = CliRunner()
@@ -82,3 +84,28 @@ def test_ctrl_c_while_the_arguments_are_parsed_says_so(monkeypatch, tmp_path):
     assert res.exit_code == 130
     assert "Interrupted before any run started, so nothing was stored" in res.output
     assert not (tmp_path / "s.sqlite").exists()
+
+
+@requires_fmnist
+def test_the_python_api_takes_one_eps_or_one_attack_on_its_own(tmp_path):
+    m = tmp_path / "m.pt"
+    save_tiny(m)
+    df = robench.evaluate(str(m), dataset="fashion-mnist", n=8, eps="0.1", attacks="fgsm", store=tmp_path / "s.sqlite",
+                          device="cpu")
+    assert df.eps.tolist() == ["0.1"] and df.attacks.tolist() == ["fgsm"]
+    df = robench.evaluate(str(m), dataset="fashion-mnist", n=8, eps=0.05, store=tmp_path / "s.sqlite", device="cpu")
+    assert df.eps.tolist() == ["0.05"]
+
+
+def test_progress_of_a_clean_only_run_says_clean_not_robust():
+    from robench.cli_output import EvalProgress, headline
+
+    assert headline({"attacks": "none", "clean_acc": 81.1, "robust_acc": 81.1, "eps": "0.1"}) == "clean 81.1%"
+    assert headline({"attacks": "pgd", "clean_acc": 81.1, "robust_acc": 70.0, "eps": "0.1"}) == "robust 70.0% at eps 0.1"
+    with EvalProgress() as prog:
+        for attacks, word in ((["none"], "clean"), (["pgd"], "robust")):
+            rid = len(prog.tasks) + 1
+            prog.update({"event": "start", "run_id": rid, "model": "m", "attacks": attacks, "total": 4, "done": 0,
+                         "cached": False, "resumed": False})
+            prog.update({"event": "batch", "run_id": rid, "done": 4, "robust": 3})
+            assert prog.progress.tasks[-1].fields["robust"] == f"{word} 3"
