@@ -151,7 +151,7 @@ class EvalProgress:
         if ev["event"] == "start":
             note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
             self.robust[rid] = 0
-            self.word[rid] = "clean" if list(ev["attacks"]) in (["none"], [""], []) else "robust"
+            self.word[rid] = "clean" if clean_only(ev["attacks"]) else "robust"
             self.tasks[rid] = self.progress.add_task(esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
                                                      total=ev["total"], completed=ev["done"],
                                                      robust=f"{self.word[rid]} -")
@@ -164,9 +164,14 @@ class EvalProgress:
                 self.progress.update(self.tasks[rid], completed=last["n"], robust=headline(last))
 
 
+def clean_only(attacks: str | list[str]) -> bool:
+    """Whether a run's attacks ("pgd+fgsm" or a list) are `--attack none`: clean accuracy only."""
+    return (attacks.split("+") if isinstance(attacks, str) else list(attacks)) in ([], [""], ["none"])
+
+
 def headline(row: dict) -> str:
     """A finished run's result in a few words: clean accuracy for `--attack none`, else robust accuracy."""
-    if row["attacks"] in ("none", ""):
+    if clean_only(row["attacks"]):
         return f"clean {row['clean_acc']:.1f}%"
     return f"robust {row['robust_acc']:.1f}% at eps {row['eps']}"
 

@@ -12,8 +12,8 @@ import json
 import math
 
 import torch
-import torch.nn.functional as F
 
+from ..attacks.descent import attack_loss
 from ..attacks.registry import black_box
 from ..norms import get_norm
 from ..stats import binom_above, mcnemar_exact
@@ -61,15 +61,11 @@ def probe(model, x: torch.Tensor, y: torch.Tensor, name: str) -> list[dict]:
     return out
 
 
-def margin(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The logit margin of the best other class over the true one (positive: misclassified)."""
-    return z.masked_fill(F.one_hot(y, z.shape[1]).bool(), float("-inf")).amax(1) - z.gather(1, y[:, None])[:, 0]
-
-
 def margin_grad(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The margin and its input gradient (zeros where the graph does not reach the input)."""
+    """The logit margin (best other class over the true one) and its input gradient (zeros where the graph
+    does not reach the input)."""
     xg = x.clone().requires_grad_(True)
-    m = margin(model(xg), y)
+    m = attack_loss(model(xg), y, "margin")
     g = torch.autograd.grad(m.sum(), xg, allow_unused=True)[0]
     return m.detach(), torch.zeros_like(x) if g is None else g
 
@@ -80,7 +76,7 @@ def ascent(model, x: torch.Tensor, y: torch.Tensor, norm: str, name: str, size: 
     attack follows does not describe the model (a straight-through decoy, obfuscated gradients)."""
     m, g = margin_grad(model, x, y)
     with torch.no_grad():
-        m2 = margin(model((x + get_norm(norm).step(g, size)).clamp(0, 1)), y)
+        m2 = attack_loss(model((x + get_norm(norm).step(g, size)).clamp(0, 1)), y, "margin")
     n, rose = len(x), int((m2 > m).sum())
     p = binom_above(n - rose, n, 0.5)  # fewer than half rising, beyond noise
     flag = rose < n / 2 and p < ALPHA

@@ -48,7 +48,8 @@ def white_box(attack: str | None, pgd: dict | None, bs: int, strong_steps: int |
     base = create_attack(attack, batch_size=bs)
     if not isinstance(base, Fast):
         raise RobenchError(f'The checklist attacks with pgd or fast, not "{attack}".')
-    return base, Fast(iters=strong_steps or 5 * base.iters, targets=9, choice=base.choice), None
+    return base, Fast(iters=strong_steps or 5 * base.iters, targets=max(9, base.targets), choice=base.choice,
+                      restarts=base.restarts), None
 
 
 def _words(atk, short: bool = False) -> str:
@@ -84,8 +85,9 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     outcomes: dict[str, dict[int, int]] = {}
     tic = time.perf_counter()
     with attack_mode(model) as fast:
-        checks += probe(model, x_all[:64].to(dev), y_all[:64].to(dev), t.name)
-        checks.append(ascent(model, x_all[:64].to(dev), y_all[:64].to(dev), norm, t.name))
+        x64, y64 = x_all[:64].to(dev), y_all[:64].to(dev)
+        checks += probe(model, x64, y64, t.name)
+        checks.append(ascent(model, x64, y64, norm, t.name))
 
         def run(e: Eps, atk, subset=None) -> dict[int, int]:
             res = {}

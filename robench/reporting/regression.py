@@ -129,8 +129,6 @@ def junit_xml(table: pd.DataFrame, tolerance: float, alpha: float) -> str:
 def stand_in(spec: str, autoattack: str) -> str:
     """The attack a check re-runs for a baseline attack spec: robench's ``fast`` in place of AutoAttack
     standard when ``autoattack`` is "fast", the spec itself otherwise."""
-    if autoattack not in ("fast", "official"):
-        raise RobenchError(f'--autoattack is fast or official, not "{autoattack}".')
     return "fast" if autoattack == "fast" and spec in ("autoattack", "autoattack:standard") else spec
 
 
@@ -140,6 +138,8 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
     own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` the baseline's
     AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack metric."""
+    if autoattack not in ("fast", "official"):
+        raise RobenchError(f'--autoattack is fast or official, not "{autoattack}".')
     base_csv = read_baseline(baseline)
     models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
     if checkpoints:
