@@ -1,12 +1,12 @@
-# robench: `make install` sets up .venv and the embedded dataset; `make test` runs the test suite.
+# robench: `make install` sets up .venv, the embedded dataset and a browser for the page tests; `make test` runs the test suite.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 
-.PHONY: install test data checkpoints leaderboard study clean
+.PHONY: install test data browser checkpoints leaderboard study clean
 
-install: $(VENV)/.installed data
+install: $(VENV)/.installed data browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -20,6 +20,15 @@ data:
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
 	else \
 	  echo "Fashion-MNIST is missing and apt-get is unavailable: put the four Fashion-MNIST IDX .gz files in ./data/fashion-mnist/."; \
+	fi
+
+# A real browser for the web-leaderboard tests: Debian's chromium and chromium-driver (never downloaded at run time).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else \
+	  echo "Chromium is missing and apt-get is unavailable: the web-leaderboard browser tests will skip."; \
 	fi
 
 test: install

@@ -167,8 +167,9 @@ def build_zoo(zoo: str | Path, folder: str | Path | None = None, *, overwrite: b
 
 def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard", report: bool = True) -> dict:
     """Write RobustBench-style leaderboards from the store into ``out``: <dataset>_<norm>.csv,
-    model_info/<dataset>/<norm>/<model id>.json, README.md, and (with ``report``) the activation comparison
-    report.md with its PNG figures. Returns {"files": [...], "boards": {...}}."""
+    model_info/<dataset>/<norm>/<model id>.json, README.md, (with ``report``) the activation comparison
+    report.md with its PNG figures, and the web site: index.html, models/<dataset>/<norm>/<model id>.html,
+    groups/<group>.html and static/. Returns {"files": [...], "boards": {...}, "index": Path}."""
     from .reporting.publish import write_leaderboard
 
     return write_leaderboard(store, Path(out), report)

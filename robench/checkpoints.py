@@ -25,7 +25,7 @@ from ._version import __version__
 from .data import dataset_info
 from .errors import RobenchError
 from .files import atomic_path, sha256_file
-from .metadata import check_meta, model_card as _model_card, parse_meta
+from .metadata import check_meta, describe, model_card as _model_card, parse_meta
 from .nn.activations import activation_modules, parse_activation
 from .nn.architectures import Normalized, create_model
 
@@ -262,6 +262,7 @@ def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None =
     else:
         ckpt = _load_pickle(path, trust, overrides)
     ckpt.sha256, ckpt.path = digest, path
+    ckpt.meta = describe(ckpt.meta, path)
     ckpt.model.eval()
     return ckpt
 

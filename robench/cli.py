@@ -328,11 +328,18 @@ def train(
 def leaderboard(
     store: StorePath = None,
     out_dir: Path = typer.Option(Path("leaderboard"), "--out", help="Folder to write."),
+    open_: bool = typer.Option(False, "--open", help="Open the web leaderboard (index.html) in your browser."),
 ):
-    """Write RobustBench-style leaderboards (CSV, model_info JSON, README.md) from the results store."""
+    """Write RobustBench-style leaderboards from the results store: CSV, model_info JSON, README.md, the
+    activation report, and a static web site (index.html, one page per model) that works offline."""
     res = api.leaderboard(str(store) if store else None, out_dir)
     leaderboard_tables(res["boards"])
-    out.print(f"Wrote {len(res['files'])} files to {out_dir}/")
+    out.print(f"Wrote {len(res['files'])} files to {out_dir}/; the web leaderboard is {res['index']}")
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(res["index"].resolve().as_uri()):
+            out.print(f"No web browser was found here; open {res['index']} in one.")
 
 
 @app.command("export")

@@ -51,9 +51,13 @@ def check_meta(meta: dict, what: str) -> dict:
     def whole(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    for key in ("arch", "activation", "dataset", "name"):
+    for key in ("arch", "activation", "dataset", "name", "link", "paper", "venue"):
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise bad(key, "a string")
+    authors = meta.get("authors")
+    if authors is not None and not (isinstance(authors, str) or (
+            isinstance(authors, list) and all(isinstance(a, str) for a in authors))):
+        raise bad("authors", "a string or a list of strings")
     if meta.get("num_classes") is not None and not (whole(meta["num_classes"]) and 1 <= meta["num_classes"] <= 100_000):
         raise bad("num_classes", "a whole number from 1 to 100000")
     shape = meta.get("input_shape")
@@ -84,3 +88,14 @@ def model_card(path: Path) -> dict:
                 raise RobenchError(f"The model card {card} cannot be read ({e.strerror}); fix or remove it.") from e
             return check_meta(parse_meta(text, f"The model card {card}"), f"The model card {card}")
     return {}
+
+
+DESCRIPTIVE = ("link", "authors", "paper", "venue")  # what a model card may add to any checkpoint's metadata
+
+
+def describe(meta: dict, path: Path) -> dict:
+    """``meta`` with the descriptive fields of the model card beside ``path`` (a link to the paper, its
+    authors, a reference, the venue), which the card's writer may add to any checkpoint, one that carries
+    its own metadata included; nothing that builds the model comes from here."""
+    card = model_card(path)
+    return {**meta, **{k: card[k] for k in DESCRIPTIVE if card.get(k)}}

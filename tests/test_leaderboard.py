@@ -49,7 +49,9 @@ def test_leaderboard_files_carry_robustbench_fields_and_the_worst_case():
     assert info["robench"]["sha256"] == robench.load_checkpoint("a.pt").sha256
     readme = Path("lb/README.md").read_text()
     assert "## fashion-mnist, Linf, eps 0.1" in readme and "| 1 |" in readme
-    assert len(res["files"]) == 7 and "report.md" in readme  # csv, 2 json, 2 png, report.md, README.md
+    # csv, 2 json, 2 png, report.md, README.md; the site: index, 2 model pages, 1 group page, script and style
+    assert len(res["files"]) == 13 and "report.md" in readme
+    assert (Path("lb") / "index.html").is_file() and res["index"] == Path("lb") / "index.html"
 
 
 def test_the_same_store_gives_byte_identical_files():

@@ -73,8 +73,8 @@ def curve_series(g: Group) -> tuple[str, list[dict]]:
             k, n = sum(d.values()), len(d)
             lo, hi = wilson(k, n)
             acc.append(100 * k / n), low.append(100 * lo), high.append(100 * hi)
-        series.append({"label": mb.label, "eps": [p[0] for p in pts], "acc": acc, "low": low, "high": high,
-                       "ref": mb.activation == "relu"})
+        series.append({"label": mb.label, "activation": mb.activation, "eps": [p[0] for p in pts], "acc": acc,
+                       "low": low, "high": high, "ref": mb.activation == "relu"})
     return metric, series
 
 
@@ -247,11 +247,14 @@ def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
     order = [mb.label for mb in g.members if mb.label in m.columns]
     rows = [r for r in (mb.model_id for mb in g.members) if r in m.index] + sorted(
         r for r in m.index if r not in {mb.model_id for mb in g.members})
-    return m.loc[rows, order]
+    labels = {mb.model_id: mb.label for mb in g.members}  # rows named as the columns are
+    return m.loc[rows, order].rename(index=lambda r: labels.get(r, r))
 
 
-def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
-    """The report's Markdown and figures (written into ``folder``)."""
+def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
+    """The report's Markdown and figures (written into ``folder``), and its parts for the web site:
+    {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
+    Markdown is the concatenation of the lines)."""
     from .plots import activation_shapes, eps_curves, heatmap
 
     folder = Path(folder)
@@ -266,11 +269,13 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
     found = groups(res)
     if not found:
         lines += ["", "No group of two or more models differing only in activation is in the store."]
-    lines += claims_section(found)
+    parts = {"intro": lines, "claims": claims_section(found), "groups": []}
     for g in found:
         eps = comparison_eps(g)
         dl = deltas(g, eps)
-        lines += ["", f"## {g.title}", ""]
+        lines = ["", f"## {g.title}", ""]
+        part = {"group": g, "lines": lines, "eps": eps, "figures": []}
+        parts["groups"].append(part)
         lines += [f"- {s}" for s in summary(g, eps, dl)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
@@ -288,7 +293,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
             lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
             lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
-        matrix = transfer_matrix(res, g, eps)
+        part["transfer"] = matrix = transfer_matrix(res, g, eps)
         if matrix.empty:
             lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]
         else:
@@ -317,15 +322,17 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path]]:
         shapes = activation_shapes(folder / f"{g.slug}-activations.png", shape_panels(g),
                                    f"Learned activations: {g.title}")
         files += [curve, shapes]
+        part["figures"] = [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
         n_curve = sorted({len(d) for mb in g.members for e, d in
                           ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d})
         lines += ["", f"### {LABELS[metric]} robust accuracy against eps", "",
                   f"![{LABELS[metric]} robust accuracy against eps]({curve.name})", "",
                   f"n = {', '.join(map(str, n_curve))} per point; eps 0 is clean accuracy on the same examples; "
-                  "shaded bands are 95% intervals; ReLU is black and dashed.",
+                  "one panel per activation, each against ReLU (black, dashed); shaded bands are 95% intervals.",
                   "", "### Learned activation shapes", "", f"![Learned activations]({shapes.name})", "",
                   "Each activation instance of each checkpoint, drawn from its own learned parameters over "
                   "[-4, 4]; ReLU dashed." + (" One panel per activation; with several training runs, the line "
                                              "style marks the seed (solid, dash-dot, dotted in seed order)."
                                              if any(mb.seed not in (None, 0) for mb in g.members) else "")]
-    return "\n".join(lines) + "\n", files
+    text = parts["intro"] + parts["claims"] + [line for part in parts["groups"] for line in part["lines"]]
+    return "\n".join(text) + "\n", files, parts

@@ -19,7 +19,7 @@ COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_m
            "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
            "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
            "config"]
-EXTRA = ["number_forward_passes"]  # in model_info, not in the CSV
+EXTRA = ["number_forward_passes", "link", "authors", "paper"]  # in model_info, not in the CSV
 METRICS = ("clean", "pgd", "autoattack", "transfer", "best_known")
 
 
@@ -147,11 +147,10 @@ def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
             for sha, m in runs.groupby("sha256", sort=True):
                 rows.append(_row(m, dataset, norm, eps, eps_value))
         df = pd.DataFrame(rows)
-        # as RobustBench: by best known robust accuracy, but a model without AutoAttack at that eps ranks
-        # after every model with it (its best known rests on weaker attacks only)
-        df["_aa"] = df["autoattack_n"] > 0
-        df = df.sort_values(["eps_value", "_aa", "best_known_acc", "clean_acc", "model_id"],
-                            ascending=[True, False, False, False, True], kind="mergesort")
+        # by best known robust accuracy, whatever attacks it rests on: a model without AutoAttack is not
+        # pushed below standard-trained models at 0%; the tables mark its row instead (weaker_attacks_only)
+        df = df.sort_values(["eps_value", "best_known_acc", "clean_acc", "model_id"],
+                            ascending=[True, False, False, True], kind="mergesort", na_position="last")
         df["rank"] = df.groupby("eps_value").cumcount() + 1
         out[(dataset, norm)] = df[COLUMNS + EXTRA].reset_index(drop=True)
     return out
@@ -190,6 +189,9 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -
         # RobustBench's field: one pass gives a deterministic model's prediction; for a model the store found
         # randomized, or never checked, the store cannot say how many passes its prediction needs
         "number_forward_passes": 1 if m["deterministic"].eq(True).all() else None,
+        # from the checkpoint's metadata or its model card (robench.metadata.DESCRIPTIVE)
+        "link": meta.get("link") or "", "paper": meta.get("paper") or "",
+        "authors": ", ".join(a) if isinstance(a := meta.get("authors") or "", list) else a,
     }
 
 
@@ -214,7 +216,7 @@ def run_config(m: pd.DataFrame) -> dict:
 def model_info(row: pd.Series) -> dict:
     """RobustBench's model_info fields (same names and types), then robench's own."""
     info = {
-        "link": "", "name": row["name"], "authors": "", "additional_data": bool(row["additional_data"]),
+        "link": row["link"], "name": row["name"], "authors": row["authors"], "additional_data": bool(row["additional_data"]),
         "number_forward_passes": None if pd.isna(row["number_forward_passes"]) else int(row["number_forward_passes"]),
         "dataset": row["dataset"], "venue": row["venue"],
         "architecture": row["architecture"], "eps": row["eps"], "clean_acc": _s(row["clean_acc"]),
@@ -223,6 +225,7 @@ def model_info(row: pd.Series) -> dict:
     }
     info["robench"] = {k: _plain(v) for k, v in row.items() if k in COLUMNS
                        and k not in ("name", "dataset", "eps", "architecture")}
+    info["robench"]["paper"] = row["paper"]
     return info
 
 
@@ -250,12 +253,31 @@ def shown_eps(df: pd.DataFrame) -> list[str]:
     return [e for e in dict.fromkeys(df.eps) if not with_aa or e in with_aa]
 
 
+def weaker_attacks_only(row) -> bool:
+    """A row whose best known accuracy rests on attacks weaker than AutoAttack (none ran at its eps)."""
+    return not row.autoattack_n and bool(row.best_known_by)
+
+
+def cell(row, metric: str, digits: int = 2) -> str:
+    """One accuracy with its Wilson 95% interval and n, as the tables print it; "-" when not measured."""
+    acc, n, ci = getattr(row, f"{metric}_acc"), getattr(row, "n" if metric == "best_known" else f"{metric}_n"), \
+        getattr(row, f"{metric}_ci95")
+    if not n or acc != acc:
+        return "-"
+    return f"{acc:.{digits}f} {ci} n={n}"
+
+
+WEAKER_NOTE = ("† No AutoAttack result at this eps: the best known accuracy rests on weaker attacks only, so it may "
+               "overstate robustness.")
+
+
 def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = None) -> str:
     """The leaderboards in Markdown: per (dataset, norm), a table for every eps that has an AutoAttack result
     (every eps when none has); the CSV holds every eps."""
-    lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %; "
-             "ranked by best known robust accuracy (per example, the worst case over every attack run). The CSV "
-             "files add n, Wilson 95% intervals, the attack budgets, the configuration and the checkpoint sha256."]
+    lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %, each with its Wilson 95% "
+             "interval and its number of test examples n; ranked by best known robust accuracy (per example, the "
+             "worst case over every attack run). The CSV files add the attack budgets, the configuration and the "
+             "checkpoint sha256; index.html is the same leaderboard as a web page."]
     if report:
         lines += ["", f"The activation comparison is in [{report}]({report})."]
     for (dataset, norm), df in boards.items():
@@ -263,18 +285,16 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
         others = [e for e in dict.fromkeys(df.eps) if e not in shown]
         for eps in shown:
             block = df[df.eps == eps]
-            no_aa = (block.autoattack_n == 0).any() and (block.autoattack_n > 0).any()
             lines += ["", f"## {dataset}, {norm}, eps {eps}", "",
                       "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Transfer "
-                      "| Best known | n | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                      "| Best known | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in block.itertuples():
+                best = cell(r, "best_known") + (" †" if weaker_attacks_only(r) else "")
                 lines.append(f"| {r.rank} | {r.model_id} | {r.activation} | {r.architecture} | {r.training_method} | "
-                             f"{_s(r.clean_acc) or '-'} | {_s(r.autoattack_acc) or '-'} | {_s(r.pgd_acc) or '-'} | "
-                             f"{_s(r.transfer_acc) or '-'} | "
-                             f"{_s(r.best_known_acc)} | {r.n} | {'yes' if r.unreliable else 'no'} |")
-            if no_aa:
-                lines += ["", "Models without an AutoAttack result at this eps are ranked after every model with one: "
-                              "their best known accuracy rests on weaker attacks only."]
+                             + " | ".join(cell(r, m) for m in ("clean", "autoattack", "pgd", "transfer"))
+                             + f" | {best} | {'yes' if r.unreliable else 'no'} |")
+            if any(weaker_attacks_only(r) for r in block.itertuples()):
+                lines += ["", WEAKER_NOTE]
         if others:
             lines += ["", f"Results at {norm} eps {', '.join(others)} are in [{dataset}_{norm}.csv]"
                           f"({dataset}_{norm}.csv)."]

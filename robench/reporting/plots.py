@@ -36,22 +36,42 @@ def _colors(n: int):
 
 
 def eps_curves(path: Path, series: list[dict], title: str, norm: str, ylabel: str) -> Path:
-    """Robust accuracy against eps: one line per series ({label, eps: [...], acc: [...], low, high, ref}),
-    eps 0 being clean accuracy; the reference (ReLU) is drawn black and dashed; intervals as light bands."""
-    fig = _figure(7.5, 4.8)
-    ax = fig.add_subplot()
-    colors = iter(_colors(sum(not s.get("ref") for s in series)))
+    """Robust accuracy against eps as small multiples: one panel per activation ({label, activation, eps: [...],
+    acc: [...], low, high, ref}), each with the reference (ReLU) series drawn black and dashed beneath it, so
+    every activation is read against ReLU alone; eps 0 is clean accuracy; intervals as light bands. With no
+    reference series, one panel per activation without one."""
+    refs = [s for s in series if s.get("ref")]
+    by_act: dict[str, list[dict]] = {}
     for s in series:
-        color = "black" if s.get("ref") else next(colors)
-        style = dict(color="black", linestyle="--", linewidth=2.0) if s.get("ref") else dict(color=color, linewidth=1.5)
-        ax.plot(s["eps"], s["acc"], marker="o", markersize=3.5, label=s["label"], **style)
-        ax.fill_between(s["eps"], s["low"], s["high"], color=style["color"], alpha=0.08, linewidth=0)
-    ax.set_xlabel(f"{norm} eps (0 = clean)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(-2, 102)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, ncol=2 if len(series) > 6 else 1, loc="upper right")
+        if not s.get("ref"):
+            by_act.setdefault(s.get("activation", s["label"]), []).append(s)
+    panels = list(by_act.items()) or [("relu", [])]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = _figure(3.1 * cols, 2.5 * rows + 0.5)
+    axes = []
+    for k, (act, own) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, k + 1, sharey=axes[0] if axes else None)
+        axes.append(ax)
+        for j, s in enumerate(refs):
+            ax.plot(s["eps"], s["acc"], color="black", linestyle="--", linewidth=1.2, marker="o", markersize=2.5,
+                    label="ReLU" if j == 0 else None, alpha=0.9 if j == 0 else 0.55)
+            ax.fill_between(s["eps"], s["low"], s["high"], color="black", alpha=0.06, linewidth=0)
+        colors = _colors(max(len(own), 1))
+        for j, s in enumerate(own):
+            ax.plot(s["eps"], s["acc"], color=colors[j], linewidth=1.5, marker="o", markersize=2.5,
+                    label=s["label"] if len(own) > 1 else act)
+            ax.fill_between(s["eps"], s["low"], s["high"], color=colors[j], alpha=0.12, linewidth=0)
+        ax.set_title(act, fontsize=9)
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+        if k % cols == 0:
+            ax.set_ylabel(ylabel, fontsize=7)
+        if k >= len(panels) - cols:
+            ax.set_xlabel(f"{norm} eps (0 = clean)", fontsize=7)
+        ax.legend(fontsize=6, loc="upper right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -90,20 +110,24 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
 def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[str], title: str,
             label: str) -> Path:
     """A matrix of percentages (NaN where not measured) with each cell written in it; rows are sources,
-    columns targets."""
+    columns targets. The colour scale spans the data (a group between 68 and 81% is not one shade)."""
     data = np.array(values, dtype=float)
+    finite = data[np.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 100.0)
+    if hi - lo < 1.0:
+        lo, hi = lo - 0.5, hi + 0.5
     fig = _figure(1.6 + 0.9 * len(cols), 1.4 + 0.45 * len(rows))
     ax = fig.add_subplot(1, 1, 1)
-    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    im = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", vmin=lo, vmax=hi, aspect="auto")
     ax.set_xticks(range(len(cols)), cols, rotation=35, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
-    ax.set_xlabel("target")
-    ax.set_ylabel("source")
+    ax.set_xlabel("target (the model attacked)")
+    ax.set_ylabel("source (crafted on)")
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(data[i, j]):
                 ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if data[i, j] < 55 else "black")
+                        color="white" if data[i, j] < (lo + hi) / 2 else "black")
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -1,5 +1,5 @@
 """Writing what robench publishes: the leaderboard folder (CSVs, model_info JSON, README.md, report.md and
-its figures) and results tables, each file atomically, never over a file robench did not write."""
+its figures, the web site) and results tables, each file atomically, never over a file robench did not write."""
 from __future__ import annotations
 
 import json
@@ -10,15 +10,18 @@ from ..errors import RobenchError
 from ..store import Store
 from .compare import report as compare_report
 from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, results
+from .site import write_site
 
 OUTPUT_MARKER = ".robench-leaderboard"  # in every folder robench leaderboard writes: it may rewrite its files
 
 
 def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) -> dict:
-    """The leaderboards of the store written into ``out``; {"files": [...], "boards": {...}}."""
+    """The leaderboards of the store written into ``out``; {"files": [...], "boards": {...}, "index": path of
+    the web site's index.html}."""
     _check_output_folder(out)
     with Store(store, readonly=True) as db:
         res = results(db)
+        checks = db.checks()
     boards = leaderboards(res)
     if not boards:
         if db.version < 3:
@@ -46,12 +49,14 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
             row = (at_std if len(at_std) else rows).iloc[0]
             write(out / "model_info" / dataset / norm / f"{mid}.json",
                   json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
+    parts = None
     if report:
-        text, figures = compare_report(res, out)
+        text, figures, parts = compare_report(res, out)
         written += figures
         write(out / "report.md", text)
     write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
-    return {"files": written, "boards": boards}
+    write_site(out, boards, res, checks, parts, write)
+    return {"files": written, "boards": boards, "index": out / "index.html"}
 
 
 def _check_output_folder(out: Path) -> None:

@@ -1,0 +1,183 @@
+"""The leaderboard as a static web site, written beside the CSVs by `robench leaderboard`: index.html (one
+sortable, filterable table per dataset x threat model x eps), one page per model (model card, every stored run
+with its full budget, its figures, its row and column of the transfer matrix, its gradient-masking checks)
+and one page per activation comparison (the report's own section). Jinja2 templates and one small script and
+style sheet shipped in the package: it works opened from disk, offline. The figures are the report's own
+files; nothing is computed twice. Deterministic: the same store gives the same bytes."""
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from .leaderboard import shown_eps, weaker_attacks_only
+
+METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
+                 {"key": "pgd", "name": "PGD"}, {"key": "transfer", "name": "Transfer"},
+                 {"key": "best_known", "name": "Best known"}]
+STATIC = ("site.css", "site.js")
+
+
+def _env():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("robench.reporting", "templates"), autoescape=select_autoescape(["html"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+
+
+def _markdown(lines: list[str], figures_prefix: str = ""):
+    """The report's Markdown as HTML (tables included), its figures linked from ``figures_prefix``."""
+    import markdown
+    from markupsafe import Markup
+
+    text = "\n".join(lines)
+    if figures_prefix:
+        text = re.sub(r"\]\(([^)/:]+\.png)\)", rf"]({figures_prefix}\1)", text)
+    return Markup(markdown.markdown(text, extensions=["tables"]))
+
+
+def _cells(row) -> list[dict]:
+    out = []
+    for m in METRIC_LABELS:
+        key = m["key"]
+        n = row["n"] if key == "best_known" else row[f"{key}_n"]
+        acc = row[f"{key}_acc"]
+        measured = bool(n) and acc == acc
+        out.append({"acc": f"{acc:.2f}" if measured else "", "ci": row[f"{key}_ci95"] if measured else "",
+                    "n": int(n) if measured else 0, "value": f"{acc:.2f}" if measured else "",
+                    "weaker": key == "best_known" and weaker_attacks_only(row)})
+    return out
+
+
+def _model_path(dataset: str, norm: str, mid: str) -> str:
+    return f"models/{dataset}/{norm}/{mid}.html"
+
+
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-").lower()
+
+
+def _learned(checkpoint: str, sha256: str):
+    """The learned activation parameters read from the checkpoint file, or a sentence saying why not."""
+    from ..checkpoints import checkpoint_info, load_checkpoint
+
+    if not checkpoint or not Path(checkpoint).is_file():
+        return f"The checkpoint is not at {checkpoint or 'a known path'} here, so its learned parameters are not shown."
+    try:
+        ckpt = load_checkpoint(checkpoint)
+    except Exception as e:  # an untrusted pickle, a damaged file: the page says so instead of failing
+        return f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
+    if ckpt.sha256 != sha256:
+        return f"{checkpoint} has changed since it was evaluated (another sha256), so its parameters are not shown."
+
+    def fmt(v):
+        return ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
+
+    return [{"module": a["module"], "activation": a["activation"], "share": a["share"],
+             "params": "; ".join(f"{k} = {fmt(v)}" for k, v in a["values"].items())}
+            for a in checkpoint_info(ckpt)["activations"]]
+
+
+def _runs(res: pd.DataFrame) -> list[dict]:
+    out = []
+    for _, r in res.sort_values(["run_id", "eps_value"]).iterrows():
+        budget = json.loads(r["budget"])
+        out.append({
+            "run_id": int(r["run_id"]), "attacks": r["attacks"], "eps": r["eps"], "n": int(r["n"]),
+            "clean": f"{r['clean_acc']:.2f} [{r['clean_ci_low']:.2f}, {r['clean_ci_high']:.2f}]",
+            "robust": f"{r['robust_acc']:.2f} [{r['robust_ci_low']:.2f}, {r['robust_ci_high']:.2f}]"
+            if r["attacks"] != "none" else "-",
+            "budget": "\n".join(json.dumps(b, sort_keys=True) for b in budget) or "-",
+            "setting": f"{r['split']} split, {r['subset']} subset, seed {r['seed']}, batch {r['batch_size']}, "
+                       f"{r['device']} {r['dtype']}; robench {r['robench_version']}, "
+                       f"torch {r['torch_version']}"})
+    return out
+
+
+def _transfer(part: dict, label: str) -> dict | None:
+    matrix = part.get("transfer")
+    if matrix is None or matrix.empty:
+        return None
+    g = part["group"]
+
+    def fmt(v):
+        return "-" if v != v else f"{v:.2f}"
+
+    as_target = [{"other": src, "acc": fmt(v)} for src, v in matrix[label].items()] if label in matrix.columns else []
+    as_source = [{"other": tgt, "acc": fmt(v)} for tgt, v in matrix.loc[label].items()] if label in matrix.index else []
+    return {"norm": g.norm, "eps": part["eps"], "slug": g.slug, "as_target": as_target, "as_source": as_source}
+
+
+def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame, parts: dict | None, write) -> None:
+    """Write the site into ``out`` with ``write(path, text)`` (atomic, recorded as written)."""
+    env = _env()
+    group_parts = (parts or {}).get("groups", [])
+    groups, member_of = [], {}
+    for part in group_parts:
+        g = part["group"]
+        for mb in g.members:
+            member_of[(g.dataset, g.norm, mb.sha256)] = (part, mb)
+        members = [{"label": mb.label, "href": "../" + _model_path(g.dataset, g.norm, mb.model_id)} for mb in g.members]
+        groups.append({"slug": g.slug, "title": g.title, "short": f"{g.arch} {g.method or ''}".strip(),
+                       "n": len(g.members), "members": members, "part": part})
+    common = {"groups": groups, "metric_labels": METRIC_LABELS}
+
+    tables, options = [], {"architecture": set(), "training": set(), "activation": set()}
+    for (dataset, norm), df in boards.items():
+        primary = set(shown_eps(df))
+        for eps in dict.fromkeys(df.eps):  # ranked within eps, in eps order
+            rows = []
+            for _, r in df[df.eps == eps].iterrows():
+                options["architecture"].add(r["architecture"])
+                options["training"].add(r["training_method"])
+                options["activation"].add(r["activation"])
+                rows.append({"rank": int(r["rank"]), "model_id": r["model_id"],
+                             "href": _model_path(dataset, norm, r["model_id"]), "activation": r["activation"],
+                             "architecture": r["architecture"], "training": r["training_method"],
+                             "cells": _cells(r), "unreliable": bool(r["unreliable"]), "flags": r["flags"],
+                             "search": " ".join([r["model_id"], r["activation"], r["architecture"],
+                                                 r["training_method"], r["flags"]]).lower()})
+            tables.append({"id": _slug(dataset, norm, "eps", eps), "title": f"{dataset}, {norm}, eps {eps}",
+                           "open": eps in primary, "rows": rows})
+    claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
+    write(out / "index.html", env.get_template("index.html").render(
+        root="", tables=tables, options={k: sorted(v) for k, v in options.items()}, claims=claims,
+        csvs=[f"{d}_{n}.csv" for d, n in boards], **common))
+
+    for group in groups:
+        write(out / "groups" / f"{group['slug']}.html", env.get_template("group.html").render(
+            root="../", group=group, body=_markdown(group["part"]["lines"], "../"), **common))
+
+    model_page = env.get_template("model.html")
+    for (dataset, norm), df in boards.items():
+        for mid, rows in df.groupby("model_id", sort=True):
+            first = rows.iloc[0]
+            sha = first["sha256"]
+            mine = res[(res.sha256 == sha) & (res.dataset == dataset) & (res.norm == norm)]
+            meta = mine.sort_values("run_id").iloc[-1]["meta"]
+            recipe = meta.get("recipe")
+            card = {"model_id": mid, "dataset": dataset, "norm": norm, "checkpoint": first["checkpoint"],
+                    "sha256": sha, "architecture": first["architecture"], "activation": meta.get("activation", ""),
+                    "training": first["training_method"], "paper": first["paper"], "link": first["link"],
+                    "authors": first["authors"], "venue": first["venue"],
+                    "recipe": json.dumps(recipe, indent=2, sort_keys=True) if recipe else "",
+                    "csv": f"{dataset}_{norm}.csv", "info": f"model_info/{dataset}/{norm}/{mid}.json"}
+            part, mb = member_of.get((dataset, norm, sha), (None, None))
+            figures = [{"file": Path(f).name, "alt": alt, "caption": f"{alt}: {part['group'].title}"}
+                       for f, alt in part["figures"]] if part else []
+            model_checks = checks[(checks.sha256 == sha) & (checks.dataset == dataset) & (checks.norm == norm)]
+            write(out / _model_path(dataset, norm, mid), model_page.render(
+                root="../../../", card=card, learned=_learned(first["checkpoint"], sha),
+                rows=[{"eps": r["eps"], "rank": int(r["rank"]), "cells": _cells(r)}
+                      for _, r in rows.iterrows()],
+                flags=first["flags"], runs=_runs(mine), figures=figures,
+                transfer=_transfer(part, mb.label) if part else None,
+                checks=[{"check": c["check"], "eps": c["eps"], "status": c["status"], "evidence": c["evidence"],
+                         "budget": c["budget"] if c["budget"] != "{}" else "-"} for _, c in model_checks.iterrows()],
+                **common))
+
+    for name in STATIC:
+        write(out / "static" / name, resources.files("robench.reporting").joinpath("static", name).read_text())
