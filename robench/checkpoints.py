@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .errors import RobenchError
 from .files import atomic_path, sha256_file
 from .metadata import check_meta, describe, model_card as _model_card, parse_meta
 from .nn.activations import activation_modules, parse_activation
-from .nn.architectures import Normalized, create_model
+from .nn.architectures import Normalized, create_model, is_import_path
 
 FORMAT_VERSION = 1
 MAX_PARAMS = 10 ** 9  # a model robench builds: up to a billion parameters (4 GB in float32)
@@ -135,10 +136,27 @@ def _torch_load(path: Path, trust: bool):
                                f"{TRUST_HINT}.") from e
         raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
                            "format); re-save it with torch.save or robench.") from e
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, AttributeError,
-            ImportError, TypeError, IndexError, MemoryError, OverflowError, RecursionError) as e:
+    except (AttributeError, ImportError) as e:
+        missing = _missing_class(e)
+        if trust and missing:
+            raise RobenchError(f"{path} was pickled with {missing}, which cannot be imported here; run robench "
+                               "where that code is importable (its folder on PYTHONPATH), or save the model's "
+                               "state_dict() and pass --arch.") from e
         raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
                            "format); re-save it with torch.save or robench.") from e
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError, IndexError,
+            MemoryError, OverflowError, RecursionError) as e:
+        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+                           "format); re-save it with torch.save or robench.") from e
+
+
+def _missing_class(e: Exception) -> str | None:
+    """The class or module an unpickling error could not import ("the class TinyNet of module __main__"),
+    or None when the error is something else."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return f"code from the module {e.name}"
+    m = re.search(r"Can't get attribute '([^']+)' on <module '([^']+)'", str(e))
+    return f"the class {m.group(1)} of the module {m.group(2)}" if m else None
 
 
 def _strip_prefixes(sd: dict) -> dict:
@@ -181,6 +199,10 @@ def _check_tensors(sd: dict, own: dict, path: Path) -> None:
 
 def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
     own = model.net.state_dict(keep_vars=True)
+    if sd and all(k.startswith("net.") for k in sd) and any(k not in own for k in sd):
+        stripped = {k[len("net."):]: v for k, v in sd.items()}
+        if all(k in own for k in stripped):  # the state dict of a model robench.create_model built
+            sd = stripped
     if any(not isinstance(v, torch.Tensor) for v in sd.values()):
         _check_tensors(sd, own, path)
     # a network-wide activation is one tensor under several names; a file may carry it under one
@@ -225,6 +247,12 @@ def _build(meta: dict, path: Path) -> Normalized:
 
 
 def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
+    if kind in ("pickled-module", "exported-program"):
+        named = [f"--{k}" for k in ("arch", "activation") if overrides.get(k)]
+        if named:  # the file is the network itself: a flag would only mislabel it
+            raise RobenchError(f"{path} holds a whole {'exported program' if kind == 'exported-program' else 'module'}, "
+                               f"which carries its own architecture and activations; {' and '.join(named)} apply only "
+                               "to a plain state dict, so leave them out (a model card may label it).")
     card = _model_card(path)
     given = {k: v for k, v in overrides.items() if v is not None}
     meta = {**card, **given}
@@ -283,10 +311,12 @@ def _load_safetensors(path: Path, overrides: dict) -> Checkpoint:
         kind = "robench"
     else:
         meta, kind = _foreign_meta(path, overrides, "safetensors"), "state-dict"
-    return _from_state_dict(path, sd, meta, kind)
+    return _from_state_dict(path, sd, meta, kind, code_ok=meta.get("arch") == overrides.get("arch"))
 
 
-def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str) -> Checkpoint:
+def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str, code_ok: bool = False) -> Checkpoint:
+    """``code_ok``: the user named this architecture or trusts the file, so an import-path architecture
+    (their own class, which robench imports and so runs) may be built."""
     if not meta.get("arch") or not meta.get("num_classes"):
         raise RobenchError(f"{path} holds only weights and no model card; name its architecture and dataset "
                            f"with --arch and --dataset (and --activation if not ReLU), or write {path.name}.json.")
@@ -298,6 +328,9 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str) -> Checkpoint:
         v = sd.get(key)
         if isinstance(v, torch.Tensor) and v.numel() <= 16:  # a zoo file that carries its own normalization layer
             meta.setdefault(field_, sd.pop(key).flatten().tolist())
+    if is_import_path(str(meta.get("arch", ""))) and not code_ok:
+        raise RobenchError(f"{path} names its architecture {meta['arch']}, code that robench would import and run; "
+                           f"pass --arch {meta['arch']} yourself if you trust that code, or {TRUST_HINT}.")
     model = _build(meta, path)
     _load_weights(model, sd, path, meta)
     return Checkpoint(model, meta, "", format=kind)
@@ -318,14 +351,16 @@ def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
         meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
         if not isinstance(obj.get("state_dict"), dict):
             raise RobenchError(f"{path} is a robench checkpoint without a state dict; re-save it with robench.")
-        return _from_state_dict(path, obj["state_dict"], meta, "robench")
+        return _from_state_dict(path, obj["state_dict"], meta, "robench",
+                                code_ok=trust or meta.get("arch") == overrides.get("arch"))
     if isinstance(obj, nn.Module):
         meta = _foreign_meta(path, overrides, "pickled-module")
         return Checkpoint(_wrap_module(obj, meta), meta, "", format="pickled-module")
     sd = _find_state_dict(obj)
     if sd is None:
         raise RobenchError(f"{path} holds a {type(obj).__name__}, not a model or a state dict.")
-    return _from_state_dict(path, sd, _foreign_meta(path, overrides, "state-dict"), "state-dict")
+    meta = _foreign_meta(path, overrides, "state-dict")
+    return _from_state_dict(path, sd, meta, "state-dict", code_ok=trust or meta.get("arch") == overrides.get("arch"))
 
 
 def _wrap_module(module: nn.Module, meta: dict) -> nn.Module:

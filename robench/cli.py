@@ -83,7 +83,10 @@ def _root(
 # Options that several commands share, each written once (as sqlite-utils' shared option groups): the
 # checkpoint options, the data slice and the run settings. `_settings` turns them into robench.api's keywords.
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling.")]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state dict (see `robench models`).")]
+ARCH_HELP = ("or your own class: path/to/file.py:Class or package.module:Class, with options as Class(width=8); "
+             "robench imports it, which runs your code")
+Arch = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a plain state dict (see `robench models`), "
+                                             + ARCH_HELP + ".")]
 Activation = Annotated[Optional[str], typer.Option("--activation", help="Activation spec of a plain state dict, e.g. "
                                                    "splash:share=channel.")]
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset (default: from the checkpoint).")]
@@ -273,7 +276,7 @@ def sanity(
 def train(
     out_path: Optional[Path] = typer.Option(None, "--out", help="Checkpoint to write (.safetensors or .pt); "
                                             "with --zoo, the folder [default: the zoo file's]."),
-    arch: str = typer.Option("lenet5", "--arch", help="Architecture (see `robench models`)."),
+    arch: str = typer.Option("lenet5", "--arch", help="Architecture (see `robench models`), " + ARCH_HELP + "."),
     activation: str = typer.Option("relu", "--activation", help="Activation spec, e.g. splash or pssilu:share=layer."),
     dataset: str = typer.Option("fashion-mnist", "--dataset", help="Dataset (local files only)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder holding the dataset."),

@@ -1,6 +1,8 @@
 """Run specifications: eps parsing, the evaluation config dataclass, TOML suite files."""
 from __future__ import annotations
 
+import ast
+
 import math
 import numbers
 import tomllib
@@ -262,3 +264,33 @@ def load_suite(path: str | Path) -> list[dict]:
         check_types(settings, EvalConfig, where)
         out.append(settings)
     return out
+
+
+def split_spec(spec: str, kind: str = "attack") -> tuple[str, dict]:
+    """``name(key=value, ...)`` -> (name, {key: value}); values are Python literals or bare words. ``kind``
+    (attack, architecture) names what the spec describes in the error messages."""
+    text = str(spec).strip()
+    if len(text) > 1000:
+        raise RobenchError(f'{kind.capitalize()} spec "{text[:40]}..." is {len(text)} characters long; write it as '
+                           "name(key=value, ...) in under 1000.")
+    if "(" not in text:
+        return text, {}
+    if not text.endswith(")"):
+        raise RobenchError(f'{kind.capitalize()} "{spec}" has an unclosed "("; write it as name(key=value, ...).')
+    name, args = text[: text.index("(")].strip(), text[text.index("(") + 1: -1]
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+    except (SyntaxError, RecursionError, MemoryError, ValueError):
+        raise RobenchError(f'Cannot read the options of {kind} "{spec}"; write them as key=value, ...') from None
+    if call.args or any(kw.arg is None for kw in call.keywords):
+        raise RobenchError(f'{kind.capitalize()} "{spec}" takes options as key=value only.')
+    opts = {}
+    for kw in call.keywords:
+        try:
+            opts[kw.arg] = ast.literal_eval(kw.value)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            if isinstance(kw.value, ast.Name):
+                opts[kw.arg] = kw.value.id  # bare word: loss=dlr
+            else:
+                raise RobenchError(f'Option {kw.arg} of {kind} "{spec}" is not a plain value.') from None
+    return name, opts

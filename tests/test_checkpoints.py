@@ -3,8 +3,10 @@ import zipfile
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import robench
+from robench.cli import app
 from robench.checkpoints import checkpoint_info
 from robench.errors import RobenchError
 
@@ -118,6 +120,23 @@ def test_exported_program_loads_as_is(tmp_path):
     assert ck.format == "exported-program"
     with pytest.raises(RobenchError, match="--dataset"):
         robench.load_checkpoint(tmp_path / "m.pt2")
+    # the file is the network: --arch would only mislabel it (info used to report the flag's architecture)
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "m.pt2"), "--arch", "lenet5", "--dataset", "fashion-mnist"])
+    assert r.exit_code == 2 and "--arch apply only to a plain state dict" in r.output
+
+
+def test_a_pickle_whose_class_cannot_be_imported_names_the_class(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "mynets.py").write_text("import torch.nn as nn\nclass TinyNet(nn.Linear):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mynets
+
+    torch.save(mynets.TinyNet(784, 10), tmp_path / "whole.pt")
+    monkeypatch.delitem(sys.modules, "mynets")
+    (tmp_path / "mynets.py").unlink()  # the class's code is gone, as on a colleague's machine
+    r = CliRunner().invoke(app, ["info", str(tmp_path / "whole.pt"), "--trust-checkpoint", "--dataset", "fashion-mnist"])
+    assert r.exit_code == 2 and "code from the module mynets" in r.output and "corrupt" not in r.output
 
 
 def broken_files(tmp_path):

@@ -1,19 +1,23 @@
 """Architectures behind one registry. Each builder takes an activation factory (never a hard-coded ReLU).
 
 Every model robench builds is ``Normalized(net, mean, std)``: inputs in [0, 1], normalization inside the
-model as in RobustBench. The normalization buffers are not persistent, so the weights of ``net`` have
-exactly the key layout of the original architecture (RobustBench's WideResNet: conv1, block1..3, bn1, fc).
+model as in RobustBench. The weights of ``net`` have exactly the key layout of the original architecture
+(RobustBench's WideResNet: conv1, block1..3, bn1, fc); the model's own state dict adds the normalization
+(normalize.mean, normalize.std), so a saved state dict keeps it. ``--arch path/to/file.py:Class`` builds the
+user's own class (robench imports it: the user's code runs, by the user's choice).
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import split_spec
 from ..errors import RobenchError, unknown
 from .activations import ActivationFactory
 
@@ -26,8 +30,10 @@ class Normalize(nn.Module):
         self.enabled = mean is not None and std is not None
         m = torch.tensor(mean if self.enabled else [0.0]).view(1, -1, 1, 1)
         s = torch.tensor(std if self.enabled else [1.0]).view(1, -1, 1, 1)
-        self.register_buffer("mean", m, persistent=False)
-        self.register_buffer("std", s, persistent=False)
+        # in the state dict (normalize.mean, normalize.std), so torch.save(model.state_dict()) keeps the
+        # normalisation and robench loads it back; robench's own checkpoints store it in their metadata
+        self.register_buffer("mean", m)
+        self.register_buffer("std", s)
 
     def forward(self, x):
         return (x - self.mean) / self.std if self.enabled else x
@@ -283,7 +289,79 @@ def _only(kw: dict) -> dict:
     return {k: kw[k] for k in ("num_classes", "in_channels", "depth", "width") if k in kw}
 
 
+def is_import_path(arch: str) -> bool:
+    """``path/to/file.py:Class`` or ``package.module:Class`` (with options: ``Class(width=8)``): the user's
+    own class, which robench imports, running the user's code."""
+    return ":" in str(arch)
+
+
+_IMPORTED: dict[str, object] = {}  # modules imported for --arch, by file or module name: imported once
+
+
+def _import_class(arch: str):
+    import importlib
+    import importlib.util
+
+    target, _, rest = arch.strip().rpartition(":")
+    cls_name, options = split_spec(rest, "architecture")
+    if not target or not cls_name.isidentifier():
+        raise RobenchError(f'Architecture "{arch}" is not an import path; write path/to/file.py:Class or '
+                           "package.module:Class.")
+    try:
+        if target not in _IMPORTED:
+            if target.endswith(".py"):
+                path = Path(target).expanduser()
+                if not path.is_file():
+                    raise RobenchError(f"No such file: {target} (named by --arch {arch}).")
+                spec = importlib.util.spec_from_file_location(f"robench_arch_{path.stem}", path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            else:
+                module = importlib.import_module(target)
+            _IMPORTED[target] = module
+    except RobenchError:
+        raise
+    except Exception as e:  # the user's own code failed to import: say where, in one sentence
+        raise RobenchError(f"Importing {target} for --arch {arch} failed ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0][:160] if str(e) else 'no message'}).") from None
+    cls = getattr(_IMPORTED[target], cls_name, None)
+    if not callable(cls):
+        raise RobenchError(f"{target} defines no class {cls_name} (named by --arch {arch}).")
+    return cls, options
+
+
+def _user_arch(arch: str) -> ArchInfo:
+    """An ArchInfo for the user's own class: it gets num_classes, in_channels and input_size where its
+    constructor takes them, the activation factory as ``act_layer`` (or ``activation``) where it takes one,
+    and the options written after its name."""
+    import inspect
+
+    cls, options = _import_class(arch)
+
+    def build(act, num_classes: int, in_channels: int, input_size: int, **_):
+        try:
+            params = inspect.signature(cls).parameters
+        except (TypeError, ValueError):
+            params = {}
+        kw = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels),
+                                ("input_size", input_size)) if k in params}
+        slot = next((k for k in ("act_layer", "activation") if k in params), None)
+        if slot:
+            kw[slot] = act
+        elif act.spec.name != "relu":
+            raise RobenchError(f"{arch} takes no act_layer (or activation) argument, so robench cannot build it "
+                               f"with the activation {act.spec}; add one, or leave --activation out.")
+        net = cls(**{**kw, **options})
+        if not isinstance(net, nn.Module):
+            raise RobenchError(f"{arch} built a {type(net).__name__}, not a torch.nn.Module.")
+        return net
+
+    return ArchInfo(arch, build, f"{cls.__name__}, your own class ({arch})", "yours")
+
+
 def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
+    if is_import_path(arch):
+        return _user_arch(arch), {}
     name = arch.strip().lower().replace("_", "-") if arch.lower().startswith("wrn") else arch.strip().lower()
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
     if m:
@@ -294,9 +372,23 @@ def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
     return ARCHITECTURES[name], {}
 
 
-def create_model(arch: str, activation="relu", num_classes: int = 10, in_channels: int = 3,
-                 input_size: int = 32, mean=None, std=None) -> Normalized:
-    """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory)."""
+def create_model(arch: str, activation="relu", num_classes: int | None = None, in_channels: int | None = None,
+                 input_size: int | None = None, mean=None, std=None, *, dataset: str | None = None) -> Normalized:
+    """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory).
+
+    ``dataset`` (say "fashion-mnist") fills the number of classes, input channels and size and the
+    normalisation from that dataset; arguments given explicitly win. Without it: 10 classes, 3 x 32 x 32
+    inputs, no normalisation."""
+    if dataset is not None:
+        from ..data import dataset_info
+
+        info_ = dataset_info(dataset)
+        num_classes = info_.num_classes if num_classes is None else num_classes
+        in_channels = info_.shape[0] if in_channels is None else in_channels
+        input_size = info_.shape[-1] if input_size is None else input_size
+        mean = list(info_.mean) if mean is None else mean
+        std = list(info_.std) if std is None else std
+    num_classes, in_channels, input_size = num_classes or 10, in_channels or 3, input_size or 32
     info, extra = resolve_arch(arch)
     act = activation if isinstance(activation, ActivationFactory) else ActivationFactory(activation)
     net = info.build(act, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **extra)
