@@ -2,28 +2,62 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .checkpoints import Checkpoint, checkpoint_info, load_checkpoint
-from .nn.activations import describe_activations
-from .nn.architectures import describe_architectures
+from .config import EvalConfig, TrainConfig
+
+# torch and everything built on it are imported where a function needs them, so that `import robench.api`
+# (and `robench --help`) is fast
+if TYPE_CHECKING:
+    from .checkpoints import Checkpoint
+
+
+def _options_of(cls, *, skip: tuple[str, ...] = ()):
+    """Decorator: a function taking ``**options`` (the fields of the settings dataclass ``cls``, which it
+    checks by name) shows them in its signature, with their defaults, for help() and editors."""
+    import dataclasses
+    import inspect
+
+    def wrap(fn):
+        sig = inspect.signature(fn)
+        params = [p for p in sig.parameters.values() if p.kind != p.VAR_KEYWORD]
+        names = {p.name for p in params}
+        for f in dataclasses.fields(cls):
+            if f.name in names or f.name in skip:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=f.type))
+        fn.__signature__ = sig.replace(parameters=params)
+        return fn
+
+    return wrap
 
 
 def models() -> list[dict]:
     """Registered architectures: name, description, the inputs they were designed for."""
+    from .nn.architectures import describe_architectures
+
     return describe_architectures()
 
 
 def activations() -> list[dict]:
     """Registered activations: name, formula, learned parameters, options, default sharing."""
+    from .nn.activations import describe_activations
+
     return describe_activations()
 
 
 def info(path: str | Path, trust: bool = False, **overrides) -> dict:
     """Metadata, parameter count and learned activation parameters of a checkpoint."""
+    from .checkpoints import checkpoint_info, load_checkpoint
+
     return checkpoint_info(load_checkpoint(path, trust=trust, **overrides))
 
 
 def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
+    from .checkpoints import load_checkpoint
+
     return load_checkpoint(path, trust=trust, **overrides)
 
 
@@ -34,10 +68,17 @@ def is_main() -> bool:
     return main()
 
 
-def evaluate(checkpoints, *, config: str | Path | None = None, **options):
+@_options_of(EvalConfig, skip=("checkpoints",))
+def evaluate(checkpoints, *, config: str | Path | None = None, progress=None, **options):
     """White-box evaluation; returns a DataFrame (one row per model x run x eps), per-example outcomes in
-    ``df.attrs["outcomes"]``. ``config`` names a TOML suite (one evaluation, or several ``[[run]]`` tables)
-    whose keys fill in what is not given; ``jobs`` > 1 spreads checkpoint x run tasks over processes."""
+    ``df.attrs["outcomes"]``.
+
+    ``checkpoints``: a path, a glob, an ``nn.Module`` (inputs in [0, 1], logits out), a list of these, or a
+    dict ``{"name": model or path}`` naming each in the results. ``eps`` and ``attacks`` take one value or a
+    list (``eps="8/255"``, ``attacks=["pgd", "autoattack"]``). ``config`` names a TOML suite (one
+    evaluation, or several ``[[run]]`` tables) whose keys fill in what is not given; ``jobs`` > 1 spreads
+    checkpoint x run tasks over processes; ``progress`` is called with each progress event."""
+    options["progress"] = progress
     from .config import load_suite
     from .engine.jobs import evaluate_many
 
@@ -60,6 +101,10 @@ def _eval_config(settings: dict, checkpoints):
     from .config import EvalConfig
 
     cfg = EvalConfig.checked(settings)
+    if isinstance(checkpoints, dict):  # {"name": model or path}: the tables name each as the caller did
+        from .engine.core import Named
+
+        checkpoints = [Named(name, item) for name, item in checkpoints.items()]
     if checkpoints:
         single = not isinstance(checkpoints, (list, tuple))
         cfg.checkpoints = [checkpoints] if single else list(checkpoints)
@@ -85,6 +130,7 @@ def _expand(items: list) -> list:
     return out
 
 
+@_options_of(EvalConfig, skip=("checkpoints", "attacks", "out"))
 def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = "mifgsm", ensemble: bool = False,
              steps: int | None = None, decay: float | None = None, resize_rate: float | None = None,
              diversity_prob: float | None = None, out: str | Path | None = None, progress=None, **options):
@@ -110,6 +156,7 @@ def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = 
     return df
 
 
+@_options_of(EvalConfig, skip=("checkpoints", "out", "jobs"))
 def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
            progress=None, **options) -> dict:
     """The full gradient-masking checklist on one checkpoint (``options`` are evaluate's: dataset, n, eps,
@@ -126,10 +173,11 @@ def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int 
     return run_checks(t, cfg, strong_steps, strong_restarts, square_queries, progress)
 
 
+@_options_of(TrainConfig)
 def train(out: str | Path | None = None, *, overwrite: bool = False, progress=None, **options) -> Checkpoint:
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
-    from .checkpoints import save_checkpoint
+    from .checkpoints import Checkpoint, save_checkpoint
     from .files import sha256_file
     from .config import TrainConfig, check_counts, check_keys, check_types
     from .errors import RobenchError

@@ -32,7 +32,8 @@ from .nn.architectures import Normalized, create_model, is_import_path
 
 FORMAT_VERSION = 1
 MAX_PARAMS = 10 ** 9  # a model robench builds: up to a billion parameters (4 GB in float32)
-TRUST_HINT = "pass --trust-checkpoint (trust=True) only if you trust where the file came from"
+TRUST_HINT = ("pass --trust-checkpoint (trust_checkpoint=True, or trust=True to load_checkpoint) only if you trust "
+              "where the file came from")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from . import api
 from ._version import __version__
 from .cli_output import (EvalProgress, TrainProgress, WHERE, check_table, clean, err, esc, info_table,
                          interrupted, leaderboard_tables, out, results_table, safe, track, transfer_tables)
-from .errors import RobenchError
+from .errors import CLI, RobenchError
 
 
 # click's UsageError, reached through typer's public BadParameter (typer vendors click privately)
@@ -25,6 +25,7 @@ class _Group(TyperGroup):
     """Turns a RobenchError into one plain sentence and exit code 2 (the traceback only with --debug)."""
 
     def invoke(self, ctx):
+        token = CLI.set(True)  # messages name this command line's flags, not Python arguments
         try:
             return super().invoke(ctx)
         except RobenchError as e:
@@ -42,6 +43,8 @@ class _Group(TyperGroup):
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             _interrupted()
+        finally:
+            CLI.reset(token)
 
     def make_context(self, *args, **kwargs):
         WHERE.clear()  # a new command (several run in one process under tests or a notebook)
@@ -60,7 +63,7 @@ def _interrupted():
     raise typer.Exit(130) from None
 
 
-app = typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(cls=_Group, add_completion=True, no_args_is_help=True, rich_markup_mode=None,
                   help="Adversarial-robustness benchmark for PyTorch checkpoints.")
 
 
@@ -96,7 +99,7 @@ Examples = Annotated[Optional[int], typer.Option("--n", "--examples", help="Numb
 Seed = Annotated[Optional[int], typer.Option("--seed", help="Seed for the subset, random starts, AutoAttack and Square "
                                              "[default: 0].")]
 Norm = Annotated[Optional[str], typer.Option("--norm", help="Linf or L2 [default: Linf].")]
-Sweep = Annotated[Optional[list[str]], typer.Option("--eps", help="Budget, e.g. 8/255; repeat for a sweep.")]
+Sweep = Annotated[Optional[list[str]], typer.Option("--eps", metavar="EPS", help="Budget, e.g. 8/255; repeat for a sweep.")]
 BatchSize = Annotated[Optional[str], typer.Option("--batch-size", help="auto or a number [default: auto].")]
 Device = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 StorePath = Annotated[Optional[Path], typer.Option("--store", help="Results store [default: $ROBENCH_STORE or "
@@ -155,11 +158,11 @@ def info(
 
 @app.command("eval")
 def eval_(
-    checkpoints: list[Path] = typer.Argument(None, help="Checkpoint files to evaluate."),
+    checkpoints: list[Path] = typer.Argument(None, metavar="CHECKPOINT", help="Checkpoint files to evaluate."),
     dataset: Dataset = None, data_dir: DataDir = None, n: Examples = None,
     subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
     seed: Seed = None, norm: Norm = None, eps: Sweep = None,
-    attack: Optional[list[str]] = typer.Option(None, "--attack", help="pgd, fgsm, apgd, fast, autoattack[:plus|:rand], "
+    attack: Optional[list[str]] = typer.Option(None, "--attack", metavar="SPEC", help="pgd, fgsm, apgd, fast, autoattack[:plus|:rand], "
                                                "apgd-ce ... square, fb:NAME(k=v); repeat for a cascade."),
     pgd_steps: PgdSteps = None, pgd_restarts: PgdRestarts = None,
     pgd_step_size: Optional[str] = typer.Option(None, "--pgd-step-size", help="PGD step size [default: 2.5*eps/steps]."),
@@ -198,9 +201,9 @@ def eval_(
 
 @app.command()
 def transfer(
-    source: Optional[list[Path]] = typer.Option(None, "--source", help="Surrogate checkpoint; repeat."),
-    target: Optional[list[Path]] = typer.Option(None, "--target", help="Checkpoint to attack; repeat."),
-    all_: Optional[list[Path]] = typer.Option(None, "--all", help="Every one of these checkpoints as source "
+    source: Optional[list[Path]] = typer.Option(None, "--source", metavar="CHECKPOINT", help="Surrogate checkpoint; repeat."),
+    target: Optional[list[Path]] = typer.Option(None, "--target", metavar="CHECKPOINT", help="Checkpoint to attack; repeat."),
+    all_: Optional[list[Path]] = typer.Option(None, "--all", metavar="CHECKPOINT", help="Every one of these checkpoints as source "
                                               "and target; repeat."),
     attack: str = typer.Option("mifgsm", "--attack", help="pgd, mifgsm or difgsm, with options as name(k=v)."),
     ensemble: bool = typer.Option(False, "--ensemble", help="One surrogate: the mean of the sources' logits "
@@ -302,7 +305,7 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", help="Model name stored in the checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint."),
     zoo: Optional[Path] = typer.Option(None, "--zoo", help="Train every member of a zoo TOML file instead."),
-    only: Optional[list[str]] = typer.Option(None, "--only", help="With --zoo: only this group or file; repeat."),
+    only: Optional[list[str]] = typer.Option(None, "--only", metavar="GROUP", help="With --zoo: only this group or file; repeat."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress."),
 ):
     """Train a network with any registered activation: standard, PGD-AT, TRADES or fast AT."""
@@ -369,7 +372,7 @@ def import_(
 
 @app.command()
 def check(
-    checkpoints: list[Path] = typer.Argument(None, help="Checkpoints to check [default: every one the baseline names]."),
+    checkpoints: list[Path] = typer.Argument(None, metavar="CHECKPOINT", help="Checkpoints to check [default: every one the baseline names]."),
     baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV written by `robench leaderboard`."),
     tolerance: float = typer.Option(1.0, "--tolerance", help="Largest drop in points that passes."),
     alpha: float = typer.Option(0.05, "--alpha", help="Significance level a drop must reach to fail."),

@@ -13,7 +13,6 @@ from fractions import Fraction
 from pathlib import Path
 
 from .errors import RobenchError, closest, unknown
-from .norms import get_norm
 
 
 @dataclass(frozen=True, order=True)
@@ -50,11 +49,15 @@ def parse_eps(text: str | float | Eps) -> Eps:
 
 
 def parse_norm(norm: str) -> str:
+    from .norms import get_norm  # torch, imported when a norm is read (not by `robench --help`)
+
     return get_norm(norm).name
 
 
 def check_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
     """Inputs live in [0, 1]: an Linf eps above 1, or an L2 eps above the diameter of the cube, is an error."""
+    from .norms import get_norm
+
     limit = get_norm(norm).diameter(input_numel)
     if eps.value > limit:
         raise RobenchError(f"eps {eps} is above the largest meaningful {norm} budget ({limit:g}) for inputs "

@@ -1,12 +1,53 @@
 """User-facing errors: one plain sentence, exit code 2 from the CLI."""
 from __future__ import annotations
 
+import contextvars
 import difflib
+import re
 from typing import Iterable
+
+# Set by the command line while a command runs: messages then name its flags (--trust-checkpoint); raised to
+# a Python caller, they name the Python arguments instead (trust_checkpoint=True).
+CLI = contextvars.ContextVar("robench_cli", default=False)
+_FLAGS_AS_ARGS = {"trust-checkpoint": "trust_checkpoint=True", "force": "force=True", "overwrite": "overwrite=True",
+                  "attack": "attacks=...", "examples": "n=..."}
+_CLI_ONLY = {"debug", "help", "json", "quiet", "open"}
 
 
 class RobenchError(Exception):
-    """An error the user can cause and fix. Its message is one sentence that says what to do."""
+    """An error the user can cause and fix. Its message is one sentence that says what to do. A message names
+    command-line flags (``--arch``); a flag may carry its Python form in brackets right after it
+    (``--trust-checkpoint (trust=True)``), which the CLI leaves out and a Python caller reads instead."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return re.sub(r"(--[a-z][a-z0-9-]*) \([a-z_]+=[^)]*\)", r"\1", text) if CLI.get() else for_python(text)
+
+
+def for_python(text: str) -> str:
+    """A message's flags as the Python arguments they stand for: ``--pgd-steps`` -> ``pgd_steps=...``,
+    ``--force`` -> ``force=True``; text in backticks (a command to run) is left as it is."""
+    def arg(m: re.Match) -> str:
+        flag, value = m.group(1), m.group(2)
+        if flag in _CLI_ONLY:
+            return m.group(0)
+        if value and value.lower() not in _WORDS:  # --norm L2 -> norm="L2", --n 10000 -> n=10000
+            name = {"attack": "attacks", "examples": "n"}.get(flag, flag.replace("-", "_"))
+            return f"{name}={value if re.fullmatch(r'[0-9.]+', value) else repr(value)}"
+        return _FLAGS_AS_ARGS.get(flag, flag.replace("-", "_") + "=...") + (f" {value}" if value else "")
+
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # outside backticks
+        parts[i] = re.sub(r"--([a-z][a-z0-9-]*) \(([a-z_]+=[^)]*)\)", r"\2", parts[i])
+        parts[i] = re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)(?: ([^\s,;()]+?(?=[.,;)]?(?:\s|$))))?", arg, parts[i])
+    return "`".join(parts)
+
+
+_WORDS = {"and", "or", "with", "to", "if", "only", "for", "is", "in", "the", "a", "of", "yourself", "when", "on",
+          "from", "as", "at", "that", "which", "must", "cannot", "needs", "under", "out", "are", "apply", "takes",
+          "was", "were", "be", "do", "does", "so", "but", "instead", "again", "too", "here", "first", "then",
+          "checkpoint", "it", "them", "this", "these", "not", "no", "every", "each", "one", "all", "before",
+          "after", "where", "whose", "per", "by"}
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

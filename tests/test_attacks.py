@@ -159,7 +159,7 @@ def test_foolbox_attack_through_robench_records_its_budget(trained):
                               store="s.sqlite")
     assert df.robust_acc[0] <= df.clean_acc[0]
     assert '"steps": 30' in df.budget[0] and "foolbox 3.3.4" in df.budget[0]
-    with pytest.raises(RobenchError, match="L2 attack; run it with --norm L2"):
+    with pytest.raises(RobenchError, match="L2 attack; run it with norm='L2'"):
         robench.api.evaluate([str(trained)], n=5, attacks=["fb:L2CarliniWagnerAttack(steps=5)"], store="s.sqlite")
 
 

@@ -108,8 +108,35 @@ def test_in_memory_models_can_be_evaluated(tmp_path):
     df = robench.evaluate(model, dataset="fashion-mnist", data_dir=tmp_path / "fm", n=30, attacks=["fgsm"],
                           store=tmp_path / "s.sqlite")
     assert df.n[0] == 30 and model.training is False and all(p.requires_grad for p in model.parameters())
-    with pytest.raises(RobenchError, match="--dataset"):
+    with pytest.raises(RobenchError, match="dataset="):
         robench.evaluate(model, n=5, store=tmp_path / "s.sqlite")
+
+
+def test_the_python_api_names_models_from_a_dict_shows_its_options_and_speaks_python(tmp_path):
+    import dataclasses
+    import inspect
+
+    from robench.config import EvalConfig
+
+    write_mnist_like(tmp_path / "fm", n_test=20)
+    relu, silu = (robench.create_model("lenet5", act, dataset="fashion-mnist") for act in ("relu", "silu"))
+    df = robench.evaluate({"my-relu": relu, "my-silu": silu}, dataset="fashion-mnist", data_dir=tmp_path / "fm",
+                          n=10, eps="0.1", attacks="fgsm", store=tmp_path / "s.sqlite")
+    assert list(df.model) == ["my-relu", "my-silu"]  # not model0, model1
+    params = inspect.signature(robench.evaluate).parameters
+    assert {f.name for f in dataclasses.fields(EvalConfig)} - {"checkpoints"} <= set(params)
+    assert params["n"].default == 1000 and params["n"].kind == inspect.Parameter.KEYWORD_ONLY
+    assert "trades_beta" in inspect.signature(robench.train).parameters
+    # raised to Python, a message names Python arguments; through the CLI, the flags
+    save_tiny(tmp_path / "m.pt")
+    with pytest.raises(RobenchError) as e:
+        robench.evaluate(str(tmp_path / "m.pt"), dataset="fashion-mnist", data_dir=tmp_path / "fm", n=10,
+                         eps="0.1", attacks="fb:L2CarliniWagnerAttack", store=tmp_path / "s.sqlite")
+    assert "norm='L2'" in str(e.value) and "--norm" not in str(e.value)
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "m.pt"), "--data-dir", str(tmp_path / "fm"), "--n", "10",
+                                 "--eps", "0.1", "--attack", "fb:L2CarliniWagnerAttack", "--store",
+                                 str(tmp_path / "s.sqlite")])
+    assert r.exit_code == 2 and "--norm L2" in r.output
 
 
 def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):

@@ -57,7 +57,18 @@ class Target:
     meta: dict
 
 
+@dataclass(frozen=True)
+class Named:
+    """A model or checkpoint path with the name the caller gave it (``evaluate({"relu": model})``)."""
+
+    name: str
+    item: object
+
+
 def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
+    if isinstance(item, Named):
+        t = as_target(item.item, i, trust, overrides)
+        return Target(t.model, str(item.name), t.checkpoint, t.sha256, {**t.meta, "name": str(item.name)})
     if isinstance(item, nn.Module):
         h = hashlib.sha256()
         for k, v in item.state_dict().items():
