@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import unicodedata
 
 from rich.console import Console
@@ -38,7 +39,9 @@ WHERE: dict = {}  # the runs a command reported progress on and that have not en
 def track(ev: dict) -> None:
     if ev.get("event") in ("start", "batch") and "run_id" in ev:
         WHERE.setdefault("runs", {}).setdefault(ev["run_id"], {}).update(
-            {k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev})
+            {k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev}, stage=None)
+    elif ev.get("event") == "stage" and ev.get("run_id") in WHERE.get("runs", {}):
+        WHERE["runs"][ev["run_id"]]["stage"] = ev["stage"]
     elif ev.get("event") == "end" and "run_id" in ev:
         WHERE.setdefault("runs", {}).pop(ev["run_id"], None)
         WHERE["ended"] = WHERE.get("ended", 0) + 1
@@ -51,8 +54,9 @@ def interrupted() -> str:
             return ("Interrupted between runs; every finished run is saved in the store, so run the same command "
                     "again to continue.")
         return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
-    where = "; ".join(f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']})"
-                      for w in runs)
+    where = "; ".join(f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}"
+                      + (f", during {w['stage']} on the batch it was attacking, which is lost" if w.get("stage")
+                         else "") + ")" for w in runs)
     return (f"Interrupted: {where}; every finished batch is saved in {runs[0].get('store', 'the store')}, so run "
             "the same command again to continue from there.")
 
@@ -114,15 +118,18 @@ def results_table(df) -> Table:
 
 
 class EvalProgress:
-    """One rich progress bar per checkpoint x attack set: examples done, robust so far, ETA."""
+    """One rich progress bar per checkpoint x attack set: examples done, robust so far, the attack (or
+    cascade member) running now on how many of the batch's examples, time elapsed, and an ETA from
+    robench's own rate over this run (rich's estimate looks back 30 s only, so a batch that takes longer
+    never got one)."""
 
     def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[robust]}"), TimeRemainingColumn(),
-                                 console=err, transient=False)
-        self.tasks, self.robust, self.word = {}, {}, {}
+                                 TextColumn("{task.fields[robust]}"), TextColumn("{task.fields[stage]}"),
+                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=err, transient=False)
+        self.tasks, self.robust, self.word, self.clock = {}, {}, {}, {}
 
     def __enter__(self):
         self.progress.__enter__()
@@ -150,18 +157,33 @@ class EvalProgress:
         rid = ev["run_id"]
         if ev["event"] == "start":
             note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
-            self.robust[rid] = 0
+            self.robust[rid] = ev.get("robust", 0)
             self.word[rid] = "clean" if clean_only(ev["attacks"]) else "robust"
+            self.clock[rid] = (time.monotonic(), ev["done"], ev["total"])
+            shown = f"{self.word[rid]} {self.robust[rid]}" if ev["done"] else f"{self.word[rid]} -"
             self.tasks[rid] = self.progress.add_task(esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
-                                                     total=ev["total"], completed=ev["done"],
-                                                     robust=f"{self.word[rid]} -")
+                                                     total=ev["total"], completed=ev["done"], robust=shown,
+                                                     stage="", eta="" if ev["cached"] else "ETA after a batch")
+        elif ev["event"] == "stage":
+            self.progress.update(self.tasks[rid], stage=esc(f"{ev['stage']} on {ev['robust']} of {ev['attacked']}"))
         elif ev["event"] == "batch":
             self.robust[rid] += ev["robust"]
-            self.progress.update(self.tasks[rid], completed=ev["done"], robust=f"{self.word[rid]} {self.robust[rid]}")
+            self.progress.update(self.tasks[rid], completed=ev["done"], robust=f"{self.word[rid]} {self.robust[rid]}",
+                                 eta=eta(self.clock[rid], ev["done"]))
         elif ev["event"] == "end":
             last = ev["rows"][-1] if ev["rows"] else None
             if last:
-                self.progress.update(self.tasks[rid], completed=last["n"], robust=headline(last))
+                self.progress.update(self.tasks[rid], completed=last["n"], robust=headline(last), stage="", eta="")
+
+
+def eta(clock: tuple[float, int, int], done: int) -> str:
+    """Time left at the rate of this run so far in this process (examples per second since it started)."""
+    start, done0, total = clock
+    rate = (done - done0) / max(time.monotonic() - start, 1e-9)
+    if rate <= 0 or done >= total:
+        return ""
+    left = int((total - done) / rate)
+    return f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
 
 
 def clean_only(attacks: str | list[str]) -> bool:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -130,3 +131,73 @@ def test_progress_of_a_clean_only_run_says_clean_not_robust():
                          "cached": False, "resumed": False})
             prog.update({"event": "batch", "run_id": rid, "done": 4, "robust": 3})
             assert prog.progress.tasks[-1].fields["robust"] == f"{word} 3"
+
+
+def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_path):
+    """A fake slow cascade (two stages, each reporting itself) through robench.evaluate: the progress events
+    say which stage runs on how many examples before the batch ends, the display shows the stage, the time
+    elapsed and robench's own ETA, a resumed run shows the robust count of its stored batches, and Ctrl-C
+    names the stage that was running."""
+    import time
+
+    from helpers import write_mnist_like
+
+    from robench.attacks.base import Attack, AttackOutput, report_stage
+    from robench.attacks.registry import ATTACKS
+    from robench.cli_output import WHERE, EvalProgress, interrupted
+
+    if "slow-cascade" not in ATTACKS._names:
+        @ATTACKS.register("slow-cascade")
+        class SlowCascade(Attack):
+            name = "slow-cascade"
+
+            def budget(self):
+                return {"name": self.name, "stages": 2}
+
+            def run(self, model, x, y, idx, eps, norm, seed):
+                for stage in ("first", "second"):
+                    report_stage(f"slow-cascade: {stage}", len(x), len(x))
+                    time.sleep(0.05)
+                return AttackOutput(x.clone())
+
+    class Oracle(torch.nn.Module):  # reads the synthetic data's class off its bright row block: always right
+        def forward(self, x):
+            return torch.stack([x[:, 0, 2 * k + 4: 2 * k + 6].mean((1, 2)) for k in range(10)], 1)
+
+    write_mnist_like(tmp_path / "fm", n_test=20)
+    model = {"oracle": Oracle()}
+    events = []
+    kw = dict(dataset="fashion-mnist", data_dir=tmp_path / "fm", eps="0.1", attacks="slow-cascade",
+              store=tmp_path / "s.sqlite", batch_size=5, device="cpu")
+    robench.evaluate(model, n=10, progress=events.append, **kw)
+    kinds = [(e["event"], e.get("stage")) for e in events]
+    assert kinds[:5] == [("start", None), ("stage", "slow-cascade"), ("stage", "slow-cascade: first"),
+                         ("stage", "slow-cascade: second"), ("batch", None)]
+    assert [e["robust"] for e in events if e["event"] == "stage"][:3] == [5, 5, 5]
+    WHERE.clear()
+    with EvalProgress() as prog:
+        for e in events:
+            prog.update(e)
+            fields = prog.progress.tasks[-1].fields
+            if e["event"] == "stage":
+                assert fields["stage"] == f"{e['stage']} on {e['robust']} of {e['attacked']}"
+                assert interrupted().count("during " + e["stage"]) == 1  # Ctrl-C now would name it
+            if e["event"] == "batch" and e["done"] < e["total"]:
+                assert fields["eta"].startswith("ETA 0:00:")
+    # a run stopped in its second batch resumes after the stored first: its progress starts from that
+    # batch's robust count, not "-"
+    def stop_in_second_batch(e):
+        if e["event"] == "stage" and e["done"] == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        robench.evaluate(model, n=20, progress=stop_in_second_batch, **kw)
+    events.clear()
+    robench.evaluate(model, n=20, progress=events.append, **kw)
+    start = next(e for e in events if e["event"] == "start")
+    robust = 5
+    assert start["done"] == 5 and start["robust"] == robust
+    with EvalProgress() as prog:
+        prog.update({**start, "cached": False, "resumed": True})
+        assert prog.progress.tasks[-1].fields["robust"] == f"robust {robust}"
+    WHERE.clear()

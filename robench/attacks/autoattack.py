@@ -15,7 +15,7 @@ import torch
 
 from ..config import check_types
 from ..errors import RobenchError, unknown
-from .base import Attack, AttackOutput
+from .base import Attack, AttackOutput, report_stage
 from .registry import ATTACKS
 
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -134,6 +134,7 @@ class AutoAttack(Attack):
             for member in self.members:
                 if len(remaining) == 0:
                     break
+                report_stage(f"{self.name}: {member}", len(remaining), len(x))
                 adv.attacks_to_run = [member]
                 xa, ya = adv.run_standard_evaluation(x[remaining], y[remaining], batch_size=self.batch_size)
                 hit = ya != y[remaining]

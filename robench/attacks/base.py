@@ -7,6 +7,7 @@ re-checks it with an fp32 forward pass, so no attack can over-report.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -69,3 +70,15 @@ def example_seed(*parts) -> int:
     """A 63-bit seed from any parts (seed, example index, restart ...), stable across runs and machines."""
     h = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") >> 1
+
+
+# Progress inside a batch: the engine sets a hook; an attack (or a stage of a cascade, such as an AutoAttack
+# member) says which stage starts and how many of the batch's examples are still robust.
+STAGE_HOOK: contextvars.ContextVar = contextvars.ContextVar("robench_stage_hook", default=None)
+
+
+def report_stage(stage: str, robust: int, attacked: int) -> None:
+    """``stage`` starts on the ``robust`` examples of the ``attacked`` in this batch that are still robust."""
+    hook = STAGE_HOOK.get()
+    if hook is not None:
+        hook(stage, robust, attacked)

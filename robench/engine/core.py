@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..attacks.base import Attack
+from ..attacks.base import Attack, report_stage
 from ..attacks.registry import black_box
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import Eps, EvalConfig, check_eps_range, parse_eps
@@ -151,6 +151,7 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
             if len(live) == 0:
                 break
             counted = Counted(model)
+            report_stage(attack.name + (f" at eps {eps.text}" if len(eps_list) > 1 else ""), len(live), len(x))
             out = attack.run(counted, x[live], y[live], idx[live.cpu()], eps.value, norm, seed)
             per = queries.setdefault(attack.name, {})
             share = counted.queries / len(live)
@@ -240,8 +241,12 @@ def open_run(db: Store, key: str, fields: dict, force: bool, sl: Slice, t: Targe
     run_id, status = db.open_run(key, fields, force=force)
     idx = sl.idx.tolist()
     done = db.done_indices(run_id, len(sl.eps)) if status != "done" else set(idx)
+    robust = 0
+    if done:  # a resumed run's progress counts what its stored batches left robust (at the largest eps)
+        oc = db.outcomes(run_id)
+        robust = int(oc.loc[(oc.eps == sl.eps[-1].text) & oc.idx.isin(list(done)), "robust"].sum())
     notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(idx),
-            "done": len(done), "attacks": attacks, "resumed": bool(done) and status != "done",
+            "done": len(done), "robust": robust, "attacks": attacks, "resumed": bool(done) and status != "done",
             "cached": status == "done"})
     return run_id, status, [i for i in idx if i not in done]
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..attacks.base import STAGE_HOOK
 from ..attacks.registry import create_attack
 from ..checkpoints import Checkpoint
 from ..config import EvalConfig
@@ -87,7 +88,18 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     part = ([], [], {})
                     if len(b):
                         x, y = data.batch(b)
-                        part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
+                        done_before = len(idx) - len(todo) + start
+
+                        def stage(name, robust, attacked, t=t, run_id=run_id, done_before=done_before):
+                            notify({"event": "stage", "model": t.name, "run_id": run_id, "stage": name,
+                                    "robust": robust, "attacked": attacked, "done": done_before,
+                                    "total": len(idx)})
+
+                        token = STAGE_HOOK.set(stage if group.main else None)
+                        try:
+                            part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
+                        finally:
+                            STAGE_HOOK.reset(token)
                     parts = group.gather(part)
                     if group.main:
                         batch_rows = [r for p in parts for r in p[0]]

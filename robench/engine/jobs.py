@@ -34,7 +34,7 @@ def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[di
         frames = [evaluate(u, cached_only=True) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
         ctx = mp.get_context("spawn")
-        events = ctx.Queue()  # the workers' progress (start, batch, end of each run), shown as it comes
+        events = ctx.Queue()  # the workers' progress (start, stage, batch, end of each run), shown as it comes
         pool = cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=ctx, initializer=_worker_init,
                                       initargs=(threads, os.getpid(), events))
         try:
@@ -98,6 +98,6 @@ def _worker_init(threads: int, parent: int, events=None) -> None:
 
 def _unit(cfg: EvalConfig) -> tuple[pd.DataFrame, float]:
     tic = time.perf_counter()
-    send = (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "batch", "end") else None) if _EVENTS else None
+    send = (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "stage", "batch", "end") else None) if _EVENTS else None
     df = evaluate(cfg, progress=send)
     return df, time.perf_counter() - tic
