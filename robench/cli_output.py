@@ -55,8 +55,8 @@ def interrupted() -> str:
                     "again to continue.")
         return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
     where = "; ".join(f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}"
-                      + (f", during {w['stage']} on the batch it was attacking, which is lost" if w.get("stage")
-                         else "") + ")" for w in runs)
+                      + (f", during {w['stage']}: that batch reruns, keeping the AutoAttack members that finished on "
+                         "it" if w.get("stage") else "") + ")" for w in runs)
     return (f"Interrupted: {where}; every finished batch is saved in {runs[0].get('store', 'the store')}, so run "
             "the same command again to continue from there.")
 

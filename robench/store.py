@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS attack_stats (
 ) WITHOUT ROWID;
 """
 
+# Work inside an unfinished batch (an AutoAttack member's result on it), so Ctrl-C during a slow batch does
+# not throw away the members that finished; dropped when the batch is stored. Not part of the schema
+# version: a store without it gets it when opened for writing, and nothing reads it to report results.
+STAGES = """CREATE TABLE IF NOT EXISTS stages (
+    run_id INTEGER NOT NULL, key TEXT NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (run_id, key)
+) WITHOUT ROWID"""
+
 RUN_FIELDS = ("model", "checkpoint", "sha256", "dataset", "split", "n", "subset", "seed", "norm", "eps",
               "attacks", "batch_size", "device", "dtype", "robench_version", "torch_version", "model_meta",
               "data_sha256")
@@ -116,6 +124,7 @@ class Store:
                                       (str(SCHEMA_VERSION),))
                 elif version < SCHEMA_VERSION:
                     self._migrate(version)
+                self.conn.execute(STAGES)
             self.version = self._version() or SCHEMA_VERSION
         except sqlite3.DatabaseError as e:
             raise RobenchError(self._explain(e)) from None
@@ -212,6 +221,7 @@ class Store:
                 self.conn.execute("DELETE FROM outcomes WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (row[0],))
+                self.conn.execute("DELETE FROM stages WHERE run_id=?", (row[0],))
                 self.conn.execute("UPDATE runs SET status='running', wall_time=0, finished=NULL WHERE run_id=?",
                                   (row[0],))
                 return row[0], "running"
@@ -223,10 +233,12 @@ class Store:
         return self._write(go)
 
     def discard_if_empty(self, run_id: int) -> None:
-        """Remove a run that failed before any batch was stored, so nothing of it remains to be mistaken for
-        a result (a run with stored batches stays 'running' and resumes)."""
+        """Remove a run that failed before any batch (or stage of one) was stored, so nothing of it remains to
+        be mistaken for a result (a run with stored batches or stages stays 'running' and resumes)."""
         def go():
-            if not self.conn.execute("SELECT 1 FROM outcomes WHERE run_id=? LIMIT 1", (run_id,)).fetchone():
+            kept = self.conn.execute("SELECT 1 FROM outcomes WHERE run_id=? LIMIT 1", (run_id,)).fetchone() or \
+                self.conn.execute("SELECT 1 FROM stages WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+            if not kept:
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (run_id,))
                 self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (run_id,))
                 self.conn.execute("DELETE FROM runs WHERE run_id=? AND status != 'done'", (run_id,))
@@ -254,6 +266,7 @@ class Store:
             self.conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
                                   [(run_id, *r) for r in rows if r[1] not in old])
             self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)", [(run_id, f) for f in flags])
+            self.conn.execute("DELETE FROM stages WHERE run_id=?", (run_id,))  # the batch's stages are done
             new = 1 - len(old) / len(ids) if ids else 1.0
             self.conn.execute("UPDATE runs SET wall_time = wall_time + ? WHERE run_id=?", (wall * new, run_id))
             totals = {a: (sum(e for i, (e, _) in per.items() if i not in old),
@@ -263,6 +276,14 @@ class Store:
                 "examples = examples + excluded.examples, queries = queries + excluded.queries",
                 [(run_id, a, e, q) for a, (e, q) in totals.items()])
         self._write(go)
+
+    def save_stage(self, run_id: int, key: str, data: bytes) -> None:
+        """Keep one finished stage of an unfinished batch (see STAGES)."""
+        self._write(lambda: self.conn.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?)", (run_id, key, data)))
+
+    def load_stage(self, run_id: int, key: str) -> bytes | None:
+        row = self.conn.execute("SELECT data FROM stages WHERE run_id=? AND key=?", (run_id, key)).fetchone()
+        return row[0] if row else None
 
     def set_queries(self, run_id: int, counts: dict[str, tuple[int, int]]) -> None:
         """A run's {attack: (examples attacked, model queries)}, as an archive recorded them."""

@@ -2,6 +2,7 @@
 import sqlite3
 from pathlib import Path
 
+import pytest
 import torch
 
 import robench
@@ -84,3 +85,42 @@ def test_an_older_store_is_migrated_in_place_with_a_backup(tmp_path, monkeypatch
     assert db.version == SCHEMA_VERSION and len(results(db)) == 1
     assert db.runs(None).status.tolist() == ["stale", "done"]
     db.close()
+
+
+def test_ctrl_c_in_a_slow_autoattack_batch_keeps_its_finished_members(tmp_path, monkeypatch):
+    """Interrupted while APGD-T runs on a batch, AutoAttack resumes that batch without running APGD-CE again
+    (its result on those examples was kept in the store), and the outcomes equal an uninterrupted run."""
+    import pyautoattack
+
+    class Oracle(torch.nn.Module):  # right on every synthetic example, and robust at eps 0.1
+        def forward(self, x):
+            return torch.stack([x[:, 0, 2 * k + 4: 2 * k + 6].mean((1, 2)) for k in range(10)], 1) * 10
+
+    monkeypatch.chdir(tmp_path)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=8)
+    runs = []
+    real = pyautoattack.AutoAttack.run_standard_evaluation
+
+    def counted(self, x, y, **kw):
+        runs.append(self.attacks_to_run[0])
+        return real(self, x, y, **kw)
+
+    monkeypatch.setattr(pyautoattack.AutoAttack, "run_standard_evaluation", counted)
+    # AutoAttack's first two members (Square and FAB make the test slow, not different)
+    kw = dict(dataset="fashion-mnist", n=8, eps="0.1", attacks=["apgd-ce", "apgd-t"], batch_size=8, device="cpu")
+
+    def stop_at_apgd_t(ev):
+        if ev["event"] == "stage" and ev["stage"] == "apgd-t: apgd-t":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        robench.evaluate({"oracle": Oracle()}, store="s.sqlite", progress=stop_at_apgd_t, **kw)
+    assert runs == ["apgd-ce"]
+    runs.clear()
+    resumed = robench.evaluate({"oracle": Oracle()}, store="s.sqlite", **kw).attrs["outcomes"]
+    assert runs == ["apgd-t"]  # APGD-CE's result on the batch was read back
+    whole = robench.evaluate({"oracle": Oracle()}, store="other.sqlite", **kw).attrs["outcomes"]
+    cols = ["eps", "idx", "clean", "robust", "broken_by"]
+    assert resumed[cols].equals(whole[cols])
+    with robench.store.Store("s.sqlite", readonly=True) as db:  # stored batch: its stages are dropped
+        assert db.conn.execute("SELECT COUNT(*) FROM stages").fetchone()[0] == 0

@@ -15,7 +15,7 @@ import torch
 
 from ..config import check_types
 from ..errors import RobenchError, unknown
-from .base import Attack, AttackOutput, report_stage
+from .base import SAVED_STAGES, Attack, AttackOutput, report_stage
 from .registry import ATTACKS
 
 MEMBERS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
@@ -131,14 +131,22 @@ class AutoAttack(Attack):
         devices = [x.device] if x.device.type == "cuda" else []
         with _captured_warnings() as flags, torch.random.fork_rng(devices=devices):
             adv = self._adversary(model, x.device, eps, norm, seed)
+            saved = SAVED_STAGES.get()
             for member in self.members:
                 if len(remaining) == 0:
                     break
                 report_stage(f"{self.name}: {member}", len(remaining), len(x))
-                adv.attacks_to_run = [member]
-                xa, ya = adv.run_standard_evaluation(x[remaining], y[remaining], batch_size=self.batch_size)
-                hit = ya != y[remaining]
-                x_adv[remaining[hit]] = xa[hit].to(x.dtype)
+                parts = (self.name, member, eps, norm, seed, self.batch_size, self.queries, idx[remaining.cpu()].tolist())
+                kept = saved.load(parts) if saved is not None else None
+                if kept is not None:  # this member finished on these very examples before an interruption
+                    hit, xa_hit = kept["hit"].to(x.device), kept["x"].to(x.device, x.dtype)
+                else:
+                    adv.attacks_to_run = [member]
+                    xa, ya = adv.run_standard_evaluation(x[remaining], y[remaining], batch_size=self.batch_size)
+                    hit, xa_hit = ya != y[remaining], xa[ya != y[remaining]].to(x.dtype)
+                    if saved is not None:
+                        saved.save(parts, {"hit": hit.cpu(), "x": xa_hit.cpu()})
+                x_adv[remaining[hit]] = xa_hit
                 for i in remaining[hit].tolist():
                     broken_by[i] = member
                 remaining = remaining[~hit]

@@ -82,3 +82,10 @@ def report_stage(stage: str, robust: int, attacked: int) -> None:
     hook = STAGE_HOOK.get()
     if hook is not None:
         hook(stage, robust, attacked)
+
+
+# Stages of an unfinished batch kept across an interruption: the engine sets an object with
+# ``load(parts) -> dict of tensors | None`` and ``save(parts, tensors)``; a slow cascade (AutoAttack) keys each
+# member's result by everything it depends on (eps, norm, seed, the member, the examples it ran on), so a
+# resumed batch reuses exactly the results a full run would compute again.
+SAVED_STAGES: contextvars.ContextVar = contextvars.ContextVar("robench_saved_stages", default=None)

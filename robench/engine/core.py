@@ -4,6 +4,7 @@ summary of a stored run. evaluate, transfer and sanity build on it and never on 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections import Counter
@@ -232,6 +233,32 @@ def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: i
             "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
             "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
             "model_meta": t.meta}
+
+
+class SavedStages:
+    """The finished stages of the batch being attacked, kept in the store (``Store.save_stage``) under a
+    hash of what each depends on; read back as tensors only (``weights_only``), a damaged one recomputed."""
+
+    def __init__(self, db: Store, run_id: int):
+        self.db, self.run_id = db, run_id
+
+    @staticmethod
+    def _key(parts) -> str:
+        return hashlib.blake2b(repr(parts).encode(), digest_size=16).hexdigest()
+
+    def load(self, parts) -> dict | None:
+        data = self.db.load_stage(self.run_id, self._key(parts))
+        if data is None:
+            return None
+        try:
+            return torch.load(io.BytesIO(data), weights_only=True)
+        except Exception:
+            return None
+
+    def save(self, parts, tensors: dict) -> None:
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        self.db.save_stage(self.run_id, self._key(parts), buf.getvalue())
 
 
 def open_run(db: Store, key: str, fields: dict, force: bool, sl: Slice, t: Target, attacks: list[str],

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..attacks.base import STAGE_HOOK
+from ..attacks.base import SAVED_STAGES, STAGE_HOOK
 from ..attacks.registry import create_attack
 from ..checkpoints import Checkpoint
 from ..config import EvalConfig
@@ -25,8 +25,8 @@ from ..errors import RobenchError
 from ..store import Store
 from . import distributed
 from .checks import after_run
-from .core import (as_target, attack_batch, attack_mode, check_model, close_run, data_slice, open_run, run_fields,
-                   run_key)
+from .core import (SavedStages, as_target, attack_batch, attack_mode, check_model, close_run, data_slice, open_run,
+                   run_fields, run_key)
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 
 
@@ -96,10 +96,12 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                                     "total": len(idx)})
 
                         token = STAGE_HOOK.set(stage if group.main else None)
+                        kept = SAVED_STAGES.set(SavedStages(db, run_id) if group.world == 1 else None)
                         try:
                             part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
                         finally:
                             STAGE_HOOK.reset(token)
+                            SAVED_STAGES.reset(kept)
                     parts = group.gather(part)
                     if group.main:
                         batch_rows = [r for p in parts for r in p[0]]
