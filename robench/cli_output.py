@@ -145,6 +145,13 @@ class EvalProgress:
             self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
                                         f"(n={last['n']})  {headline(last)}  {ev['seconds']:.0f} s", markup=False)
             return
+        if ev["event"] == "plan":  # a suite spread over worker processes: every task's state, up front
+            self.progress.console.print(
+                f"{ev['total']} tasks: {ev['stored']} already in the store, {len(ev['waiting'])} to run on "
+                f"{ev['jobs']} workers" + (": " + "; ".join(clean(w) for w in ev["waiting"][:12])
+                                          + (" ..." if len(ev["waiting"]) > 12 else "") if ev["waiting"] else "."),
+                markup=False)
+            return
         if ev["event"] == "craft":
             how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
             self.progress.console.print(f"Transfer examples from {clean(ev['source'])} at eps {ev['eps']}: {how}",

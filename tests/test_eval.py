@@ -180,8 +180,15 @@ def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
                                   '[[run]]\nname = "clean"\nattacks = ["none"]\nn = 40\n'
                                   '[[run]]\nname = "sweep"\nattacks = ["pgd(steps=3)"]\neps = ["0.05", "0.1"]\nn = 20\n')
     one = robench.evaluate(None, config="suite.toml", store="one.sqlite")
-    two = robench.evaluate(None, config="suite.toml", store="two.sqlite", jobs=2)
+    events = []
+    two = robench.evaluate(None, config="suite.toml", store="two.sqlite", jobs=2, progress=events.append)
     assert len(one) == 2 + 4 and set(one.attacks) == {"none", "pgd"}
+    # every task's state: the plan up front, then each worker's runs as they start, move and end
+    plan = events[0]
+    assert plan["event"] == "plan" and plan["total"] == 4 and plan["stored"] == 0 and len(plan["waiting"]) == 4
+    assert {e["event"] for e in events} >= {"start", "batch", "end", "unit"}
+    r = cli("eval", "--config", "suite.toml", "--store", "two.sqlite", "--jobs", "2")
+    assert r.exit_code == 0 and "4 tasks: 4 already in the store, 0 to run on 2 workers." in r.output
     clean = one[one.attacks == "none"]
     assert (clean.n == 40).all() and (clean.robust_acc == clean.clean_acc).all()  # no attack: robust = clean
     key = ["model", "attacks", "eps"]

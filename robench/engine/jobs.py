@@ -6,6 +6,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -33,6 +34,9 @@ def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[di
         notify = progress or (lambda event: None)
         frames = [evaluate(u, cached_only=True) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
+        notify({"event": "plan", "total": len(units), "stored": len(units) - len(todo), "jobs": jobs,
+                "waiting": [f"{_name(units[i].checkpoints[0])}: {'+'.join(map(str, units[i].attacks))}"
+                            for i in todo]})
         ctx = mp.get_context("spawn")
         events = ctx.Queue()  # the workers' progress (start, stage, batch, end of each run), shown as it comes
         pool = cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=ctx, initializer=_worker_init,
@@ -64,6 +68,10 @@ def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[di
 
 
 _EVENTS = None  # in a worker process: the queue its progress goes to
+
+
+def _name(item) -> str:
+    return getattr(item, "name", None) or Path(str(item)).stem
 
 
 def _relay(events, notify) -> None:
