@@ -104,6 +104,8 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
     robench.api.leaderboard("s.sqlite", "lb")
     text = Path("lb/report.md").read_text()
     assert "Training runs per activation (relu: 3; splash: 3)" in text
+    # three splash checkpoints compared with the ReLU of their seed are three checkpoints, not three activations
+    assert "3 checkpoints (1 activation, each checkpoint against the ReLU checkpoint of its training seed)" in text
     # the between-seed table: mean and SD over seeds, and the seed-paired change with a t-interval
     import statistics
 

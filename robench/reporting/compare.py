@@ -147,14 +147,19 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         name = {"best_known": "best known robust accuracy", "pgd": "PGD robust accuracy",
                 "clean": "clean accuracy"}[metric]
         width = max(c["high"] - c["low"] for c in rows.values()) / 2
+        acts = {mb.activation for mb in compared(g) if mb.label in rows}
+        # with training-seed replicates each comparison is one checkpoint against the ReLU of its seed
+        what = "activations" if len(acts) == len(rows) else \
+            f"checkpoints ({len(acts)} activation{'s' * (len(acts) != 1)}, each checkpoint against the ReLU checkpoint of " \
+            "its training seed)"
         if sig:
             parts = ", ".join(f"{k} {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}]" for k, c in sig)
-            lines.append(f"In {name}, {len(sig)} of {len(rows)} activations differ from ReLU significantly "
+            lines.append(f"In {name}, {len(sig)} of {len(rows)} {what} differ from ReLU significantly "
                          f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA}): {parts}.")
         else:
-            lines.append(f"In {name}, no activation differs from ReLU significantly (Holm-adjusted exact McNemar, "
-                         f"alpha {ALPHA}); the 95% intervals of the differences reach up to ±{width:.1f} points, "
-                         "so smaller differences are not ruled out.")
+            lines.append(f"In {name}, none of the {len(rows)} {what} differs from ReLU significantly (Holm-adjusted "
+                         f"exact McNemar, alpha {ALPHA}); the 95% intervals of the differences reach up to "
+                         f"±{width:.1f} points, so smaller differences are not ruled out.")
     pgd, aa = dl.get("pgd", {}), dl.get("autoattack", {})
     unconfirmed = [(k, aa[k]) for k, c in pgd.items() if c["significant"] and c["diff"] > 0 and k in aa
                    and not aa[k]["significant"]]
