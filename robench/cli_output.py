@@ -249,7 +249,7 @@ def transfer_tables(df) -> None:
 
 def leaderboard_tables(boards: dict) -> None:
     """Each leaderboard at each eps it shows."""
-    from .reporting.leaderboard import shown_eps
+    from .reporting.leaderboard import shown_eps, weaker_attacks_only
 
     for (dataset, norm), df in boards.items():
         for eps in shown_eps(df):
@@ -258,10 +258,14 @@ def leaderboard_tables(boards: dict) -> None:
             t.add_column("model", overflow="fold", min_width=max(len(m) for m in block.model_id))
             for head in ("training", "clean", "AutoAttack", "PGD", "transfer", "best known", "n", "flagged"):
                 t.add_column(head)
-            t.caption, t.caption_justify = "Accuracies in %; best known is the per-example worst case.", "left"
+            t.caption = "Accuracies in %; best known is the per-example worst case."
+            if any(weaker_attacks_only(r) for r in block.itertuples()):
+                t.caption += " † no AutoAttack at this eps: the best known rests on weaker attacks."
+            t.caption_justify = "left"
             for r in block.itertuples():
                 t.add_row(str(r.rank), safe(r.model_id), safe(r.training_method), num(r.clean_acc),
-                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc), num(r.best_known_acc),
+                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc),
+                          num(r.best_known_acc) + (" †" if weaker_attacks_only(r) else ""),
                           str(r.n), "yes" if r.unreliable else "no")
             out.print(t)
 
