@@ -9,8 +9,8 @@ from typing import Iterable
 # Set by the command line while a command runs: messages then name its flags (--trust-checkpoint); raised to
 # a Python caller, they name the Python arguments instead (trust_checkpoint=True).
 CLI = contextvars.ContextVar("robench_cli", default=False)
-_FLAGS_AS_ARGS = {"trust-checkpoint": "trust_checkpoint=True", "force": "force=True", "overwrite": "overwrite=True",
-                  "attack": "attacks=...", "examples": "n=..."}
+_ARG_NAMES = {"attack": "attacks", "examples": "n"}  # flags whose Python argument has another name
+_SWITCHES = {"trust-checkpoint", "force", "overwrite"}  # flags that take no value: name=True
 _CLI_ONLY = {"debug", "help", "json", "quiet", "open"}
 
 
@@ -31,10 +31,10 @@ def for_python(text: str) -> str:
         flag, value = m.group(1), m.group(2)
         if flag in _CLI_ONLY:
             return m.group(0)
-        if value and value.lower() not in _WORDS:  # --norm L2 -> norm="L2", --n 10000 -> n=10000
-            name = {"attack": "attacks", "examples": "n"}.get(flag, flag.replace("-", "_"))
+        name = _ARG_NAMES.get(flag, flag.replace("-", "_"))
+        if value and value.lower() not in _WORDS and flag not in _SWITCHES:  # --norm L2 -> norm='L2', --n 10000
             return f"{name}={value if re.fullmatch(r'[0-9.]+', value) else repr(value)}"
-        return _FLAGS_AS_ARGS.get(flag, flag.replace("-", "_") + "=...") + (f" {value}" if value else "")
+        return f"{name}={'True' if flag in _SWITCHES else '...'}" + (f" {value}" if value else "")
 
     parts = text.split("`")
     for i in range(0, len(parts), 2):  # outside backticks

@@ -143,7 +143,8 @@ class AutoAttack(Attack):
                 else:
                     adv.attacks_to_run = [member]
                     xa, ya = adv.run_standard_evaluation(x[remaining], y[remaining], batch_size=self.batch_size)
-                    hit, xa_hit = ya != y[remaining], xa[ya != y[remaining]].to(x.dtype)
+                    hit = ya != y[remaining]
+                    xa_hit = xa[hit].to(x.dtype)
                     if saved is not None:
                         saved.save(parts, {"hit": hit.cpu(), "x": xa_hit.cpu()})
                 x_adv[remaining[hit]] = xa_hit

@@ -3,12 +3,11 @@ and training eps), built from the results store's rows, and which ReLU member ea
 The report's sections (compare, seeds, claims, anomaly) all read these."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .leaderboard import model_id, outcome_sets
+from .leaderboard import model_id, outcome_sets, safe_name
 
 
 @dataclass
@@ -35,7 +34,7 @@ class Group:
     @property
     def slug(self) -> str:
         parts = [self.dataset, self.arch, self.method or "model"] + ([f"eps{self.train_eps}"] if self.train_eps else [])
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-").lower()
+        return safe_name(*parts).lower()
 
     @property
     def title(self) -> str:

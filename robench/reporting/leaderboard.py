@@ -39,8 +39,13 @@ def attack_kind(names: list[str], budgets: list[dict] | None = None, sha256: str
     return "other"
 
 
+def safe_name(*parts: str) -> str:
+    """Parts joined into a name safe in a file name or a page anchor (runs of other characters become -)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-")
+
+
 def model_id(meta: dict, name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", meta.get("name") or name).strip("-") or "model"
+    return safe_name(meta.get("name") or name) or "model"
 
 
 def results(db: Store) -> pd.DataFrame:
@@ -258,13 +263,18 @@ def weaker_attacks_only(row) -> bool:
     return not row.autoattack_n and bool(row.best_known_by)
 
 
+def measured(row, metric: str) -> tuple[float, int, str] | None:
+    """A row's (accuracy %, n, "[low, high]") for ``metric`` (a row of ``leaderboards``, as a Series or a
+    namedtuple), or None when it was not measured."""
+    get = row.get if hasattr(row, "get") else lambda k: getattr(row, k)
+    acc, n = get(f"{metric}_acc"), get("n" if metric == "best_known" else f"{metric}_n")
+    return None if not n or acc != acc else (acc, int(n), get(f"{metric}_ci95"))
+
+
 def cell(row, metric: str, digits: int = 2) -> str:
     """One accuracy with its Wilson 95% interval and n, as the tables print it; "-" when not measured."""
-    acc, n, ci = getattr(row, f"{metric}_acc"), getattr(row, "n" if metric == "best_known" else f"{metric}_n"), \
-        getattr(row, f"{metric}_ci95")
-    if not n or acc != acc:
-        return "-"
-    return f"{acc:.{digits}f} {ci} n={n}"
+    m = measured(row, metric)
+    return f"{m[0]:.{digits}f} {m[2]} n={m[1]}" if m else "-"
 
 
 WEAKER_NOTE = ("† No AutoAttack result at this eps: the best known accuracy rests on weaker attacks only, so it may "

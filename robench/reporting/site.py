@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import shown_eps, weaker_attacks_only
+from .leaderboard import measured, safe_name, shown_eps, weaker_attacks_only
 
 METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
                  {"key": "pgd", "name": "PGD"}, {"key": "transfer", "name": "Transfer"},
@@ -42,22 +42,15 @@ def _markdown(lines: list[str], figures_prefix: str = ""):
 def _cells(row) -> list[dict]:
     out = []
     for m in METRIC_LABELS:
-        key = m["key"]
-        n = row["n"] if key == "best_known" else row[f"{key}_n"]
-        acc = row[f"{key}_acc"]
-        measured = bool(n) and acc == acc
-        out.append({"acc": f"{acc:.2f}" if measured else "", "ci": row[f"{key}_ci95"] if measured else "",
-                    "n": int(n) if measured else 0, "value": f"{acc:.2f}" if measured else "",
-                    "weaker": key == "best_known" and weaker_attacks_only(row)})
+        got = measured(row, m["key"])
+        acc, n, ci = got if got else (None, 0, "")
+        out.append({"acc": f"{acc:.2f}" if got else "", "ci": ci, "n": n, "value": f"{acc:.2f}" if got else "",
+                    "weaker": m["key"] == "best_known" and weaker_attacks_only(row)})
     return out
 
 
 def _model_path(dataset: str, norm: str, mid: str) -> str:
     return f"models/{dataset}/{norm}/{mid}.html"
-
-
-def _slug(*parts: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-").lower()
 
 
 def _learned(checkpoint: str, sha256: str):
@@ -140,7 +133,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                              "cells": _cells(r), "unreliable": bool(r["unreliable"]), "flags": r["flags"],
                              "search": " ".join([r["model_id"], r["activation"], r["architecture"],
                                                  r["training_method"], r["flags"]]).lower()})
-            tables.append({"id": _slug(dataset, norm, "eps", eps), "title": f"{dataset}, {norm}, eps {eps}",
+            tables.append({"id": safe_name(dataset, norm, "eps", eps).lower(), "title": f"{dataset}, {norm}, eps {eps}",
                            "open": eps in primary, "rows": rows})
     claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
     write(out / "index.html", env.get_template("index.html").render(
