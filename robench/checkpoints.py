@@ -8,6 +8,11 @@ Formats read:
 - an exported program (``torch.export``, ``.pt2``), run as is (read by ``robench.pt2``: nothing in it is
   unpickled beyond plain tensors, and no compiled code is loaded, unless the user trusts the file);
 - a pickled ``nn.Module``, only with ``trust=True``.
+
+Over the ~400-line guide on purpose: every format's loader is here beside what they share (``_torch_load``,
+which unpickles with ``weights_only`` unless trusted, ``_foreign_meta``, ``_check_tensors``), so that a reader
+can see in one file that no path to a model runs a stranger's code. ``.pt2`` parsing, the one format with
+its own zip reading, lives in ``robench.pt2``.
 """
 from __future__ import annotations
 
