@@ -129,6 +129,18 @@ def assert_refused(app, args, fragment, files: Path, ckpt: Path, tmp_path: Path)
     return r
 
 
+class Quantized(torch.nn.Module):
+    """Rounds its input to 8 levels before the network: the gradient is zero almost everywhere, a textbook
+    case of gradient masking."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(torch.round(x * 8) / 8)
+
+
 class Randomized(torch.nn.Module):
     """Adds fresh Gaussian noise to every input at inference."""
 

@@ -14,7 +14,7 @@ from robench.cli import app
 from robench.errors import RobenchError
 from robench.stats import wilson
 
-from helpers import save_tiny, write_mnist_like
+from helpers import Quantized, save_tiny, write_mnist_like
 
 runner = CliRunner()
 
@@ -148,17 +148,6 @@ def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):
     assert 70 < rows[0]["clean_acc"] < 95  # one pass over 6000 images
     assert rows[1]["robust_acc"] < rows[0]["robust_acc"] < rows[0]["clean_acc"]
     assert "lenet5-relu-test" in r.output and "[" in r.output  # the table with intervals
-
-
-class Quantized(torch.nn.Module):
-    """Rounds its input before the network: zero gradients everywhere, a textbook case of masking."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(torch.round(x * 8) / 8)
 
 
 def test_autoattack_checks_become_flags(trained, tmp_path):

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import robench
 from conftest import requires_fmnist
-from helpers import Randomized
+from helpers import Quantized, Randomized
 from robench.cli import app
 from robench.store import Store
 from robench.stats import binom_above
@@ -29,17 +29,6 @@ class Softmax(torch.nn.Module):
 
     def forward(self, x):
         return F.softmax(self.net(x), dim=1)
-
-
-class Quantized(torch.nn.Module):
-    """Rounds its input to 8 levels before the network: the gradient is zero almost everywhere."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net(torch.round(x * 8) / 8)
 
 
 class StraightThrough(torch.nn.Module):
