@@ -34,12 +34,13 @@ def test_malt_picks_the_nearest_boundary_of_a_linear_model():
     assert torch.equal(ranked, z.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -1e9).topk(3, 1).indices)
 
 
+@pytest.mark.parametrize("spec", ["fast", "fast(focus=0.4)"])
 @pytest.mark.parametrize("eps", [0.01, 0.03, 0.06])
-def test_fast_breaks_exactly_the_examples_a_linear_model_allows(eps):
+def test_fast_breaks_exactly_the_examples_a_linear_model_allows(eps, spec):
     """The minimal Linf perturbation of a linear model is known in closed form: fast breaks every example
     within eps of a boundary and none beyond."""
     model, x, y, dist = linear_problem()
-    robust, _ = _robust(model, x, y, create_attack("fast"), eps)
+    robust, _ = _robust(model, x, y, create_attack(spec), eps)
     assert (dist < eps).sum() > 10 and (dist > eps).sum() > 10  # both kinds are present
     assert not robust[dist < eps].any(), "fast missed an example whose margin allows a flip"
     assert robust[dist > eps].all(), "an example was counted broken beyond its closed-form distance"
@@ -61,6 +62,47 @@ def test_apgd_stays_in_the_ball_and_leaves_the_broken_examples(norm, eps):
     assert counted.queries < 31 * len(x) - 20 * int(broken.sum())
 
 
+def test_apgd_reports_how_close_each_example_came():
+    """APGD's closest margin: negative for the examples it broke, and for the others positive, no larger
+    than the clean margin and never below the smallest margin the eps ball allows (closed form for a
+    linear model: the clean margin minus eps times the l1 norm of the weight difference)."""
+    model, x, y, dist = linear_problem()
+    eps = 0.03
+    out = APGD("ce", iters=20).run(model, x, y, torch.arange(len(x)), eps, "Linf", 0)
+    broken = model(out.x_adv).argmax(1) != y
+    z, w = model(x), model[1].weight
+    margins = (z.gather(1, y[:, None]) - z)
+    lowest = (margins - eps * (w[y][:, None, :] - w[None]).abs().sum(-1)).masked_fill(
+        torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
+    clean = margins.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
+    assert 0 < broken.sum() < len(x)
+    assert (out.closest[broken] < 0).all() and (out.closest[~broken] > 0).all()
+    assert (out.closest <= clean + 1e-5).all() and (out.closest >= lowest - 1e-4).all()
+
+
+def test_fast_focus_sends_the_near_misses_to_square():
+    """On a model whose gradient is zero (its input quantized) the APGD runs only wander from their random
+    starts; the focus stage runs Square on the survivors whose margin fell below the given fraction of the
+    clean margin, breaks examples the APGD runs left, labels them square, and stays in the eps ball."""
+    from helpers import Quantized
+
+    linear, x, y, _ = linear_problem()
+    model = Quantized(linear)
+    keep = model(x).argmax(1) == y
+    x, y = x[keep], y[keep]
+    eps, idx = 0.1, torch.arange(len(x))
+    plain = create_attack("fast(iters=5)").run(model, x, y, idx, eps, "Linf", 0)
+    focused = create_attack("fast(iters=5,focus=1.0,queries=200)").run(model, x, y, idx, eps, "Linf", 0)
+    by_square = torch.tensor([b == "square" for b in focused.broken_by])
+    plain_broken = model(plain.x_adv).argmax(1) != y
+    assert torch.equal((model(focused.x_adv).argmax(1) != y) & ~by_square, plain_broken)  # the same APGD runs
+    assert by_square.sum() > 0 and not (by_square & plain_broken).any()
+    assert ((focused.x_adv - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all()
+    near = focused.closest < 1.0 * (model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
+        torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1))
+    assert not (by_square & ~near).any()  # Square ran only on the near misses
+
+
 def test_pgd_cycle_detection_changes_no_outcome_and_saves_work():
     """With a fixed step, an iterate that repeats an earlier one repeats forever: stopping there gives the
     very same per-example outcome as the full run, with fewer model queries."""
@@ -76,7 +118,8 @@ def budget_of(spec):
     return create_attack(spec).budget()
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "apgd", "apgd(loss=dlr,restarts=2)",
+@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0.4)",
+                                  "fast(targets=2,focus=0.5,queries=300)", "apgd", "apgd(loss=dlr,restarts=2)",
                                   "apgd(targeted=True,targets=3,choice=rank)"])
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)

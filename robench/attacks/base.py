@@ -22,6 +22,10 @@ class AttackOutput:
     x_adv: torch.Tensor
     broken_by: list[str] | None = None  # which member broke each example (for cascades such as AutoAttack)
     flags: list[str] = field(default_factory=list)  # warnings the attack raised (AutoAttack's checks)
+    # per example, the smallest margin of the true logit over the best other one that the attack reached
+    # (descent.closeness; negative once fooled), for attacks that track it: a cascade can spend more on
+    # the examples that came closest
+    closest: torch.Tensor | None = None
 
 
 class Attack(ABC):

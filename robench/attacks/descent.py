@@ -46,6 +46,12 @@ def attack_loss(z: torch.Tensor, y: torch.Tensor, loss: str, target: torch.Tenso
     return -(zy - zt) / (s[:, 0] - 0.5 * (s[:, 2] + s[:, 3]) + 1e-12)
 
 
+def closeness(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """How close each example is to being misclassified: the margin of the true logit over the best other
+    one (negative once the model is fooled)."""
+    return -attack_loss(z, y, "margin")
+
+
 def target_classes(model, x: torch.Tensor, y: torch.Tensor, k: int, choice: str, norm: str) -> torch.Tensor:
     """(batch, k) target classes per example, nearest first: by MALT's linearised distance or by logit rank
     (at most every class but the true one)."""
