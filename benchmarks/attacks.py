@@ -178,6 +178,8 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=None, help="[default: 250, 128 for wrn-28-10]")
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds of PGD and the sweep [default: 5]")
     ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep, fast, cycles or scaling")
+    ap.add_argument("--fast", action="append", help="a fast spec to time against AutoAttack, e.g. 'fast(focus=0.4)'; "
+                    "repeat to time several in the same rounds [default: fast]")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
@@ -250,16 +252,21 @@ def main(argv=None):
         # robench: same model, examples and batch; the per-example outcomes compared both ways
         m = min(args.aa_n or bs, n)
         xa, ya = x[:m], y[:m]
-        atks = {"autoattack": create_attack("autoattack", batch_size=bs), "fast": create_attack("fast", batch_size=bs)}
+        specs = args.fast or ["fast"]
+        atks = {"autoattack": create_attack("autoattack", batch_size=bs),
+                **{spec: create_attack(spec, batch_size=bs) for spec in specs}}
         t = timed({k: (lambda a=a: robench_run(model, xa, ya, bs, device, a, [eps])) for k, a in atks.items()},
                   device, args.aa_repeats, warm_up=False)
-        ours, aa = t["fast"], t["autoattack"]
-        r_fast, r_aa = ours[2][eps.text], aa[2][eps.text]
-        key = f"fast-vs-autoattack (n={m})"
-        record(key, "fast", ours[:2], {"autoattack": aa[:2]},
-               {"fast": 100 * r_fast.float().mean().item(), "autoattack": 100 * r_aa.float().mean().item()})
-        res["results"][key]["autoattack_breaks_fast_not"] = (~r_aa & r_fast).nonzero()[:, 0].tolist()
-        res["results"][key]["fast_breaks_autoattack_not"] = int((r_aa & ~r_fast).sum())
+        aa = t["autoattack"]
+        r_aa = aa[2][eps.text]
+        for spec in specs:
+            ours = t[spec]
+            r_fast = ours[2][eps.text]
+            key = f"{spec}-vs-autoattack (n={m})" if spec != "fast" else f"fast-vs-autoattack (n={m})"
+            record(key, spec, ours[:2], {"autoattack": aa[:2]},
+                   {spec: 100 * r_fast.float().mean().item(), "autoattack": 100 * r_aa.float().mean().item()})
+            res["results"][key]["autoattack_breaks_fast_not"] = (~r_aa & r_fast).nonzero()[:, 0].tolist()
+            res["results"][key]["fast_breaks_autoattack_not"] = int((r_aa & ~r_fast).sum())
     if "cycles" not in args.skip:
         # PGD with a fixed step at 1,000 steps, with and without cycle detection: identical outcomes
         m = min(args.aa_n or bs, n)

@@ -34,7 +34,7 @@ def test_malt_picks_the_nearest_boundary_of_a_linear_model():
     assert torch.equal(ranked, z.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -1e9).topk(3, 1).indices)
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast(focus=0.4)"])
+@pytest.mark.parametrize("spec", ["fast", "fast(focus=0)"])
 @pytest.mark.parametrize("eps", [0.01, 0.03, 0.06])
 def test_fast_breaks_exactly_the_examples_a_linear_model_allows(eps, spec):
     """The minimal Linf perturbation of a linear model is known in closed form: fast breaks every example
@@ -91,7 +91,7 @@ def test_fast_focus_sends_the_near_misses_to_square():
     keep = model(x).argmax(1) == y
     x, y = x[keep], y[keep]
     eps, idx = 0.1, torch.arange(len(x))
-    plain = create_attack("fast(iters=5)").run(model, x, y, idx, eps, "Linf", 0)
+    plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
     focused = create_attack("fast(iters=5,focus=1.0,queries=200)").run(model, x, y, idx, eps, "Linf", 0)
     by_square = torch.tensor([b == "square" for b in focused.broken_by])
     plain_broken = model(plain.x_adv).argmax(1) != y
@@ -118,12 +118,20 @@ def budget_of(spec):
     return create_attack(spec).budget()
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0.4)",
+@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0)",
                                   "fast(targets=2,focus=0.5,queries=300)", "apgd", "apgd(loss=dlr,restarts=2)",
                                   "apgd(targeted=True,targets=3,choice=rank)"])
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)
     assert budget_of(spec_from_budget(budget)) == budget
+
+
+def test_a_fast_budget_stored_before_the_focus_stage_reads_as_fast_without_it():
+    """fast's default gained the Square focus stage; a budget stored before has no "focus" and must not be
+    read back as today's default."""
+    old = budget_of("fast(focus=0)")
+    assert "focus" not in old and spec_from_budget(old) == "fast(focus=0.0)"
+    assert spec_from_budget(budget_of("fast")) == "fast" and budget_of("fast") != old
 
 
 @requires_fmnist

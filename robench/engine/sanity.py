@@ -49,7 +49,7 @@ def white_box(attack: str | None, pgd: dict | None, bs: int, strong_steps: int |
     if not isinstance(base, Fast):
         raise RobenchError(f'The checklist attacks with pgd or fast, not "{attack}".')
     return base, Fast(iters=strong_steps or 5 * base.iters, targets=max(9, base.targets), choice=base.choice,
-                      restarts=base.restarts), None
+                      restarts=base.restarts, focus=base.focus, queries=base.queries), None
 
 
 def _words(atk, short: bool = False) -> str:
