@@ -78,7 +78,7 @@ def test_each_planted_masked_model_is_flagged_by_its_check(honest, tmp_path, wra
 
 
 # fast at a small budget keeps these tests quick; the checks do not depend on the budget
-WITH_FAST = {**FAST, "n": 30, "attacks": ["fast(iters=10,queries=200)"], "strong_steps": 20}
+WITH_FAST = {**FAST, "n": 30, "attacks": ["fast(iters=10)"], "strong_steps": 20}
 
 
 # the probes (probabilities, randomized) run before any attack, so these two are the ones an attack could change
