@@ -92,7 +92,8 @@ def test_fast_focus_sends_the_near_misses_to_square():
     x, y = x[keep], y[keep]
     eps, idx = 0.1, torch.arange(len(x))
     plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
-    focused = create_attack("fast(iters=5,focus=1.0,queries=200)").run(model, x, y, idx, eps, "Linf", 0)
+    focused = create_attack("fast(iters=5,focus=1.0,queries=200,focus_restarts=0)").run(
+        model, x, y, idx, eps, "Linf", 0)
     by_square = torch.tensor([b == "square" for b in focused.broken_by])
     plain_broken = model(plain.x_adv).argmax(1) != y
     assert torch.equal((model(focused.x_adv).argmax(1) != y) & ~by_square, plain_broken)  # the same APGD runs
@@ -101,6 +102,27 @@ def test_fast_focus_sends_the_near_misses_to_square():
     near = focused.closest < 1.0 * (model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
         torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1))
     assert not (by_square & ~near).any()  # Square ran only on the near misses
+
+
+def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
+    """The focus stage first runs the targeted APGD again from new random starts on the near misses: on the
+    quantized model, where only the starts matter, it breaks examples the first runs left, only near ones,
+    before Square sees them; what the first runs broke stays broken by them."""
+    from helpers import Quantized
+
+    linear, x, y, _ = linear_problem()
+    model = Quantized(linear)
+    keep = model(x).argmax(1) == y
+    x, y, eps, idx = x[keep], y[keep], 0.1, torch.arange(int(keep.sum()))
+    plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
+    out = create_attack("fast(iters=5,focus=0.5,queries=20,focus_restarts=2)").run(model, x, y, idx, eps, "Linf", 0)
+    clean = model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
+        torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1)
+    plain_broken = model(plain.x_adv).argmax(1) != y
+    retried = ~plain_broken & torch.tensor([b == "robench-apgd-t" for b in out.broken_by])
+    assert retried.sum() > 0 and not (retried & ~(out.closest < 0.5 * clean)).any()
+    assert plain_broken[(model(out.x_adv).argmax(1) != y)].sum() == plain_broken.sum()
+    assert [b for b, p in zip(out.broken_by, plain_broken) if p] == [b for b, p in zip(plain.broken_by, plain_broken) if p]
 
 
 def test_pgd_cycle_detection_changes_no_outcome_and_saves_work():
@@ -119,7 +141,8 @@ def budget_of(spec):
 
 
 @pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0)",
-                                  "fast(targets=2,focus=0.5,queries=300)", "apgd", "apgd(loss=dlr,restarts=2)",
+                                  "fast(targets=2,focus=0.5,queries=300)", "fast(focus_restarts=0)",
+                                  "fast(focus=0.2,focus_restarts=1)", "apgd", "apgd(loss=dlr,restarts=2)",
                                   "apgd(targeted=True,targets=3,choice=rank)"])
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)
@@ -132,6 +155,15 @@ def test_a_fast_budget_stored_before_the_focus_stage_reads_as_fast_without_it():
     old = budget_of("fast(focus=0)")
     assert "focus" not in old and spec_from_budget(old) == "fast(focus=0.0)"
     assert spec_from_budget(budget_of("fast")) == "fast" and budget_of("fast") != old
+
+
+def test_a_fast_budget_stored_before_the_focus_restarts_reads_as_fast_without_them():
+    """The focus stage gained fresh restarts of the targeted APGD; a focus budget stored before has no
+    "apgd_t_fresh_restarts" and reads back as the stage without them, never as today's default."""
+    old = budget_of("fast")
+    del old["focus"]["apgd_t_fresh_restarts"]
+    assert spec_from_budget(old) == "fast(focus_restarts=0)" and budget_of("fast(focus_restarts=0)") == old
+    assert budget_of("fast")["focus"]["apgd_t_fresh_restarts"] == 3
 
 
 @requires_fmnist
