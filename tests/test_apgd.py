@@ -183,3 +183,17 @@ def test_apgd_ce_is_at_least_as_strong_as_the_official_one():
         ours, _ = _robust(fast, x, y, create_attack("apgd", batch_size=64), 0.1)
         official, _ = _robust(fast, x, y, create_attack("apgd-ce", batch_size=64), 0.1)
     assert ours.sum() <= official.sum() < len(x)
+
+
+def test_apgd_all_rounds_at_once_gives_the_rounds_outcomes():
+    """run_at_once (every target and restart in one batch, as fast's focus stage runs them) draws the same
+    random starts as the rounds run one after another, so it fools the model on the same examples."""
+    model, x, y, _ = linear_problem()
+    atk = APGD(iters=20, targeted=True, targets=3, restarts=2)
+    idx = torch.arange(len(x))
+    seq = atk.run(model, x, y, idx, 0.05, "Linf", 7).x_adv
+    once = atk.run_at_once(model, x, y, idx, 0.05, "Linf", 7)
+    fooled = model(seq).argmax(1) != y
+    assert 0 < fooled.sum() < len(x)
+    assert torch.equal(model(once).argmax(1) != y, fooled)
+    assert torch.equal(once[~fooled], x[~fooled]) and ((once - x).abs().amax((1, 2, 3)) <= 0.05 + 1e-6).all()

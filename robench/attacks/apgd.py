@@ -87,6 +87,25 @@ class APGD(Attack):
             return found, out
         return AttackOutput(rounds(x, targets, self.restarts, one_run), closest=closest)
 
+    def run_at_once(self, model, x, y, idx, eps, norm, seed) -> torch.Tensor:
+        """The adversarial points of ``run`` (the same random starts, and per example the point of the first
+        round in order that fools the model), with every round of every target in one batch: for the few
+        examples of a focus stage the fixed cost of each iteration dominates, and one batch of all rounds
+        pays it once instead of once per round. Rounds after an example's first success run on regardless
+        (their points are discarded)."""
+        targets = target_classes(model, x, y, self.targets, self.choice, norm) if self.targeted else None
+        plan = [(t, r) for t in range(targets.shape[1] if targets is not None else 1) for r in range(self.restarts)]
+        ids = idx.tolist()
+        starts = random_points(x.repeat(len(plan), *([1] * (x.dim() - 1))), 1.0, norm, [
+            example_seed(seed, i, r + t * self.restarts, norm, "apgd-start") for t, r in plan for i in ids])
+        tiled = torch.cat([targets[:, t] for t, _ in plan]) if targets is not None else None
+        found, out, _ = self.descend(model, x.repeat(len(plan), *([1] * (x.dim() - 1))), y.repeat(len(plan)),
+                                     tiled, starts, eps, norm)
+        found, out = found.view(len(plan), len(x)), out.view(len(plan), *x.shape)
+        first = found.float().argmax(0)  # the first successful round (0 where none: then x itself)
+        x_adv = out[first, torch.arange(len(x), device=x.device)]
+        return torch.where(found.any(0).view(-1, *([1] * (x.dim() - 1))), x_adv, x)
+
     def descend(self, model, x, y, target, starts, eps, norm):
         """One APGD run from ``x + eps * starts / |starts|`` (a random point of the eps sphere); returns
         (fooled mask, adversarial points, the closest each example came to being fooled) over the batch."""
@@ -226,9 +245,9 @@ class Fast(Attack):
                 clean = closeness(model(x[remaining]), y[remaining])
             near = remaining[closest[remaining] < self.focus * clean]
             if len(near) and self.retry:  # random starts the first targeted run did not draw
-                out = self.retry.run(model, x[near], y[near], idx[near.cpu()], eps, norm,
-                                     example_seed(seed, "fast-focus"))
-                near = self._keep(model, x, y, near, out.x_adv, "robench-apgd-t", x_adv, broken_by)
+                xa = self.retry.run_at_once(model, x[near], y[near], idx[near.cpu()], eps, norm,
+                                            example_seed(seed, "fast-focus"))
+                near = self._keep(model, x, y, near, xa, "robench-apgd-t", x_adv, broken_by)
             if len(near):
                 out = self._square(len(near)).run(model, x[near], y[near], idx[near.cpu()], eps, norm, seed)
                 flags = out.flags
