@@ -95,12 +95,11 @@ class APGD(Attack):
         (their points are discarded)."""
         targets = target_classes(model, x, y, self.targets, self.choice, norm) if self.targeted else None
         plan = [(t, r) for t in range(targets.shape[1] if targets is not None else 1) for r in range(self.restarts)]
-        ids = idx.tolist()
-        starts = random_points(x.repeat(len(plan), *([1] * (x.dim() - 1))), 1.0, norm, [
+        ids, xs = idx.tolist(), x.repeat(len(plan), *([1] * (x.dim() - 1)))
+        starts = random_points(xs, 1.0, norm, [
             example_seed(seed, i, r + t * self.restarts, norm, "apgd-start") for t, r in plan for i in ids])
         tiled = torch.cat([targets[:, t] for t, _ in plan]) if targets is not None else None
-        found, out, _ = self.descend(model, x.repeat(len(plan), *([1] * (x.dim() - 1))), y.repeat(len(plan)),
-                                     tiled, starts, eps, norm)
+        found, out, _ = self.descend(model, xs, y.repeat(len(plan)), tiled, starts, eps, norm)
         found, out = found.view(len(plan), len(x)), out.view(len(plan), *x.shape)
         first = found.float().argmax(0)  # the first successful round (0 where none: then x itself)
         x_adv = out[first, torch.arange(len(x), device=x.device)]
