@@ -401,7 +401,8 @@ def check(
     else:
         with EvalProgress() as prog:
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
-    out.print(check_table(res["table"], baseline, tolerance, alpha))
+    if not quiet:  # --quiet keeps the verdict (and the failures) without the table
+        out.print(check_table(res["table"], baseline, tolerance, alpha))
     if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
         out.print("The autoattack rows were re-run with robench's fast, not AutoAttack itself (--autoattack "
                   "official).")

@@ -57,9 +57,10 @@ def test_an_unchanged_checkpoint_passes_with_the_paired_test(baseline):
 def test_a_weakened_checkpoint_fails_with_exit_1(baseline):
     _weaken()
     r = cli("check", "--baseline", baseline, "weak.safetensors", "--store", "base.sqlite", "--junit", "j.xml",
-            "--json", "c.json")
+            "--json", "c.json", "--quiet")
     assert r.exit_code == 1, r.output
     assert "checks failed" in r.output and "lenet5-relu-pgd-at (pgd)" in r.output
+    assert "robench check against" not in r.output  # --quiet: the verdict without the table
     rows = pd.DataFrame(json.loads(Path("c.json").read_text())["rows"])
     assert set(rows.checkpoint) == {"changed"}
     pgd = rows[(rows.metric == "pgd") & (rows.eps == "0.1")].iloc[0]
