@@ -1,6 +1,7 @@
 """Is robench's `fast` never weaker than official AutoAttack? Per example, on the shipped checkpoints.
 
-    python benchmarks/never_weaker.py [--n 1000] [--attack fast] [--reference results/leaderboard.sqlite]
+    python benchmarks/never_weaker.py [--n 1000] [--attack fast] [--seed 0] [--batch-size B]
+                                      [--reference results/leaderboard.sqlite]
                                       [--store results/never-weaker.sqlite] [CHECKPOINT ...]
 
 For every checkpoint (default: every shipped one, seeds included) at its training eps (the dataset's
@@ -11,6 +12,8 @@ leaderboard eps for standard training), on the first n test images:
 - `fast` (or --attack) run through robench's engine into --store, as `robench eval` runs it (its default
   batch size; resumable, so an interrupted benchmark continues and a rerun costs nothing);
 - the examples AutoAttack breaks and `fast` does not, by index (the target is none), and the reverse count.
+`--attack autoattack --seed 1 --batch-size 1000` measures the floor: how many of AutoAttack's breaks (seed 0)
+the same AutoAttack with other random draws misses, on the same batches.
 Prints one row per checkpoint and writes benchmarks/results/never-weaker-<attack>.json. The wall times are
 each run's own (the stored AutoAttack runs may have shared the machine); `benchmarks/attacks.py` measures
 the speed ratio in one run.
@@ -43,7 +46,8 @@ def training_eps(meta: dict) -> str:
 
 
 def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int):
-    """(store path, run) of the largest finished AutoAttack standard run of the first >= n test images at eps."""
+    """(store path, run) of the largest finished AutoAttack standard run (seed 0) of the first >= n test
+    images at eps."""
     best = None
     for path in stores:
         if not path.exists():
@@ -51,7 +55,7 @@ def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int):
         with Store(path, readonly=True) as st:
             runs = st.runs()
             for r in runs[(runs.sha256 == sha) & (runs.split == "test") & (runs.subset == "first")
-                          & (runs.n >= n)].itertuples():
+                          & (runs.n >= n) & (runs.seed == 0) & (runs.status == "done")].itertuples():
                 atk = json.loads(r.attacks)
                 if (len(atk) == 1 and atk[0]["name"] == "autoattack" and atk[0].get("version") == "standard"
                         and eps in [e[0] for e in json.loads(r.eps)] and (best is None or r.n > best[1].n)):
@@ -79,6 +83,8 @@ def main():
     ap.add_argument("checkpoints", nargs="*", type=Path)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--attack", action="append", help="the attack to compare (default fast); repeat for a cascade")
+    ap.add_argument("--seed", type=int, default=0, help="the compared attack's seed (the reference's is 0)")
+    ap.add_argument("--batch-size", type=int, help="the compared attack's batch size (default: eval's)")
     ap.add_argument("--reference", action="append", type=Path,
                     help="a store to read AutoAttack runs from; repeat (default: results/study.sqlite and "
                          "results/leaderboard.sqlite)")
@@ -86,7 +92,7 @@ def main():
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     attacks = args.attack or ["fast"]
-    label = "+".join(attacks)
+    label = "+".join(attacks) + (f"-seed{args.seed}" if args.seed else "")
     refs = args.reference or [ROOT / "results" / "study.sqlite", ROOT / "results" / "leaderboard.sqlite"]
     cks = [p.resolve() for p in args.checkpoints] or sorted((ROOT / "checkpoints").rglob("*.safetensors"))
     rows = []
@@ -103,7 +109,7 @@ def main():
             ref_store, r = ref
             rid, aa_wall = int(r.run_id), float(r.wall_time) * min(1.0, args.n / r.n)
         aa, aa_by = flags(ref_store, rid, eps, args.n)
-        fid, f_wall = evaluate(path, attacks, eps, args.n, args.store)
+        fid, f_wall = evaluate(path, attacks, eps, args.n, args.store, seed=args.seed, batch_size=args.batch_size)
         ours, _ = flags(args.store, fid, eps, args.n)
         common = sorted(set(aa) & set(ours))
         misses = [i for i in common if not aa[i] and ours[i]]
@@ -122,7 +128,7 @@ def main():
           f"does not: {total}; {label} breaks and AutoAttack does not: "
           f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}")
     out = args.out or ROOT / "benchmarks" / "results" / f"never-weaker-{label.split('(')[0].replace('+', '-')}.json"
-    out.write_text(json.dumps({"attack": label, "n": args.n, "machine": platform.platform(),
+    out.write_text(json.dumps({"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
                                "torch": torch.__version__, "robench": robench.__version__,
                                "misses": total, "rows": rows}, indent=1) + "\n")
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
