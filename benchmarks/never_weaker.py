@@ -1,11 +1,12 @@
 """Is robench's `fast` never weaker than official AutoAttack? Per example, on the shipped checkpoints.
 
-    python benchmarks/never_weaker.py [--n 1000] [--attack fast] [--seed 0] [--batch-size B]
+    python benchmarks/never_weaker.py [--n 1000] [--attack fast] [--eps E] [--seed 0] [--batch-size B]
                                       [--reference results/leaderboard.sqlite]
                                       [--store results/never-weaker.sqlite] [CHECKPOINT ...]
 
 For every checkpoint (default: every shipped one, seeds included) at its training eps (the dataset's
-leaderboard eps for standard training), on the first n test images:
+leaderboard eps for standard training; `--eps` for another, such as the small eps where standard-trained
+models are not yet at 0%), on the first n test images:
 - official AutoAttack's per-example outcomes: read from the reference stores (the study's and the
   leaderboard's runs of `autoattack` standard, the largest run that covers the first n) or, where none is
   stored, run through robench into --store;
@@ -83,6 +84,7 @@ def main():
     ap.add_argument("checkpoints", nargs="*", type=Path)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--attack", action="append", help="the attack to compare (default fast); repeat for a cascade")
+    ap.add_argument("--eps", help="attack at this eps instead of each checkpoint's training eps")
     ap.add_argument("--seed", type=int, default=0, help="the compared attack's seed (the reference's is 0)")
     ap.add_argument("--batch-size", type=int, help="the compared attack's batch size (default: eval's)")
     ap.add_argument("--reference", action="append", type=Path,
@@ -100,7 +102,7 @@ def main():
           f"{label + ' s':>7s}  AutoAttack breaks, {label} does not (index: member)  | reverse")
     for path in cks:
         meta = robench.load_checkpoint(path).meta
-        eps, sha = training_eps(meta), sha256_file(path)
+        eps, sha = args.eps or training_eps(meta), sha256_file(path)
         ref = autoattack_runs(refs + [args.store], sha, eps, args.n)
         if ref is None:  # none stored: run it (one batch, as the study does)
             rid, aa_wall = evaluate(path, ["autoattack"], eps, args.n, args.store, batch_size=min(args.n, 1000))
