@@ -39,7 +39,7 @@ test: install
 checkpoints: install
 	$(VENV)/bin/robench train --zoo checkpoints/zoo.toml --overwrite
 
-# The leaderboard: the committed results (leaderboard/results.jsonl.gz, per-example outcomes) are imported
+# The leaderboard: the committed results (leaderboard/results/, a file of per-example outcomes per run) are imported
 # into the store, the suite evaluates whatever they lack (every checkpoint, clean, PGD eps sweep and
 # AutoAttack), the transfer matrices run within each group (MI-FGSM at eps 0.1), leaderboard/ is written
 # (tables, model_info, report.md and figures) and the results are exported again. On a fresh clone
@@ -48,14 +48,14 @@ checkpoints: install
 SUITE ?= suites/leaderboard.toml
 LEADERBOARD_STORE ?= results/leaderboard.sqlite
 LEADERBOARD ?= leaderboard
-RESULTS ?= $(LEADERBOARD)/results.jsonl.gz
+RESULTS ?= $(LEADERBOARD)/results
 IMPORT ?= yes
 TRANSFER_N ?= 500
 RESNET_TRANSFER_N ?= 200
 ROBENCH := $(VENV)/bin/robench
 TRANSFER := $(ROBENCH) transfer --eps 0.1 --store $(LEADERBOARD_STORE)
 leaderboard: install
-	@if [ "$(IMPORT)" = yes ] && [ -f $(RESULTS) ]; then $(ROBENCH) import $(RESULTS) --store $(LEADERBOARD_STORE); fi
+	@if [ "$(IMPORT)" = yes ] && [ -e $(RESULTS) ]; then $(ROBENCH) import $(RESULTS) --store $(LEADERBOARD_STORE); fi
 	$(ROBENCH) eval --config $(SUITE) --store $(LEADERBOARD_STORE)
 	$(TRANSFER) --n $(TRANSFER_N) --all 'checkpoints/lenet5-*-pgd-at.safetensors'
 	$(TRANSFER) --n $(TRANSFER_N) --all 'checkpoints/lenet5-*-standard.safetensors'

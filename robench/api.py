@@ -224,16 +224,18 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
 
 
 def export_results(store: str | Path | None, out: str | Path) -> dict:
-    """Write the store's finished runs, per-example outcomes and model checks to a .jsonl.gz archive (the
-    form in which results are committed and shared). Returns {"runs", "checks", "path"}."""
+    """Write the store's finished runs, per-example outcomes and model checks to an archive (the form in
+    which results are committed and shared): one .jsonl.gz file, or a folder with a file per run, which
+    git stores once however often the results are exported again. Returns {"runs", "checks", "path",
+    "written" (files written)}."""
     from .archive import export_results as export
 
     return export(store, out)
 
 
 def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
-    """Add an archive's runs to the store (finished runs already there are kept). Returns {"added", "kept",
-    "checks"}."""
+    """Add an archive's runs (a file or a folder archive) to the store (finished runs already there are
+    kept). Returns {"added", "kept", "checks"}."""
     from .archive import import_results as load
 
     return load(archive, store)

@@ -1,12 +1,19 @@
-"""Results archives: a store's finished runs as one gzipped JSON-lines file, small enough to commit and
-read back into any store. Per-example outcomes are kept in full, column-wise (a string of 0s and 1s per
-eps, and which attack broke each example), so an archive holds exactly what the leaderboard and report
-need to be rebuilt. The same store gives the same bytes; importing validates every line and never
-replaces a finished run, so an archive from a stranger can add results but not change or run anything.
+"""Results archives: a store's finished runs as gzipped JSON lines, small enough to commit and read back
+into any store. Per-example outcomes are kept in full, column-wise (a string of 0s and 1s per eps, and
+which attack broke each example), so an archive holds exactly what the leaderboard and report need to be
+rebuilt. The same store gives the same bytes; importing validates every line and never replaces a
+finished run, so an archive from a stranger can add results but not change or run anything.
+
+An archive is one ``.jsonl.gz`` file (to share) or a folder of them, one file per run named by its key
+and one per model's checks (to commit: a new export rewrites no file whose run is unchanged, so git keeps
+each run once however often the results are committed again). Each file of a folder is itself an archive;
+the folder's ``order.txt`` lists the run keys in the store's order, which a fresh store's import keeps (run
+numbers and the order of runs on the pages come from it).
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -35,31 +42,61 @@ def _expand(ranges) -> list[int]:
     return [i for a, b in ranges for i in range(a, b)]
 
 
-def export_results(store: str | Path | None, out: str | Path) -> dict:
-    """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
-    checks to ``out`` (.jsonl.gz). Returns {"runs", "checks", "path"}."""
-    from .files import atomic_path
+ORDER = "order.txt"  # a folder archive's run keys in the store's order
+HEADER = json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True)
 
-    out = Path(out)
-    if not out.name.endswith(".jsonl.gz"):
-        raise RobenchError(f"A results archive is a .jsonl.gz file, not {out.name}.")
-    lines = [json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True)]
-    with Store(store, readonly=True) as db, db.snapshot():
-        runs = db.runs()
-        for run_id in runs["run_id"].tolist():
-            lines.append(json.dumps(_run_record(db, int(run_id)), sort_keys=True, separators=(",", ":")))
-        checks = db.checks()
-        for c in checks.to_dict(orient="records"):
-            lines.append(json.dumps({"check": c}, sort_keys=True, separators=(",", ":")))
+
+def _line(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _gzipped(lines: list[str]) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: the same store, the same bytes
-        gz.write(("\n".join(lines) + "\n").encode())
+        gz.write(("\n".join([HEADER, *lines]) + "\n").encode())
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> bool:
+    """Write ``data`` to ``path`` unless it already holds exactly that; True when written."""
+    from .files import atomic_path
+
     try:
-        with atomic_path(out) as tmp:
-            tmp.write_bytes(buf.getvalue())
+        if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+            return False
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise RobenchError(f"Cannot write {path} ({e.strerror}).") from None
+    return True
+
+
+def export_results(store: str | Path | None, out: str | Path) -> dict:
+    """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
+    checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
+    of runs the store lacks are left as they are). Returns {"runs", "checks", "path", "written"}."""
+    out = Path(out)
+    folder = not out.name.endswith(".jsonl.gz")
+    if folder and (out.exists() and not out.is_dir() or not out.exists() and out.suffix):
+        raise RobenchError(f"A results archive is a .jsonl.gz file or a folder (a name without an extension), "
+                           f"not {out.name}.")
+    with Store(store, readonly=True) as db, db.snapshot():
+        runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
+        checks = db.checks().to_dict(orient="records")
+    if not folder:
+        _write(out, _gzipped([_line(r) for r in runs] + [_line({"check": c}) for c in checks]))
+        return {"runs": len(runs), "checks": len(checks), "path": out, "written": 1}
+    parts = {f"run-{r['key'][:16]}.jsonl.gz": [_line(r)] for r in runs}
+    for c in checks:  # one file per model (sha256, dataset, norm): its checks are replaced together
+        group = hashlib.sha256(repr((c["sha256"], c["dataset"], c["norm"])).encode()).hexdigest()[:16]
+        parts.setdefault(f"checks-{group}.jsonl.gz", []).append(_line({"check": c}))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RobenchError(f"Cannot write {out} ({e.strerror}).") from None
-    return {"runs": len(runs), "checks": len(checks), "path": out}
+    written = sum(_write(out / name, _gzipped(lines)) for name, lines in sorted(parts.items()))
+    written += _write(out / ORDER, "".join(r["key"] + "\n" for r in runs).encode())
+    return {"runs": len(runs), "checks": len(checks), "path": out, "written": written}
 
 
 def _run_record(db: Store, run_id: int) -> dict:
@@ -122,15 +159,40 @@ def _check_run(rec: dict, path: Path, line: int) -> list[tuple]:
 
 
 def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
-    """Add the runs of ``archive`` to ``store``: a run the store already finished is kept as it is, any
-    other is written whole. Every line is checked before anything is written. Returns
-    {"added", "kept", "checks"}."""
+    """Add the runs of ``archive`` (a file or a folder archive) to ``store``: a run the store already
+    finished is kept as it is, any other is written whole. Every line of every file is checked before
+    anything is written. Returns {"added", "kept", "checks"}."""
     archive = Path(archive)
+    if archive.is_dir():
+        files = sorted(archive.glob("*.jsonl.gz"))
+        if not files:
+            raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
+    else:
+        files = [archive]
+    records, checks, size = [], [], 0
+    for path in files:
+        r, c, n = _read(path, MAX_ARCHIVE - size)
+        records += r
+        checks += c
+        size += n
+    if archive.is_dir() and (archive / ORDER).is_file():  # the exporting store's order; runs it lacks last
+        try:
+            keys = (archive / ORDER).read_text("ascii", "replace").split()[:len(records)]
+        except OSError as e:
+            raise RobenchError(f"Cannot read {archive / ORDER} ({e.strerror}).") from None
+        pos = {k: p for p, k in enumerate(keys)}
+        records.sort(key=lambda rec: pos.get(rec[0]["key"], len(pos)))
+    return _add(records, checks, store)
+
+
+def _read(archive: Path, limit: int) -> tuple[list, list, int]:
+    """The checked run records (with their outcome rows) and checks of one archive file, and its size."""
     try:
         with gzip.open(archive, "rb") as f:
-            raw = f.read(MAX_ARCHIVE + 1)
-        if len(raw) > MAX_ARCHIVE:
-            raise RobenchError(f"{archive} holds more than 1 GiB of results; robench imports archives up to that.")
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise RobenchError(f"The results archive is larger than 1 GiB (at {archive}); robench imports "
+                               "archives up to that.")
     except FileNotFoundError:
         raise RobenchError(f"No such results archive: {archive}.") from None
     except (OSError, EOFError) as e:
@@ -171,6 +233,10 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
         records.append((rec, rows))
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
+    return records, checks, len(raw)
+
+
+def _add(records: list, checks: list, store) -> dict:
     added = kept = 0
     with Store(store) as db:
         for rec, rows in records:

@@ -355,18 +355,21 @@ def leaderboard(
 
 @app.command("export")
 def export_(
-    archive: Path = typer.Argument(..., help="The archive to write (.jsonl.gz)."),
+    archive: Path = typer.Argument(..., help="The archive to write: a .jsonl.gz file, or a folder with a "
+                                   "file per run (to commit: unchanged runs keep their files)."),
     store: StorePath = None,
 ):
     """Write the store's finished runs, with every per-example outcome, to a compressed archive to commit
     or share."""
     res = api.export_results(str(store) if store else None, archive)
-    out.print(clean(f"Wrote {res['runs']} runs and {res['checks']} model checks to {res['path']}"), markup=False)
+    changed = f" ({res['written']} files written)" if Path(res["path"]).is_dir() else ""
+    out.print(clean(f"Wrote {res['runs']} runs and {res['checks']} model checks to {res['path']}{changed}"),
+              markup=False)
 
 
 @app.command("import")
 def import_(
-    archive: Path = typer.Argument(..., help="An archive written by `robench export`."),
+    archive: Path = typer.Argument(..., help="An archive written by `robench export` (a file or a folder)."),
     store: StorePath = None,
 ):
     """Add the runs of an archive to the store; runs the store already finished are kept as they are."""

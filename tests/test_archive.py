@@ -12,6 +12,7 @@ import robench
 from robench import api
 from robench.cli import app
 from robench.errors import RobenchError
+from robench.store import Store
 
 from helpers import save_tiny, store_rows, write_mnist_like
 
@@ -50,6 +51,53 @@ def test_an_archive_gives_back_the_same_leaderboard_and_the_same_archive(store):
     assert api.import_results("results.jsonl.gz", "b.sqlite") == {"added": 0, "kept": 4, "checks": checks}
 
 
+def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_runs(store):
+    r = CliRunner().invoke(app, ["export", "committed", "--store", str(store)])
+    assert r.exit_code == 0 and "Wrote 4 runs" in r.output and "files written" in r.output, r.output
+    files = sorted(p.name for p in Path("committed").glob("*.jsonl.gz"))
+    assert len([f for f in files if f.startswith("run-")]) == 4
+    assert {p.name for p in Path("committed").iterdir()} == {*files, "order.txt"}
+    assert api.import_results("committed", "b.sqlite")["added"] == 4
+    api.leaderboard(store, "la")
+    api.leaderboard("b.sqlite", "lb")
+    assert _same_tree(Path("la"), Path("lb"))
+    api.export_results("b.sqlite", "again")
+    assert _same_tree(Path("committed"), Path("again"))
+    # each file is an archive of its own, and the folder holds what the one-file archive holds
+    api.export_results(store, "one.jsonl.gz")
+    assert api.import_results("committed/" + files[-1], "c.sqlite")["added"] == 1
+    single = sorted(gzip.decompress(Path("one.jsonl.gz").read_bytes()).decode().splitlines())
+    parts = [line for f in files for line in gzip.decompress(Path("committed", f).read_bytes()).decode().splitlines()]
+    assert sorted(set(parts)) == single
+    # exporting again writes nothing; a new run writes its own file and touches no other
+    before = {f: Path("committed", f).stat().st_mtime_ns for f in files}
+    assert api.export_results(store, "committed")["written"] == 0
+    robench.evaluate(["relu.pt"], n=20, attacks=["fgsm"], eps=["0.2"], store=str(store))
+    api.export_results(store, "committed")
+    changed = {f for f in files if Path("committed", f).stat().st_mtime_ns != before[f]}
+    assert not any(f.startswith("run-") for f in changed)  # at most the model's checks file besides
+    assert len(list(Path("committed").glob("run-*.jsonl.gz"))) == 5
+    assert Path("committed/order.txt").read_text().split() == store_keys(store)
+    assert api.import_results("committed", "b.sqlite") == {"added": 1, "kept": 4, "checks": len(
+        [line for line in single if '"check"' in line])}
+
+
+def store_keys(store) -> list[str]:
+    with Store(store, readonly=True) as db:
+        return [db.run(int(i))["key"] for i in db.runs().run_id]
+
+
+def test_a_folder_archive_with_one_bad_file_adds_nothing(store):
+    api.export_results(store, "committed")
+    assert Path("committed/order.txt").read_text().split() == store_keys(store)  # the store's order, kept
+    Path("committed/run-forged.jsonl.gz").write_bytes(gzip.compress(b'{"format": "robench-results", "version": 1}\n{"key": 5}\n'))
+    with pytest.raises(RobenchError, match="run-forged.jsonl.gz line 2"):
+        api.import_results("committed", "b.sqlite")
+    assert not Path("b.sqlite").exists()  # every file is checked before the store is opened
+    with pytest.raises(RobenchError, match="a folder"):
+        api.export_results(store, "results.zip")
+
+
 def test_an_archive_never_changes_a_finished_run(store):
     api.export_results(store, "r.jsonl.gz")
     lines = gzip.decompress(Path("r.jsonl.gz").read_bytes()).decode().splitlines()
@@ -79,13 +127,13 @@ def test_a_malformed_archive_is_refused_before_anything_is_written(store, text, 
 
 
 def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, monkeypatch):
-    archive = ROOT / "leaderboard" / "results.jsonl.gz"
+    archive = ROOT / "leaderboard" / "results"
     monkeypatch.chdir(ROOT)  # the stored checkpoint paths are relative to the repository
     api.import_results(archive, tmp_path / "s.sqlite")
     api.leaderboard(tmp_path / "s.sqlite", tmp_path / "lb")
     committed = ROOT / "leaderboard"
     made = sorted(p.relative_to(tmp_path / "lb") for p in (tmp_path / "lb").rglob("*") if p.is_file())
-    kept = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file() and p != archive)
+    kept = sorted(p.relative_to(committed) for p in committed.rglob("*") if p.is_file() and archive not in p.parents)
     assert made == kept, "leaderboard/ holds other files than the committed results give"
     for rel in made:
         assert filecmp.cmp(tmp_path / "lb" / rel, committed / rel, shallow=False), rel
