@@ -92,6 +92,36 @@ def test_the_report_compares_each_activation_with_relu_on_the_same_examples():
         assert f"]({png.name})" in text and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_best_known_with_autoattack_is_never_set_against_best_known_without():
+    # ReLU and tanh carry AutoAttack at eps 0.1, SPLASH only PGD: SPLASH's best known (higher, because it was
+    # attacked less) must not count as a lead over ReLU, while its PGD and clean changes still do
+    from robench.reporting import compare, seeds
+    from robench.reporting.groups import Group, Member
+
+    def member(act, seed, aa, pgd):
+        s = {"clean": _right(90), "pgd": _right(pgd), "best_known": _right(60 if aa else pgd)}
+        s.update({"autoattack": _right(60)} if aa else {})
+        return Member(f"{act}{seed}", f"m-{act}-{seed}", act, "", {"0.1": s}, [], label=f"{act}-{seed}", seed=seed)
+
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    g.members = [member("relu", 0, True, 80), member("relu", 1, True, 80), member("splash", 0, False, 85),
+                 member("splash", 1, True, 80), member("tanh", 0, True, 80)]
+    dl = compare.deltas(g, "0.1")
+    assert set(dl["best_known"]) == {"splash-1", "tanh-0"} and set(dl["pgd"]) == {"splash-0", "splash-1", "tanh-0"}
+    text = " ".join(compare.summary(g, "0.1", dl))
+    assert "Not yet attacked with AutoAttack at this eps: splash-0." in text
+    assert "(the members with AutoAttack at this eps)" in text and "85.0%" not in text
+    best = {r["activation"]: r["seeds"] for r in seeds.seed_rows(g, "0.1") if r["metric"] == "best_known"}
+    assert best == {"relu": [0, 1], "splash": [1], "tanh": [0]}
+    # where the ReLU model has no AutoAttack either, the two PGD-only best knowns are like for like
+    g.members[0] = member("relu", 0, False, 80)
+    assert set(compare.deltas(g, "0.1")["best_known"]) == {"splash-0", "splash-1"}
+
+
+def _right(k: int, n: int = 100) -> dict[int, int]:
+    return {i: int(i < k) for i in range(n)}
+
+
 def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
     write_mnist_like(Path("data/fashion-mnist"), n_test=30)
     files = []

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 
 from ..stats import compare_outcomes, holm, wilson
-from .groups import compared, eps_value, reference
+from .groups import comparable, compared, eps_value, reference
 
 ALPHA = 0.05
 
@@ -96,7 +96,7 @@ def _findings(g, members: list, eps: str, far: str) -> list[str]:
     for mb in members:
         ref = reference(g, mb)
         a, b = mb.by_eps[eps].get("best_known"), ref.by_eps[eps].get("best_known")
-        if a and b:
+        if a and b and comparable(mb, ref, eps):
             c = compare_outcomes(a, b)
             holds = "holds" if c["low"] > 0 else "does not hold" if c["high"] < 0 else "is not significant"
             out.append(f"{mb.label}: at eps {eps} its lead over ReLU {holds} under the strongest attacks: best known "
@@ -111,8 +111,8 @@ def _findings(g, members: list, eps: str, far: str) -> list[str]:
                     gap = 100 * (sum(pgd[i] for i in common) - sum(best[i] for i in common)) / len(common)
                     gaps.append(f"{m.label} by {gap:.1f} points")
         if gaps:
-            c = compare_outcomes(mb.by_eps[far]["best_known"], ref.by_eps[far]["best_known"]) if (
-                mb.by_eps[far].get("best_known") and ref.by_eps[far].get("best_known")) else None
+            a, b = mb.by_eps[far].get("best_known"), ref.by_eps[far].get("best_known")
+            c = compare_outcomes(a, b) if a and b and comparable(mb, ref, far) else None
             tail = (f"; in best known accuracy it is {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] "
                     f"against ReLU (n={c['n']:,})" if c else "")
             out.append(f"{mb.label}: at eps {far}, the PGD sweep overstates robust accuracy compared with the worst "

@@ -12,7 +12,7 @@ import pandas as pd
 from ..stats import compare_outcomes, holm, wilson
 from .anomaly import section as anomaly_section
 from .claims import section as claims_section
-from .groups import Group, Member, compared, comparison_eps, eps_value, groups, reference
+from .groups import Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference
 from .leaderboard import METRICS
 from .seeds import section as seed_section
 
@@ -47,9 +47,10 @@ def deltas(g: Group, eps: str) -> dict[str, dict[str, dict]]:
     for metric in METRICS:
         rows = {}
         for mb in compared(g):
-            base = reference(g, mb).by_eps.get(eps, {}).get(metric)
-            if base and metric in mb.by_eps.get(eps, {}):
-                rows[mb.label] = compare_outcomes(mb.by_eps[eps][metric], base)
+            ref = reference(g, mb)
+            ours, base = mb.by_eps.get(eps, {}).get(metric), ref.by_eps.get(eps, {}).get(metric)
+            if base and ours and (metric != "best_known" or comparable(mb, ref, eps)):
+                rows[mb.label] = compare_outcomes(ours, base)
         if not rows:
             continue
         for (label, c), adj in zip(rows.items(), holm([c["p"] for c in rows.values()])):
@@ -126,17 +127,26 @@ def shape_panels(g: Group) -> list[dict]:
 def summary(g: Group, eps: str, dl: dict) -> list[str]:
     """Plain sentences: what the numbers support and what they do not."""
     lines = []
-    best = {mb.label: mb.by_eps.get(eps, {}).get("best_known") for mb in g.members}
+    best = {mb.label: best_known(g, mb, eps) for mb in g.members}
     known = {k: 100 * sum(v.values()) / len(v) for k, v in best.items() if v}
+    aside = [mb.label for mb in g.members if mb.by_eps.get(eps, {}).get("best_known") and not best[mb.label]]
     if known:
         hi, lo = max(known, key=known.get), min(known, key=known.get)
         ns = sorted({len(v) for v in best.values() if v})
         if max(known.values()) == 0:
             lines.append(f"Every model is at 0% best known robust accuracy at {g.norm} eps {eps}: whatever the "
                          "activation, these models have no robustness at this budget.")
+        elif len(known) == 1:
+            lines.append(f"At {g.norm} eps {eps}, best known robust accuracy is {known[hi]:.1f}% ({hi}), on n = "
+                         f"{ns[0]} examples" + (", the only member with AutoAttack at this eps." if aside else "."))
         else:
             lines.append(f"At {g.norm} eps {eps}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
-                         f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples.")
+                         f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples"
+                         + (" (the members with AutoAttack at this eps)." if aside else "."))
+    if aside:
+        lines.append(f"Not yet attacked with AutoAttack at this eps: {', '.join(aside)}. Their best known accuracy "
+                     "rests on weaker attacks only (marked †): it is left out of the sentence above, and compared "
+                     "with ReLU only where the ReLU model lacks AutoAttack too.")
     if not compared(g):
         lines.append("There is no ReLU member, so no change against ReLU is computed.")
     for metric in ("best_known", "pgd", "clean"):
@@ -295,9 +305,15 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
                     notes.append(f)
                 marks.append(f"[{notes.index(f) + 1}]")
             cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
+            if cells[-1] != "-" and not best_known(g, mb, eps):
+                cells[-1] += " †"
             lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
             lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
+        if any(mb.by_eps.get(eps, {}).get("best_known") and not best_known(g, mb, eps) for mb in g.members):
+            lines += ["", "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
+                          "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
+                          "AutoAttack too."]
         part["transfer"] = matrix = transfer_matrix(res, g, eps)
         if matrix.empty:
             lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]

@@ -90,6 +90,22 @@ def comparison_eps(g: Group) -> str:
     return max(all_eps, key=score)
 
 
+def best_known(g: Group, mb: Member, eps: str) -> dict[int, int] | None:
+    """``mb``'s best known outcomes at ``eps`` where they can stand beside the other members': when any member
+    has AutoAttack at ``eps``, only those of a member that has it too. A best known accuracy without AutoAttack
+    rests on weaker attacks, and set against one with it would favour the model that was attacked less."""
+    s = mb.by_eps.get(eps, {})
+    if "autoattack" not in s and any("autoattack" in m.by_eps.get(eps, {}) for m in g.members):
+        return None
+    return s.get("best_known")
+
+
+def comparable(a: Member, b: Member, eps: str) -> bool:
+    """Whether the best known accuracies of ``a`` and ``b`` at ``eps`` may be set against each other: both
+    include AutoAttack or neither does (otherwise the one attacked less would look more robust)."""
+    return ("autoattack" in a.by_eps.get(eps, {})) == ("autoattack" in b.by_eps.get(eps, {}))
+
+
 def reference(g: Group, mb: Member) -> Member | None:
     """The ReLU member ``mb`` is compared with: the one trained with the same seed, else the first."""
     relus = [r for r in g.members if r.activation == "relu"]

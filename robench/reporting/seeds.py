@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from ..stats import compare_outcomes, t_interval
+from .groups import best_known
 
 SEED_METRICS = ("clean", "autoattack", "best_known")
 LABELS = {"clean": "Clean", "autoattack": "AutoAttack", "best_known": "Best known"}
@@ -20,7 +21,7 @@ def by_seed(g, eps: str, metric: str) -> dict[str, dict]:
     """activation -> {seed: outcomes} for the members that have ``metric`` at ``eps``."""
     out: dict[str, dict] = {}
     for mb in g.members:
-        d = mb.by_eps.get(eps, {}).get(metric)
+        d = best_known(g, mb, eps) if metric == "best_known" else mb.by_eps.get(eps, {}).get(metric)
         if d and mb.seed is not None:
             out.setdefault(mb.activation, {})[mb.seed] = d
     return out
