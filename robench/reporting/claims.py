@@ -167,7 +167,8 @@ def _spearman(xs: list[float], ys: list[float]) -> tuple[float, float]:
 def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: str) -> dict:
     if len(pairs) < 4 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
         return {"claim": claim, "setting": setting, "effect": "-",
-                "basis": f"{len(pairs)} checkpoint{'s' * (len(pairs) != 1)} with {what}: too few to correlate", "verdict": "not yet measured"}
+                "basis": f"{len(pairs)} checkpoint{'s' * (len(pairs) != 1)} with {what}: too few to correlate",
+                "verdict": "not yet measured"}
     rho, p = _spearman([x for x, _ in pairs], [y for _, y in pairs])
     v = ("supported" if rho > 0 and p < 0.05 else "not supported (significant the other way)" if rho < 0 and p < 0.05
          else "inconclusive at this n")

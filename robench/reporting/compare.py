@@ -12,7 +12,8 @@ import pandas as pd
 from ..stats import compare_outcomes, holm, wilson
 from .anomaly import section as anomaly_section
 from .claims import section as claims_section
-from .groups import Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference
+from .groups import (Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference,
+                     set_aside)
 from .leaderboard import METRICS
 from .seeds import section as seed_section
 
@@ -129,7 +130,7 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
     lines = []
     best = {mb.label: best_known(g, mb, eps) for mb in g.members}
     known = {k: 100 * sum(v.values()) / len(v) for k, v in best.items() if v}
-    aside = [mb.label for mb in g.members if mb.by_eps.get(eps, {}).get("best_known") and not best[mb.label]]
+    aside = [mb.label for mb in set_aside(g, eps)]
     if known:
         hi, lo = max(known, key=known.get), min(known, key=known.get)
         ns = sorted({len(v) for v in best.values() if v})
@@ -298,6 +299,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
                   "| Activation | Model | " + " | ".join(head) + " | Flags |",
                   "|---" * (len(METRICS) + 3) + "|"]
         notes: list[str] = []
+        aside = {m.label for m in set_aside(g, eps)}
         for mb in g.members:
             marks = []
             for f in mb.flags:
@@ -305,12 +307,12 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
                     notes.append(f)
                 marks.append(f"[{notes.index(f) + 1}]")
             cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
-            if cells[-1] != "-" and not best_known(g, mb, eps):
+            if mb.label in aside:
                 cells[-1] += " †"
             lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
             lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
-        if any(mb.by_eps.get(eps, {}).get("best_known") and not best_known(g, mb, eps) for mb in g.members):
+        if aside:
             lines += ["", "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
                           "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
                           "AutoAttack too."]

@@ -100,6 +100,12 @@ def best_known(g: Group, mb: Member, eps: str) -> dict[int, int] | None:
     return s.get("best_known")
 
 
+def set_aside(g: Group, eps: str) -> list[Member]:
+    """The members whose best known outcomes at ``eps`` exist but `best_known` sets aside (no AutoAttack where
+    others have it): the report marks them † and names them."""
+    return [mb for mb in g.members if mb.by_eps.get(eps, {}).get("best_known") and not best_known(g, mb, eps)]
+
+
 def comparable(a: Member, b: Member, eps: str) -> bool:
     """Whether the best known accuracies of ``a`` and ``b`` at ``eps`` may be set against each other: both
     include AutoAttack or neither does (otherwise the one attacked less would look more robust)."""
