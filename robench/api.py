@@ -223,19 +223,21 @@ def leaderboard(store: str | Path | None = None, out: str | Path = "leaderboard"
     return write_leaderboard(store, Path(out), report)
 
 
-def export_results(store: str | Path | None, out: str | Path) -> dict:
+def export_results(store: str | Path | None, out: str | Path, unfinished: bool = False) -> dict:
     """Write the store's finished runs, per-example outcomes and model checks to an archive (the form in
     which results are committed and shared): one .jsonl.gz file, or a folder with a file per run, which
-    git stores once however often the results are exported again. Returns {"runs", "checks", "path",
+    git stores once however often the results are exported again. With ``unfinished``, the runs not yet
+    finished instead, with their stored batches, to resume elsewhere. Returns {"runs", "checks", "path",
     "written" (files written)}."""
     from .archive import export_results as export
 
-    return export(store, out)
+    return export(store, out, unfinished)
 
 
 def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
     """Add an archive's runs (a file or a folder archive) to the store (finished runs already there are
-    kept). Returns {"added", "kept", "checks"}."""
+    kept; an unfinished run replaces only one that got less far, and `evaluate` resumes it). Returns
+    {"added", "kept", "checks", "unfinished" (of the added)}."""
     from .archive import import_results as load
 
     return load(archive, store)

@@ -71,18 +71,26 @@ def _write(path: Path, data: bytes) -> bool:
     return True
 
 
-def export_results(store: str | Path | None, out: str | Path) -> dict:
+def export_results(store: str | Path | None, out: str | Path, unfinished: bool = False) -> dict:
     """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
     checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
-    of runs the store lacks are left as they are). Returns {"runs", "checks", "path", "written"}."""
+    of runs the store lacks are left as they are). With ``unfinished``, write instead the runs not yet
+    finished, with the batches stored so far and marked unfinished, so that another store (a new checkout,
+    another machine) imports them and `robench eval` resumes them there. Returns {"runs", "checks",
+    "path", "written"}."""
     out = Path(out)
     folder = not out.name.endswith(".jsonl.gz")
     if folder and (out.exists() and not out.is_dir() or not out.exists() and out.suffix):
         raise RobenchError(f"A results archive is a .jsonl.gz file or a folder (a name without an extension), "
                            f"not {out.name}.")
     with Store(store, readonly=True) as db, db.snapshot():
-        runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
-        checks = db.checks().to_dict(orient="records")
+        if unfinished:
+            ids = [i for i in db.runs("running")["run_id"].tolist() if db.stored_examples(int(i))]
+            runs = [{**_run_record(db, int(i)), "finished": False} for i in ids]
+            checks = []
+        else:
+            runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
+            checks = db.checks().to_dict(orient="records")
     if not folder:
         _write(out, _gzipped([_line(r) for r in runs] + [_line({"check": c}) for c in checks]))
         return {"runs": len(runs), "checks": len(checks), "path": out, "written": 1}
@@ -153,7 +161,11 @@ def _check_run(rec: dict, path: Path, line: int) -> list[tuple]:
             rows += [(eps, i, int(clean[p]), int(robust[p]), by.get(p)) for p, i in enumerate(idx)]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise _bad(path, line, f"its outcomes are malformed: {e}") from None
-    if {r[0] for r in rows} != {e[0] for e in rec["eps"]} or len(idx) != rec["n"]:
+    finished = rec.get("finished", True)
+    if not isinstance(finished, bool):
+        raise _bad(path, line, "its finished field is not true or false")
+    if {r[0] for r in rows} != {e[0] for e in rec["eps"]} or (
+            len(idx) != rec["n"] if finished else not 0 < len(idx) < rec["n"]):
         raise _bad(path, line, "its outcomes do not cover its eps and n")
     return rows
 
@@ -238,16 +250,23 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
 
 
 def _add(records: list, checks: list, store) -> dict:
-    added = kept = 0
+    added = kept = unfinished = 0
     with Store(store) as db:
         for rec, rows in records:
-            if db.is_done(rec["key"]):
+            finished = rec.get("finished", True)
+            have = db.run_state(rec["key"])  # (status, examples stored) or None
+            # a finished run is never replaced; an unfinished one only by a run that got further
+            if have and (have[0] == "done" or not finished and have[0] == "running" and
+                         have[1] >= len({r[1] for r in rows})):
                 kept += 1
                 continue
             run_id, _ = db.open_run(rec["key"], {k: rec[k] for k in RUN_FIELDS}, force=True)
             db.add_batch(run_id, rows, [str(f) for f in rec["flags"]], float(rec["wall_time"]))
             db.set_queries(run_id, {a: (int(q["examples"]), int(q["queries"])) for a, q in rec["queries"].items()})
-            db.finish(run_id)
+            if finished:
+                db.finish(run_id)
+            else:
+                unfinished += 1
             added += 1
         by_model: dict[tuple, list[dict]] = {}
         for c in checks:
@@ -258,4 +277,4 @@ def _add(records: list, checks: list, store) -> dict:
             by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append({**c, "budget": budget})
         for (sha, dataset, norm), cs in by_model.items():
             db.set_checks(sha, dataset, norm, cs)
-    return {"added": added, "kept": kept, "checks": len(checks)}
+    return {"added": added, "kept": kept, "checks": len(checks), "unfinished": unfinished}

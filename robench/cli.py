@@ -358,12 +358,16 @@ def export_(
     archive: Path = typer.Argument(..., help="The archive to write: a .jsonl.gz file, or a folder with a "
                                    "file per run (to commit: unchanged runs keep their files)."),
     store: StorePath = None,
+    unfinished: bool = typer.Option(False, "--unfinished", help="Write the runs not yet finished instead, "
+                                    "with the batches stored so far, so that `robench eval` resumes them in "
+                                    "the store that imports the archive."),
 ):
     """Write the store's finished runs, with every per-example outcome, to a compressed archive to commit
     or share."""
-    res = api.export_results(str(store) if store else None, archive)
+    res = api.export_results(str(store) if store else None, archive, unfinished)
     changed = f" ({res['written']} files written)" if Path(res["path"]).is_dir() else ""
-    out.print(clean(f"Wrote {res['runs']} runs and {res['checks']} model checks to {res['path']}{changed}"),
+    what = "unfinished runs" if unfinished else "runs"
+    out.print(clean(f"Wrote {res['runs']} {what} and {res['checks']} model checks to {res['path']}{changed}"),
               markup=False)
 
 
@@ -376,6 +380,9 @@ def import_(
     res = api.import_results(archive, str(store) if store else None)
     out.print(f"Imported {res['added']} runs ({res['kept']} already in the store) and {res['checks']} model "
               "checks.")
+    if res["unfinished"]:
+        out.print(f"{res['unfinished']} of the runs imported are unfinished: `robench eval` with the same "
+                  "checkpoints and settings resumes them.")
 
 
 @app.command()

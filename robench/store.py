@@ -248,6 +248,15 @@ class Store:
         row = self.conn.execute("SELECT status FROM runs WHERE key=?", (key,)).fetchone()
         return bool(row) and row[0] == "done"
 
+    def stored_examples(self, run_id: int) -> int:
+        """How many examples of a run have outcomes stored."""
+        return self.conn.execute("SELECT COUNT(DISTINCT idx) FROM outcomes WHERE run_id=?", (run_id,)).fetchone()[0]
+
+    def run_state(self, key: str) -> tuple[str, int] | None:
+        """(status, examples stored) of the run with ``key``, or None when the store lacks it."""
+        row = self.conn.execute("SELECT run_id, status FROM runs WHERE key=?", (key,)).fetchone()
+        return (row[1], self.stored_examples(row[0])) if row else None
+
     def done_indices(self, run_id: int, n_eps: int) -> set[int]:
         rows = self.conn.execute("SELECT idx FROM outcomes WHERE run_id=? GROUP BY idx HAVING COUNT(*)=?",
                                  (run_id, n_eps)).fetchall()

@@ -48,7 +48,7 @@ def test_an_archive_gives_back_the_same_leaderboard_and_the_same_archive(store):
     assert _same_tree(Path("la"), Path("lb"))
     api.export_results("b.sqlite", "again.jsonl.gz")
     assert Path("again.jsonl.gz").read_bytes() == Path("results.jsonl.gz").read_bytes()
-    assert api.import_results("results.jsonl.gz", "b.sqlite") == {"added": 0, "kept": 4, "checks": checks}
+    assert api.import_results("results.jsonl.gz", "b.sqlite") == {"added": 0, "kept": 4, "checks": checks, "unfinished": 0}
 
 
 def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_runs(store):
@@ -79,7 +79,7 @@ def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_
     assert len(list(Path("committed").glob("run-*.jsonl.gz"))) == 5
     assert Path("committed/order.txt").read_text().split() == store_keys(store)
     assert api.import_results("committed", "b.sqlite") == {"added": 1, "kept": 4, "checks": len(
-        [line for line in single if '"check"' in line])}
+        [line for line in single if '"check"' in line]), "unfinished": 0}
 
 
 def store_keys(store) -> list[str]:
@@ -149,3 +149,49 @@ def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, 
         for ck in cfg.checkpoints:
             one = dataclasses.replace(cfg, checkpoints=[ck], store=str(tmp_path / "s.sqlite"))
             assert evaluate(one, cached_only=True) is not None, (run, ck)
+
+
+def test_an_unfinished_run_moves_to_another_store_and_resumes_there(tmp_path, monkeypatch):
+    """A long evaluation stopped in one checkout goes on in another: `export --unfinished` carries its stored
+    batches, `import` adds them as unfinished (nothing on the leaderboard), and `eval` resumes after them with
+    the outcomes of an uninterrupted run."""
+    monkeypatch.chdir(tmp_path)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=40)
+    save_tiny("relu.pt", "relu", name="tiny-relu")
+    kw = dict(n=40, eps=["0.1"], attacks=["fgsm"], batch_size=10)
+
+    def stop_after_two_batches(e):
+        if e["event"] == "batch" and e["done"] == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        robench.evaluate(["relu.pt"], store="a.sqlite", progress=stop_after_two_batches, **kw)
+    r = CliRunner().invoke(app, ["export", "progress.jsonl.gz", "--unfinished", "--store", "a.sqlite"])
+    assert r.exit_code == 0 and "Wrote 1 unfinished runs" in r.output, r.output
+    r = CliRunner().invoke(app, ["import", "progress.jsonl.gz", "--store", "b.sqlite"])
+    assert r.exit_code == 0 and "1 of the runs imported are unfinished" in r.output, r.output
+    with Store("b.sqlite", readonly=True) as db:
+        assert db.runs().empty and db.runs(None).status.tolist() == ["running"]
+    # importing it again, or into the store it came from, keeps what is there
+    assert api.import_results("progress.jsonl.gz", "b.sqlite")["kept"] == 1
+    events = []
+    resumed = robench.evaluate(["relu.pt"], store="b.sqlite", progress=events.append, **kw)
+    start = next(e for e in events if e["event"] == "start")
+    assert start["done"] == 20  # the imported batches are not attacked again
+    whole = robench.evaluate(["relu.pt"], store="c.sqlite", **kw)
+    cols = ["eps", "idx", "clean", "robust", "broken_by"]
+    assert resumed.attrs["outcomes"][cols].equals(whole.attrs["outcomes"][cols])
+    # the finished run, exported, replaces the unfinished one in the first store; a finished run is never
+    # replaced by an unfinished one
+    api.export_results("b.sqlite", "done.jsonl.gz")
+    assert api.import_results("done.jsonl.gz", "a.sqlite")["added"] == 1
+    assert api.import_results("progress.jsonl.gz", "a.sqlite") == {"added": 0, "kept": 1, "checks": 0,
+                                                                   "unfinished": 0}
+    assert api.export_results("a.sqlite", "none.jsonl.gz", unfinished=True)["runs"] == 0
+    # an unfinished record that claims every example, or a finished field that is not true or false, is refused
+    lines = gzip.decompress(Path("progress.jsonl.gz").read_bytes()).decode().splitlines()
+    for forged in ({"finished": "no"}, {"n": 20}):
+        Path("forged.jsonl.gz").write_bytes(gzip.compress("\n".join(
+            [lines[0], json.dumps({**json.loads(lines[1]), **forged})]).encode()))
+        with pytest.raises(RobenchError, match="not a valid robench results record"):
+            api.import_results("forged.jsonl.gz", "d.sqlite")

@@ -60,7 +60,17 @@ def test_an_honest_model_passes_every_check(honest, tmp_path):
     res = robench.api.sanity(honest, store=tmp_path / "s.sqlite", **FAST)
     assert not res["flagged"], _flags(res)
     assert set(res["checks"].check) >= {"probabilities", "randomized", "zero-gradients", "eps-sweep", "large-eps",
-                                        "convergence", "square"}
+                                        "convergence", "step-size", "square"}
+
+
+def test_a_pgd_that_stalls_is_flagged_by_apgd_step_size_schedule(honest, tmp_path):
+    """A fixed step too small to leave the start's neighbourhood (0.001 for 5 steps at eps 0.1, 25 in the
+    stronger budget) leaves examples robust that APGD-CE, whose step starts at 2 eps, breaks: the check
+    says so, since the PGD numbers would overstate robustness."""
+    res = robench.api.sanity(honest, store=tmp_path / "s.sqlite", pgd_steps=5, pgd_step_size="0.001", **FAST)
+    flags = _flags(res)
+    assert "step-size" in flags, flags
+    assert "stalls on this model" in flags["step-size"][0]
 
 
 @pytest.mark.parametrize("wrapper, check", [(Softmax, "probabilities"), (Quantized, "zero-gradients"),

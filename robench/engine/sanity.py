@@ -4,7 +4,9 @@ and AutoAttack's own, each stored per model with its evidence (``Store.set_check
 The cheap checks that run after every evaluation and transfer are in ``checks``. ``checklist`` adds a
 probe of the gradient itself (a small step along it must raise the logit margin) and the checks that need
 their own attacks, with PGD or robench's ``fast`` as the attack under test: an eps sweep attacked eps by
-eps, a very large eps, a stronger budget, and Square on what white-box attacks left.
+eps, a very large eps, a stronger budget, APGD-CE's step-size schedule on what the attack under test left
+(a fixed step can stall where a step that starts at 2 eps and halves gets through), and Square on what
+white-box attacks left.
 "Beyond noise" is an exact test at ``ALPHA`` on the per-example outcomes (McNemar for paired outcomes,
 binomial against a tolerated rate otherwise), so a single lucky example never raises a flag.
 """
@@ -78,6 +80,7 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     key = "pgd" if isinstance(base, PGD) else "attack"  # what the stored checks call its budget
     square = AutoAttack("standard", members=("square",), batch_size=bs, queries=square_queries)
     apgd = AutoAttack("standard", members=("apgd-ce", "apgd-t"), batch_size=bs)
+    apgd_ce = AutoAttack("standard", members=("apgd-ce",), batch_size=bs)
     big = large_eps(norm, math.prod(sl.info.shape))
     grid = sorted({Eps(eps.value * f, f"{eps.value * f:.6g}") for f in (0.25, 0.5, 2.0) if eps.value * f < big.value}
                   | {eps, big}, key=lambda e: e.value)
@@ -109,6 +112,9 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
         other_res = run(eps, other) if other is not None else outcomes[eps.text]
         left = torch.tensor([j for j, i in enumerate(idx.tolist())
                              if strong_res[i] and outcomes[eps.text][i] and other_res[i]], dtype=torch.long)
+        # the official APGD-CE, whose step size starts at 2 eps and halves where progress stalls, on what the
+        # attack under test left robust with every budget and loss
+        schedule_res = run(eps, apgd_ce, left) if len(left) else {}
         square_res = run(eps, square, left) if len(left) else {}
         # what Square broke is attacked again with AutoAttack's white-box members: only examples that resist
         # them as well show Square beating the white-box attacks (PGD alone is the weaker reference)
@@ -151,6 +157,17 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
                          + ("; the default budget had not converged." if flag else "."), eps.text,
                          **{key: budget}, strong=strong.budget()))
     white = {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}  # for cross_checks
+    k = sum(1 - v for v in schedule_res.values())  # broken by APGD-CE, robust to every run of the attack
+    p = binom_above(k, n, TOLERANCE / 100)
+    flag = 100 * k / n > TOLERANCE and p < ALPHA
+    runs_words = (f"{name} ({_words(base, short=True)} and {_words(strong, short=True)} {base.loss}, "
+                  f"{base.steps} {other.loss})" if other is not None else f"{name} ({_words(base)}, then {_words(strong)})")
+    checks.append(finding("step-size", flag,
+                         f"APGD-CE ({apgd_ce.budget()['members']['apgd-ce']['iters']} iterations, its step size starting at 2 eps and halving where progress "
+                         f"stalls) broke {k} of the {len(schedule_res)} examples {runs_words} left robust at eps "
+                         f"{eps.text} ({pct(k, n)} of n={n}; tolerated {TOLERANCE:g} point, p={p:.2g})"
+                         + (f"; {name} stalls on this model, so its robust accuracy overstates robustness: report "
+                            "AutoAttack." if flag else "."), eps.text, **{key: budget}, apgd=apgd_ce.budget()))
     white_words = (f"PGD ({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss})"
                    if other is not None else f"{name} ({_words(base)}, then {_words(strong)})")
     broke = sum(1 - v for v in square_res.values())
