@@ -366,7 +366,7 @@ def export_(
     or share."""
     res = api.export_results(str(store) if store else None, archive, unfinished)
     changed = f" ({res['written']} files written)" if Path(res["path"]).is_dir() else ""
-    what = "unfinished runs" if unfinished else "runs"
+    what = ("unfinished run" + ("" if res["runs"] == 1 else "s")) if unfinished else "runs"
     out.print(clean(f"Wrote {res['runs']} {what} and {res['checks']} model checks to {res['path']}{changed}"),
               markup=False)
 
@@ -381,8 +381,9 @@ def import_(
     out.print(f"Imported {res['added']} runs ({res['kept']} already in the store) and {res['checks']} model "
               "checks.")
     if res["unfinished"]:
-        out.print(f"{res['unfinished']} of the runs imported are unfinished: `robench eval` with the same "
-                  "checkpoints and settings resumes them.")
+        k = res["unfinished"]
+        out.print(f"{k} of the runs imported {'is' if k == 1 else 'are'} unfinished: `robench eval` with the same "
+                  "checkpoints and settings resumes " + ("it." if k == 1 else "them."))
 
 
 @app.command()
