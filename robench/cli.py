@@ -378,8 +378,8 @@ def import_(
 ):
     """Add the runs of an archive to the store; runs the store already finished are kept as they are."""
     res = api.import_results(archive, str(store) if store else None)
-    out.print(f"Imported {res['added']} runs ({res['kept']} already in the store) and {res['checks']} model "
-              "checks.")
+    out.print(f"Imported {res['added']} run{'' if res['added'] == 1 else 's'} ({res['kept']} already in the store) "
+              f"and {res['checks']} model checks.")
     if res["unfinished"]:
         k = res["unfinished"]
         out.print(f"{k} of the runs imported {'is' if k == 1 else 'are'} unfinished: `robench eval` with the same "
