@@ -80,6 +80,8 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
     "path", "written"}."""
     out = Path(out)
     folder = not out.name.endswith(".jsonl.gz")
+    if unfinished and folder:  # a folder's order.txt lists finished runs; unfinished ones travel apart
+        raise RobenchError(f"Unfinished runs are written to one .jsonl.gz file, not to a folder ({out.name}).")
     if folder and (out.exists() and not out.is_dir() or not out.exists() and out.suffix):
         raise RobenchError(f"A results archive is a .jsonl.gz file or a folder (a name without an extension), "
                            f"not {out.name}.")

@@ -192,6 +192,8 @@ def test_an_unfinished_run_moves_to_another_store_and_resumes_there(tmp_path, mo
     assert api.import_results("progress.jsonl.gz", "a.sqlite") == {"added": 0, "kept": 1, "checks": 0,
                                                                    "unfinished": 0}
     assert api.export_results("a.sqlite", "none.jsonl.gz", unfinished=True)["runs"] == 0
+    r = CliRunner().invoke(app, ["export", "committed", "--unfinished", "--store", "a.sqlite"])
+    assert r.exit_code == 2 and "one .jsonl.gz file" in r.output and not Path("committed").exists(), r.output
     # an unfinished record that claims every example, or a finished field that is not true or false, is refused
     lines = gzip.decompress(Path("progress.jsonl.gz").read_bytes()).decode().splitlines()
     for forged in ({"finished": "no"}, {"n": 20}):
