@@ -161,9 +161,11 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     p = binom_above(k, n, TOLERANCE / 100)
     flag = 100 * k / n > TOLERANCE and p < ALPHA
     runs_words = (f"{name} ({_words(base, short=True)} and {_words(strong, short=True)} {base.loss}, "
-                  f"{base.steps} {other.loss})" if other is not None else f"{name} ({_words(base)}, then {_words(strong)})")
+                  f"{base.steps} {other.loss})" if other is not None else
+                  f"{name} ({_words(base)}, then {_words(strong)})")
+    iters = apgd_ce.budget()["members"]["apgd-ce"]["iters"]
     checks.append(finding("step-size", flag,
-                         f"APGD-CE ({apgd_ce.budget()['members']['apgd-ce']['iters']} iterations, its step size starting at 2 eps and halving where progress "
+                         f"APGD-CE ({iters} iterations, its step size starting at 2 eps and halving where progress "
                          f"stalls) broke {k} of the {len(schedule_res)} examples {runs_words} left robust at eps "
                          f"{eps.text} ({pct(k, n)} of n={n}; tolerated {TOLERANCE:g} point, p={p:.2g})"
                          + (f"; {name} stalls on this model, so its robust accuracy overstates robustness: report "
