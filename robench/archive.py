@@ -12,6 +12,8 @@ numbers and the order of runs on the pages come from it).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import gzip
 import hashlib
 import io
@@ -75,8 +77,9 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
     """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
     checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
     of runs the store lacks are left as they are). With ``unfinished``, write instead the runs not yet
-    finished, with the batches stored so far and marked unfinished, so that another store (a new checkout,
-    another machine) imports them and `robench eval` resumes them there. Returns {"runs", "checks",
+    finished, with the batches stored so far and the finished stages of the batch under way (AutoAttack's
+    members, see ``Store.save_stage``), marked unfinished, so that another store (a new checkout, another
+    machine) imports them and `robench eval` resumes them there. Returns {"runs", "checks",
     "path", "written"}."""
     out = Path(out)
     folder = not out.name.endswith(".jsonl.gz")
@@ -87,8 +90,10 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
                            f"not {out.name}.")
     with Store(store, readonly=True) as db, db.snapshot():
         if unfinished:
-            ids = [i for i in db.runs("running")["run_id"].tolist() if db.stored_examples(int(i))]
-            runs = [{**_run_record(db, int(i)), "finished": False} for i in ids]
+            ids = [int(i) for i in db.runs("running")["run_id"].tolist()]
+            runs = [{**_run_record(db, i), "finished": False,
+                     "stages": {k: base64.b64encode(v).decode() for k, v in db.stages(i).items()}}
+                    for i in ids if db.stored_examples(i) or db.stages(i)]
             checks = []
         else:
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
@@ -115,7 +120,7 @@ def _run_record(db: Store, run_id: int) -> dict:
     oc = db.outcomes(run_id)
     idx = sorted(set(oc.idx.tolist()))
     pos = {i: p for p, i in enumerate(idx)}
-    per_eps = {}
+    per_eps = {text: {"clean": "", "robust": "", "broken_by": {}} for text, _ in run["eps"]}  # none stored yet
     for eps, block in oc.groupby("eps", sort=True):
         clean, robust = ["0"] * len(idx), ["0"] * len(idx)
         broken: dict[str, list[int]] = {}
@@ -133,8 +138,9 @@ def _bad(path: Path, line: int, why: str) -> RobenchError:
     return RobenchError(f"{path} line {line} is not a valid robench results record ({why}); nothing was imported.")
 
 
-def _check_run(rec: dict, path: Path, line: int) -> list[tuple]:
-    """The outcome rows of one record, after checking every field robench reads."""
+def _check_run(rec: dict, path: Path, line: int) -> tuple[list[tuple], dict[str, bytes]]:
+    """The outcome rows and the stages of the batch under way (unfinished runs only) of one record, after
+    checking every field robench reads."""
     missing = [k for k in ("key", "wall_time", "outcomes", "flags", "queries", *RUN_FIELDS) if k not in rec]
     if missing:
         raise _bad(path, line, f"no {missing[0]}")
@@ -166,10 +172,18 @@ def _check_run(rec: dict, path: Path, line: int) -> list[tuple]:
     finished = rec.get("finished", True)
     if not isinstance(finished, bool):
         raise _bad(path, line, "its finished field is not true or false")
-    if {r[0] for r in rows} != {e[0] for e in rec["eps"]} or (
-            len(idx) != rec["n"] if finished else not 0 < len(idx) < rec["n"]):
+    stages = rec.get("stages", {})
+    try:  # a stage is tensors the attack reads back with torch.load(weights_only=True), never code
+        if finished and stages or not isinstance(stages, dict) or not all(
+                isinstance(k, str) and len(k) == 32 and set(k) <= set("0123456789abcdef") for k in stages):
+            raise ValueError
+        stages = {k: base64.b64decode(v, validate=True) for k, v in stages.items()}
+    except (ValueError, TypeError, binascii.Error):
+        raise _bad(path, line, "its stages are malformed") from None
+    if set(oc["eps"]) != {e[0] for e in rec["eps"]} or (
+            len(idx) != rec["n"] if finished else not (0 < len(idx) or stages) or len(idx) >= rec["n"]):
         raise _bad(path, line, "its outcomes do not cover its eps and n")
-    return rows
+    return rows, stages
 
 
 def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
@@ -238,14 +252,14 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
                 raise _bad(archive, n, "a malformed check")
             checks.append(c)
             continue
-        rows = _check_run(rec, archive, n)
+        rows, stages = _check_run(rec, archive, n)
         if not isinstance(rec["queries"], dict) or not all(
                 isinstance(q, dict) and isinstance(q.get("examples"), int) and isinstance(q.get("queries"), int)
                 for q in rec["queries"].values()) or not isinstance(rec["flags"], list):
             raise _bad(archive, n, "its flags or query counts are malformed")
         if not isinstance(rec["wall_time"], (int, float)) or len(json.dumps(rec["model_meta"])) > 1 << 20:
             raise _bad(archive, n, "its wall time or metadata is malformed")
-        records.append((rec, rows))
+        records.append((rec, rows, stages))
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
     return records, checks, len(raw)
@@ -254,16 +268,19 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
 def _add(records: list, checks: list, store) -> dict:
     added = kept = unfinished = 0
     with Store(store) as db:
-        for rec, rows in records:
+        for rec, rows, stages in records:
             finished = rec.get("finished", True)
-            have = db.run_state(rec["key"])  # (status, examples stored) or None
-            # a finished run is never replaced; an unfinished one only by a run that got further
+            have = db.run_state(rec["key"])  # (status, examples stored, stages stored) or None
+            # a finished run is never replaced; an unfinished one only by a run that got further (more
+            # examples, or as many and more stages of the batch under way)
             if have and (have[0] == "done" or not finished and have[0] == "running" and
-                         have[1] >= len({r[1] for r in rows})):
+                         have[1:] >= (len({r[1] for r in rows}), len(stages))):
                 kept += 1
                 continue
             run_id, _ = db.open_run(rec["key"], {k: rec[k] for k in RUN_FIELDS}, force=True)
             db.add_batch(run_id, rows, [str(f) for f in rec["flags"]], float(rec["wall_time"]))
+            for key, data in stages.items():  # after the batches: storing a batch drops the stages
+                db.save_stage(run_id, key, data)
             db.set_queries(run_id, {a: (int(q["examples"]), int(q["queries"])) for a, q in rec["queries"].items()})
             if finished:
                 db.finish(run_id)

@@ -252,10 +252,11 @@ class Store:
         """How many examples of a run have outcomes stored."""
         return self.conn.execute("SELECT COUNT(DISTINCT idx) FROM outcomes WHERE run_id=?", (run_id,)).fetchone()[0]
 
-    def run_state(self, key: str) -> tuple[str, int] | None:
-        """(status, examples stored) of the run with ``key``, or None when the store lacks it."""
+    def run_state(self, key: str) -> tuple[str, int, int] | None:
+        """(status, examples stored, stages of the unfinished batch stored) of the run with ``key``, or None
+        when the store lacks it."""
         row = self.conn.execute("SELECT run_id, status FROM runs WHERE key=?", (key,)).fetchone()
-        return (row[1], self.stored_examples(row[0])) if row else None
+        return (row[1], self.stored_examples(row[0]), len(self.stages(row[0]))) if row else None
 
     def done_indices(self, run_id: int, n_eps: int) -> set[int]:
         rows = self.conn.execute("SELECT idx FROM outcomes WHERE run_id=? GROUP BY idx HAVING COUNT(*)=?",
@@ -289,6 +290,13 @@ class Store:
     def save_stage(self, run_id: int, key: str, data: bytes) -> None:
         """Keep one finished stage of an unfinished batch (see STAGES)."""
         self._write(lambda: self.conn.execute("INSERT OR REPLACE INTO stages VALUES (?, ?, ?)", (run_id, key, data)))
+
+    def stages(self, run_id: int) -> dict[str, bytes]:
+        """Every stored stage of a run's unfinished batch, by key (none in a store never opened for writing
+        since stages came, which lacks the table)."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='stages'").fetchone():
+            return {}
+        return dict(self.conn.execute("SELECT key, data FROM stages WHERE run_id=? ORDER BY key", (run_id,)))
 
     def load_stage(self, run_id: int, key: str) -> bytes | None:
         row = self.conn.execute("SELECT data FROM stages WHERE run_id=? AND key=?", (run_id, key)).fetchone()

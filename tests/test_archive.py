@@ -194,9 +194,11 @@ def test_an_unfinished_run_moves_to_another_store_and_resumes_there(tmp_path, mo
     assert api.export_results("a.sqlite", "none.jsonl.gz", unfinished=True)["runs"] == 0
     r = CliRunner().invoke(app, ["export", "committed", "--unfinished", "--store", "a.sqlite"])
     assert r.exit_code == 2 and "one .jsonl.gz file" in r.output and not Path("committed").exists(), r.output
-    # an unfinished record that claims every example, or a finished field that is not true or false, is refused
+    # an unfinished record that claims every example, a finished field that is not true or false, or stages
+    # that are not base64 under a stage key, are refused
     lines = gzip.decompress(Path("progress.jsonl.gz").read_bytes()).decode().splitlines()
-    for forged in ({"finished": "no"}, {"n": 20}):
+    for forged in ({"finished": "no"}, {"n": 20}, {"stages": {"0" * 32: "not base64!"}}, {"stages": {"k": "AA=="}},
+                   {"stages": ["AA=="]}):
         Path("forged.jsonl.gz").write_bytes(gzip.compress("\n".join(
             [lines[0], json.dumps({**json.loads(lines[1]), **forged})]).encode()))
         with pytest.raises(RobenchError, match="not a valid robench results record"):

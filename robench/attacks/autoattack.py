@@ -138,6 +138,8 @@ class AutoAttack(Attack):
                 report_stage(f"{self.name}: {member}", len(remaining), len(x))
                 parts = (self.name, member, eps, norm, seed, self.batch_size, self.queries, idx[remaining.cpu()].tolist())
                 kept = saved.load(parts) if saved is not None else None
+                if kept is not None and not _fits(kept, len(remaining), x):
+                    kept = None  # not what this member leaves on these examples (a damaged or forged stage)
                 if kept is not None:  # this member finished on these very examples before an interruption
                     hit, xa_hit = kept["hit"].to(x.device), kept["x"].to(x.device, x.dtype)
                 else:
@@ -152,3 +154,12 @@ class AutoAttack(Attack):
                     broken_by[i] = member
                 remaining = remaining[~hit]
         return AttackOutput(x_adv, broken_by=broken_by, flags=list(flags))
+
+
+def _fits(stage, n: int, x: torch.Tensor) -> bool:
+    """Whether a stored stage is one member's result on ``n`` examples like ``x``: a boolean hit per example
+    and one adversarial input per hit."""
+    hit, xa = (stage.get("hit"), stage.get("x")) if isinstance(stage, dict) else (None, None)
+    return (isinstance(hit, torch.Tensor) and hit.dtype == torch.bool and tuple(hit.shape) == (n,) and
+            isinstance(xa, torch.Tensor) and xa.is_floating_point() and
+            tuple(xa.shape) == (int(hit.sum()), *x.shape[1:]))
