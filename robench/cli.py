@@ -17,6 +17,7 @@ from typer.core import TyperGroup
 
 from . import api
 from ._version import __version__
+from .config import split_flags
 from .cli_output import (EvalProgress, TrainProgress, WHERE, check_table, clean, err, esc, info_table,
                          interrupted, leaderboard_tables, out, results_table, safe, track, transfer_tables)
 from .errors import CLI, RobenchError
@@ -237,7 +238,7 @@ def transfer(
     with EvalProgress() as prog:
         df = api.transfer(srcs, tgts, progress=prog.update, **kw)
     transfer_tables(df)
-    flags = [f for f in dict.fromkeys("; ".join(df["flags"]).split("; ")) if f]
+    flags = list(dict.fromkeys(f for row in df["flags"] for f in split_flags(row)))
     for i, f in enumerate(flags, 1):
         out.print(clean(f"[{i}] {f}"), markup=False)
     if out_file:

@@ -12,6 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .config import split_flags
+
 _WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
 out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
 err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WIDTH)
@@ -105,7 +107,7 @@ def results_table(df) -> Table:
     t = Table("model", "norm", "eps", "attacks", "n", "clean % [95% CI]", "robust % [95% CI]", "flags")
     for r in df.itertuples():
         marks = []
-        for flag in filter(None, (r.flags or "").split("; ")):
+        for flag in split_flags(r.flags):
             if flag not in notes:
                 notes.append(flag)
             marks.append(f"[{notes.index(flag) + 1}]")

@@ -26,6 +26,16 @@ class Eps:
         return self.text
 
 
+# Between the flags of one result row (the "flags" of eval, transfer and leaderboard rows, RobustBench's
+# "footnote"): a flag's own evidence often has "; " in it, so that cannot separate them.
+FLAG_SEP = " | "
+
+
+def split_flags(text: str | None) -> list[str]:
+    """The flags of one result row, in order (none for an empty or missing cell)."""
+    return [f for f in text.split(FLAG_SEP) if f] if isinstance(text, str) else []
+
+
 def parse_eps(text: str | float | Eps) -> Eps:
     """Parse "8/255", "0.031" or "0.5"; negative, unparsable or division by zero is one sentence."""
     if isinstance(text, Eps):

@@ -118,6 +118,53 @@ def test_best_known_with_autoattack_is_never_set_against_best_known_without():
     assert set(compare.deltas(g, "0.1")["best_known"]) == {"splash-0", "splash-1"}
 
 
+def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagged():
+    """The group summary names the members `robench sanity` has examined, from the checks stored for them,
+    and its flags; the probes every evaluation runs do not count as the checklist."""
+    from robench.reporting import compare
+    from robench.reporting.groups import Group, Member
+
+    g = Group("fashion-mnist", "Linf", "resnet20", "pgd-at", "0.1")
+    g.members = [Member(act, f"m-{act}", act, "", {}, [], label=act) for act in ("relu", "pssilu", "silu")]
+
+    def check(sha, name, status="ok", dataset="fashion-mnist"):
+        return {"sha256": sha, "dataset": dataset, "norm": "Linf", "check": name, "eps": "0.1", "status": status,
+                "evidence": "...", "budget": "{}"}
+
+    probes = [check(act, "zero-gradients") for act in ("relu", "pssilu", "silu")]
+    assert "has examined 0 of the 3 members; the flags above come from the checks every evaluation runs" in \
+        compare._checklist_sentence(g, pd.DataFrame(probes))[0]
+    checks = pd.DataFrame(probes + [check("relu", "step-size"), check("relu", "square"), check("silu", "square", "ok",
+                                    "cifar10"), check("pssilu", "step-size", "flag"), check("pssilu", "square")])
+    text = compare._checklist_sentence(g, checks)[0]
+    assert "has examined 2 of the 3 members (relu, pssilu); it flags pssilu on step-size (see the flags)" in text, text
+    checks.loc[checks.status == "flag", "status"] = "ok"
+    text = compare._checklist_sentence(g, checks)[0]
+    assert text.endswith("has examined 2 of the 3 members (relu, pssilu); every check passed on each."), text
+
+
+def test_only_a_check_on_a_weaker_attack_leaves_autoattacks_number_standing():
+    """Where AutoAttack ran, a checklist flag on PGD alone does not make the row unreliable; a run's own flags
+    (AutoAttack's warnings, also when a run of its members alone raised them) and model checks still do."""
+    from robench.reporting.leaderboard import ranking_flags, run_flags
+
+    def rows(*runs):
+        return pd.DataFrame([{"kind": k, "flags": f, "attack_flags": a} for k, f, a in runs])
+
+    stalls = "PGD stalls on this model"
+    pgd_only = rows(("clean", "", ""), ("pgd", stalls, stalls))
+    assert ranking_flags(pgd_only) == [stalls]
+    with_aa = rows(("clean", "", ""), ("pgd", stalls, stalls), ("autoattack", "", ""))
+    assert ranking_flags(with_aa) == [] and run_flags(with_aa) == [stalls]
+    warned = rows(("pgd", stalls, stalls), ("autoattack", "", ""), ("other", "AutoAttack: zero gradient", ""))
+    assert ranking_flags(warned) == ["AutoAttack: zero gradient"]
+    masked = rows(("pgd", "masked | " + stalls, stalls), ("autoattack", "masked", ""))
+    assert ranking_flags(masked) == ["masked"]
+    # a flag's own "; " does not split it
+    assert run_flags(rows(("pgd", "broke 7 (p=0.01); the gradients may be masked.", ""))) == [
+        "broke 7 (p=0.01); the gradients may be masked."]
+
+
 def _right(k: int, n: int = 100) -> dict[int, int]:
     return {i: int(i < k) for i in range(n)}
 

@@ -2,8 +2,10 @@
 targets them; honest models (and the shipped checkpoints) are not."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,6 +73,30 @@ def test_a_pgd_that_stalls_is_flagged_by_apgd_step_size_schedule(honest, tmp_pat
     flags = _flags(res)
     assert "step-size" in flags, flags
     assert "stalls on this model" in flags["step-size"][0]
+    # the flag speaks of PGD: it marks the model's PGD runs, and its leaderboard row while the row rests on
+    # PGD; once AutoAttack has run, AutoAttack's number stands (the flag is still listed)
+    kw = dict(dataset="fashion-mnist", n=20, eps=["0.1"], store=tmp_path / "s.sqlite", device="cpu")
+    pgd = robench.evaluate({"honest": honest}, attacks=["pgd"], **kw)
+    assert "stalls on this model" in pgd["flags"].iloc[0]
+
+    def row():
+        robench.api.leaderboard(tmp_path / "s.sqlite", tmp_path / "lb")
+        df = pd.read_csv(tmp_path / "lb" / "fashion-mnist_Linf.csv")
+        return df[df.name == "honest"].iloc[0]
+
+    assert row()["unreliable"] and "stalls on this model" in row()["flags"]
+    aa = robench.evaluate({"honest": honest}, attacks=["autoattack"], **kw)
+    assert "stalls on this model" not in str(aa["flags"].iloc[0])
+    assert not row()["unreliable"] and "stalls on this model" in row()["flags"]
+    # a check on the model itself (here: a planted flag of the Square check) marks every run, AutoAttack's too
+    square = res["checks"].set_index("check").loc["square"]
+    with Store(tmp_path / "s.sqlite") as db:
+        budget = db.checks(res["sha256"]).set_index("check").budget["square"]
+        db.set_checks(res["sha256"], "fashion-mnist", "Linf", [{"check": "square", "eps": square.eps, "status": "flag",
+                                                                "evidence": "planted masking",
+                                                                "budget": json.loads(budget)}])
+    assert "planted masking" in robench.evaluate({"honest": honest}, attacks=["autoattack"], **kw)["flags"].iloc[0]
+    assert row()["unreliable"]
 
 
 @pytest.mark.parametrize("wrapper, check", [(Softmax, "probabilities"), (Quantized, "zero-gradients"),

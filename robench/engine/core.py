@@ -20,7 +20,7 @@ from .._version import __version__
 from ..attacks.base import Attack, report_stage
 from ..attacks.registry import black_box
 from ..checkpoints import Checkpoint, load_checkpoint
-from ..config import Eps, EvalConfig, check_eps_range, parse_eps
+from ..config import FLAG_SEP, Eps, EvalConfig, check_eps_range, parse_eps
 from ..data import Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.fast import accelerate
@@ -286,6 +286,26 @@ def close_run(db: Store, run_id: int, t: Target, notify: Callable[[dict], None],
     return summary, per_example.assign(run_id=run_id, model=t.name, **columns)
 
 
+def tested_attack(check_budget: str | None) -> str | None:
+    """The attack a stored check speaks of: the attack under test its budget names (the checklist's
+    step-size, convergence, eps-sweep and large-eps checks of PGD or fast, which find that attack falling
+    short on this model), or None for a check on the model itself (masked gradients, randomness,
+    probabilities, transfer)."""
+    try:
+        budget = json.loads(check_budget or "{}")
+    except (TypeError, ValueError, RecursionError):
+        return None
+    tested = (budget.get("pgd") or budget.get("attack")) if isinstance(budget, dict) else None
+    return tested.get("name") if isinstance(tested, dict) and isinstance(tested.get("name"), str) else None
+
+
+def concerns(check_budget: str | None, attacks: list[str]) -> bool:
+    """Whether a stored check speaks of a run with these attacks: a check on the model concerns every run,
+    one on an attack only the runs of that attack."""
+    tested = tested_attack(check_budget)
+    return tested is None or tested in attacks
+
+
 def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
     """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals."""
     run = db.run(run_id)
@@ -294,7 +314,10 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
     members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
     white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
     checks = db.checks(run["sha256"], run["dataset"], run["norm"])
-    model_flags = checks.loc[checks.status == "flag", "evidence"].tolist()
+    flagged = checks[checks.status == "flag"]
+    model_flags = [ev for ev, b in zip(flagged.evidence, flagged.budget) if concerns(b, names)]
+    # of those, the checks that speak of an attack this run used rather than of the model
+    attack_flags = [ev for ev, b in zip(flagged.evidence, flagged.budget) if tested_attack(b) in names]
     queries = db.queries(run_id)
     rows = []
     for text, value in run["eps"]:
@@ -314,7 +337,8 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
             "clean_ci_high": 100 * c_hi,
             "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,
             "robust_ci_high": 100 * r_hi,
-            "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": "; ".join(flags),
+            "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": FLAG_SEP.join(flags),
+            "attack_flags": FLAG_SEP.join(attack_flags),
             "queries": json.dumps(queries, sort_keys=True),
             "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
             "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],

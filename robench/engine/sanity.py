@@ -31,6 +31,10 @@ from .checks import TOLERANCE, ascent, cross_checks, finding, pct, probe
 from .core import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
 
 # -------------------------------------------------------------------------------------- the checklist
+# the checks only the checklist runs (every evaluation runs the probes and the transfer check too)
+CHECKLIST = ("gradient-ascent", "eps-sweep", "large-eps", "convergence", "step-size", "square")
+
+
 def large_eps(norm: str, dims: int) -> Eps:
     """A budget that covers the whole [0, 1] box around mid-grey: Linf 0.5, L2 0.5 * sqrt(dims)."""
     value = 0.5 * get_norm(norm).diameter(dims)

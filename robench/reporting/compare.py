@@ -180,7 +180,7 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
             + ": either the lead shrinks under the stronger attack or this n cannot show it.")
     lines += _far_eps(g, eps)
     lines += _transfer_sentence(g, eps)
-    flagged = [mb.label for mb in g.members if mb.flags]
+    flagged = [mb.label for mb in g.members if mb.unreliable]
     if flagged:
         lines.append(f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
                      "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
@@ -202,6 +202,29 @@ def _seed_sentence(g: Group) -> str:
     many = "; ".join(f"{act}: {len(v)}" for act, v in sorted(runs.items()))
     return (f"Training runs per activation ({many}): each interval above compares single checkpoints, so it "
             "covers the sampling of test examples only, not the variation between training runs.")
+
+
+def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
+    """Which members the full gradient-masking checklist (`robench sanity`) has examined, and what it flagged:
+    from the checks stored for each member (its evidence is on the model's page)."""
+    from ..engine.sanity import CHECKLIST
+
+    if checks is None:
+        return []
+    mine = checks[checks.check.isin(CHECKLIST) & (checks.dataset == g.dataset) & (checks.norm == g.norm)]
+    ran = [mb for mb in g.members if mb.sha256 in set(mine.sha256)]
+    text = (f"The full gradient-masking checklist (`robench sanity`: the attack under test at several eps and a "
+            f"stronger budget, APGD-CE's step-size schedule, Square on what they leave) has examined "
+            f"{'all ' if len(ran) == len(g.members) else ''}{len(ran)} of the {len(g.members)} members")
+    if not ran:
+        return [text + "; the flags above come from the checks every evaluation runs."]
+    flagged = {mb.label: sorted(set(mine[(mine.sha256 == mb.sha256) & (mine.status == "flag")].check)) for mb in ran}
+    flagged = {k: v for k, v in flagged.items() if v}
+    listed = "" if len(ran) == len(g.members) else f" ({', '.join(mb.label for mb in ran)})"
+    if not flagged:
+        return [text + listed + "; every check passed on each."]
+    return [text + listed + "; it flags " + "; ".join(f"{k} on {', '.join(v)}" for k, v in flagged.items())
+            + " (see the flags), and every other check passed."]
 
 
 def _transfer_sentence(g: Group, eps: str) -> list[str]:
@@ -267,7 +290,7 @@ def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
     return m.loc[rows, order].rename(index=lambda r: labels.get(r, r))
 
 
-def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
+def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) -> tuple[str, list[Path], dict]:
     """The report's Markdown and figures (written into ``folder``), and its parts for the web site:
     {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
     Markdown is the concatenation of the lines)."""
@@ -292,7 +315,7 @@ def report(res: pd.DataFrame, folder: Path) -> tuple[str, list[Path], dict]:
         lines = ["", f"## {g.title}", ""]
         part = {"group": g, "lines": lines, "eps": eps, "figures": []}
         parts["groups"].append(part)
-        lines += [f"- {s}" for s in summary(g, eps, dl)]
+        lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
         lines += ["", f"### Accuracy at {g.norm} eps {eps}", "",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from .leaderboard import model_id, outcome_sets, safe_name
+from .leaderboard import model_id, outcome_sets, ranking_flags, run_flags, safe_name
 
 
 @dataclass
@@ -18,6 +18,8 @@ class Member:
     checkpoint: str
     by_eps: dict[str, dict[str, dict[int, int]]]  # eps -> metric -> {idx: right}
     flags: list[str]
+    # the flags that speak of its ranked accuracy (leaderboard.ranking_flags)
+    unreliable: list[str] = field(default_factory=list)
     label: str = ""
     seed: object = None  # the training seed its metadata records (None when it records none)
 
@@ -55,9 +57,9 @@ def groups(res: pd.DataFrame) -> list[Group]:
                str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
         group = found.setdefault(key, Group(*key))
         by_eps = {eps: outcome_sets(block) for eps, block in m.groupby("eps", sort=True)}
-        flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
         group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
-                                    last["checkpoint"] or "", by_eps, flags, seed=recipe.get("seed")))
+                                    last["checkpoint"] or "", by_eps, run_flags(m), ranking_flags(m),
+                                    seed=recipe.get("seed")))
     out = []
     for key in sorted(found):
         g = found[key]

@@ -9,6 +9,7 @@ import re
 
 import pandas as pd
 
+from ..config import FLAG_SEP, split_flags
 from ..data import dataset_info
 from ..engine.core import summarize
 from ..store import Store
@@ -161,6 +162,24 @@ def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
     return out
 
 
+def run_flags(m: pd.DataFrame, column: str = "flags") -> list[str]:
+    """Every flag the rows ``m`` carry (a run's own and the model's checks that concern it), once each."""
+    return sorted({f for fl in m[column] for f in split_flags(fl)})
+
+
+def ranking_flags(m: pd.DataFrame) -> list[str]:
+    """The flags that make a model's ranked accuracy unreliable: every flag its runs carry, except, where
+    AutoAttack ran, a check that speaks of another attack alone (the checklist finding that PGD stalls on
+    the model). That leaves AutoAttack's number standing: the other attacks' breaks are verified, so they can
+    only lower the best known accuracy. A run's own flags (AutoAttack's warnings, a black-box member beating
+    the white-box ones) and the model's masking checks always count."""
+    aa = m[m.kind == "autoattack"]
+    if not len(aa) or "attack_flags" not in m:
+        return run_flags(m)
+    scoped = set(run_flags(m, "attack_flags")) - set(run_flags(aa))
+    return [f for f in run_flags(m) if f not in scoped]
+
+
 def _acc(d: dict | None) -> tuple[float, int, str]:
     """(accuracy %, n, "[low, high]") of per-example outcomes; NaN, 0, "" when not measured."""
     if not d:
@@ -176,12 +195,12 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -
     (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (tr, tr_n, tr_ci), (best, n, best_ci) = (
         _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "transfer", "best_known"))
     attacked = m[m.kind != "clean"]
-    flags = sorted({f for fl in m["flags"] for f in fl.split("; ") if f})
+    flags = run_flags(m)
     return {
         "model_id": model_id(meta, last["model"]), "name": last["model"], "activation": meta.get("activation", ""),
         "architecture": meta.get("arch", ""), "training_method": meta.get("training_method", ""),
         "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": tr, "best_known_acc": best,
-        "unreliable": bool(flags), "additional_data": bool(meta.get("additional_data", False)),
+        "unreliable": bool(ranking_flags(m)), "additional_data": bool(meta.get("additional_data", False)),
         "venue": meta.get("venue") or ("robench zoo" if meta.get("zoo_group") else ""),
         "dataset": dataset, "norm": norm, "eps": eps, "eps_value": eps_value, "n": n,
         "clean_n": clean_n, "clean_ci95": clean_ci, "autoattack_n": aa_n, "autoattack_ci95": aa_ci,
@@ -189,7 +208,7 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -
         "transfer_from": "; ".join(sorted(set(m.loc[m.kind == "transfer", "sources"]))), "best_known_ci95": best_ci,
         "best_known_by": " + ".join(sorted(set(attacked["attacks"]))),
         "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
-        "flags": "; ".join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
+        "flags": FLAG_SEP.join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
         "config": json.dumps(run_config(m), sort_keys=True),
         # RobustBench's field: one pass gives a deterministic model's prediction; for a model the store found
         # randomized, or never checked, the store cannot say how many passes its prediction needs

@@ -51,7 +51,7 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
                   json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
     parts = None
     if report:
-        text, figures, parts = compare_report(res, out)
+        text, figures, parts = compare_report(res, out, checks)
         written += figures
         write(out / "report.md", text)
     write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
