@@ -90,10 +90,12 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
                            f"not {out.name}.")
     with Store(store, readonly=True) as db, db.snapshot():
         if unfinished:
-            ids = [int(i) for i in db.runs("running")["run_id"].tolist()]
-            runs = [{**_run_record(db, i), "finished": False,
-                     "stages": {k: base64.b64encode(v).decode() for k, v in db.stages(i).items()}}
-                    for i in ids if db.stored_examples(i) or db.stages(i)]
+            runs = []
+            for i in map(int, db.runs("running")["run_id"].tolist()):
+                stages = db.stages(i)  # read once: they are the batch's AutoAttack results, not small
+                if stages or db.stored_examples(i):
+                    runs.append({**_run_record(db, i), "finished": False,
+                                 "stages": {k: base64.b64encode(v).decode() for k, v in stages.items()}})
             checks = []
         else:
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
