@@ -15,7 +15,8 @@ models are not yet at 0%), on the first n test images:
 - the examples AutoAttack breaks and `fast` does not, by index (the target is none), and the reverse count.
 `--attack autoattack --seed 1 --batch-size 1000` measures the floor: how many of AutoAttack's breaks (seed 0)
 the same AutoAttack with other random draws misses, on the same batches.
-Prints one row per checkpoint and writes benchmarks/results/never-weaker-<attack>.json. The wall times are
+Prints one row per checkpoint and writes benchmarks/results/never-weaker-<attack>.json (or --out), keeping
+the rows that file already has for other checkpoints of the same comparison (attack, n, seed). The wall times are
 each run's own (the stored AutoAttack runs may have shared the machine); `benchmarks/attacks.py` measures
 the speed ratio in one run.
 """
@@ -79,6 +80,20 @@ def evaluate(path: Path, attacks: list[str], eps: str, n: int, store: Path, **kw
         return rid, float(st.run(rid)["wall_time"])
 
 
+def merged_rows(out: Path, label: str, n: int, seed: int, rows: list[dict]) -> int:
+    """Put the rows an earlier run of the same comparison (attack, n, seed) wrote to `out` for other
+    checkpoints before `rows`, so that models can be measured one session at a time; returns how many."""
+    if not out.exists():
+        return 0
+    old = json.loads(out.read_text())
+    if (old.get("attack"), old.get("n"), old.get("seed")) != (label, n, seed):
+        return 0
+    mine = {r["checkpoint"] for r in rows}
+    kept = [r for r in old.get("rows", []) if r["checkpoint"] not in mine]
+    rows[:0] = kept
+    return len(kept)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="*", type=Path)
@@ -125,11 +140,14 @@ def main():
         listed = ", ".join(f"{i}: {aa_by[i]}" for i in misses) or "none"
         print(f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "
               f"{aa_wall:7.1f} {f_wall:7.1f}  {listed}  | {len(reverse)}", flush=True)
+    out = args.out or ROOT / "benchmarks" / "results" / f"never-weaker-{label.split('(')[0].replace('+', '-')}.json"
+    kept = merged_rows(out, label, args.n, args.seed, rows)
+    if kept:
+        print(f"kept the rows of {kept} other checkpoints already in {out.name}")
     total = sum(len(r["autoattack_breaks_fast_not"]) for r in rows)
     print(f"{len(rows)} checkpoints, {sum(r['n'] for r in rows)} examples: AutoAttack breaks and {label} "
           f"does not: {total}; {label} breaks and AutoAttack does not: "
           f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}")
-    out = args.out or ROOT / "benchmarks" / "results" / f"never-weaker-{label.split('(')[0].replace('+', '-')}.json"
     out.write_text(json.dumps({"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
                                "torch": torch.__version__, "robench": robench.__version__,
                                "misses": total, "rows": rows}, indent=1) + "\n")
