@@ -1,6 +1,7 @@
 """robench's attacks against torchattacks, Foolbox and direct pyautoattack on the same work, in one process.
 
     python benchmarks/attacks.py [--device cpu|cuda] [--model lenet5|resnet20|wrn-28-10] [--repeats 5]
+                                 [--checkpoint checkpoints/resnet20-pssilu-pgd-at.safetensors]
 
 Same model, inputs, batch size and budget for every library:
 - PGD Linf, 10 and 100 steps (step 2.5*eps/steps, random start): robench (its engine: clean pass, PGD,
@@ -14,7 +15,8 @@ Same model, inputs, batch size and budget for every library:
 - scaling: robench PGD time and peak memory against n and against steps.
 Prints medians over the repeats and ratios (their time / ours; the ratio of medians, and the range of the
 ratios within each interleaved round, which a drifting machine disturbs least) and writes
-benchmarks/results/<device>-<model>.json. On CUDA it adds a roofline line: attack FLOPs (forward +
+benchmarks/results/<device>-<model>.json (<device>-<checkpoint stem>.json for a --checkpoint other than the
+model's default: the ReLU PGD-AT one). On CUDA it adds a roofline line: attack FLOPs (forward +
 input-gradient backward per step, counted by torch's FlopCounterMode) per second against the measured
 bf16 and tf32 matmul rates.
 """
@@ -66,7 +68,7 @@ def timed(fns: dict, device, repeats, warm_up=True) -> dict:
     return {k: (statistics.median(times[k]), times[k], outs[k]) for k in fns}
 
 
-def load(model_name: str, n: int, device):
+def load(model_name: str, n: int, device, checkpoint: Path | None = None):
     if model_name == "wrn-28-10":
         torch.manual_seed(0)
         model = robench.create_model("wrn-28-10", "relu", num_classes=10, in_channels=3, input_size=32)
@@ -75,7 +77,9 @@ def load(model_name: str, n: int, device):
         with torch.no_grad():  # labels = the model's own predictions, so every example starts correct
             y = torch.cat([model(x[i:i + 256].to(device)).argmax(1).cpu() for i in range(0, n, 256)])
         return model, x, y, "random CIFAR-shaped inputs, random init", "8/255"
-    ck = robench.load_checkpoint(ROOT / CHECKPOINTS[model_name])
+    ck = robench.load_checkpoint(checkpoint or ROOT / CHECKPOINTS[model_name])
+    if ck.meta["arch"] != model_name:
+        raise SystemExit(f"{checkpoint} is a {ck.meta['arch']}, not a {model_name}: pass --model {ck.meta['arch']}")
     split = robench.load_split(ck.meta["dataset"])
     x, y = split.batch(torch.arange(n))
     return ck.model.to(device).eval(), x, y, f"{ck.meta['dataset']} test, first {n}", "0.1"
@@ -180,18 +184,23 @@ def main(argv=None):
     ap.add_argument("--skip", action="append", default=[], help="pgd, autoattack, sweep, fast, cycles or scaling")
     ap.add_argument("--fast", action="append", help="a fast spec to time against AutoAttack, e.g. 'fast(focus=0.4)'; "
                     "repeat to time several in the same rounds [default: fast]")
+    ap.add_argument("--checkpoint", type=Path, default=None, help="a shipped checkpoint of the --model's "
+                    "architecture to measure instead of its ReLU PGD-AT one")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.checkpoint and args.model == "wrn-28-10":
+        ap.error("--checkpoint takes a LeNet5 or ResNet-20 checkpoint; wrn-28-10 is measured at random init")
     device = torch.device(args.device)
     n = args.n or (1000 if device.type == "cuda" else 500)
     bs = args.batch_size or (128 if args.model == "wrn-28-10" else 250)
     # every library gets the model as loaded (parameters requiring gradients, as a user hands it over);
     # robench's engine turns parameter gradients off itself, which is one of its levers
-    model, x, y, data, eps_text = load(args.model, n, device)
+    model, x, y, data, eps_text = load(args.model, n, device, args.checkpoint)
     eps = parse_eps(eps_text)
     res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-           "threads": torch.get_num_threads(), "model": args.model, "data": data, "n": n, "batch_size": bs,
-           "eps": eps.text, "repeats": args.repeats, "torch": torch.__version__, "robench": robench.__version__,
+           "threads": torch.get_num_threads(), "model": args.model,
+           "checkpoint": str(args.checkpoint or CHECKPOINTS.get(args.model, "none (random init)")), "data": data,
+           "n": n, "batch_size": bs, "eps": eps.text, "repeats": args.repeats, "torch": torch.__version__, "robench": robench.__version__,
            "results": {}}
     table = []
 
@@ -302,7 +311,8 @@ def main(argv=None):
                            "tf32_matmul_tflops": rates["tf32"] / 1e12,
                            "torchattacks_tflops": work / t / 1e12 if t else None,
                            "robench_effective_tflops": work / ours_t / 1e12 if ours_t else None}
-    out = args.out or ROOT / "benchmarks" / "results" / f"{device.type}-{args.model}.json"
+    stem = args.checkpoint.name.split(".")[0] if args.checkpoint else args.model
+    out = args.out or ROOT / "benchmarks" / "results" / f"{device.type}-{stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(f"{res['device']} ({res['threads']} threads), {args.model} on {data}, batch {bs}, eps {eps.text}, "
