@@ -1,5 +1,6 @@
 """robench leaderboard: RobustBench's fields, per-example worst case, byte-identical regeneration."""
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -212,3 +213,22 @@ def test_number_forward_passes_comes_from_the_randomness_check():
     passes = {info["unreliable"]: info["number_forward_passes"] for info in infos.values()}
     assert passes == {False: 1, True: None}, passes
     assert all("number_forward_passes" not in info["robench"] for info in infos.values())
+
+
+def test_the_headline_eps_comes_first_and_alone_unfolded():
+    """The budget at which the most models have AutoAttack leads the Markdown and the web leaderboard, even
+    when a smaller eps has AutoAttack on fewer models; the other eps follow, folded, saying their coverage."""
+    write_mnist_like(Path("data/fashion-mnist"), n_test=40)
+    save_tiny("a.pt", "relu", seed=0, name="tiny-a")
+    save_tiny("b.pt", "relu", seed=1, name="tiny-b")
+    robench.evaluate(["a.pt", "b.pt"], n=20, eps=["0.02", "0.05", "0.1"], attacks=["fgsm"], store="s.sqlite")
+    robench.evaluate(["a.pt"], n=10, eps=["0.02"], attacks=["autoattack"], store="s.sqlite")
+    robench.evaluate(["a.pt", "b.pt"], n=10, eps=["0.1"], attacks=["autoattack"], store="s.sqlite")
+    robench.api.leaderboard("s.sqlite", "lb")
+    heads = [line for line in Path("lb/README.md").read_text().splitlines() if line.startswith("## ")]
+    assert heads == ["## fashion-mnist, Linf, eps 0.1", "## fashion-mnist, Linf, eps 0.02"]  # 0.05: no AutoAttack
+    html = Path("lb/index.html").read_text()
+    boards = re.findall(r'<details class="board" id="([^"]+)"( open)?>\s*<summary><h2>[^<]*</h2>.*?</summary>', html, re.S)
+    assert [(i, bool(o)) for i, o in boards] == [("fashion-mnist-linf-eps-0.1", True), ("fashion-mnist-linf-eps-0.02", False),
+                                                 ("fashion-mnist-linf-eps-0.05", False)]
+    assert "AutoAttack on 1 of 2" in html and "no AutoAttack at this eps" in html

@@ -272,9 +272,23 @@ def default_eps(dataset: str, norm: str) -> str | None:
 
 
 def shown_eps(df: pd.DataFrame) -> list[str]:
-    """The eps values worth a table: those with an AutoAttack result (all of them when none has one)."""
+    """The eps values worth a table: those with an AutoAttack result (all of them when none has one), the
+    headline first (``headline_eps``), then the others in eps order."""
     with_aa = set(df.loc[df.autoattack_n > 0, "eps"])
-    return [e for e in dict.fromkeys(df.eps) if not with_aa or e in with_aa]
+    shown = [e for e in dict.fromkeys(df.eps) if not with_aa or e in with_aa]
+    top = headline_eps(df)
+    return [top] + [e for e in shown if e != top] if shown else shown
+
+
+def headline_eps(df: pd.DataFrame) -> str | None:
+    """The eps a reader should see first, as RobustBench shows one budget per threat model: the one at which
+    the most models have AutoAttack; a tie goes to the dataset's standard eps (``default_eps``), then to the
+    eps with the most models, then to the smaller eps."""
+    if df.empty:
+        return None
+    std = default_eps(df.dataset.iloc[0], df.norm.iloc[0])
+    key = {e: (int((block.autoattack_n > 0).sum()), e == std, len(block)) for e, block in df.groupby("eps", sort=False)}
+    return max(dict.fromkeys(df.eps), key=key.__getitem__)
 
 
 def weaker_attacks_only(row) -> bool:
@@ -306,7 +320,8 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
     lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %, each with its Wilson 95% "
              "interval and its number of test examples n; ranked by best known robust accuracy (per example, the "
              "worst case over every attack run). The CSV files add the attack budgets, the configuration and the "
-             "checkpoint sha256; index.html is the same leaderboard as a web page."]
+             "checkpoint sha256; index.html is the same leaderboard as a web page. The first table is the headline "
+             "budget, the eps at which the most models have AutoAttack; the others follow in eps order."]
     if report:
         lines += ["", f"The activation comparison is in [{report}]({report})."]
     for (dataset, norm), df in boards.items():

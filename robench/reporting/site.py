@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .leaderboard import measured, safe_name, shown_eps, weaker_attacks_only
+from .leaderboard import headline_eps, measured, safe_name, weaker_attacks_only
 
 METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
                  {"key": "pgd", "name": "PGD"}, {"key": "transfer", "name": "Transfer"},
@@ -120,8 +120,8 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
 
     tables, options = [], {"architecture": set(), "training": set(), "activation": set()}
     for (dataset, norm), df in boards.items():
-        primary = set(shown_eps(df))
-        for eps in dict.fromkeys(df.eps):  # ranked within eps, in eps order
+        top = headline_eps(df)
+        for eps in [top] + [e for e in dict.fromkeys(df.eps) if e != top]:  # the headline, then eps order
             rows = []
             for _, r in df[df.eps == eps].iterrows():
                 options["architecture"].add(r["architecture"])
@@ -133,8 +133,9 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                              "cells": _cells(r), "unreliable": bool(r["unreliable"]), "flags": r["flags"],
                              "search": " ".join([r["model_id"], r["activation"], r["architecture"],
                                                  r["training_method"], r["flags"]]).lower()})
+            with_aa = int((df[df.eps == eps].autoattack_n > 0).sum())
             tables.append({"id": safe_name(dataset, norm, "eps", eps).lower(), "title": f"{dataset}, {norm}, eps {eps}",
-                           "open": eps in primary, "rows": rows})
+                           "open": eps == top, "with_aa": with_aa, "rows": rows})
     claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
     write(out / "index.html", env.get_template("index.html").render(
         root="", tables=tables, options={k: sorted(v) for k, v in options.items()}, claims=claims,
