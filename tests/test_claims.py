@@ -14,6 +14,7 @@ import robench
 from robench.nn.activations import create_activation
 from robench.reporting import anomaly, claims
 from robench.reporting.groups import Group, Member
+from robench.stats import compare_outcomes
 
 from helpers import save_tiny, write_mnist_like
 
@@ -62,6 +63,8 @@ def test_claims_pair_training_runs_by_seed_and_give_a_verdict():
     half = t.ppf(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
     assert white["effect"].startswith(f"+12.0 [{12 - half:+.1f}, {12 + half:+.1f}]")
     assert "3 training runs each, seed-paired t-interval" in white["basis"] and "n = 500" in white["basis"]
+    p = 2 * t.sf(12 / (statistics.stdev(diffs) / math.sqrt(3)), 2)  # the verdict's test, shown beside it
+    assert white["basis"].endswith(f"t-test p={p:.3g}")
     assert white["verdict"] == "supported"
     clean = next(r for r in rows if "clean accuracy" in r["claim"])
     assert clean["verdict"].startswith("not supported (rules out")  # +0.2 points at most, tightly
@@ -77,6 +80,8 @@ def test_a_single_training_run_gets_a_test_sampling_interval():
     row = next(r for r in claims.claim_rows([g]) if "PSSiLU gives higher" in r["claim"])
     assert "one training run each" in row["basis"] and row["verdict"] == "inconclusive at this n"
     assert row["effect"].startswith("+2.0 [")
+    p = compare_outcomes(g.members[1].by_eps["0.1"]["autoattack"], g.members[0].by_eps["0.1"]["autoattack"])["p"]
+    assert row["basis"].endswith(f"exact McNemar p={p:.3g}") and p > 0.05
 
 
 def test_the_report_carries_the_claims_table(tmp_path):

@@ -58,10 +58,10 @@ def effect(g, activation: str, reference: str, metric: str, eps: str | None) -> 
            "b": sum(_acc(b[s]) for s in seeds) / len(seeds)}
     if len(seeds) > 1:
         diff, low, high, p = t_interval([_acc(a[s]) - _acc(b[s]) for s in seeds])
-        return {**out, "diff": diff, "low": low, "high": high, "p": p,
+        return {**out, "diff": diff, "low": low, "high": high, "p": p, "test": "t-test",
                 "basis": f"{len(seeds)} training runs each, seed-paired t-interval"}
     c = compare_outcomes(a[seeds[0]], b[seeds[0]])
-    return {**out, "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"],
+    return {**out, "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"], "test": "exact McNemar",
             "basis": "one training run each: paired interval over test examples only"}
 
 
@@ -93,7 +93,7 @@ def _row(claim: str, setting: str, e: dict | None, missing: str) -> dict:
     if e is None:
         return {"claim": claim, "setting": setting, "effect": "-", "basis": missing, "verdict": "not yet measured"}
     return {"claim": claim, "setting": setting, "effect": f"{_ci(e)} ({e['a']:.1f}% vs {e['b']:.1f}%)",
-            "basis": f"{e['basis']}; {_n(e)}", "verdict": verdict(e["low"], e["high"], e["p"])}
+            "basis": f"{e['basis']}; {_n(e)}; {e['test']} p={e['p']:.3g}", "verdict": verdict(e["low"], e["high"], e["p"])}
 
 
 def _acts(g) -> set[str]:
