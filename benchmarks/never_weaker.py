@@ -47,6 +47,12 @@ def training_eps(meta: dict) -> str:
     return dataset_info(meta["dataset"]).eps["Linf"]  # the leaderboard's eps for the dataset
 
 
+def shown(path: Path) -> str:
+    """A path as committed results record it: relative to the repository where it lies inside it."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
 def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int):
     """(store path, run) of the largest finished AutoAttack standard run (seed 0) of the first >= n test
     images at eps."""
@@ -135,7 +141,7 @@ def main():
                "n": len(common), "autoattack_robust": sum(aa[i] for i in common),
                "fast_robust": sum(ours[i] for i in common), "autoattack_wall_s": round(aa_wall, 1),
                "fast_wall_s": round(f_wall, 1), "autoattack_breaks_fast_not": {i: aa_by[i] for i in misses},
-               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": str(ref_store)}
+               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": shown(ref_store)}
         rows.append(row)
         listed = ", ".join(f"{i}: {aa_by[i]}" for i in misses) or "none"
         print(f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "
@@ -151,7 +157,7 @@ def main():
     out.write_text(json.dumps({"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
                                "torch": torch.__version__, "robench": robench.__version__,
                                "misses": total, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    print(f"wrote {shown(out)}")
 
 
 if __name__ == "__main__":
