@@ -41,7 +41,8 @@ checkpoints: install
 
 # The leaderboard: the committed results (leaderboard/results/, a file of per-example outcomes per run) are imported
 # into the store, the suite evaluates whatever they lack (every checkpoint, clean, PGD eps sweep and
-# AutoAttack), the transfer matrices run within each group (MI-FGSM at eps 0.1), leaderboard/ is written
+# AutoAttack), the transfer matrices run within each group (MI-FGSM at eps 0.1; with SEEDS=yes, as `make study`
+# sets it, also among the training-seed replicates of each seed), leaderboard/ is written
 # (tables, model_info, report.md and figures) and the results are exported again. On a fresh clone
 # nothing is lacking, so leaderboard/ comes out as committed; a short PGD demo then shows a real
 # evaluation with its progress (its own store, results/demo.sqlite).
@@ -50,6 +51,7 @@ LEADERBOARD_STORE ?= results/leaderboard.sqlite
 LEADERBOARD ?= leaderboard
 RESULTS ?= $(LEADERBOARD)/results
 IMPORT ?= yes
+SEEDS ?= no
 TRANSFER_N ?= 500
 RESNET_TRANSFER_N ?= 200
 ROBENCH := $(VENV)/bin/robench
@@ -60,6 +62,8 @@ leaderboard: install
 	$(TRANSFER) --n $(TRANSFER_N) --all 'checkpoints/lenet5-*-pgd-at.safetensors'
 	$(TRANSFER) --n $(TRANSFER_N) --all 'checkpoints/lenet5-*-standard.safetensors'
 	$(TRANSFER) --n $(RESNET_TRANSFER_N) --all 'checkpoints/resnet20-*.safetensors'
+	@if [ "$(SEEDS)" = yes ]; then for seed in 1 2; do for method in pgd-at standard; do set -x; $(TRANSFER) \
+	  --n $(TRANSFER_N) --all "checkpoints/seeds/lenet5-*-$$method-seed$$seed.safetensors" || exit 1; done; done; fi
 	$(ROBENCH) leaderboard --store $(LEADERBOARD_STORE) --out $(LEADERBOARD)
 	$(ROBENCH) export $(RESULTS) --store $(LEADERBOARD_STORE)
 	@if [ "$(IMPORT)" = yes ]; then $(ROBENCH) eval checkpoints/lenet5-relu-pgd-at.safetensors \
@@ -71,7 +75,7 @@ leaderboard: install
 # 2-core CPU; the store resumes per batch, so it can run over several sittings.
 study: install
 	$(MAKE) leaderboard SUITE=suites/study.toml LEADERBOARD_STORE=results/study.sqlite LEADERBOARD=results/study \
-	  RESULTS=results/study.jsonl.gz IMPORT=no TRANSFER_N=1000 RESNET_TRANSFER_N=1000
+	  RESULTS=results/study.jsonl.gz IMPORT=no SEEDS=yes TRANSFER_N=1000 RESNET_TRANSFER_N=1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache

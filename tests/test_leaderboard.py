@@ -200,6 +200,32 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
     assert "### Between training runs at Linf eps 0.1" in text
 
 
+def test_seed_replicates_are_attacked_by_transfer_within_their_own_seed():
+    """With transfer run among the models of each training seed, the report draws the seed-0 matrix (the
+    blocks between seeds would be empty), the between-seed table and the claims give transfer over the
+    seeds, and each model's page lists the transfer pairs it has, none of the other seed."""
+    write_mnist_like(Path("data/fashion-mnist"), n_test=30)
+    files = {}
+    for act in ("relu", "splash"):
+        for seed in (0, 1):
+            files[act, seed] = f"{act}-{seed}.pt"
+            save_tiny(files[act, seed], act, seed=seed, name=f"tiny-{act}-seed{seed}", recipe={"seed": seed})
+    robench.evaluate(list(files.values()), n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    for seed in (0, 1):
+        robench.api.transfer(all_checkpoints=[files["relu", seed], files["splash", seed]], n=30, eps=["0.1"],
+                             store="s.sqlite", steps=2)
+    robench.api.leaderboard("s.sqlite", "lb")
+    text = Path("lb/report.md").read_text()
+    assert "The matrix shows the first training runs (seed 0)" in text
+    assert re.search(r"^\| Transfer \| splash \| 0, 1 \| [0-9.]+ ± [0-9.]+ \| [+-]", text, re.M), text
+    claim = next(line for line in text.splitlines() if line.startswith("| SPLASH is more robust than ReLU to black-box"))
+    assert "2 training runs each, seed-paired t-interval" in claim, claim
+    page = Path("lb/models/fashion-mnist/Linf/tiny-splash-seed1.html").read_text()
+    assert "<td>attacked by</td><td>tiny-relu-seed1</td>" in page, page
+    assert "seed0" not in page.split("<h2>Transfer")[1].split("</table>")[0]
+    assert "<td>-</td>" not in page.split("<h2>Transfer")[1].split("</table>")[0]
+
+
 def test_number_forward_passes_comes_from_the_randomness_check():
     """RobustBench's number_forward_passes is 1 for a model the store found deterministic, and null for one
     it found randomized at inference (how many passes its prediction needs is not known)."""

@@ -290,6 +290,16 @@ def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
     return m.loc[rows, order].rename(index=lambda r: labels.get(r, r))
 
 
+def first_runs(matrix: pd.DataFrame, g: Group) -> pd.DataFrame:
+    """The block of a transfer matrix among the group's first training runs (seed 0, or none recorded)
+    where the group holds several training seeds: each seed's replicates are attacked from the other
+    members of their own seed, so the rest of the matrix is those blocks again and empty between them."""
+    if len({mb.seed or 0 for mb in g.members}) < 2:
+        return matrix
+    later = {mb.label for mb in g.members if mb.seed}
+    return matrix.loc[[r for r in matrix.index if r not in later], [c for c in matrix.columns if c not in later]]
+
+
 def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) -> tuple[str, list[Path], dict]:
     """The report's Markdown and figures (written into ``folder``), and its parts for the web site:
     {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
@@ -339,7 +349,8 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) 
             lines += ["", "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
                           "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
                           "AutoAttack too."]
-        part["transfer"] = matrix = transfer_matrix(res, g, eps)
+        part["transfer"] = whole = transfer_matrix(res, g, eps)
+        matrix = first_runs(whole, g)
         if matrix.empty:
             lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]
         else:
@@ -352,6 +363,9 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) 
                       "attacked with its own examples is white-box. The Transfer column above is the worst case "
                       "over every other source. Transfer accuracy below white-box accuracy would point to masked "
                       "gradients (see the flags)."]
+            if matrix.shape != whole.shape:
+                lines[-1] += (" The matrix shows the first training runs (seed 0); each later seed's models are "
+                              "attacked from the other models of their own seed, in their Transfer column.")
         lines += seed_section(g, eps)
         lines += anomaly_section(res, g, eps)
         if dl:

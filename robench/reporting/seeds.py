@@ -9,8 +9,8 @@ import math
 from ..stats import compare_outcomes, t_interval
 from .groups import best_known
 
-SEED_METRICS = ("clean", "autoattack", "best_known")
-LABELS = {"clean": "Clean", "autoattack": "AutoAttack", "best_known": "Best known"}
+SEED_METRICS = ("clean", "autoattack", "transfer", "best_known")
+LABELS = {"clean": "Clean", "autoattack": "AutoAttack", "transfer": "Transfer", "best_known": "Best known"}
 
 
 def _acc(d: dict[int, int]) -> float:
