@@ -50,9 +50,12 @@ def track(ev: dict) -> None:
 
 
 def interrupted() -> str:
-    runs = list(WHERE.get("runs", {}).values())
+    listed = list(WHERE.get("runs", {}).values())
+    # a run with every example stored is whole in the store, though not yet closed (transfer closes its
+    # runs after the whole matrix): only the others stopped part-way
+    runs = [w for w in listed if w.get("done", 0) < w.get("total", 1) or w.get("stage")]
     if not runs:
-        if WHERE.get("ended"):
+        if WHERE.get("ended") or listed:
             return ("Interrupted between runs; every finished run is saved in the store, so run the same command "
                     "again to continue.")
         return "Interrupted before any run started, so nothing was stored; run the same command again to start it."

@@ -119,6 +119,23 @@ def test_the_python_api_takes_one_eps_or_one_attack_on_its_own(tmp_path):
     assert df.eps.tolist() == ["0.05"]
 
 
+def test_the_stop_message_names_only_the_runs_stopped_part_way():
+    """A Ctrl-C during a transfer matrix, whose runs close only after the whole matrix, names the run being
+    scored, not the runs whose every example is already stored."""
+    from robench.cli_output import WHERE, interrupted, track
+
+    WHERE.clear()
+    for ev in ({"event": "start", "run_id": 1, "model": "a", "done": 0, "total": 10, "store": "s.sqlite"},
+               {"event": "batch", "run_id": 1, "model": "a", "done": 10, "total": 10, "store": "s.sqlite"}):
+        track(ev)
+    assert interrupted().startswith("Interrupted between runs; every finished run is saved")
+    track({"event": "start", "run_id": 2, "model": "b", "done": 0, "total": 10, "store": "s.sqlite"})
+    track({"event": "batch", "run_id": 2, "model": "b", "done": 5, "total": 10, "store": "s.sqlite"})
+    msg = interrupted()
+    assert "b stopped at 5 of 10 examples (run 2)" in msg and "run 1" not in msg, msg
+    WHERE.clear()
+
+
 def test_progress_of_a_clean_only_run_says_clean_not_robust():
     from robench.cli_output import EvalProgress, headline
 
