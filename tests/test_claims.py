@@ -135,6 +135,25 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
     assert "m-splash-0: at eps 0.1 its lead over ReLU is not significant under the strongest attacks: best known +0.7 points [-0.1, +1.6]" in text
     assert "the PGD sweep overstates robust accuracy compared with the worst case over all attacks: m-splash-0 by " \
            "2.5 points, m-relu-0 by 5.0 points" in text
+    # a second training run of SPLASH that only the PGD sweep has attacked at 0.2: the sweep cannot be said to
+    # overstate its robustness there by 0 points, it is not yet measured
+    later = _member("splash", 1)
+    for eps, right in (("0.1", 300), ("0.2", 20)):
+        run_id += 1
+        rows.append(_res_rows(later, eps, pgd20, _outcomes(right, n), run_id))
+        later.by_eps[eps] = {"pgd": _outcomes(right, n), "best_known": _outcomes(right, n)}
+    g3 = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, splash, later])
+    text = "\n".join(anomaly.section(pd.DataFrame(rows), g3, "0.1"))
+    assert ("m-splash-1: at eps 0.2 only the PGD sweep has run on it or on its ReLU so far, so how much the sweep "
+            "overstates their robustness there is not yet measured.") in text
+    assert "m-splash-1 by" not in text and "m-splash-0 by 2.5 points, m-relu-0 by 5.0 points" in text
+    # PGD-100 on its first 100 only, breaking 10 of them more than the sweep: the sweep overstates by 10 points
+    # there, not by the 2.5 that spreading those 10 over the sweep's 400 examples would say
+    run_id += 1
+    rows.append(_res_rows(later, "0.2", pgd100, _outcomes(10, 100), run_id))
+    later.by_eps["0.2"]["best_known"] = _outcomes(10, n)
+    text = "\n".join(anomaly.section(pd.DataFrame(rows), g3, "0.1"))
+    assert "all attacks: m-splash-1 by 10.0 points, m-relu-0 by 5.0 points" in text, text
     # no flip, no section
     g2 = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, _member("tanh", 0, **relu.by_eps)])
     assert anomaly.section(pd.DataFrame(rows), g2, "0.1") == []
