@@ -294,9 +294,9 @@ def first_runs(matrix: pd.DataFrame, g: Group) -> pd.DataFrame:
     """The block of a transfer matrix among the group's first training runs (seed 0, or none recorded)
     where the group holds several training seeds: each seed's replicates are attacked from the other
     members of their own seed, so the rest of the matrix is those blocks again and empty between them."""
-    if len({mb.seed or 0 for mb in g.members}) < 2:
-        return matrix
     later = {mb.label for mb in g.members if mb.seed}
+    if not later:
+        return matrix
     return matrix.loc[[r for r in matrix.index if r not in later], [c for c in matrix.columns if c not in later]]
 
 

@@ -96,14 +96,11 @@ def _transfer(part: dict, label: str) -> dict | None:
         return None
     g = part["group"]
 
-    def fmt(v):
-        return f"{v:.2f}"
+    def pairs(cells) -> list[dict]:  # pairs without a run (models of different training seeds) are left out
+        return [{"other": other, "acc": f"{v:.2f}"} for other, v in cells.dropna().items()]
 
-    # pairs without a run (between the models of different training seeds) are left out
-    as_target = [{"other": src, "acc": fmt(v)} for src, v in matrix[label].items()
-                 if v == v] if label in matrix.columns else []
-    as_source = [{"other": tgt, "acc": fmt(v)} for tgt, v in matrix.loc[label].items()
-                 if v == v] if label in matrix.index else []
+    as_target = pairs(matrix[label]) if label in matrix.columns else []
+    as_source = pairs(matrix.loc[label]) if label in matrix.index else []
     if not as_target and not as_source:
         return None
     return {"norm": g.norm, "eps": part["eps"], "slug": g.slug, "as_target": as_target, "as_source": as_source}
