@@ -92,7 +92,7 @@ def test_fast_focus_sends_the_near_misses_to_square():
     x, y = x[keep], y[keep]
     eps, idx = 0.1, torch.arange(len(x))
     plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
-    focused = create_attack("fast(iters=5,focus=1.0,queries=200,focus_restarts=0)").run(
+    focused = create_attack("fast(iters=5,focus=1.0,queries=200,focus_restarts=0,focus_share=1.0)").run(
         model, x, y, idx, eps, "Linf", 0)
     by_square = torch.tensor([b == "square" for b in focused.broken_by])
     plain_broken = model(plain.x_adv).argmax(1) != y
@@ -102,6 +102,35 @@ def test_fast_focus_sends_the_near_misses_to_square():
     near = focused.closest < 1.0 * (model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
         torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1))
     assert not (by_square & ~near).any()  # Square ran only on the near misses
+
+
+def test_fast_focus_takes_at_most_its_share_of_the_survivors_those_closest_to_the_boundary():
+    """The focus stage's cost is capped: it attacks at most focus_share of the survivors of the APGD runs,
+    those whose margin fell furthest as a fraction of their clean margin, so a model whose survivors all
+    come near the boundary does not send all of them to Square."""
+    from helpers import Quantized
+
+    linear, x, y, _ = linear_problem()
+    model = Quantized(linear)
+    keep = model(x).argmax(1) == y
+    x, y, eps, idx = x[keep], y[keep], 0.1, torch.arange(int(keep.sum()))
+    with torch.no_grad():
+        z = model(x)
+    clean = z.gather(1, y[:, None])[:, 0] - z.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), -1e9).amax(1)
+    plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
+    survivors = torch.nonzero(model(plain.x_adv).argmax(1) == y).flatten()
+    ratio = plain.closest[survivors] / clean[survivors]
+    ranked, near = survivors[torch.argsort(ratio, stable=True)], int((ratio < 1.0).sum())
+    quarter = -(-len(survivors) // 4)
+    assert quarter < near  # so the cap binds
+    for share, attacked in ((0.25, quarter), (1.0, near)):
+        atk = create_attack(f"fast(iters=5,focus=1.0,queries=50,focus_restarts=0,focus_share={share})")
+        seen, square = [], atk._square
+        atk._square = lambda bs: (seen.append(bs), square(bs))[1]  # Square's batch: the examples it attacks
+        out = atk.run(model, x, y, idx, eps, "Linf", 0)
+        assert seen == [attacked]
+        by_square = torch.tensor([b == "square" for b in out.broken_by])
+        assert by_square.any() and set(torch.nonzero(by_square).flatten().tolist()) <= set(ranked[:attacked].tolist())
 
 
 def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
@@ -142,7 +171,8 @@ def budget_of(spec):
 
 @pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0)",
                                   "fast(targets=2,focus=0.5,queries=300)", "fast(focus_restarts=0)",
-                                  "fast(focus=0.2,focus_restarts=1)", "apgd", "apgd(loss=dlr,restarts=2)",
+                                  "fast(focus=0.2,focus_restarts=1)", "fast(focus_share=1.0)",
+                                  "fast(focus_share=0.25,focus_restarts=0)", "apgd", "apgd(loss=dlr,restarts=2)",
                                   "apgd(targeted=True,targets=3,choice=rank)"])
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)
@@ -164,6 +194,15 @@ def test_a_fast_budget_stored_before_the_focus_restarts_reads_as_fast_without_th
     del old["focus"]["apgd_t_fresh_restarts"]
     assert spec_from_budget(old) == "fast(focus_restarts=0)" and budget_of("fast(focus_restarts=0)") == old
     assert budget_of("fast")["focus"]["apgd_t_fresh_restarts"] == 3
+
+
+def test_a_fast_budget_stored_before_the_focus_cap_reads_as_fast_without_it():
+    """The focus stage gained its cap (focus_share, 0.1 of the survivors); a budget stored before has no
+    "at_most_share_of_survivors" and reads back as the uncapped stage, never as today's default."""
+    old = budget_of("fast")
+    del old["focus"]["at_most_share_of_survivors"]
+    assert spec_from_budget(old) == "fast(focus_share=1.0)" and budget_of("fast(focus_share=1.0)") == old
+    assert budget_of("fast")["focus"]["at_most_share_of_survivors"] == 0.1
 
 
 @requires_fmnist

@@ -15,6 +15,8 @@ targets of every example are computed in one batched pass (one backward pass per
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._version import __version__
@@ -175,25 +177,29 @@ class Fast(Attack):
     finds nearest, on what APGD-CE left (``choice=rank`` for AutoAttack's logit-rank targets instead).
 
     Then the focus stage, on the survivors that came closest to being fooled: those whose smallest margin
-    reached by the two APGD runs is below ``focus`` times their clean margin (about a tenth of them at 0.4;
-    ``focus=0`` leaves the stage out). On them, the targeted APGD again from ``focus_restarts`` fresh random
+    reached by the two APGD runs is below ``focus`` times their clean margin (``focus=0`` leaves the stage
+    out), at most the ``focus_share`` of the batch's survivors whose margin fell furthest (the fraction of
+    the clean margin); the cap bounds the stage's cost on models where many survivors come near the
+    boundary without crossing it. On them, the targeted APGD again from ``focus_restarts`` fresh random
     starts per target, then AutoAttack's Square (``queries`` queries, the official implementation) on what
     is left. Measured on the shipped PGD-AT LeNet5s, AutoAttack's breaks that the APGD runs miss sit among
-    those survivors, and more starts and Square are what find them (README, Performance)."""
+    the closest few hundredths of those survivors, and more starts and Square are what find them (README,
+    Performance)."""
 
     name = "fast"
 
     def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt", restarts: int = 1,
-                 focus: float = 0.4, queries: int = 5000, focus_restarts: int = 3):
-        if not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0:
+                 focus: float = 0.4, queries: int = 5000, focus_restarts: int = 3, focus_share: float = 0.1):
+        if not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0 or not 0 < focus_share <= 1:
             raise RobenchError("fast's focus must lie in [0, 1] (a fraction of the clean margin), its "
-                               "queries be at least 1 and its focus_restarts at least 0.")
+                               "queries be at least 1, its focus_restarts at least 0 and its focus_share in "
+                               "(0, 1] (a fraction of the survivors).")
         # named apart from AutoAttack's official members, so a stored outcome says whose attack broke it
         self.members = {"robench-apgd-ce": APGD("ce", iters=iters),
                         "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice,
                                                restarts=restarts)}
         self.iters, self.targets, self.choice, self.restarts = iters, targets, choice, restarts
-        self.focus, self.queries, self.focus_restarts = focus, queries, focus_restarts
+        self.focus, self.queries, self.focus_restarts, self.focus_share = focus, queries, focus_restarts, focus_share
         self.retry = APGD(iters=iters, targeted=True, targets=targets, choice=choice,
                           restarts=focus_restarts) if focus_restarts else None
 
@@ -214,6 +220,8 @@ class Fast(Attack):
                             "implementation": sq["implementation"]}
             if self.retry:  # absent from budgets stored before the stage retried the targeted APGD
                 out["focus"]["apgd_t_fresh_restarts"] = self.focus_restarts
+            if self.focus_share < 1:  # absent (no cap) from budgets stored before the cap
+                out["focus"]["at_most_share_of_survivors"] = self.focus_share
         return out
 
     @classmethod
@@ -226,6 +234,8 @@ class Fast(Attack):
             opts += [f"focus={f['below_clean_margin']!r}"] + ([f"queries={f['queries']}"] if "queries" in f else [])
         if f["below_clean_margin"] and f.get("apgd_t_fresh_restarts", 0) != 3:
             opts.append(f"focus_restarts={f.get('apgd_t_fresh_restarts', 0)}")
+        if f["below_clean_margin"] and f.get("at_most_share_of_survivors", 1.0) != 0.1:
+            opts.append(f"focus_share={f.get('at_most_share_of_survivors', 1.0)!r}")
         return f"fast({','.join(opts)})" if opts else "fast"
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
@@ -242,7 +252,9 @@ class Fast(Attack):
         if self.focus and len(remaining):
             with torch.no_grad():
                 clean = closeness(model(x[remaining]), y[remaining])
-            near = remaining[closest[remaining] < self.focus * clean]
+            ratio = closest[remaining] / clean
+            order = torch.argsort(ratio, stable=True)[:math.ceil(self.focus_share * len(remaining))]
+            near = remaining[order[ratio[order] < self.focus].sort().values]  # in batch order, as before the cap
             if len(near) and self.retry:  # random starts the first targeted run did not draw
                 xa = self.retry.run_at_once(model, x[near], y[near], idx[near.cpu()], eps, norm,
                                             example_seed(seed, "fast-focus"))
