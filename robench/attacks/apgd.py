@@ -182,9 +182,9 @@ class Fast(Attack):
     the clean margin); the cap bounds the stage's cost on models where many survivors come near the
     boundary without crossing it. On them, the targeted APGD again from ``focus_restarts`` fresh random
     starts per target, then AutoAttack's Square (``queries`` queries, the official implementation) on what
-    is left. Measured on the shipped PGD-AT LeNet5s, AutoAttack's breaks that the APGD runs miss sit among
-    the closest few hundredths of those survivors, and more starts and Square are what find them (README,
-    Performance)."""
+    is left. Measured on the shipped PGD-AT LeNet5s, AutoAttack's breaks that the APGD runs miss sit almost
+    all (156 of 164) below 0.4 and within the closest tenth of their batch's survivors, and more starts and
+    Square are what find them (README, Performance)."""
 
     name = "fast"
 
