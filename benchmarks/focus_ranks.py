@@ -35,10 +35,9 @@ from never_weaker import autoattack_runs, flags, shown, training_eps  # noqa: E4
 FOCUS, SHARE = 0.4, 0.1  # fast's defaults
 
 
-def survivors(path: Path, n: int, bs: int) -> tuple[list[tuple[int, float, bool]], int, int]:
+def survivors(ck, n: int, bs: int) -> tuple[list[tuple[int, float, bool]], int, int]:
     """(index, smallest margin / clean margin, attacked by the capped focus stage) of each example fast's
     APGD runs leave robust; how many of them the focus stage attacks without and with its cap."""
-    ck = robench.load_checkpoint(path)
     x, y = robench.load_split(ck.meta["dataset"]).batch(torch.arange(n))
     eps, atk = float(training_eps(ck.meta)), create_attack("fast(focus=0)")
     rows, below, capped = [], 0, 0
@@ -72,14 +71,15 @@ def main():
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows = {r["checkpoint"]: r for r in old.get("rows", []) if old.get("n") == args.n}
     for path in cks:
-        meta = robench.load_checkpoint(path).meta
+        ck = robench.load_checkpoint(path)
+        meta = ck.meta
         eps = training_eps(meta)
         ref = autoattack_runs(refs, sha256_file(path), eps, args.n)
         if ref is None:
             print(f"{path.name}: no AutoAttack run of the first {args.n} stored; skipped")
             continue
         aa, aa_by = flags(ref[0], int(ref[1].run_id), eps, args.n)
-        surv, below, capped = survivors(path, args.n, args.batch_size)
+        surv, below, capped = survivors(ck, args.n, args.batch_size)
         ranked = sorted(surv, key=lambda r: r[1])
         missed = [{"index": i, "member": aa_by[i], "fraction": round(f, 4), "rank": k, "in_capped_focus": c}
                   for k, (i, f, c) in enumerate(ranked) if not aa.get(i, True)]
