@@ -8,8 +8,10 @@ For every checkpoint (default: every shipped one, seeds included) at its trainin
 leaderboard eps for standard training; `--eps` for another, such as the small eps where standard-trained
 models are not yet at 0%), on the first n test images:
 - official AutoAttack's per-example outcomes: read from the reference stores (the study's and the
-  leaderboard's runs of `autoattack` standard, the largest run that covers the first n) or, where none is
-  stored, run through robench into --store;
+  leaderboard's runs of `autoattack` standard: the largest run of the first images, continued by runs of
+  `--subset from:K`) and, for the examples no stored run covers, run through robench into --store (as
+  `--subset from:K` where the first K are stored: `--n 2000` costs AutoAttack only on 1000-1999 where
+  the study ran the first 1,000);
 - `fast` (or --attack) run through robench's engine into --store, as `robench eval` runs it (its default
   batch size; resumable, so an interrupted benchmark continues and a rerun costs nothing);
 - the examples AutoAttack breaks and `fast` does not, by index (the target is none), and the reverse count.
@@ -53,22 +55,48 @@ def shown(path: Path) -> str:
     return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
 
 
-def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int):
-    """(store path, run) of the largest finished AutoAttack standard run (seed 0) of the first >= n test
-    images at eps."""
+def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int, start: int = 0):
+    """(store path, run) of the largest finished AutoAttack standard run (seed 0) at eps of at least n test
+    images from `start` on (the first ones when start is 0, `--subset from:start` otherwise)."""
     best = None
+    subset = f"from:{start}" if start else "first"
     for path in stores:
         if not path.exists():
             continue
         with Store(path, readonly=True) as st:
             runs = st.runs()
-            for r in runs[(runs.sha256 == sha) & (runs.split == "test") & (runs.subset == "first")
+            for r in runs[(runs.sha256 == sha) & (runs.split == "test") & (runs.subset == subset)
                           & (runs.n >= n) & (runs.seed == 0)].itertuples():
                 atk = json.loads(r.attacks)
                 if (len(atk) == 1 and atk[0]["name"] == "autoattack" and atk[0].get("version") == "standard"
                         and eps in [e[0] for e in json.loads(r.eps)] and (best is None or r.n > best[1].n)):
                     best = (path, r)
     return best
+
+
+def autoattack_cover(stores: list[Path], own: Path, path: Path, sha: str, eps: str, n: int):
+    """AutoAttack's (robust, broken_by) per example of the first n test images and its wall time (scaled
+    to the examples used): the largest stored run of the first images, continued by a stored `from:K` run,
+    and, for what no stored run covers, AutoAttack run through robench into `own` (in batches of up to
+    1,000, as the study runs it). Returns (robust, broken_by, wall seconds, the stores read)."""
+    robust, by, wall, used, start = {}, {}, 0.0, [], 0
+    while start < n:
+        ref = autoattack_runs(stores + [own], sha, eps, 1, start)
+        if ref is None:
+            rest = n - start
+            sub = {"subset": f"from:{start}"} if start else {}
+            rid, w = evaluate(path, ["autoattack"], eps, rest, own, batch_size=min(rest, 1000), **sub)
+            ref = (own, None)
+        else:
+            rid, w = int(ref[1].run_id), float(ref[1].wall_time)
+            w *= min(1.0, (n - start) / ref[1].n)
+        a, b = flags(ref[0], rid, eps, n)
+        robust.update(a)
+        by.update(b)
+        wall += w
+        used.append(shown(ref[0]))
+        start = max(robust) + 1
+    return robust, by, wall, sorted(set(used))
 
 
 def flags(store: Path, run_id: int, eps: str, n: int) -> tuple[dict, dict]:
@@ -124,14 +152,7 @@ def main():
     for path in cks:
         meta = robench.load_checkpoint(path).meta
         eps, sha = args.eps or training_eps(meta), sha256_file(path)
-        ref = autoattack_runs(refs + [args.store], sha, eps, args.n)
-        if ref is None:  # none stored: run it (one batch, as the study does)
-            rid, aa_wall = evaluate(path, ["autoattack"], eps, args.n, args.store, batch_size=min(args.n, 1000))
-            ref_store = args.store
-        else:
-            ref_store, r = ref
-            rid, aa_wall = int(r.run_id), float(r.wall_time) * min(1.0, args.n / r.n)
-        aa, aa_by = flags(ref_store, rid, eps, args.n)
+        aa, aa_by, aa_wall, ref_stores = autoattack_cover(refs, args.store, path, sha, eps, args.n)
         fid, f_wall = evaluate(path, attacks, eps, args.n, args.store, seed=args.seed, batch_size=args.batch_size)
         ours, _ = flags(args.store, fid, eps, args.n)
         common = sorted(set(aa) & set(ours))
@@ -141,7 +162,7 @@ def main():
                "n": len(common), "autoattack_robust": sum(aa[i] for i in common),
                "fast_robust": sum(ours[i] for i in common), "autoattack_wall_s": round(aa_wall, 1),
                "fast_wall_s": round(f_wall, 1), "autoattack_breaks_fast_not": {i: aa_by[i] for i in misses},
-               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": shown(ref_store)}
+               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": ", ".join(ref_stores)}
         rows.append(row)
         listed = ", ".join(f"{i}: {aa_by[i]}" for i in misses) or "none"
         print(f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "

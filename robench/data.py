@@ -112,17 +112,26 @@ def check_split(data: Split, info: DatasetInfo) -> Split:
 
 
 def select_indices(total: int, n: int | None, seed: int | None = None, subset: str = "first") -> torch.Tensor:
-    """The examples to evaluate: the first n (RobustBench's rule) or a seeded random subset."""
+    """The examples to evaluate: the first n (RobustBench's rule), a seeded random subset, or ``from:K``, the
+    n examples that follow the first K (to extend a first-n evaluation in chunks: ``--n 1000 --subset
+    from:1000`` is examples 1000 to 1999)."""
     if n is None or n <= 0:
         n = total
-    if n > total:
-        raise RobenchError(f"Asked for n={n} examples but the split has only {total}; use --n {total} or less.")
-    if subset == "first":
-        return torch.arange(n)
+    start = 0
+    if subset.startswith("from:"):
+        k = subset[5:]
+        if not k.isdigit():
+            raise RobenchError(f"--subset {subset} needs a whole number of examples to skip, such as from:1000.")
+        start = int(k)
+    if start + n > total:
+        where = f"examples {start} to {start + n - 1}" if start else f"n={n} examples"
+        raise RobenchError(f"Asked for {where} but the split has only {total}; use --n {total - start} or less.")
+    if subset == "first" or subset.startswith("from:"):
+        return torch.arange(start, start + n)
     if subset == "random":
         g = torch.Generator().manual_seed(int(seed or 0))
         return torch.randperm(total, generator=g)[:n].sort().values
-    raise unknown("subset rule", subset, ["first", "random"])
+    raise unknown("subset rule", subset, ["first", "random", "from:K"])
 
 
 # ------------------------------------------------------------------------------------------ readers

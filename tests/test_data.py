@@ -118,6 +118,17 @@ def test_select_indices():
         select_indices(100, 101)
 
 
+def test_a_from_subset_continues_the_first_n_where_it_stopped():
+    first, more = select_indices(100, 30), select_indices(100, 30, subset="from:30")
+    assert more.tolist() == list(range(30, 60)) and not set(first.tolist()) & set(more.tolist())
+    with pytest.raises(RobenchError, match="examples 90 to 119 but the split has only 100"):
+        select_indices(100, 30, subset="from:90")
+    with pytest.raises(RobenchError, match="whole number"):
+        select_indices(100, 30, subset="from:x")
+    with pytest.raises(RobenchError, match='Unknown subset rule "last"'):
+        select_indices(100, 30, subset="last")
+
+
 def test_candidate_folders_end_with_the_system_folder():
     assert str(candidate_folders("fashion-mnist")[-1]) == "/usr/share/datasets/fashion-mnist"
 
