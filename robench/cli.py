@@ -166,7 +166,8 @@ def info(
 def eval_(
     checkpoints: list[Path] = typer.Argument(None, metavar="CHECKPOINT", help="Checkpoint files to evaluate."),
     dataset: Dataset = None, data_dir: DataDir = None, n: Examples = None,
-    subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule) or random."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="first (RobustBench's rule), random, or from:K "
+                                        "(the n examples after the first K, to extend a run in chunks)."),
     seed: Seed = None, norm: Norm = None, eps: Sweep = None,
     attack: Optional[list[str]] = typer.Option(None, "--attack", metavar="SPEC", help="pgd, fgsm, apgd, fast, autoattack[:plus|:rand], "
                                                "apgd-ce ... square, fb:NAME(k=v); repeat for a cascade."),
@@ -398,9 +399,9 @@ def check(
     device: Device = None, data_dir: DataDir = None,
     junit: Optional[Path] = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON."),
-    autoattack: str = typer.Option("official", "--autoattack", help="Re-run the baseline's AutoAttack rows "
-                                   "with the official code or with robench's fast (quicker, not yet never weaker): "
-                                   "official or fast."),
+    autoattack: str = typer.Option("fast", "--autoattack", help="Re-run the baseline's AutoAttack rows "
+                                   "with robench's fast (about 5x quicker) or with the official code: "
+                                   "fast or official."),
     trust: Trust = False, quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""

@@ -116,22 +116,29 @@ def test_a_file_that_is_not_a_leaderboard_is_one_sentence():
 
 
 @requires_fmnist
-def test_autoattack_rows_can_be_rechecked_with_fast(tmp_path, monkeypatch):
-    """With --autoattack fast the AutoAttack row of the baseline is re-run with robench's fast (seconds
-    instead of a quarter of an hour at n=1000) and compared as the autoattack metric; a weakened model fails."""
+def test_autoattack_rows_are_rechecked_with_fast_unless_told_official(tmp_path, monkeypatch):
+    """By default the AutoAttack row of the baseline is re-run with robench's fast (seconds instead of a
+    quarter of an hour at n=1000) and compared as the autoattack metric, and the output and the JSON say so;
+    a weakened model fails. --autoattack official re-runs AutoAttack itself."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(ZOO / "lenet5-relu-pgd-at.safetensors", "model.safetensors")
     robench.evaluate(["model.safetensors"], n=20, eps=["0.1"], attacks=["autoattack"], store="base.sqlite")
     robench.api.leaderboard("base.sqlite", "lb", report=False)
     base = Path("lb/fashion-mnist_Linf.csv")
-    r = cli("check", "--baseline", base, "--autoattack", "fast", "--store", "base.sqlite", "--json", "c.json")
+    r = cli("check", "--baseline", base, "--store", "base.sqlite", "--json", "c.json")
     assert r.exit_code == 0, r.output
     assert "re-run with robench's fast" in r.output
-    rows = pd.DataFrame(json.loads(Path("c.json").read_text())["rows"])
+    out = json.loads(Path("c.json").read_text())
+    rows = pd.DataFrame(out["rows"])
     aa = rows[rows.metric == "autoattack"].iloc[0]
-    assert aa.test == "paired (McNemar)" and aa.verdict == "pass" and abs(aa.change) <= 100 / 20
+    assert out["autoattack"] == "fast" and aa.test == "paired (McNemar)" and aa.verdict == "pass"
+    assert abs(aa.change) <= 100 / 20
+    r = cli("check", "--baseline", base, "--autoattack", "official", "--store", "base.sqlite", "--json", "o.json")
+    assert r.exit_code == 0 and "re-run with robench's fast" not in r.output, r.output
+    aa = pd.DataFrame(json.loads(Path("o.json").read_text())["rows"]).query("metric == 'autoattack'").iloc[0]
+    assert aa.change == 0  # the official code with the baseline's seed and batches: the same outcomes
     _weaken()
-    r = cli("check", "--baseline", base, "weak.safetensors", "--autoattack", "fast", "--store", "base.sqlite")
+    r = cli("check", "--baseline", base, "weak.safetensors", "--store", "base.sqlite")
     assert r.exit_code == 1 and "lenet5-relu-pgd-at (autoattack)" in r.output
     r = cli("check", "--baseline", base, "--autoattack", "best", "--store", "base.sqlite")
     assert r.exit_code == 2 and "--autoattack is fast or official" in r.output

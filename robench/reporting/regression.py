@@ -134,10 +134,11 @@ def stand_in(spec: str, autoattack: str) -> str:
 
 def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: float, alpha: float,
               store: str | Path | None, device: str, data_dir: str | None, trust: bool, junit: str | Path | None,
-              json_out: str | Path | None, progress=None, autoattack: str = "official") -> dict:
+              json_out: str | Path | None, progress=None, autoattack: str = "fast") -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
-    own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` the baseline's
-    AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack metric."""
+    own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` (the default) the
+    baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack
+    metric; with "official", with AutoAttack itself."""
     if autoattack not in ("fast", "official"):
         raise RobenchError(f'--autoattack is fast or official, not "{autoattack}".')
     base_csv = read_baseline(baseline)
@@ -188,6 +189,7 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
     if json_out:
         with atomic_path(Path(json_out)) as tmp:
             tmp.write_text(json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
+                                       "autoattack": autoattack,
                                        "failed": bool((table.verdict == "fail").any()),
                                        "rows": table.to_dict(orient="records")}, indent=2) + "\n")
     return {"table": table, "failed": bool((table.verdict == "fail").any()),
