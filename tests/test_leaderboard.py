@@ -63,6 +63,30 @@ def test_the_same_store_gives_byte_identical_files():
     assert again == first
 
 
+def test_chunks_of_one_evaluation_add_up_and_check_reruns_each_chunk():
+    """`--subset from:K` extends an evaluation: the leaderboard counts both chunks (clean, PGD and best
+    known on all 60), a run of the first 30 adds nothing beside them, and `robench check` re-runs each
+    chunk on its own examples and pairs them with the stored ones."""
+    write_mnist_like(Path("data/fashion-mnist"), n_test=60)
+    save_tiny("a.pt", "relu", seed=0, name="tiny-relu")
+    kw = dict(eps=["0.1"], attacks=["pgd"], store="s.sqlite")
+    first = robench.evaluate(["a.pt"], n=40, **kw).attrs["outcomes"]
+    more = robench.evaluate(["a.pt"], n=20, subset="from:40", **kw).attrs["outcomes"]
+    robench.evaluate(["a.pt"], n=30, **kw)  # inside the first chunk: counted once
+    assert sorted(more.idx) == list(range(40, 60))
+    robench.api.leaderboard("s.sqlite", "lb", report=False)
+    row = pd.read_csv("lb/fashion-mnist_Linf.csv", dtype={"eps": str}).iloc[0]
+    both = pd.concat([first, more])
+    assert row.pgd_n == row.clean_n == row.n == 60
+    assert row.pgd_acc == round(100 * both.robust.sum() / 60, 2) == row.best_known_acc
+    assert row.clean_acc == round(100 * both.clean.sum() / 60, 2)
+    assert "from:40" in row.config
+    res = robench.api.check("lb/fashion-mnist_Linf.csv", store="s.sqlite")
+    pgd = res["table"].query("metric == 'pgd'").iloc[0]
+    assert not res["failed"] and pgd.baseline_n == pgd.now_n == 60 and pgd.test == "paired (McNemar)"
+    assert pgd.change == 0
+
+
 def test_an_empty_or_missing_store_is_one_sentence():
     r = CliRunner().invoke(app, ["leaderboard", "--store", "none.sqlite"])
     assert r.exit_code == 2 and "No results store" in r.output

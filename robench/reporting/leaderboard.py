@@ -82,7 +82,7 @@ def worst_case(runs: pd.DataFrame) -> dict[int, int]:
     robust. A smaller run (say AutoAttack on the first 50 beside PGD on 10,000) neither shrinks nor widens
     the set the accuracy is measured on; it only adds attacks to the examples it covers."""
     aa = runs[runs.kind == "autoattack"] if "kind" in runs else runs.iloc[0:0]
-    base = (aa if len(aa) else runs).sort_values(["n", "run_id"]).iloc[-1]["robust_by_idx"]
+    base = _continued((aa if len(aa) else runs).sort_values(["n", "run_id"]))
     sets = list(runs["robust_by_idx"])
     return {i: int(all(d[i] for d in sets if i in d)) for i in sorted(base)}
 
@@ -92,11 +92,11 @@ def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
     the run with the most examples; pgd and autoattack from their runs with the most examples; transfer, the
     worst case over every source (the strongest black-box result); best_known, the worst case over every
     attack run (see worst_case). A metric with no run is absent."""
-    out = {"clean": m.sort_values(["n", "run_id"]).iloc[-1]["clean_by_idx"]}
+    out = {"clean": _continued(m.sort_values(["n", "run_id"]), "clean_by_idx")}
     for kind in ("pgd", "autoattack"):
-        run = _pick(m, kind)
-        if run is not None:
-            out[kind] = run["robust_by_idx"]
+        got = _pick(m, kind)
+        if got is not None:
+            out[kind] = got
     transfer = m[m.kind == "transfer"]
     if len(transfer):
         out["transfer"] = worst_case(transfer)
@@ -110,14 +110,28 @@ def _fmt_ci(lo: float, hi: float) -> str:
     return f"[{100 * lo:.2f}, {100 * hi:.2f}]"
 
 
-def _pick(runs: pd.DataFrame, kind: str):
-    """The run of ``kind`` with the most examples (the latest on a tie), or None. For PGD, the eps sweep
-    comes first (the run over the most eps): a longer PGD run at one or two eps, say 100 steps with
-    restarts against a suspected anomaly, feeds the best known accuracy but does not replace the sweep's
-    attack in the PGD column, so every model's PGD column holds the same budget."""
+def _pick(runs: pd.DataFrame, kind: str) -> dict | None:
+    """The per-example outcomes of ``kind``'s column: its run with the most examples (the latest on a tie),
+    continued by the runs of the same budget on other examples (chunks run with ``--subset from:K``), or
+    None. For PGD, the eps sweep comes first (the run over the most eps): a longer PGD run at one or two
+    eps, say 100 steps with restarts against a suspected anomaly, feeds the best known accuracy but does not
+    replace the sweep's attack in the PGD column, so every model's PGD column holds the same budget."""
     r = runs[runs.kind == kind].assign(_sweep=lambda d: d["eps_list"].map(len) if kind == "pgd" and "eps_list" in d else 0)
     r = r.sort_values(["_sweep", "n", "run_id"])
-    return r.iloc[-1] if len(r) else None
+    return _continued(r) if len(r) else None
+
+
+def _continued(r: pd.DataFrame, column: str = "robust_by_idx") -> dict[int, int]:
+    """The outcomes of the last of the sorted runs ``r``, continued by those of the others with the same
+    budget (and eps sweep) on examples it does not cover: the chunks of one evaluation run with ``--subset
+    from:K`` add up, where a run on the first n adds nothing to one on more."""
+    top = r.iloc[-1]
+    out = dict(top[column])
+    for _, run in r.iloc[:-1].iloc[::-1].iterrows():
+        if (run["budget"] == top["budget"] and run.get("_sweep") == top.get("_sweep")
+                and not out.keys() & run[column].keys()):
+            out.update(run[column])
+    return out
 
 
 def _budget_summary(budget_json: str) -> str:
@@ -232,6 +246,8 @@ def run_config(m: pd.DataFrame) -> dict:
         spec = {"n": int(r["n"]), "eps": r["eps_list"], "attacks": [spec_from_budget(b) for b in
                                                                    json.loads(r["budget"])] or ["none"],
                 "batch_size": int(r["batch_size"])}
+        if r["subset"] != first["subset"]:  # a chunk of a longer evaluation (--subset from:K)
+            spec["subset"] = r["subset"]
         if spec not in runs:
             runs.append(spec)
     return {"split": first["split"], "subset": first["subset"], "seed": int(first["seed"]), "runs": runs}

@@ -169,7 +169,8 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
                                               data_dir=data_dir, n=run["n"], eps=run["eps"],
                                               attacks=[stand_in(a, autoattack) for a in run["attacks"]],
                                               batch_size=run["batch_size"], device=device,
-                                              store=str(Path(tmp) / "check.sqlite"), **data))
+                                              store=str(Path(tmp) / "check.sqlite"),
+                                              **{**data, "subset": run.get("subset", data["subset"])}))
                 cfg.checkpoints = [ck]
                 tasks.append(cfg)
         evaluate_many(tasks, progress=progress)
