@@ -89,7 +89,8 @@ def worst_case(runs: pd.DataFrame) -> dict[int, int]:
 
 def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
     """The per-example outcomes ({idx: 1 if right}) behind each accuracy of one model at one eps: clean from
-    the run with the most examples; pgd and autoattack from their runs with the most examples; transfer, the
+    the run with the most examples; pgd and autoattack from their runs with the most examples (each
+    continued by its chunks on further examples, see _continued); transfer, the
     worst case over every source (the strongest black-box result); best_known, the worst case over every
     attack run (see worst_case). A metric with no run is absent."""
     out = {"clean": _continued(m.sort_values(["n", "run_id"]), "clean_by_idx")}
