@@ -6,7 +6,8 @@ from torch import nn
 
 import robench
 from robench.engine.core import attack_mode
-from robench.nn.fast import FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
+from robench.nn.activations import SPLASH
+from robench.nn.fast import FastSPLASH, FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
 
 
 def frozen(arch, act, seed=0, **kw):
@@ -111,6 +112,49 @@ def test_frozen_batch_norm_forward_is_identical_and_its_gradient_is_the_scale():
     before = bn.running_mean.clone()
     torch.testing.assert_close(fast(x), F.batch_norm(x, None, None, bn.weight, bn.bias, True), rtol=0, atol=0)
     assert not torch.equal(bn.running_mean, before)
+
+
+@pytest.mark.parametrize("share", ["layer", "channel", "network"])
+def test_the_splash_stand_in_gives_the_same_bits_in_value_and_input_gradient(share):
+    gen = torch.Generator().manual_seed(0)
+    for shape in [(300, 6, 24, 24), (3, 6, 5, 5), (40, 16)]:  # the first runs in several slices
+        act = SPLASH(channels=shape[1], share=share)
+        for p in (act.slopes_pos, act.slopes_neg):
+            p.data.copy_(torch.randn(p.shape, generator=gen))
+        act.requires_grad_(False)
+        fast = swap(act)
+        assert isinstance(fast, FastSPLASH)
+        x = 2 * torch.randn(shape, generator=gen)
+        h = act.hinge_locations
+        x.view(-1)[:2 * len(h) + 2] = torch.cat([h, -h, torch.tensor([0.0, -0.0])])  # on the hinges
+        with torch.no_grad():
+            assert torch.equal(fast(x), act(x))
+        x.requires_grad_(True)
+        go = torch.randn(shape, generator=gen)
+        y0, y1 = act(x), fast(x)
+        assert torch.equal(y1, y0)
+        assert torch.equal(torch.autograd.grad(y1, x, go)[0], torch.autograd.grad(y0, x, go)[0])
+        assert torch.equal(torch.autograd.grad(fast(x).sum(), x)[0], torch.autograd.grad(act(x).sum(), x)[0])
+
+
+def test_a_splash_model_keeps_its_bits_and_learning_slopes_take_the_module():
+    model = frozen("resnet20", "splash", in_channels=1, input_size=28)
+    for m in model.modules():
+        if isinstance(m, SPLASH):
+            m.slopes_pos.data.normal_(0.5, 0.5, generator=torch.Generator().manual_seed(3))
+            m.slopes_neg.data.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
+    fast, without = accelerate(model, "cpu"), accelerate(model, "cpu", skip=(FastSPLASH,))
+    assert sum(isinstance(m, FastSPLASH) for m in fast.modules()) == 19
+    assert not any(isinstance(m, FastSPLASH) for m in without.modules())
+    x = torch.rand(48, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.arange(48) % 10
+    (z0, g0), (z1, g1) = input_grad(without, x, y), input_grad(fast, x, y)
+    assert torch.equal(z1, z0) and torch.equal(g1, g0)  # the same search direction, bit for bit
+    act = SPLASH(share="layer")  # slopes that learn, or another dtype: the module itself, with its gradients
+    x = torch.randn(8, 3, requires_grad=True)
+    FastSPLASH(act)(x).sum().backward()
+    assert act.slopes_pos.grad is not None and x.grad is not None
+    assert torch.equal(FastSPLASH(act.requires_grad_(False))(x.double()), act(x.double()))
 
 
 def test_trainable_weights_and_other_devices_run_the_native_layers():
