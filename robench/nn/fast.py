@@ -180,14 +180,12 @@ class FastSPLASH(nn.Module):
         self.act = act
 
     def forward(self, x):
-        a = self.act
-        grad = x.requires_grad and torch.is_grad_enabled()
-        if (x.dim() == 0 or x.dtype != a.slopes_pos.dtype
-                or (torch.is_grad_enabled() and (a.slopes_pos.requires_grad or a.slopes_neg.requires_grad))):
+        a, grad = self.act, torch.is_grad_enabled()
+        if x.dim() == 0 or x.dtype != a.slopes_pos.dtype or (grad and any(p.requires_grad for p in a.parameters())):
             return a(x)
         pos, neg = a._b(a.slopes_pos, x, 1), a._b(a.slopes_neg, x, 1)
         terms = [(b, pos[..., k], neg[..., k]) for k, b in enumerate(a.hinge_locations.tolist())]
-        if grad:
+        if grad and x.requires_grad:
             return _HingeSum.apply(x, terms)
         return in_slices(lambda c: hinge_sum(c, terms), x)
 

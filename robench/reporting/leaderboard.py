@@ -124,13 +124,14 @@ def _pick(runs: pd.DataFrame, kind: str) -> dict | None:
 
 def _continued(r: pd.DataFrame, column: str = "robust_by_idx") -> dict[int, int]:
     """The outcomes of the last of the sorted runs ``r``, continued by those of the others with the same
-    budget, seed (the row's config records one) and eps sweep on examples it does not cover: the chunks of one evaluation run with ``--subset
-    from:K`` add up, where a run on the first n adds nothing to one on more."""
+    budget, seed (the row's config records one) and eps sweep on examples it does not cover: the chunks of
+    one evaluation run with ``--subset from:K`` add up, where a run on the first n adds nothing to one on
+    more."""
     top = r.iloc[-1]
     out = dict(top[column])
     for _, run in r.iloc[:-1].iloc[::-1].iterrows():
-        if (run["budget"] == top["budget"] and run["seed"] == top["seed"] and run.get("_sweep") == top.get("_sweep")
-                and not out.keys() & run[column].keys()):
+        same = all(run.get(k) == top.get(k) for k in ("budget", "seed", "_sweep"))
+        if same and not out.keys() & run[column].keys():
             out.update(run[column])
     return out
 
