@@ -197,3 +197,31 @@ def test_the_site_needs_nothing_from_the_network():
             assert "://" not in ref, (page, ref)
             assert (page.parent / ref.split("#")[0]).resolve().is_file(), (page, ref)
     assert sum(p.stat().st_size for p in Path("lb/static").iterdir()) < 20_000
+
+
+def test_the_report_reads_each_checkpoint_as_evaluated_and_says_when_it_changed():
+    """Model pages list the learned activation parameters, and the report's shape figure and claims read them
+    from the checkpoint files; a file replaced after its evaluation (another sha256) is said so and left out,
+    never shown as the evaluated model, also when the same process wrote a leaderboard from it before."""
+    from robench.reporting.claims import member_shapes
+    from robench.reporting.compare import shape_panels
+    from robench.reporting.groups import groups
+    from robench.reporting.leaderboard import results
+    from robench.store import Store
+
+    write_mnist_like(Path("data/fashion-mnist"), n_test=20)
+    save_tiny("a.pt", "prelu", seed=0, name="tiny-a")
+    save_tiny("b.pt", "relu", seed=0, name="tiny-b")
+    robench.evaluate(["a.pt", "b.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    page = Path("lb/models/fashion-mnist/Linf/tiny-a.html")
+    robench.api.leaderboard("s.sqlite", "lb")
+    with Store("s.sqlite", readonly=True) as db:
+        (g,) = groups(results(db))
+    shas = {mb.activation: mb.sha256 for mb in g.members}
+    assert "has changed" not in page.read_text() and "alpha = " in page.read_text()
+    assert set(member_shapes(g)) == set(shas.values())
+    save_tiny("a.pt", "prelu", seed=1, name="tiny-a")  # other weights at the evaluated path
+    robench.api.leaderboard("s.sqlite", "lb")
+    assert "a.pt has changed since it was evaluated" in page.read_text() and "alpha = " not in page.read_text()
+    assert set(member_shapes(g)) == {shas["relu"]}
+    assert {p["title"]: p.get("note") for p in shape_panels(g)} == {"relu": None, "prelu": "checkpoint not found or changed"}

@@ -13,7 +13,7 @@ import copy
 import math
 
 from ..stats import compare_outcomes, t_interval
-from .groups import eps_value
+from .groups import eps_value, report_checkpoint
 
 MIN_EFFECT = 1.0  # points: a gain smaller than this is not a gain a reader would act on
 SPLASH = "Tavakoli et al. 2021 (SPLASH)"
@@ -144,13 +144,11 @@ def shape_stats(model) -> dict | None:
 
 def member_shapes(g) -> dict[str, dict]:
     """sha256 -> shape_stats for each member whose checkpoint loads."""
-    from ..checkpoints import load_checkpoint
-
     out = {}
     for mb in g.members:
         try:
-            stats = shape_stats(load_checkpoint(mb.checkpoint).model)
-        except Exception:  # a moved or untrusted checkpoint: left out, as in the shape figure
+            stats = shape_stats(report_checkpoint(mb.checkpoint, mb.sha256).model)
+        except Exception:  # a moved, changed or untrusted checkpoint: left out, as in the shape figure
             continue
         if stats is not None:
             out[mb.sha256] = stats

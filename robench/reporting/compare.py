@@ -13,7 +13,7 @@ from ..stats import compare_outcomes, holm, wilson
 from .anomaly import section as anomaly_section
 from .claims import section as claims_section
 from .groups import (Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference,
-                     set_aside)
+                     report_checkpoint, set_aside)
 from .leaderboard import METRICS
 from .seeds import section as seed_section
 
@@ -85,7 +85,6 @@ def shape_panels(g: Group) -> list[dict]:
     from the checkpoint's own parameters; colour by layer, line style by training seed."""
     import torch
 
-    from ..checkpoints import load_checkpoint
     from ..nn.activations import activation_modules
 
     styles = ["-", "-.", ":", (0, (5, 1)), (0, (1, 1))]
@@ -99,8 +98,8 @@ def shape_panels(g: Group) -> list[dict]:
         curves, missing = [], []
         for k, mb in enumerate(members):
             try:
-                model = load_checkpoint(mb.checkpoint).model
-            except Exception:  # a moved or untrusted checkpoint: the panel says so instead of failing the report
+                model = report_checkpoint(mb.checkpoint, mb.sha256).model
+            except Exception:  # a moved, changed or untrusted checkpoint: the panel says so instead of failing
                 missing.append(mb.label)
                 continue
             acts = activation_modules(model)
@@ -120,7 +119,7 @@ def shape_panels(g: Group) -> list[dict]:
         title = act_name if not several else f"{act_name} ({len(members)} training runs)"
         panel = {"title": title if several else members[0].label, "curves": curves}
         if missing:
-            panel["note"] = "checkpoint not found"
+            panel["note"] = "checkpoint not found or changed"
         panels.append(panel)
     return panels
 

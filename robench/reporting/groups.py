@@ -4,10 +4,34 @@ The report's sections (compare, seeds, claims, anomaly) all read these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
+from ..errors import RobenchError
+from ..files import sha256_file
 from .leaderboard import model_id, outcome_sets, ranking_flags, run_flags, safe_name
+
+
+def report_checkpoint(path: str, sha256: str | None = None):
+    """The checkpoint at ``path``, loaded once for all the figures, tables and pages of a report (keyed by the
+    file's content, so a changed file is read again). With ``sha256``, a file that is no longer the evaluated
+    one is refused."""
+    digest = sha256_file(path)
+    if sha256 is not None and digest != sha256:
+        raise RobenchError(f"{path} has changed since it was evaluated (another sha256).")
+    return _loaded(str(Path(path).resolve()), digest)
+
+
+@lru_cache(maxsize=128)
+def _loaded(path: str, digest: str):
+    from ..checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.sha256 != digest:  # rewritten in between: not kept (lru_cache keeps no exception)
+        raise RobenchError(f"{path} changed while it was read.")
+    return ckpt
 
 
 @dataclass

@@ -83,8 +83,8 @@ def worst_case(runs: pd.DataFrame) -> dict[int, int]:
     the set the accuracy is measured on; it only adds attacks to the examples it covers."""
     aa = runs[runs.kind == "autoattack"] if "kind" in runs else runs.iloc[0:0]
     base = _continued((aa if len(aa) else runs).sort_values(["n", "run_id"]))
-    sets = list(runs["robust_by_idx"])
-    return {i: int(all(d[i] for d in sets if i in d)) for i in sorted(base)}
+    broken = {i for d in runs["robust_by_idx"] for i, robust in d.items() if not robust}
+    return {i: int(i not in broken) for i in sorted(base)}
 
 
 def outcome_sets(m: pd.DataFrame) -> dict[str, dict[int, int]]:
@@ -127,12 +127,13 @@ def _continued(r: pd.DataFrame, column: str = "robust_by_idx") -> dict[int, int]
     budget, seed (the row's config records one) and eps sweep on examples it does not cover: the chunks of
     one evaluation run with ``--subset from:K`` add up, where a run on the first n adds nothing to one on
     more."""
-    top = r.iloc[-1]
-    out = dict(top[column])
-    for _, run in r.iloc[:-1].iloc[::-1].iterrows():
-        same = all(run.get(k) == top.get(k) for k in ("budget", "seed", "_sweep"))
-        if same and not out.keys() & run[column].keys():
-            out.update(run[column])
+    keys = [k for k in ("budget", "seed", "_sweep") if k in r]
+    rows = list(zip(r[column], *(r[k] for k in keys)))
+    top = rows.pop()
+    out = dict(top[0])
+    for outcomes, *same in reversed(rows):
+        if same == list(top[1:]) and out.keys().isdisjoint(outcomes):
+            out.update(outcomes)
     return out
 
 

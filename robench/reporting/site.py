@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .groups import report_checkpoint
 from .leaderboard import headline_eps, measured, safe_name, weaker_attacks_only
 
 METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
@@ -55,12 +56,12 @@ def _model_path(dataset: str, norm: str, mid: str) -> str:
 
 def _learned(checkpoint: str, sha256: str):
     """The learned activation parameters read from the checkpoint file, or a sentence saying why not."""
-    from ..checkpoints import checkpoint_info, load_checkpoint
+    from ..checkpoints import checkpoint_info
 
     if not checkpoint or not Path(checkpoint).is_file():
         return f"The checkpoint is not at {checkpoint or 'a known path'} here, so its learned parameters are not shown."
     try:
-        ckpt = load_checkpoint(checkpoint)
+        ckpt = report_checkpoint(checkpoint)
     except Exception as e:  # an untrusted pickle, a damaged file: the page says so instead of failing
         return f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
     if ckpt.sha256 != sha256:
