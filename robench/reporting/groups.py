@@ -14,13 +14,17 @@ from ..files import sha256_file
 from .leaderboard import model_id, outcome_sets, ranking_flags, run_flags, safe_name
 
 
+class CheckpointChanged(RobenchError):
+    """The file at an evaluated checkpoint's path is no longer the evaluated one."""
+
+
 def report_checkpoint(path: str, sha256: str | None = None):
     """The checkpoint at ``path``, loaded once for all the figures, tables and pages of a report (keyed by the
     file's content, so a changed file is read again). With ``sha256``, a file that is no longer the evaluated
     one is refused."""
     digest = sha256_file(path)
     if sha256 is not None and digest != sha256:
-        raise RobenchError(f"{path} has changed since it was evaluated (another sha256).")
+        raise CheckpointChanged(f"{path} has changed since it was evaluated (another sha256).")
     return _loaded(str(Path(path).resolve()), digest)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .groups import report_checkpoint
+from .groups import CheckpointChanged, report_checkpoint
 from .leaderboard import headline_eps, measured, safe_name, weaker_attacks_only
 
 METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
@@ -61,11 +61,11 @@ def _learned(checkpoint: str, sha256: str):
     if not checkpoint or not Path(checkpoint).is_file():
         return f"The checkpoint is not at {checkpoint or 'a known path'} here, so its learned parameters are not shown."
     try:
-        ckpt = report_checkpoint(checkpoint)
+        ckpt = report_checkpoint(checkpoint, sha256)
+    except CheckpointChanged as e:
+        return f"{str(e).rstrip('.')}, so its parameters are not shown."
     except Exception as e:  # an untrusted pickle, a damaged file: the page says so instead of failing
         return f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
-    if ckpt.sha256 != sha256:
-        return f"{checkpoint} has changed since it was evaluated (another sha256), so its parameters are not shown."
 
     def fmt(v):
         return ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
