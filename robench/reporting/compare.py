@@ -299,8 +299,10 @@ def first_runs(matrix: pd.DataFrame, g: Group) -> pd.DataFrame:
     return matrix.loc[[r for r in matrix.index if r not in later], [c for c in matrix.columns if c not in later]]
 
 
-def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) -> tuple[str, list[Path], dict]:
-    """The report's Markdown and figures (written into ``folder``), and its parts for the web site:
+def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
+           sets: dict | None = None) -> tuple[str, list[Path], dict]:
+    """The report's Markdown and figures (written into ``folder``), and its parts for the web site (``sets``:
+    ``model_outcome_sets(res)`` where the caller has them):
     {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
     Markdown is the concatenation of the lines)."""
     from .plots import activation_shapes, eps_curves, heatmap
@@ -314,7 +316,7 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None) 
              "after Holm's adjustment for the number of activations compared. \"Best known\" is, per example, the "
              "worst case over every attack run."]
     files: list[Path] = []
-    found = groups(res)
+    found = groups(res, sets)
     if not found:
         lines += ["", "No group of two or more models differing only in activation is in the store."]
     parts = {"intro": lines, "claims": claims_section(found), "groups": []}

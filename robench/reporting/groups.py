@@ -72,8 +72,9 @@ class Group:
         return f"{self.arch}, {how} ({self.dataset}, {self.norm})"
 
 
-def groups(res: pd.DataFrame) -> list[Group]:
-    """Models grouped by what they share besides the activation; only groups of two or more."""
+def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
+    """Models grouped by what they share besides the activation; only groups of two or more (``sets``:
+    ``model_outcome_sets(res)`` where the caller has them)."""
     if res.empty:
         return []
     found: dict[tuple, Group] = {}
@@ -84,7 +85,8 @@ def groups(res: pd.DataFrame) -> list[Group]:
         key = (dataset, norm, meta.get("arch", "?"), meta.get("training_method", ""),
                str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
         group = found.setdefault(key, Group(*key))
-        by_eps = {eps: outcome_sets(block) for eps, block in m.groupby("eps", sort=True)}
+        by_eps = {eps: sets[(dataset, norm, sha, eps)] if sets is not None else outcome_sets(block)
+                  for eps, block in m.groupby("eps", sort=True)}
         group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
                                     last["checkpoint"] or "", by_eps, run_flags(m), ranking_flags(m),
                                     seed=recipe.get("seed")))

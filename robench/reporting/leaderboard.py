@@ -158,9 +158,17 @@ def _budget_summary(budget_json: str) -> str:
     return " + ".join(parts)
 
 
-def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
+def model_outcome_sets(res: pd.DataFrame) -> dict[tuple[str, str, str, str], dict[str, dict[int, int]]]:
+    """``outcome_sets`` of every model at every eps of ``results(db)``, by (dataset, norm, sha256, eps):
+    computed once for the leaderboard and the report, which both read them."""
+    if res.empty:
+        return {}
+    return {key: outcome_sets(m) for key, m in res.groupby(["dataset", "norm", "sha256", "eps"], sort=True)}
+
+
+def leaderboards(res: pd.DataFrame, sets: dict | None = None) -> dict[tuple[str, str], pd.DataFrame]:
     """{(dataset, norm): leaderboard} with COLUMNS from ``results(db)``, ranked within each eps by best known
-    robust accuracy."""
+    robust accuracy (``sets``: ``model_outcome_sets(res)`` where the caller has them)."""
     out = {}
     if res.empty:
         return out
@@ -168,7 +176,8 @@ def leaderboards(res: pd.DataFrame) -> dict[tuple[str, str], pd.DataFrame]:
         rows = []
         for (eps_value, eps), runs in block.groupby(["eps_value", "eps"], sort=True):
             for sha, m in runs.groupby("sha256", sort=True):
-                rows.append(_row(m, dataset, norm, eps, eps_value))
+                rows.append(_row(m, dataset, norm, eps, eps_value,
+                                 sets[(dataset, norm, sha, eps)] if sets is not None else outcome_sets(m)))
         df = pd.DataFrame(rows)
         # by best known robust accuracy, whatever attacks it rests on: a model without AutoAttack is not
         # pushed below standard-trained models at 0%; the tables mark its row instead (weaker_attacks_only)
@@ -205,10 +214,9 @@ def _acc(d: dict | None) -> tuple[float, int, str]:
     return round(100 * k / n, 2), n, _fmt_ci(*wilson(k, n))
 
 
-def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float) -> dict:
+def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float, sets: dict) -> dict:
     last = m.sort_values("run_id").iloc[-1]
     meta = last["meta"]
-    sets = outcome_sets(m)
     (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (tr, tr_n, tr_ci), (best, n, best_ci) = (
         _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "transfer", "best_known"))
     attacked = m[m.kind != "clean"]

@@ -9,7 +9,7 @@ from ..files import atomic_path
 from ..errors import RobenchError
 from ..store import Store
 from .compare import report as compare_report
-from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, results
+from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, model_outcome_sets, results
 from .site import write_site
 
 OUTPUT_MARKER = ".robench-leaderboard"  # in every folder robench leaderboard writes: it may rewrite its files
@@ -22,7 +22,8 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
     with Store(store, readonly=True) as db:
         res = results(db)
         checks = db.checks()
-    boards = leaderboards(res)
+    sets = model_outcome_sets(res)  # read by the tables and the report alike
+    boards = leaderboards(res, sets)
     if not boards:
         if db.version < 3:
             raise RobenchError(f"The store {db.path} was written before robench recorded which data each run "
@@ -51,7 +52,7 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
                   json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
     parts = None
     if report:
-        text, figures, parts = compare_report(res, out, checks)
+        text, figures, parts = compare_report(res, out, checks, sets)
         written += figures
         write(out / "report.md", text)
     write(out / "README.md", markdown(boards, "report.md" if (out / "report.md").exists() else None))
