@@ -60,9 +60,12 @@ def test_finished_run_is_read_back_and_force_recomputes(trained, tmp_path):
     store = tmp_path / "s.sqlite"
     a = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store)
     events = []
+    checks = sqlite3.connect(store).execute("SELECT * FROM checks ORDER BY 1, 2, 3, 4, 5").fetchall()
     b = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store, progress=events.append)
     assert events[0]["cached"] and not any(e["event"] == "batch" for e in events)
     pd.testing.assert_frame_equal(a.drop(columns="wall_time_s"), b.drop(columns="wall_time_s"))
+    # reading back writes nothing: the model's checks are those stored when the run ran, not run again
+    assert checks and sqlite3.connect(store).execute("SELECT * FROM checks ORDER BY 1, 2, 3, 4, 5").fetchall() == checks
     events.clear()
     c = robench.evaluate([str(trained)], n=40, eps=["0.05"], store=store, force=True, progress=events.append)
     assert any(e["event"] == "batch" for e in events) and c.robust_acc[0] == a.robust_acc[0]

@@ -116,7 +116,8 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     db.finish(run_id)
             if not group.main:
                 continue
-            after_run(db, model, sl, t, norm, dev)
+            if status != "done":  # a finished run read back keeps the checks stored with it, as transfer's do
+                after_run(db, model, sl, t, norm, dev)
             model.to("cpu")
             summary, per_example = close_run(db, run_id, t, notify)
             rows += summary
