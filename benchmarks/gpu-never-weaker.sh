@@ -25,20 +25,8 @@ QUICK=${QUICK:-0}
 BUDGET=${BUDGET:-540}  # seconds for the whole script
 N=${N:-2000}
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-START=$SECONDS
-if [ -z "${PY:-}" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-left() { echo $(( BUDGET - (SECONDS - START) )); }
-log() { echo "[gpu-never-weaker.sh $(( SECONDS - START ))s] $*" | tee -a "$OUT/gpu.log"; }
-
-if ! $PY -c "import pyautoattack, typer, rich, pandas, safetensors, scipy" 2>/dev/null; then
-  log "installing robench's dependencies from wheels/"
-  ls wheels/*.whl >/dev/null 2>&1 || { echo "wheels/ is empty: fill it as benchmarks/gpu.sh's header says." >&2; exit 2; }
-  $PY -m pip install -q --no-deps --no-index wheels/*.whl
-fi
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.log"
+NAME=gpu-never-weaker.sh
+source benchmarks/gpu-setup.sh
 
 STORE=$OUT/never-weaker.sqlite
 rm -f "$STORE" "$STORE"-*

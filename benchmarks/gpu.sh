@@ -28,20 +28,8 @@ DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
 BUDGET=${BUDGET:-480}  # seconds for the whole script
 cd "$(dirname "$0")/.."
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-START=$SECONDS
-if [ -z "${PY:-}" ]; then if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi; fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-left() { echo $(( BUDGET - (SECONDS - START) )); }
-log() { echo "[gpu.sh $(( SECONDS - START ))s] $*" | tee -a "$OUT/gpu.log"; }
-
-if ! $PY -c "import pyautoattack, foolbox, eagerpy, torchattacks, typer, rich, pandas, safetensors, jinja2, markdown, scipy, matplotlib" 2>/dev/null; then
-  log "installing robench's dependencies from wheels/"
-  ls wheels/*.whl >/dev/null 2>&1 || { echo "wheels/ is empty: fill it as this script's header says." >&2; exit 2; }
-  $PY -m pip install -q --no-deps --no-index wheels/*.whl
-fi
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$OUT/gpu.log"
+NAME=gpu.sh
+source benchmarks/gpu-setup.sh
 
 if [ "$QUICK" = 1 ]; then
   SMALL=(--n 20 --batch-size 10 --aa-n 10 --repeats 1 --aa-repeats 1 --skip scaling --skip cycles)
