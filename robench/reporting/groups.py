@@ -11,7 +11,7 @@ import pandas as pd
 
 from ..errors import RobenchError
 from ..files import sha256_file
-from .leaderboard import model_id, outcome_sets, ranking_flags, run_flags, safe_name
+from .leaderboard import model_id, model_outcome_sets, ranking_flags, run_flags, safe_name
 
 
 class CheckpointChanged(RobenchError):
@@ -77,6 +77,7 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
     ``model_outcome_sets(res)`` where the caller has them)."""
     if res.empty:
         return []
+    sets = sets if sets is not None else model_outcome_sets(res)
     found: dict[tuple, Group] = {}
     for (dataset, norm, sha), m in res.groupby(["dataset", "norm", "sha256"], sort=True):
         last = m.sort_values("run_id").iloc[-1]
@@ -85,8 +86,7 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
         key = (dataset, norm, meta.get("arch", "?"), meta.get("training_method", ""),
                str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
         group = found.setdefault(key, Group(*key))
-        by_eps = {eps: sets[(dataset, norm, sha, eps)] if sets is not None else outcome_sets(block)
-                  for eps, block in m.groupby("eps", sort=True)}
+        by_eps = {eps: sets[(dataset, norm, sha, eps)] for eps in sorted(m["eps"].unique())}
         group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
                                     last["checkpoint"] or "", by_eps, run_flags(m), ranking_flags(m),
                                     seed=recipe.get("seed")))

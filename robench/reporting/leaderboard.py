@@ -172,12 +172,12 @@ def leaderboards(res: pd.DataFrame, sets: dict | None = None) -> dict[tuple[str,
     out = {}
     if res.empty:
         return out
+    sets = sets if sets is not None else model_outcome_sets(res)
     for (dataset, norm), block in res.groupby(["dataset", "norm"], sort=True):
         rows = []
         for (eps_value, eps), runs in block.groupby(["eps_value", "eps"], sort=True):
             for sha, m in runs.groupby("sha256", sort=True):
-                rows.append(_row(m, dataset, norm, eps, eps_value,
-                                 sets[(dataset, norm, sha, eps)] if sets is not None else outcome_sets(m)))
+                rows.append(_row(m, dataset, norm, eps, eps_value, sets[(dataset, norm, sha, eps)]))
         df = pd.DataFrame(rows)
         # by best known robust accuracy, whatever attacks it rests on: a model without AutoAttack is not
         # pushed below standard-trained models at 0%; the tables mark its row instead (weaker_attacks_only)
