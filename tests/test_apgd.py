@@ -154,6 +154,32 @@ def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
     assert [b for b, p in zip(out.broken_by, plain_broken) if p] == [b for b, p in zip(plain.broken_by, plain_broken) if p]
 
 
+def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
+    """square_runs=4 runs Square four times, independently, in one batch of four copies of the near misses:
+    it breaks more of them than one run at the same query budget, each broken example's point fools the
+    model inside the eps ball, and the APGD runs before it are untouched."""
+    from helpers import Quantized
+
+    linear, x, y, _ = linear_problem()
+    model = Quantized(linear)
+    keep = model(x).argmax(1) == y
+    x, y, eps, idx = x[keep], y[keep], 0.1, torch.arange(int(keep.sum()))
+    outs, batches = {}, {}
+    for runs in (1, 4):
+        atk = create_attack(f"fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,square_runs={runs})")
+        seen, square = [], atk._square
+        atk._square = lambda bs: (seen.append(bs), square(bs))[1]
+        outs[runs], batches[runs] = atk.run(model, x, y, idx, eps, "Linf", 0), seen
+    assert batches[4] == [4 * batches[1][0]]
+    by_square = {r: torch.tensor([b == "square" for b in o.broken_by]) for r, o in outs.items()}
+    assert by_square[4].sum() > by_square[1].sum() > 0, (by_square[1].sum(), by_square[4].sum())
+    out = outs[4]
+    assert (model(out.x_adv[by_square[4]]).argmax(1) != y[by_square[4]]).all()
+    assert ((out.x_adv - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all()
+    before_square = {r: [None if b == "square" else b for b in o.broken_by] for r, o in outs.items()}
+    assert before_square[4] == before_square[1]
+
+
 def test_pgd_cycle_detection_changes_no_outcome_and_saves_work():
     """With a fixed step, an iterate that repeats an earlier one repeats forever: stopping there gives the
     very same per-example outcome as the full run, with fewer model queries."""
@@ -172,7 +198,8 @@ def budget_of(spec):
 @pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0)",
                                   "fast(targets=2,focus=0.5,queries=300)", "fast(focus_restarts=0)",
                                   "fast(focus=0.2,focus_restarts=1)", "fast(focus_share=1.0)",
-                                  "fast(focus_share=0.25,focus_restarts=0)", "apgd", "apgd(loss=dlr,restarts=2)",
+                                  "fast(focus_share=0.25,focus_restarts=0)", "fast(square_runs=2)",
+                                  "fast(focus=0.3,square_runs=4)", "apgd", "apgd(loss=dlr,restarts=2)",
                                   "apgd(targeted=True,targets=3,choice=rank)"])
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)
@@ -203,6 +230,13 @@ def test_a_fast_budget_stored_before_the_focus_cap_reads_as_fast_without_it():
     del old["focus"]["at_most_share_of_survivors"]
     assert spec_from_budget(old) == "fast(focus_share=1.0)" and budget_of("fast(focus_share=1.0)") == old
     assert budget_of("fast")["focus"]["at_most_share_of_survivors"] == 0.1
+
+
+def test_one_square_run_keeps_the_budget_stored_before_square_runs():
+    """square_runs=1 (the default) adds nothing to the budget, so runs stored before the option keep their run
+    key and read back; more runs are recorded."""
+    assert "square_runs" not in budget_of("fast")["focus"] and budget_of("fast(square_runs=1)") == budget_of("fast")
+    assert budget_of("fast(square_runs=3)")["focus"]["square_runs"] == 3
 
 
 @requires_fmnist
