@@ -1,72 +1,115 @@
-"""On the engine batches holding fast's misses at 2000: the focus stage's Square set, then Square with k runs
-side by side on it (k = 1 reproduces fast; `fast(square_runs=k)` runs exactly this). Which of AutoAttack's
-extra breaks (benchmarks/results/never-weaker-fast-cap-2000.json) does each k recover?
+"""Which of AutoAttack's breaks that `fast` misses does a stronger focus-stage Square recover, and at what cost?
 
-    python benchmarks/square_runs.py > benchmarks/results/square-runs-2000-misses.txt
+    python benchmarks/square_runs.py [--variant official:1 --variant robench:4 ...]
+                                     [--misses benchmarks/results/never-weaker-fast-cap-2000.json]
+                                     [--out benchmarks/results/square-runs-2000-misses.json]
+
+On every engine batch (256 test images, as `robench eval` runs `fast` on the CPU) that holds an example
+AutoAttack breaks and `fast` leaves robust (the --misses file, written by never_weaker.py), `fast` runs up to
+its Square: the examples that reach Square are the batch's Square set. Each variant (`square:runs`, the
+`fast(square=..., square_runs=...)` options: `official` is AutoAttack's Square, `robench` robench's own with a
+window per example) then runs the focus stage's Square on that set, as `fast` would, and the benchmark records
+how many of the set it breaks, which misses it recovers and its time. `official:1` reproduces `fast` itself:
+it recovers none. Misses outside every Square set lie outside the focus stage (above its threshold or beyond
+its cap), where no Square variant can reach them.
 """
-import json, sys, time
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from robench.checkpoints import load_checkpoint
-from robench.data import load_split
-from robench.engine.core import attack_mode, Counted
-from robench.attacks import apgd
-from robench.attacks.autoattack import AutoAttack
-torch.set_num_threads(1)
-d = json.load(open(ROOT / "benchmarks/results/never-weaker-fast-cap-2000.json"))
-split = load_split("fashion-mnist", "test")
-class Stop(Exception): pass
-def capture(self, n):  # stop fast where its Square would start
-    raise Stop
+
+import robench  # noqa: E402
+from robench.attacks.apgd import Fast  # noqa: E402
+from robench.engine.core import attack_mode  # noqa: E402
+from never_weaker import shown  # noqa: E402
+
+BATCH = 256  # the CPU engine's batch size for fast
 
 
-apgd.Fast._square = capture
-orig_keep = apgd.Fast._keep
-res = {k: [] for k in (1, 2, 4)}; secs = {k: 0.0 for k in res}; total = {k: 0 for k in res}; nsq = 0
-for row in d["rows"]:
-    miss = {int(k): v for k, v in row["autoattack_breaks_fast_not"].items()}
-    if not miss:
-        continue
-    ck = load_checkpoint(ROOT / row["checkpoint"])
-    for b in sorted({i // 256 for i in miss}):
-        idx = torch.arange(b * 256, min(2000, (b + 1) * 256))
+class UpToSquare(Fast):
+    """`fast` that records the examples reaching its Square stage instead of running it."""
+
+    def _square_stage(self, model, x, y, idx, near, eps, norm, seed, x_adv, broken_by):
+        self.reached = (x, y, idx, near)
+        return []
+
+
+def square_sets(row: dict, misses: set[int]):
+    """(model, [(x, y, idx, near)] per batch holding a miss) for one never_weaker.py row."""
+    ck = robench.load_checkpoint(ROOT / row["checkpoint"])
+    split = robench.load_split(ck.meta["dataset"])
+    eps, out = float(row["eps"]), []
+    model = ck.model.eval()
+    for b in sorted({i // BATCH for i in misses}):
+        idx = torch.arange(b * BATCH, min(row["n"], (b + 1) * BATCH))
         x, y = split.batch(idx)
-        with attack_mode(ck.model) as m:
-            with torch.no_grad():
-                clean = m(x).argmax(1) == y
-            live = clean.nonzero()[:, 0]
-            # run fast up to Square: record the near set as _keep returns it after the retry
-            seen = {}
-            def keep(model, xx, yy, rows, xa, name, x_adv, broken_by):
-                out = orig_keep(model, xx, yy, rows, xa, name, x_adv, broken_by)
-                seen[name] = out
-                return out
-            apgd.Fast._keep = staticmethod(keep)
-            try:
-                apgd.Fast().run(Counted(m), x[live], y[live], idx[live], 0.1, "Linf", 0)
-                near = None
-            except Stop:
-                near = seen["robench-apgd-t"]  # the last _keep before Square: the retry's survivors
-            apgd.Fast._keep = orig_keep
-            if near is None:
-                continue
-            rows = live[near]
-            nsq += len(rows)
-            for k in res:
+        with attack_mode(model) as m, torch.no_grad():
+            live = (m(x).argmax(1) == y).nonzero()[:, 0]
+        atk = UpToSquare()
+        with attack_mode(model) as m:
+            atk.run(m, x[live], y[live], idx[live], eps, "Linf", 0)
+        if hasattr(atk, "reached"):
+            out.append(atk.reached)
+    return model, eps, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variant", action="append", help="square:runs, e.g. robench:4 (repeat)")
+    ap.add_argument("--misses", type=Path, default=ROOT / "benchmarks/results/never-weaker-fast-cap-2000.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/square-runs-2000-misses.json")
+    args = ap.parse_args()
+    variants = [(v.split(":")[0], int(v.split(":")[1])) for v in args.variant or ["official:1", "robench:1"]]
+    torch.set_num_threads(1)
+    rows = json.loads(args.misses.read_text())["rows"]
+    names = [f"{s}:{k}" for s, k in variants]
+    total = {v: {"broken": 0, "recovered": [], "seconds": 0.0} for v in names}
+    reached, set_size, all_misses = [], 0, []
+    for row in rows:
+        misses = {int(i) for i in row["autoattack_breaks_fast_not"]}
+        if not misses:
+            continue
+        all_misses += [(row["model"], i) for i in sorted(misses)]
+        model, eps, sets = square_sets(row, misses)
+        for x, y, idx, near in sets:
+            set_size += len(near)
+            ids = idx[near].tolist()
+            reached += [(row["model"], i) for i in ids if i in misses]
+            line = [f"{row['model']:28s} batch {ids[0] // BATCH} set {len(near):3d}"]
+            for (square, k), name in zip(variants, names):
+                x_adv, broken_by = x.clone(), [None] * len(x)
                 t = time.perf_counter()
-                out = AutoAttack("standard", members=("square",), batch_size=k * len(rows)).run(
-                    m, x[rows].repeat(k, 1, 1, 1), y[rows].repeat(k), idx[rows].repeat(k), 0.1, "Linf", 0)
-                secs[k] += time.perf_counter() - t
-                with torch.no_grad():
-                    hit = (m(out.x_adv).argmax(1) != y[rows].repeat(k)).view(k, -1).any(0)
-                broken = set(idx[rows][hit].tolist())
-                total[k] += len(broken)
-                got = [i for i in miss if i // 256 == b and i in broken]
-                res[k] += [(row["model"], i, miss[i]) for i in got]
-                print(row["model"], b, "k", k, "square set", len(rows), "broken", len(broken), "misses recovered", got, flush=True)
-print("square sets", nsq, "broken", total, "seconds", {k: round(v, 1) for k, v in secs.items()})
-print("misses recovered", {k: len(v) for k, v in res.items()})
+                with attack_mode(model) as m:
+                    Fast(square=square, square_runs=k)._square_stage(m, x, y, idx, near, eps, "Linf", 0, x_adv,
+                                                                     broken_by)
+                total[name]["seconds"] += time.perf_counter() - t
+                broken = {int(idx[j]) for j in near.tolist() if broken_by[j] == "square"}
+                got = sorted(broken & misses)
+                total[name]["broken"] += len(broken)
+                total[name]["recovered"] += [[row["model"], i] for i in got]
+                line.append(f"{name} {len(broken):2d} {got}")
+            print("  ".join(line), flush=True)
+    outside = [m for m in all_misses if m not in reached]
+    for name in names:
+        t = total[name]
+        print(f"{name:12s} broke {t['broken']} of {set_size}, recovered {len(t['recovered'])} of the "
+              f"{len(reached)} misses in the sets, {t['seconds']:.1f} s")
+    print(f"{len(outside)} of the {len(all_misses)} misses lie outside every Square set")
+    args.out.write_text(json.dumps({
+        "misses_file": shown(args.misses), "misses": len(all_misses), "in_square_sets": len(reached),
+        "outside_square_sets": [list(m) for m in outside], "square_set_examples": set_size,
+        "machine_threads": 1, "variants": {n: {**t, "seconds": round(t["seconds"], 1)} for n, t in total.items()},
+    }, indent=1) + "\n")
+    print(f"wrote {shown(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -155,8 +155,9 @@ def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
 
 
 def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
-    """square_runs=4 runs Square four times, independently, in one batch of four copies of the near misses:
-    it breaks more of them than one run at the same query budget, each broken example's point fools the
+    """square_runs=4 runs Square four times in one batch of four copies of the near misses (each copy from its
+    own starting stripes; the official Square shares its windows across the batch): it breaks more of them
+    than one run at the same query budget, each broken example's point fools the
     model inside the eps ball, and the APGD runs before it are untouched."""
     from helpers import Quantized
 

@@ -25,8 +25,11 @@ from ..norms import get_norm, project, random_points
 from .base import Attack, AttackOutput, example_seed
 from .descent import attack_loss, closeness, rounds, target_classes
 from .registry import ATTACKS
+from .square import square_linf
 
 CHOICES = ("malt", "rank")  # target_classes' choices
+SQUARES = ("official", "robench")  # fast's Square: AutoAttack's (pyautoattack) or robench.attacks.square
+SQUARE_P_INIT = 0.8  # AutoAttack's
 
 
 def checkpoints(iters: int) -> list[int]:
@@ -182,16 +185,20 @@ class Fast(Attack):
     the clean margin); the cap bounds the stage's cost on models where many survivors come near the
     boundary without crossing it. On them, the targeted APGD again from ``focus_restarts`` fresh random
     starts per target, then AutoAttack's Square (``queries`` queries, the official implementation) on what
-    is left, ``square_runs`` independent runs of it side by side in one batch (an example is broken when
-    any run breaks it). Measured on the shipped PGD-AT LeNet5s, AutoAttack's breaks that the APGD runs miss
-    sit almost all (156 of 164) below 0.4 and within the closest tenth of their batch's survivors, and more
-    starts and Square are what find them (README, Performance)."""
+    is left, ``square_runs`` runs of it side by side in one batch (an example is broken when any run breaks
+    it). ``square=robench`` runs robench's own Square instead (Linf; robench.attacks.square), where every
+    example draws its own windows: AutoAttack's draws one window per query for the whole batch, so its runs
+    side by side differ only in their starting stripes. Measured on the shipped PGD-AT LeNet5s, AutoAttack's
+    breaks that the APGD runs miss sit almost all (156 of 164) below 0.4 and within the closest tenth of
+    their batch's survivors, and more starts and Square are what find them (README, Performance)."""
 
     name = "fast"
 
     def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt", restarts: int = 1,
                  focus: float = 0.4, queries: int = 5000, focus_restarts: int = 3, focus_share: float = 0.1,
-                 square_runs: int = 1):
+                 square_runs: int = 1, square: str = "official"):
+        if square not in SQUARES:
+            raise unknown("fast's square", square, SQUARES)
         if (not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0 or not 0 < focus_share <= 1
                 or square_runs < 1):
             raise RobenchError("fast's focus must lie in [0, 1] (a fraction of the clean margin), its "
@@ -203,7 +210,7 @@ class Fast(Attack):
                                                restarts=restarts)}
         self.iters, self.targets, self.choice, self.restarts = iters, targets, choice, restarts
         self.focus, self.queries, self.focus_restarts, self.focus_share = focus, queries, focus_restarts, focus_share
-        self.square_runs = square_runs
+        self.square_runs, self.square = square_runs, square
         self.retry = APGD(iters=iters, targeted=True, targets=targets, choice=choice,
                           restarts=focus_restarts) if focus_restarts else None
 
@@ -219,9 +226,13 @@ class Fast(Attack):
             members[name] = {k: v for k, v in b.items() if k not in ("name", "version")}
         out = {"name": self.name, "members": members, "version": f"robench {__version__}"}
         if self.focus:
-            sq = self._square(1).budget()
-            out["focus"] = {"below_clean_margin": self.focus, "attack": "square", **sq["members"]["square"],
-                            "implementation": sq["implementation"]}
+            if self.square == "official":
+                sq = self._square(1).budget()
+                sq, impl = sq["members"]["square"], sq["implementation"]
+            else:
+                sq = {"queries": self.queries, "p_init": SQUARE_P_INIT, "restarts": 1}
+                impl = f"robench {__version__}"
+            out["focus"] = {"below_clean_margin": self.focus, "attack": "square", **sq, "implementation": impl}
             if self.retry:  # absent from budgets stored before the stage retried the targeted APGD
                 out["focus"]["apgd_t_fresh_restarts"] = self.focus_restarts
             if self.focus_share < 1:  # absent (no cap) from budgets stored before the cap
@@ -244,9 +255,17 @@ class Fast(Attack):
             opts.append(f"focus_share={f.get('at_most_share_of_survivors', 1.0)!r}")
         if f["below_clean_margin"] and f.get("square_runs", 1) != 1:
             opts.append(f"square_runs={f['square_runs']}")
+        if f["below_clean_margin"] and f.get("implementation", "").startswith("robench"):
+            opts.append("square=robench")
         return f"fast({','.join(opts)})" if opts else "fast"
 
+    def check_norm(self, norm: str) -> None:
+        if self.focus and self.square == "robench" and norm != "Linf":
+            raise RobenchError("robench's own Square runs at Linf only; use fast(square=official) at "
+                               f"{norm}.")
+
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
+        self.check_norm(norm)
         x_adv, broken_by = x.clone(), [None] * len(x)
         remaining = torch.arange(len(x), device=x.device)
         closest = torch.full((len(x),), float("inf"), device=x.device)
@@ -267,18 +286,28 @@ class Fast(Attack):
                 xa = self.retry.run_at_once(model, x[near], y[near], idx[near.cpu()], eps, norm,
                                             example_seed(seed, "fast-focus"))
                 near = self._keep(model, x, y, near, xa, "robench-apgd-t", x_adv, broken_by)
-            if len(near):  # the runs side by side: row j * len(near) + i is run j on example near[i]
-                rows = near.repeat(self.square_runs)
-                out = self._square(len(rows)).run(model, x[rows], y[rows], idx[rows.cpu()], eps, norm, seed)
-                flags, xa = out.flags, out.x_adv
-                if self.square_runs > 1:
-                    with torch.no_grad():
-                        hit = (model(xa).argmax(1) != y[rows]).view(self.square_runs, len(near))
-                    first = hit.int().argmax(0)  # each example's first run that broke it (0 where none did)
-                    xa = xa.view(self.square_runs, len(near), *x.shape[1:])[
-                        first, torch.arange(len(near), device=x.device)]
-                self._keep(model, x, y, near, xa, "square", x_adv, broken_by)
+            if len(near):
+                flags = self._square_stage(model, x, y, idx, near, eps, norm, seed, x_adv, broken_by)
         return AttackOutput(x_adv, broken_by=broken_by, flags=flags, closest=closest)
+
+    def _square_stage(self, model, x, y, idx, near, eps, norm, seed, x_adv, broken_by) -> list[str]:
+        """Square on the rows ``near`` of the batch, ``square_runs`` runs side by side (row j * len(near) + i
+        is run j on example near[i]); records what it breaks in ``x_adv`` and ``broken_by`` and returns the
+        flags the official implementation raised."""
+        rows, flags = near.repeat(self.square_runs), []
+        if self.square == "robench":
+            xa = square_linf(model, x[rows], y[rows], eps, self.queries, SQUARE_P_INIT,
+                             example_seed(seed, "fast-square", idx[near.cpu()].tolist()))
+        else:
+            out = self._square(len(rows)).run(model, x[rows], y[rows], idx[rows.cpu()], eps, norm, seed)
+            flags, xa = out.flags, out.x_adv
+        if self.square_runs > 1:
+            with torch.no_grad():
+                hit = (model(xa).argmax(1) != y[rows]).view(self.square_runs, len(near))
+            first = hit.int().argmax(0)  # each example's first run that broke it (0 where none did)
+            xa = xa.view(self.square_runs, len(near), *x.shape[1:])[first, torch.arange(len(near), device=x.device)]
+        self._keep(model, x, y, near, xa, "square", x_adv, broken_by)
+        return flags
 
     @staticmethod
     def _keep(model, x, y, rows, xa, name, x_adv, broken_by):
