@@ -9,10 +9,10 @@ after 10, 50, 200, 500, 1,000, 2,000, 4,000, 6,000 and 8,000 of 10,000 queries, 
 example stops querying once it is misclassified.
 
 AutoAttack's implementation draws one window and one sign per query for the whole batch, so examples
-attacked side by side see the same proposals; here every example draws its own, which on its own is the
-paper's sampling, and makes copies of an example in one batch independent runs. A proposal that would
-leave the point unchanged (the window already at those ends) takes the opposite signs, as the paper's
-own code redraws it, so no query is spent on a point already evaluated.
+attacked side by side see the same proposals. Here every example draws its own: each example's proposals
+follow the same distribution as before, and copies of an example in one batch are independent runs. A
+proposal that would leave the point unchanged (the window already at those ends) takes the opposite
+signs, so no query is spent on a point already evaluated.
 """
 from __future__ import annotations
 
