@@ -1,11 +1,12 @@
-"""robench's own Square Attack (Linf), and `fast(square=robench)`, which runs it in the focus stage."""
+"""robench's own Square Attack (Linf and L2), and `fast(square=robench)`, which runs it in the focus stage."""
 import pytest
 import torch
 
 from robench.attacks.autoattack import AutoAttack
 from robench.attacks.registry import create_attack, spec_from_budget
-from robench.attacks.square import side, square_linf
+from robench.attacks.square import side, square
 from robench.errors import RobenchError
+from robench.norms import get_norm
 
 from helpers import Quantized
 from test_attacks import linear_problem
@@ -19,6 +20,19 @@ def quantized_problem():
     return model, x[keep], y[keep]
 
 
+def quantized_image_problem(side=16, n=300):
+    """The same kind of model on side x side images, big enough for AutoAttack's L2 Square (its start tiles
+    the image in fifths), with each example's label the class it is given."""
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(side * side, 10)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(10, side * side, generator=g))
+        lin.bias.copy_(torch.randn(10, generator=g))
+    model = Quantized(torch.nn.Sequential(torch.nn.Flatten(), lin).eval().requires_grad_(False))
+    x = torch.rand(n, 1, side, side, generator=g)
+    return model, x, model(x).argmax(1)
+
+
 def fooled(model, x, y):
     return model(x).argmax(1) != y
 
@@ -30,15 +44,15 @@ def test_the_window_shrinks_on_the_papers_schedule_rescaled_to_the_budget():
     assert side(4999, 5000, 0.8, 28, 28) == 1 and side(0, 100, 0.8, 4, 5) == 4  # at least 1, at most the image
 
 
-def test_square_stays_in_the_eps_box_and_its_broken_points_fool_the_model():
-    model, x, y = quantized_problem()
-    eps = 0.1
-    xa = square_linf(model, x, y, eps, queries=100, seed=0)
+@pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.3)])
+def test_square_stays_in_the_eps_ball_and_the_box_and_its_broken_points_fool_the_model(norm, eps):
+    model, x, y = quantized_problem() if norm == "Linf" else quantized_image_problem()
+    xa = square(model, x, y, eps, norm, queries=100, seed=0)
     assert xa.shape == x.shape and (xa >= 0).all() and (xa <= 1).all()
-    assert ((xa - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all()
+    assert (get_norm(norm).distance(xa - x) <= eps + 1e-5).all()
     broken = fooled(model, xa, y)
     assert 0 < broken.sum() < len(x)
-    assert torch.equal(xa, square_linf(model, x, y, eps, queries=100, seed=0))  # the seed decides every draw
+    assert torch.equal(xa, square(model, x, y, eps, norm, queries=100, seed=0))  # the seed decides every draw
 
 
 def test_square_draws_a_window_per_example_so_copies_side_by_side_run_independently():
@@ -52,22 +66,23 @@ def test_square_draws_a_window_per_example_so_copies_side_by_side_run_independen
             return torch.stack([100 - (x - 0.5).abs().sum((1, 2, 3)), torch.zeros(len(x))], 1)  # never fooled
 
     x = torch.full((8, 1, 12, 12), 0.5)
-    square_linf(Recording(), x, torch.zeros(8, dtype=torch.long), 0.1, queries=40, p_init=0.05, seed=0)  # 3x3
+    square(Recording(), x, torch.zeros(8, dtype=torch.long), 0.1, queries=40, p_init=0.05, seed=0)  # 3x3
     changed = seen[1] != seen[0]  # the first proposals against the starting stripes
     assert changed.flatten(1).any(1).all()  # no query re-evaluates the point it had
     rows = {int(c.nonzero()[:, 1].min()) for c in changed}  # the top row of each change: its window's
     assert len(rows) > 2, rows  # one shared window would give one
 
 
-def test_square_is_at_least_as_strong_as_autoattacks_at_the_same_budget():
+@pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.3)])
+def test_square_is_at_least_as_strong_as_autoattacks_at_the_same_budget(norm, eps):
     """On a model with no gradient, over three seeds at 100 queries, robench's Square breaks at least as many
     examples as the official one."""
-    model, x, y = quantized_problem()
+    model, x, y = quantized_problem() if norm == "Linf" else quantized_image_problem()
     ours = theirs = 0
     for seed in range(3):
-        ours += int(fooled(model, square_linf(model, x, y, 0.1, queries=100, seed=seed), y).sum())
+        ours += int(fooled(model, square(model, x, y, eps, norm, queries=100, seed=seed), y).sum())
         official = AutoAttack("standard", members=("square",), batch_size=len(x), queries=100)
-        theirs += int(fooled(model, official.run(model, x, y, torch.arange(len(x)), 0.1, "Linf", seed).x_adv, y).sum())
+        theirs += int(fooled(model, official.run(model, x, y, torch.arange(len(x)), eps, norm, seed).x_adv, y).sum())
     assert ours >= theirs > 0, (ours, theirs)
 
 
@@ -98,9 +113,15 @@ def test_robench_square_is_recorded_in_the_budget_and_reads_back(spec):
     assert create_attack("fast").budget()["focus"]["implementation"].startswith("pyautoattack")
 
 
-def test_robench_square_refuses_l2_in_one_sentence():
-    with pytest.raises(RobenchError, match="Linf only"):
-        create_attack("fast(square=robench)").check_norm("L2")
-    create_attack("fast(square=robench,focus=0)").check_norm("L2")  # no Square stage, nothing to refuse
+def test_fast_runs_robench_square_at_l2_too():
+    model, x, y = quantized_image_problem(n=60)
+    spec = "fast(iters=5,focus=1.0,queries=20,focus_restarts=0,focus_share=1.0,square=robench)"
+    out = create_attack(spec).run(model, x, y, torch.arange(len(x)), 0.3, "L2", 0)
+    hit = torch.tensor([b == "square" for b in out.broken_by])
+    assert hit.any() and fooled(model, out.x_adv[hit], y[hit]).all()
+    assert (get_norm("L2").distance(out.x_adv - x) <= 0.3 + 1e-5).all()
+
+
+def test_an_unknown_square_is_refused_in_one_sentence():
     with pytest.raises(RobenchError, match="official, robench"):
         create_attack("fast(square=mine)")
