@@ -125,8 +125,8 @@ def test_fast_focus_takes_at_most_its_share_of_the_survivors_those_closest_to_th
     assert quarter < near  # so the cap binds
     for share, attacked in ((0.25, quarter), (1.0, near)):
         atk = create_attack(f"fast(iters=5,focus=1.0,queries=50,focus_restarts=0,focus_share={share})")
-        seen, square = [], atk._square
-        atk._square = lambda bs: (seen.append(bs), square(bs))[1]  # Square's batch: the examples it attacks
+        seen, stage = [], atk._square_stage
+        atk._square_stage = lambda *a: (seen.append(len(a[4])), stage(*a))[1]  # the examples Square attacks
         out = atk.run(model, x, y, idx, eps, "Linf", 0)
         assert seen == [attacked]
         by_square = torch.tensor([b == "square" for b in out.broken_by])
@@ -155,7 +155,7 @@ def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
 
 
 def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
-    """square_runs=4 runs Square four times in one batch of four copies of the near misses (each copy from its
+    """square_runs=4 runs AutoAttack's Square four times in one batch of four copies of the near misses (each copy from its
     own starting stripes; the official Square shares its windows across the batch): it breaks more of them
     than one run at the same query budget, each broken example's point fools the
     model inside the eps ball, and the APGD runs before it are untouched."""
@@ -167,7 +167,8 @@ def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
     x, y, eps, idx = x[keep], y[keep], 0.1, torch.arange(int(keep.sum()))
     outs, batches = {}, {}
     for runs in (1, 4):
-        atk = create_attack(f"fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,square_runs={runs})")
+        atk = create_attack("fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,"
+                            f"square_runs={runs},square=official)")
         seen, square = [], atk._square
         atk._square = lambda bs: (seen.append(bs), square(bs))[1]
         outs[runs], batches[runs] = atk.run(model, x, y, idx, eps, "Linf", 0), seen

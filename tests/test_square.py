@@ -104,13 +104,22 @@ def test_fast_with_robench_square_runs_breaks_more_near_misses_than_the_official
     assert all(b == before_square[1, "official"] for b in before_square.values())
 
 
-@pytest.mark.parametrize("spec", ["fast(square=robench)", "fast(square=robench,square_runs=4)",
+@pytest.mark.parametrize("spec", ["fast", "fast(square=robench,square_runs=4)",
                                   "fast(focus=0.3,queries=300,square=robench)"])
 def test_robench_square_is_recorded_in_the_budget_and_reads_back(spec):
     budget = create_attack(spec).budget()
     assert budget["focus"]["implementation"].startswith("robench")
     assert create_attack(spec_from_budget(budget)).budget() == budget
-    assert create_attack("fast").budget()["focus"]["implementation"].startswith("pyautoattack")
+    assert create_attack("fast").budget() == create_attack("fast(square=robench)").budget()
+
+
+def test_a_fast_budget_stored_with_autoattacks_square_reads_back_as_square_official():
+    """robench's own Square became fast's default; a budget stored before (AutoAttack's Square, recorded by its
+    implementation) keeps its run key and reads back as fast(square=official), never as today's default."""
+    old = create_attack("fast(square=official)").budget()
+    assert old["focus"]["implementation"].startswith("pyautoattack") and old != create_attack("fast").budget()
+    assert spec_from_budget(old) == "fast(square=official)" and create_attack(spec_from_budget(old)).budget() == old
+    assert spec_from_budget(create_attack("fast").budget()) == "fast"
 
 
 def test_fast_runs_robench_square_at_l2_too():

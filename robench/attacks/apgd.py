@@ -184,11 +184,11 @@ class Fast(Attack):
     out), at most the ``focus_share`` of the batch's survivors whose margin fell furthest (the fraction of
     the clean margin); the cap bounds the stage's cost on models where many survivors come near the
     boundary without crossing it. On them, the targeted APGD again from ``focus_restarts`` fresh random
-    starts per target, then AutoAttack's Square (``queries`` queries, the official implementation) on what
-    is left, ``square_runs`` runs of it side by side in one batch (an example is broken when any run breaks
-    it). ``square=robench`` runs robench's own Square instead (robench.attacks.square), where every
-    example draws its own windows: AutoAttack's draws one window per query for the whole batch, so its runs
-    side by side differ only in their starting stripes. Measured on the shipped PGD-AT LeNet5s, AutoAttack's
+    starts per target, then robench's own Square (``queries`` queries; robench.attacks.square) on what is
+    left, ``square_runs`` runs of it side by side in one batch (an example is broken when any run breaks
+    it). Every example draws its own windows there; ``square=official`` runs AutoAttack's Square instead
+    (pyautoattack, the default before robench's own), which draws one window per query for the whole batch,
+    so its runs side by side differ only in their starting stripes. Measured on the shipped PGD-AT LeNet5s, AutoAttack's
     breaks that the APGD runs miss sit almost all (156 of 164) below 0.4 and within the closest tenth of
     their batch's survivors, and more starts and Square are what find them (README, Performance)."""
 
@@ -196,7 +196,7 @@ class Fast(Attack):
 
     def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt", restarts: int = 1,
                  focus: float = 0.4, queries: int = 5000, focus_restarts: int = 3, focus_share: float = 0.1,
-                 square_runs: int = 1, square: str = "official"):
+                 square_runs: int = 1, square: str = "robench"):
         if square not in SQUARES:
             raise unknown("fast's square", square, SQUARES)
         if (not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0 or not 0 < focus_share <= 1
@@ -255,8 +255,8 @@ class Fast(Attack):
             opts.append(f"focus_share={f.get('at_most_share_of_survivors', 1.0)!r}")
         if f["below_clean_margin"] and f.get("square_runs", 1) != 1:
             opts.append(f"square_runs={f['square_runs']}")
-        if f["below_clean_margin"] and f.get("implementation", "").startswith("robench"):
-            opts.append("square=robench")
+        if f["below_clean_margin"] and not f.get("implementation", "").startswith("robench"):
+            opts.append("square=official")  # AutoAttack's, the default before robench's own
         return f"fast({','.join(opts)})" if opts else "fast"
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
