@@ -28,6 +28,7 @@ runs.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -116,19 +117,29 @@ class _L2Search:
         both = first | _inside(draws.ints(h - s + 1, m), draws.ints(w - s + 1, m), s, s, h, w, dev)
         left_over = (eps ** 2 - (d * ~both).flatten(1).pow(2).sum(1)).clamp_min(0)  # eps^2 minus the rest's
         mass = ((d * both).pow(2).sum((2, 3)) + left_over[:, None] / c).sqrt()[:, :, None, None]  # (m, c, 1, 1)
-        # a pair of opposite bumps in the first window, split down it (columns) or, at random, across it
-        r = torch.arange(h, device=dev).view(1, h, 1) - top.view(-1, 1, 1)
-        col = torch.arange(w, device=dev).view(1, 1, w) - left.view(-1, 1, 1)
-        half = (s + 1) // 2
-        down = torch.where(col < half, _bump(r, col, s, half), -_bump(r, col - half, s, s - half))
-        across = torch.where(r < half, _bump(r, col, half, s), -_bump(r - half, col, s - half, s))
-        pair = torch.where((draws.signs(m, 1, 1) > 0), down, across)[:, None] * first
-        pair = pair / pair.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1) * draws.signs(m, c, 1, 1)
+        # a pair of opposite bumps in the first window, split down it or, at random, across it
+        pairs = _pairs(s, dev, cur.dtype)[(draws.signs(m) > 0).long()]  # (m, s, s)
+        at = ((top[:, None] + torch.arange(s, device=dev))[:, :, None] * w
+              + (left[:, None] + torch.arange(s, device=dev))[:, None, :]).view(m, -1)
+        pair = torch.zeros(m, h * w, device=dev, dtype=cur.dtype).scatter_(1, at, pairs.view(m, -1))
+        pair = pair.view(m, 1, h, w) * draws.signs(m, c, 1, 1)
         old = d * first
         new = old / old.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12) + pair
         new = new * (mass / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12))
         d = torch.where(first, new, torch.where(both, torch.zeros_like(d), d))
         return x + d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pairs(s: int, device, dtype) -> torch.Tensor:
+    """(2, s, s): a bump and its negative side by side, split across the window (rows) then down it
+    (columns), each of unit norm."""
+    r, c = torch.arange(s).view(s, 1), torch.arange(s).view(1, s)
+    half = (s + 1) // 2
+    across = torch.where(r < half, _bump(r, c, half, s), -_bump(r - half, c, s - half, s))
+    down = torch.where(c < half, _bump(r, c, s, half), -_bump(r, c - half, s, s - half))
+    out = torch.stack([across, down])
+    return (out / out.flatten(1).norm(dim=1).view(2, 1, 1)).to(device, dtype)
 
 
 SEARCHES = {"Linf": _LinfSearch(), "L2": _L2Search()}
