@@ -7,7 +7,7 @@ On the first --n test images, the examples robench's APGD-CE (100 iterations) le
 model classifies right) are attacked by
 both Squares at the same query budget and p_init (0.8, AutoAttack's), one batch each, once per seed, the two
 interleaved. Prints and writes, per seed, how many each breaks, how many only one of them breaks and the wall
-times, to benchmarks/results/square-strength-<model>-<norm>.json (or --out).
+times, to benchmarks/results/square-strength-<model>-<norm>[-every].json (or --out).
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
     out = args.out or ROOT / "benchmarks" / "results" / (
-        f"square-strength-{args.checkpoint.stem}-{args.norm}.json")
+        f"square-strength-{args.checkpoint.stem}-{args.norm}{'-every' if args.every else ''}.json")
     out.write_text(json.dumps({"checkpoint": str(args.checkpoint), "norm": args.norm, "eps": args.eps,
                                "n": args.n, "every": args.every, "attacked": len(ids), "queries": args.queries, "p_init": SQUARE_P_INIT,
                                "machine": platform.platform(), "torch": torch.__version__,
