@@ -78,6 +78,11 @@ def _bump(r: torch.Tensor, c: torch.Tensor, rows: int, cols: int) -> torch.Tenso
     return weights[ring.clamp(0, outer)]
 
 
+def _scaled(d: torch.Tensor, eps: float) -> torch.Tensor:
+    """``d`` rescaled to L2 norm ``eps``, per example."""
+    return d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+
+
 class _LinfSearch:
     least = 1
 
@@ -107,7 +112,7 @@ class _L2Search:
         d = torch.zeros_like(x)
         d[:, :, :h // t * t, :w // t * t] = signs
         d = d * tiles
-        return x + d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+        return x + _scaled(d, eps)
 
     def propose(self, cur, x, eps, s, draws):
         m, c, h, w = cur.shape
@@ -127,7 +132,7 @@ class _L2Search:
         new = old / old.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12) + pair
         new = new * (mass / new.pow(2).sum((2, 3), keepdim=True).sqrt().clamp_min(1e-12))
         d = torch.where(first, new, torch.where(both, torch.zeros_like(d), d))
-        return x + d * (eps / d.flatten(1).norm(dim=1).clamp_min(1e-12)).view(-1, 1, 1, 1)
+        return x + _scaled(d, eps)
 
 
 @functools.lru_cache(maxsize=64)
