@@ -16,7 +16,11 @@ models are not yet at 0%), on the first n test images:
   batch size; resumable, so an interrupted benchmark continues and a rerun costs nothing);
 - the examples AutoAttack breaks and `fast` does not, by index (the target is none), and the reverse count.
 `--attack autoattack --seed 1 --batch-size 1000` measures the floor: how many of AutoAttack's breaks (seed 0)
-the same AutoAttack with other random draws misses, on the same batches.
+the same AutoAttack with other random draws misses, on the same batches. `--floor FILE` (that run's JSON)
+sets the compared attack's misses beside the floor's on the examples both cover (the floor's models, its
+first n images): the breaks only the attack misses, only AutoAttack seed 1 misses, both miss, and the exact
+McNemar p of the first two counts. AutoAttack seed 0's lucky draws are the floor's misses; an attack that
+misses no more of them than AutoAttack itself does is as strong, per example, as the reference can tell.
 Prints one row per checkpoint and writes benchmarks/results/never-weaker-<attack>.json (or --out), keeping
 the rows that file already has for other checkpoints of the same comparison (attack, n, seed). The wall times are
 each run's own (the stored AutoAttack runs may have shared the machine); `benchmarks/attacks.py` measures
@@ -128,6 +132,29 @@ def merged_rows(out: Path, label: str, n: int, seed: int, rows: list[dict]) -> i
     return len(kept)
 
 
+def against_floor(rows: list[dict], floor: Path) -> dict:
+    """The compared attack's misses (AutoAttack seed 0 breaks it leaves robust) beside AutoAttack seed 1's,
+    per model of the floor's JSON, on the floor's first n images (both compare with the same seed-0 runs)."""
+    from robench.stats import mcnemar_exact
+
+    fl = json.loads(floor.read_text())
+    theirs = {r["checkpoint"]: r for r in fl["rows"]}
+    out = {"floor": shown(floor), "models": 0, "examples": 0, "only_attack": [], "only_floor": [], "both": []}
+    for r in rows:
+        f = theirs.get(r["checkpoint"])
+        if f is None or r["eps"] != f["eps"]:
+            continue
+        n = min(f["n"], r["n"])
+        ours = {int(i) for i in r["autoattack_breaks_fast_not"] if int(i) < n}
+        base = {int(i) for i in f["autoattack_breaks_fast_not"] if int(i) < n}
+        out["models"] += 1
+        out["examples"] += n
+        for key, idx in (("only_attack", ours - base), ("only_floor", base - ours), ("both", ours & base)):
+            out[key] += [f"{r['model']}:{i}" for i in sorted(idx)]
+    out["mcnemar_p"] = mcnemar_exact(len(out["only_attack"]), len(out["only_floor"]))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("checkpoints", nargs="*", type=Path)
@@ -141,6 +168,8 @@ def main():
                          "results/leaderboard.sqlite)")
     ap.add_argument("--store", type=Path, default=ROOT / "results" / "never-weaker.sqlite")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--floor", type=Path, help="AutoAttack seed 1's JSON (never-weaker-autoattack-seed1.json): "
+                    "set the misses beside its misses on the examples both cover")
     args = ap.parse_args()
     attacks = args.attack or ["fast"]
     label = "+".join(attacks) + (f"-seed{args.seed}" if args.seed else "")
@@ -175,9 +204,15 @@ def main():
     print(f"{len(rows)} checkpoints, {sum(r['n'] for r in rows)} examples: AutoAttack breaks and {label} "
           f"does not: {total}; {label} breaks and AutoAttack does not: "
           f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}")
-    out.write_text(json.dumps({"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
-                               "torch": torch.__version__, "robench": robench.__version__,
-                               "misses": total, "rows": rows}, indent=1) + "\n")
+    result = {"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
+              "torch": torch.__version__, "robench": robench.__version__, "misses": total, "rows": rows}
+    if args.floor:
+        fl = result["against_floor"] = against_floor(rows, args.floor)
+        a, b, both = len(fl["only_attack"]), len(fl["only_floor"]), len(fl["both"])
+        print(f"beside AutoAttack seed 1 on {fl['examples']} examples of {fl['models']} models: {label} misses "
+              f"{a + both}, AutoAttack seed 1 misses {b + both} ({both} both); {a} only {label}, {b} only "
+              f"AutoAttack seed 1, exact McNemar p = {fl['mcnemar_p']:.2g}")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {shown(out)}")
 
 
