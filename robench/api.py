@@ -251,9 +251,9 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
     CSV recorded and compare model by model. Returns {"table": DataFrame, "failed": bool, "models": {...}};
     a checkpoint with a new sha256 is matched by its model id and reported as changed. The baseline's
     per-example outcomes are read from ``store`` when it holds them (paired test). The baseline's AutoAttack
-    standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses about one
-    AutoAttack break in a thousand and finds about as many AutoAttack misses: see the README's Performance
-    section), or with the official code when ``autoattack="official"``."""
+    standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses under one
+    AutoAttack break in two thousand, about as many as AutoAttack run again with another seed, and finds four
+    times as many AutoAttack misses: see the README's Performance section), or with the official code when ``autoattack="official"``."""
     from .errors import RobenchError
     from .reporting.regression import run_check
 

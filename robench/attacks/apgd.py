@@ -190,7 +190,7 @@ class Fast(Attack):
     (pyautoattack, the default before robench's own), which draws one window per query for the whole batch,
     so its runs side by side differ only in their starting stripes. Measured on the shipped PGD-AT LeNet5s, AutoAttack's
     breaks that the APGD runs miss sit almost all (156 of 164) below 0.4 and within the closest tenth of
-    their batch's survivors, and more starts and Square are what find them (README, Performance)."""
+    their batch's survivors, and more starts and Square are what find them (benchmarks/README.md)."""
 
     name = "fast"
 
