@@ -5,8 +5,10 @@ robust accuracy against eps, the learned activation shapes, the gradient-masking
 Deterministic: the same store gives the same Markdown and the same PNG bytes."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..stats import compare_outcomes, holm, wilson
@@ -104,12 +106,16 @@ def shape_panels(g: Group) -> list[dict]:
                 continue
             acts = activation_modules(model)
             for j, act in enumerate(acts):
-                def fn(x, act=act):
+                # in float64, rounded far below a pixel: float32 kernels differ in the last bit between CPUs
+                # (vector widths), and the committed plots are compared byte for byte
+                def fn(x, act=copy.deepcopy(act).double()):
                     with torch.no_grad():
-                        t = torch.as_tensor(x, dtype=torch.float32)
+                        t = torch.as_tensor(x, dtype=torch.float64)
                         if act.channels:  # per-channel parameters: the mean over channels
-                            return act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1).numpy()
-                        return act(t).numpy()
+                            y = act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1)
+                        else:
+                            y = act(t)
+                        return np.round(y.numpy(), 9)
                 if len(acts) == 1:  # one network-wide activation: a colour per training run
                     label = f"seed {mb.seed}" if several else act_name
                     curves.append((label, fn, {"linestyle": "-", "color_index": k}))
