@@ -253,7 +253,8 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
     per-example outcomes are read from ``store`` when it holds them (paired test). The baseline's AutoAttack
     standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses under one
     AutoAttack break in two thousand, about as many as AutoAttack run again with another seed, and finds four
-    times as many AutoAttack misses: see the README's Performance section), or with the official code when ``autoattack="official"``."""
+    times as many AutoAttack misses: see the README's Performance section), or with the official code when
+    ``autoattack="official"``."""
     from .errors import RobenchError
     from .reporting.regression import run_check
 
