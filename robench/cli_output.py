@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import unicodedata
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .config import split_flags
+from .text import visible
 
 _WIDTH = None if os.environ.get("COLUMNS") else 120  # rich assumes 80 columns when output is not a terminal
 out = Console(highlight=False, width=None if os.isatty(1) else _WIDTH)
@@ -20,9 +20,10 @@ err = Console(stderr=True, highlight=False, width=None if os.isatty(2) else _WID
 
 
 def clean(value) -> str:
-    """Text from a file (a model's name, a path, metadata) with every control character shown as an escape,
-    so nothing a stranger writes can move the cursor, clear the screen or restyle the terminal."""
-    return "".join(c if unicodedata.category(c) != "Cc" or c == "\n" else repr(c)[1:-1] for c in str(value))
+    """Text from a file (a model's name, a path, metadata) with every control and bidi or other format
+    character shown as an escape (``text.visible``), so nothing a stranger writes can move the cursor, clear
+    the screen, restyle the terminal or reorder what is shown; robench's own line breaks stay."""
+    return visible(value, keep_newlines=True)
 
 
 def safe(value) -> Text:
@@ -234,6 +235,12 @@ def info_table(d: dict) -> None:
     for a in d["activations"]:
         vals = "; ".join(f"{k}={short(v)}" for k, v in a["values"].items())
         out.print(clean(f"  {a['module']}: {a['activation']} (share={a['share']}) {vals}"), markup=False)
+    if d.get("runs"):
+        t = Table("run", "attacks", "eps", "n", "computed by", "origin", title="Runs in the store")
+        for r in d["runs"]:
+            t.add_row(str(r["run_id"]), safe(r["attacks"]), safe(r["eps"]), str(r["n"]), safe(r["computed_by"]),
+                      safe(r["origin"]))
+        out.print(t)
 
 
 def transfer_tables(df) -> None:
@@ -286,5 +293,20 @@ def check_table(table, baseline, tolerance: float, alpha: float) -> Table:
                   f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
     tests = sorted(set(table.test)) if len(table) else []
     t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
+    t.caption_justify = "left"
+    return t
+
+
+def verify_table(runs: list[dict]) -> Table:
+    """robench verify's result, run by run."""
+    t = Table("run", "model", "attacks", "batches re-run", "examples compared", "s", "mismatches", "note",
+              title="robench verify")
+    for r in runs:
+        if r["rerun"] or r["note"].startswith("not re-computed"):
+            t.add_row(r["key"][:16], safe(r["model"]), safe(r["attacks"]), f"{r['rerun']} of {r['batches']}",
+                      str(r["examples"]), f"{r['seconds']:.1f}", str(len(r["mismatches"])), safe(r["note"]))
+    skipped = [r for r in runs if not r["rerun"] and not r["note"].startswith("not re-computed")]
+    # (the note of a skipped run says why: unfinished, not selected, no checkpoint file)
+    t.caption = f"{len(skipped)} other runs were not sampled or cannot be re-computed here." if skipped else None
     t.caption_justify = "left"
     return t

@@ -8,6 +8,7 @@ import json
 
 import pandas as pd
 
+from ..text import md
 from ..stats import compare_outcomes, holm, wilson
 from .groups import comparable, compared, eps_value, reference
 
@@ -70,9 +71,9 @@ def section(res: pd.DataFrame, g, eps: str) -> list[str]:
     attacked = res[res.sha256.isin([mb.sha256 for mb in shown]) & res.eps.isin([eps, far])
                    & ~res.kind.isin(["clean", "transfer"]) & (res.attacks != "transfer")]
     labels = sorted({attack_label(b) for b in attacked.budget})
-    lines = ["", f"### Does the lead at eps {eps} survive stronger attacks? (eps {eps} and {far})", "",
+    lines = ["", f"### Does the lead at eps {md(eps)} survive stronger attacks? (eps {md(eps)} and {md(far)})", "",
              f"Under PGD, {', '.join(mb.label for mb in members)} {'lead' if len(members) > 1 else 'leads'} ReLU at "
-             f"eps {eps} but {'fall' if len(members) > 1 else 'falls'} significantly below it at eps {far}. Every white-box attack run on these models at both budgets, robust accuracy in % "
+             f"eps {md(eps)} but {'fall' if len(members) > 1 else 'falls'} significantly below it at eps {md(far)}. Every white-box attack run on these models at both budgets, robust accuracy in % "
              "[95% interval] (n); best known is the per-example worst case over all of them (transfer included):", "",
              "| Model | eps | " + " | ".join(labels) + " | Best known |", "|---" * (len(labels) + 3) + "|"]
     for mb in shown:
@@ -111,11 +112,11 @@ def _findings(g, members: list, eps: str, far: str, covered: dict) -> list[str]:
         if a and b and comparable(mb, ref, eps):
             c = compare_outcomes(a, b)
             holds = "holds" if c["low"] > 0 else "does not hold" if c["high"] < 0 else "is not significant"
-            out.append(f"{mb.label}: at eps {eps} its lead over ReLU {holds} under the strongest attacks: best known "
+            out.append(f"{mb.label}: at eps {md(eps)} its lead over ReLU {holds} under the strongest attacks: best known "
                        f"{c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] (exact McNemar p={c['p']:.3g}, "
                        f"n={c['n']:,}).")
         if not {mb.sha256, ref.sha256} <= covered.keys():
-            out.append(f"{mb.label}: at eps {far} only the PGD sweep has run on it or on its ReLU so far, so how "
+            out.append(f"{mb.label}: at eps {md(far)} only the PGD sweep has run on it or on its ReLU so far, so how "
                        "much the sweep overstates their robustness there is not yet measured.")
             continue
         gaps = []
@@ -131,6 +132,6 @@ def _findings(g, members: list, eps: str, far: str, covered: dict) -> list[str]:
             c = compare_outcomes(a, b) if a and b and comparable(mb, ref, far) else None
             tail = (f"; in best known accuracy it is {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] "
                     f"against ReLU (n={c['n']:,})" if c else "")
-            out.append(f"{mb.label}: at eps {far}, the PGD sweep overstates robust accuracy compared with the worst "
+            out.append(f"{mb.label}: at eps {md(far)}, the PGD sweep overstates robust accuracy compared with the worst "
                        f"case over all attacks: {', '.join(gaps)}{tail}.")
     return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 
+from ..text import md
 from ..stats import compare_outcomes, t_interval
 from .groups import eps_value, report_checkpoint
 
@@ -183,7 +184,7 @@ def claim_rows(found: list) -> list[dict]:
     # SPLASH: clean accuracy, then white-box and black-box robustness
     for g in with_relu:
         if "splash" in _acts(g):
-            rows.append(_row("SPLASH improves clean accuracy over ReLU", g.title,
+            rows.append(_row("SPLASH improves clean accuracy over ReLU", g.md_title,
                              effect(g, "splash", "relu", "clean", None), "no clean accuracy"))
     white = "SPLASH is more robust than ReLU to white-box attacks (AutoAttack)"
     for g in (g for g in with_relu if "splash" in _acts(g)):
@@ -193,26 +194,26 @@ def claim_rows(found: list) -> list[dict]:
             e = effect(g, "splash", "relu", "autoattack", eps)
             if max(e["a"], e["b"]) == 0:
                 continue  # both at 0%: a budget these models have no robustness at, so nothing to compare
-            rows.append(_row(white, f"{g.title}, attacked at eps {eps}", e, ""))
+            rows.append(_row(white, f"{g.md_title}, attacked at eps {md(eps)}", e, ""))
             shown += 1
         if not shown:
-            rows.append(_row(white, g.title, None, "no AutoAttack run on both" if not eps_list else
-                             f"AutoAttack only at eps {', '.join(eps_list)}, where both are at 0%"))
+            rows.append(_row(white, g.md_title, None, "no AutoAttack run on both" if not eps_list else
+                             f"AutoAttack only at eps {md(', '.join(eps_list))}, where both are at 0%"))
     for g in (g for g in with_relu if "splash" in _acts(g)):
         for eps in _eps_with(g, "transfer", "splash", "relu"):
             rows.append(_row("SPLASH is more robust than ReLU to black-box (transfer) attacks",
-                             f"{g.title}, attacked at eps {eps}", effect(g, "splash", "relu", "transfer", eps), ""))
+                             f"{g.md_title}, attacked at eps {md(eps)}", effect(g, "splash", "relu", "transfer", eps), ""))
     # Dai et al.: smooth PAFs under adversarial training, PSSiLU most
     for g in (g for g in with_relu if _adversarial(g)):
         for act in ("pssilu", "psoftplus"):
             if act in _acts(g):
                 rows.append(_row(f"Under adversarial training, {NAMES[act]} gives higher robust accuracy "
-                                 "(AutoAttack) than ReLU", f"{g.title}, attacked at eps {g.train_eps}",
+                                 "(AutoAttack) than ReLU", f"{g.md_title}, attacked at eps {md(g.train_eps)}",
                                  effect(g, act, "relu", "autoattack", g.train_eps), "no AutoAttack run on both"))
         if {"pssilu", "psoftplus"} <= _acts(g):
             e = effect(g, "pssilu", "psoftplus", "autoattack", g.train_eps)
             row = _row("Under adversarial training, PSSiLU gives the most robust accuracy of the smooth PAFs "
-                       "(PSSiLU minus PSoftplus)", f"{g.title}, attacked at eps {g.train_eps}", e, "no AutoAttack run on both")
+                       "(PSSiLU minus PSoftplus)", f"{g.md_title}, attacked at eps {md(g.train_eps)}", e, "no AutoAttack run on both")
             rank = _rank(g, "pssilu", "autoattack", g.train_eps)
             if rank:
                 row["setting"] += f"; PSSiLU ranks {rank[0]} of {rank[1]} activations by mean AutoAttack accuracy"
@@ -230,9 +231,9 @@ def claim_rows(found: list) -> list[dict]:
         neg = [(st[s]["negative_output"], r) for s, r in robust.items() if s in st]
         smooth = [(st[s]["curvature"], r) for s, r in robust.items() if s in st and st[s]["curvature"] != KINK]
         rows.append(_corr_row("Positive outputs on negative inputs go with higher robust accuracy (AutoAttack)",
-                              f"{g.title}, attacked at eps {g.train_eps}", neg, "mean activation output on [-4, 0)" + on))
+                              f"{g.md_title}, attacked at eps {md(g.train_eps)}", neg, "mean activation output on [-4, 0)" + on))
         rows.append(_corr_row("Higher finite curvature goes with higher robust accuracy (AutoAttack)",
-                              f"{g.title}, attacked at eps {g.train_eps}", smooth,
+                              f"{g.md_title}, attacked at eps {md(g.train_eps)}", smooth,
                               "largest absolute f'' of the smooth activations" + on))
     for g in adversarial:
         for std in found:
@@ -262,7 +263,7 @@ def _movement_rows(adv, std, adv_shapes: dict, std_shapes: dict) -> list[dict]:
 
     a, s = by_key(adv, adv_shapes), by_key(std, std_shapes)
     keys = sorted(set(a) & set(s))
-    setting = f"{adv.title} vs standard training"
+    setting = f"{adv.md_title} vs standard training"
     claim = "Adversarially trained PAFs move toward {}"
     rows = []
     for prop, what in (("negative_output", "positive outputs on negative inputs (mean output on [-4, 0))"),

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..stats import compare_outcomes, holm, wilson
+from ..text import md
 from .anomaly import section as anomaly_section
 from .claims import section as claims_section
 from .groups import (Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference,
@@ -140,13 +141,13 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         hi, lo = max(known, key=known.get), min(known, key=known.get)
         ns = sorted({len(v) for v in best.values() if v})
         if max(known.values()) == 0:
-            lines.append(f"Every model is at 0% best known robust accuracy at {g.norm} eps {eps}: whatever the "
+            lines.append(f"Every model is at 0% best known robust accuracy at {md(g.norm)} eps {md(eps)}: whatever the "
                          "activation, these models have no robustness at this budget.")
         elif len(known) == 1:
-            lines.append(f"At {g.norm} eps {eps}, best known robust accuracy is {known[hi]:.1f}% ({hi}), on n = "
+            lines.append(f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy is {known[hi]:.1f}% ({hi}), on n = "
                          f"{ns[0]} examples" + (", the only member with AutoAttack at this eps." if aside else "."))
         else:
-            lines.append(f"At {g.norm} eps {eps}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
+            lines.append(f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
                          f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples"
                          + (" (the members with AutoAttack at this eps)." if aside else "."))
     if aside:
@@ -204,7 +205,7 @@ def _seed_sentence(g: Group) -> str:
         return ("Each activation was trained once, so the intervals cover the sampling of test examples only, "
                 "not the variation between training runs: a difference here describes these checkpoints, not "
                 "yet the activations in general.")
-    many = "; ".join(f"{act}: {len(v)}" for act, v in sorted(runs.items()))
+    many = "; ".join(f"{md(act)}: {len(v)}" for act, v in sorted(runs.items()))
     return (f"Training runs per activation ({many}): each interval above compares single checkpoints, so it "
             "covers the sampling of test examples only, not the variation between training runs.")
 
@@ -228,7 +229,7 @@ def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
     listed = "" if len(ran) == len(g.members) else f" ({', '.join(mb.label for mb in ran)})"
     if not flagged:
         return [text + listed + "; every check passed on each."]
-    return [text + listed + "; it flags " + "; ".join(f"{k} on {', '.join(v)}" for k, v in flagged.items())
+    return [text + listed + "; it flags " + "; ".join(f"{k} on {md(', '.join(v))}" for k, v in flagged.items())
             + " (see the flags), and every other check passed."]
 
 
@@ -244,7 +245,7 @@ def _transfer_sentence(g: Group, eps: str) -> list[str]:
     tests = {k: compare_outcomes(t, w) for k, (t, w) in pairs.items() if w}
     above = [k for k, c in tests.items() if c["diff"] < 0 and c["p"] < ALPHA]
     text = (f"Transfer attacks from the other members leave {acc[lo]:.1f}% ({lo}) to {acc[hi]:.1f}% ({hi}) robust "
-            f"at eps {eps}")
+            f"at eps {md(eps)}")
     if above:
         return [text + f"; {', '.join(above)} fall lower under transfer than under white-box attacks, a sign of "
                        "masked gradients."]
@@ -268,12 +269,12 @@ def _far_eps(g: Group, eps: str) -> list[str]:
     better = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] > 0]
     relus = [mb.by_eps[far]["pgd"] for mb in g.members if mb.activation == "relu" and "pgd" in mb.by_eps.get(far, {})]
     base = sum(100 * sum(d.values()) / len(d) for d in relus) / len(relus)
-    text = (f"At the largest eps measured, {far}, ReLU keeps {base:.1f}% under PGD"
+    text = (f"At the largest eps measured, {md(far)}, ReLU keeps {base:.1f}% under PGD"
             + (f" (mean of {len(relus)} training runs)" if len(relus) > 1 else ""))
     if not worse and not better:
         return [text + "; no activation differs from it significantly there."]
     parts = [f"{k} {c['diff']:+.1f} points" for k, c in worse + better]
-    return [text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {eps} "
+    return [text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {md(eps)} "
                    "does not carry over to larger budgets unless these agree."]
 
 
@@ -329,13 +330,13 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
     for g in found:
         eps = comparison_eps(g)
         dl = deltas(g, eps)
-        lines = ["", f"## {g.title}", ""]
+        lines = ["", f"## {g.md_title}", ""]
         part = {"group": g, "lines": lines, "eps": eps, "figures": []}
         parts["groups"].append(part)
         lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
-        lines += ["", f"### Accuracy at {g.norm} eps {eps}", "",
+        lines += ["", f"### Accuracy at {md(g.norm)} eps {md(eps)}", "",
                   "| Activation | Model | " + " | ".join(head) + " | Flags |",
                   "|---" * (len(METRICS) + 3) + "|"]
         notes: list[str] = []
@@ -349,9 +350,9 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
             cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
             if mb.label in aside:
                 cells[-1] += " †"
-            lines.append(f"| {mb.label} | {mb.model_id} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
+            lines.append(f"| {mb.label} | {md(mb.model_id)} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
-            lines += [""] + [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
+            lines += [""] + [f"[{i}] {md(n)}  " for i, n in enumerate(notes, 1)]
         if aside:
             lines += ["", "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
                           "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
@@ -362,10 +363,10 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
             lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]
         else:
             fig = heatmap(folder / f"{g.slug}-transfer.png", matrix.values.tolist(), list(matrix.index),
-                          list(matrix.columns), f"Transfer at {g.norm} eps {eps}: robust accuracy of the target, %",
+                          list(matrix.columns), f"Transfer at {md(g.norm)} eps {md(eps)}: robust accuracy of the target, %",
                           "robust accuracy, %")
             files.append(fig)
-            lines += ["", f"### Transfer at {g.norm} eps {eps}", "", f"![Transfer matrix]({fig.name})", "",
+            lines += ["", f"### Transfer at {md(g.norm)} eps {md(eps)}", "", f"![Transfer matrix]({fig.name})", "",
                       "Rows are the surrogates the examples were crafted on, columns the models attacked; a model "
                       "attacked with its own examples is white-box. The Transfer column above is the worst case "
                       "over every other source. Transfer accuracy below white-box accuracy would point to masked "
@@ -378,7 +379,7 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
         if dl:
             shown = [m for m in METRICS if m in dl]
             same_seed = sum(mb.activation == "relu" for mb in g.members) > 1
-            lines += ["", f"### Change against ReLU at {g.norm} eps {eps} (points)", ""]
+            lines += ["", f"### Change against ReLU at {md(g.norm)} eps {md(eps)} (points)", ""]
             lines += ["Each model against the ReLU model trained with the same seed.", ""] if same_seed else []
             lines += ["| Activation | " + " | ".join(LABELS[m] for m in shown) + " |", "|---" * (len(shown) + 1) + "|"]
             for mb in compared(g):

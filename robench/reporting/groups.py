@@ -11,7 +11,9 @@ import pandas as pd
 
 from ..errors import RobenchError
 from ..files import sha256_file
-from .leaderboard import model_id, model_outcome_sets, ranking_flags, run_flags, safe_name
+from ..text import md
+from .leaderboard import model_outcome_sets, ranking_flags, run_flags
+from .names import safe_name
 
 
 class CheckpointChanged(RobenchError):
@@ -48,7 +50,7 @@ class Member:
     flags: list[str]
     # the flags that speak of its ranked accuracy (leaderboard.ranking_flags)
     unreliable: list[str] = field(default_factory=list)
-    label: str = ""
+    label: str = ""  # its name in the report: the activation, or the model id where two share one (Markdown-escaped)
     seed: object = None  # the training seed its metadata records (None when it records none)
 
 
@@ -68,8 +70,14 @@ class Group:
 
     @property
     def title(self) -> str:
+        """The group's name as text (pages escape it as HTML; figures draw it as written)."""
         how = f"{self.method or 'unknown training'}" + (f" at eps {self.train_eps}" if self.train_eps else "")
         return f"{self.arch}, {how} ({self.dataset}, {self.norm})"
+
+    @property
+    def md_title(self) -> str:
+        """The group's name inside Markdown (``text.md``: unchanged for ordinary names)."""
+        return md(self.title)
 
 
 def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
@@ -87,7 +95,7 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
                str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
         group = found.setdefault(key, Group(*key))
         by_eps = {eps: sets[(dataset, norm, sha, eps)] for eps in sorted(m["eps"].unique())}
-        group.members.append(Member(sha, model_id(meta, last["model"]), meta.get("activation", "?"),
+        group.members.append(Member(sha, last["model_id"], meta.get("activation", "?"),
                                     last["checkpoint"] or "", by_eps, run_flags(m), ranking_flags(m),
                                     seed=recipe.get("seed")))
     out = []
@@ -98,7 +106,7 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
         g.members.sort(key=lambda mb: (mb.activation != "relu", mb.activation, mb.model_id))
         acts = [mb.activation for mb in g.members]
         for mb in g.members:
-            mb.label = mb.activation if acts.count(mb.activation) == 1 else mb.model_id
+            mb.label = md(mb.activation if acts.count(mb.activation) == 1 else mb.model_id)
         out.append(g)
     return out
 

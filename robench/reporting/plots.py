@@ -2,6 +2,7 @@
 as PNG without a timestamp or version, so the same data gives the same bytes."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _as_written(draw):
+    """Every text of the figure ``draw`` makes is drawn as written: a name with ``$`` in it is never read as
+    mathtext (which would fail on a stranger's malformed formula or typeset what it did not say)."""
+    @functools.wraps(draw)
+    def wrapped(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+
+    return wrapped
+
+
 def _colors(n: int):
     from matplotlib import colormaps
 
@@ -35,6 +49,7 @@ def _colors(n: int):
     return [dark((2 * i) % 20 + (2 * i) // 20) for i in range(n)]
 
 
+@_as_written
 def eps_curves(path: Path, series: list[dict], title: str, norm: str, ylabel: str) -> Path:
     """Robust accuracy against eps as small multiples: one panel per activation ({label, activation, eps: [...],
     acc: [...], low, high, ref}), each with the reference (ReLU) series drawn black and dashed beneath it, so
@@ -76,6 +91,7 @@ def eps_curves(path: Path, series: list[dict], title: str, norm: str, ylabel: st
     return _save(fig, path)
 
 
+@_as_written
 def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4.0) -> Path:
     """One panel per model ({title, curves: [(label, fn)]}): each of its activation instances drawn over
     [-lim, lim] from the model's own learned parameters, ReLU dashed for reference."""
@@ -107,6 +123,7 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
     return _save(fig, path)
 
 
+@_as_written
 def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[str], title: str,
             label: str) -> Path:
     """A matrix of percentages (NaN where not measured) with each cell written in it; rows are sources,

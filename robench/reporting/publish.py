@@ -9,6 +9,7 @@ from ..files import atomic_path
 from ..errors import RobenchError
 from ..store import Store
 from .compare import report as compare_report
+from .names import csv_name, info_path
 from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, model_outcome_sets, results
 from .site import write_site
 
@@ -43,12 +44,12 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
     write(out / OUTPUT_MARKER, "This folder is written by `robench leaderboard`; robench rewrites its files.\n")
     written.pop()  # first, so that a leaderboard stopped half-way still owns its folder; not a result file
     for (dataset, norm), df in boards.items():
-        write(out / f"{dataset}_{norm}.csv", df[COLUMNS].to_csv(index=False, lineterminator="\n"))
+        write(out / csv_name(dataset, norm), df[COLUMNS].to_csv(index=False, lineterminator="\n"))
         std = default_eps(dataset, norm)
         for mid, rows in df.groupby("model_id", sort=True):
             at_std = rows[rows.eps == std]
             row = (at_std if len(at_std) else rows).iloc[0]
-            write(out / "model_info" / dataset / norm / f"{mid}.json",
+            write(out / info_path(dataset, norm, mid),
                   json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
     parts = None
     if report:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..text import http_link, slug
 from .groups import CheckpointChanged, report_checkpoint
-from .leaderboard import headline_eps, measured, safe_name, weaker_attacks_only
+from .leaderboard import headline_eps, measured, weaker_attacks_only
+from .names import computed_by, csv_name, info_path, safe_name
 
 METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
                  {"key": "pgd", "name": "PGD"}, {"key": "transfer", "name": "Transfer"},
@@ -30,14 +32,37 @@ def _env():
 
 
 def _markdown(lines: list[str], figures_prefix: str = ""):
-    """The report's Markdown as HTML (tables included), its figures linked from ``figures_prefix``."""
+    """The report's Markdown as HTML (tables included), its figures linked from ``figures_prefix``. Raw HTML
+    in the text is shown as text, never parsed, and a link or image whose URL names a scheme other than
+    http(s) is left without it: a name that slipped through unescaped still cannot add markup or script."""
     import markdown
+    from markdown.treeprocessors import Treeprocessor
     from markupsafe import Markup
+
+    class SafeLinks(Treeprocessor):
+        def run(self, root):
+            _strip_unsafe(root)
 
     text = "\n".join(lines)
     if figures_prefix:
         text = re.sub(r"\]\(([^)/:]+\.png)\)", rf"]({figures_prefix}\1)", text)
-    return Markup(markdown.markdown(text, extensions=["tables"]))
+    md = markdown.Markdown(extensions=["tables"])
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    md.treeprocessors.register(SafeLinks(md), "safe_links", 0)
+    return Markup(md.convert(text))
+
+
+def _safe_url(url: str) -> bool:
+    """A URL a page may use: http(s), or a relative path of the site's own."""
+    return bool(http_link(url)) or not re.match(r"^\s*[A-Za-z][A-Za-z0-9+.-]*:|^\s*//", url or "")
+
+
+def _strip_unsafe(root) -> None:
+    for el in root.iter():
+        for attr in ("href", "src"):
+            if attr in el.attrib and not _safe_url(el.attrib[attr]):
+                del el.attrib[attr]
 
 
 def _cells(row) -> list[dict]:
@@ -51,7 +76,7 @@ def _cells(row) -> list[dict]:
 
 
 def _model_path(dataset: str, norm: str, mid: str) -> str:
-    return f"models/{dataset}/{norm}/{mid}.html"
+    return f"models/{slug(dataset)}/{slug(norm)}/{mid}.html"
 
 
 def _learned(checkpoint: str, sha256: str):
@@ -86,8 +111,7 @@ def _runs(res: pd.DataFrame) -> list[dict]:
             if r["attacks"] != "none" else "-",
             "budget": "\n".join(json.dumps(b, sort_keys=True) for b in budget) or "-",
             "setting": f"{r['split']} split, {r['subset']} subset, seed {r['seed']}, batch {r['batch_size']}, "
-                       f"{r['device']} {r['dtype']}; robench {r['robench_version']}, "
-                       f"torch {r['torch_version']}"})
+                       f"{r['dtype']}", "computed_by": computed_by(r)})
     return out
 
 
@@ -142,7 +166,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
     claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
     write(out / "index.html", env.get_template("index.html").render(
         root="", tables=tables, options={k: sorted(v) for k, v in options.items()}, claims=claims,
-        csvs=[f"{d}_{n}.csv" for d, n in boards], **common))
+        csvs=[csv_name(d, n) for d, n in boards], **common))
 
     for group in groups:
         write(out / "groups" / f"{group['slug']}.html", env.get_template("group.html").render(
@@ -158,10 +182,10 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
             recipe = meta.get("recipe")
             card = {"model_id": mid, "dataset": dataset, "norm": norm, "checkpoint": first["checkpoint"],
                     "sha256": sha, "architecture": first["architecture"], "activation": meta.get("activation", ""),
-                    "training": first["training_method"], "paper": first["paper"], "link": first["link"],
+                    "training": first["training_method"], "paper": first["paper"], "link": http_link(first["link"]),
                     "authors": first["authors"], "venue": first["venue"],
                     "recipe": json.dumps(recipe, indent=2, sort_keys=True) if recipe else "",
-                    "csv": f"{dataset}_{norm}.csv", "info": f"model_info/{dataset}/{norm}/{mid}.json"}
+                    "csv": csv_name(dataset, norm), "info": info_path(dataset, norm, mid)}
             part, mb = member_of.get((dataset, norm, sha), (None, None))
             figures = [{"file": Path(f).name, "alt": alt, "caption": f"{alt}: {part['group'].title}"}
                        for f, alt in part["figures"]] if part else []
