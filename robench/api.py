@@ -1,6 +1,7 @@
 """The Python API that the CLI and users call. Works and returns data; never prints."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,11 +49,27 @@ def activations() -> list[dict]:
     return describe_activations()
 
 
-def info(path: str | Path, trust: bool = False, **overrides) -> dict:
-    """Metadata, parameter count and learned activation parameters of a checkpoint."""
+def info(path: str | Path, trust: bool = False, store: str | Path | None = None, **overrides) -> dict:
+    """Metadata, parameter count and learned activation parameters of a checkpoint, and under "runs" the
+    finished runs of it in ``store`` (when the store exists) with their provenance: who computed each and
+    whether it was computed in this store or imported (from which archive, when)."""
     from .checkpoints import checkpoint_info, load_checkpoint
+    from .store import Store, store_path
 
-    return checkpoint_info(load_checkpoint(path, trust=trust, **overrides))
+    d = checkpoint_info(load_checkpoint(path, trust=trust, **overrides))
+    d["runs"] = []
+    if store_path(store).is_file():
+        from .reporting.names import computed_by
+        from .reporting.regression import origin_text
+
+        with Store(store, readonly=True) as db:
+            runs = db.runs()
+            for r in runs[runs.sha256 == d["sha256"]].to_dict("records") if len(runs) else []:
+                d["runs"].append({"run_id": int(r["run_id"]), "attacks": "+".join(
+                    a["name"] for a in json.loads(r["attacks"])) or "none", "n": int(r["n"]),
+                    "eps": ", ".join(e[0] for e in json.loads(r["eps"])), "computed_by": computed_by(r),
+                    "origin": origin_text(r.get("origin") or "")})
+    return d
 
 
 def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
@@ -271,3 +288,17 @@ def write_table(df, path: str | Path) -> Path:
     from .reporting.publish import write_table as write
 
     return write(df, path)
+
+
+def verify(source: str | Path, sample: float = 0.1, seed: int = 0, device: str = "auto", data_dir: str | None = None,
+           trust: bool = False, runs: list[str] | None = None, progress=None) -> dict:
+    """Re-compute a random ``sample`` (a fraction) of the batches of the runs in an archive or a store and
+    compare them example by example with what it records (``runs``: only the runs whose key starts with, or
+    whose model is, one of these). Returns {"runs": [per run: key, model, attacks,
+    batches, rerun, examples, mismatches, note], "mismatches": total}."""
+    from .archive import read_runs
+    from .engine.verify import verify_runs
+
+    runs = verify_runs(read_runs(source), sample=sample, seed=seed, device=device, data_dir=data_dir, trust=trust,
+                       only=runs, progress=progress)
+    return {"runs": runs, "mismatches": sum(len(r["mismatches"]) for r in runs)}

@@ -13,14 +13,16 @@ numbers and the order of runs on the pages come from it).
 from __future__ import annotations
 
 import base64
-import binascii
 import gzip
 import hashlib
 import io
 import json
+import time
 from pathlib import Path
 
+from .archive_check import Bad, check_check, check_run
 from .errors import RobenchError
+from .files import sha256_file
 from .store import RUN_FIELDS, Store
 
 FORMAT = "robench-results"
@@ -38,10 +40,6 @@ def _ranges(idx: list[int]) -> list[list[int]]:
         else:
             out.append([i, i + 1])
     return out
-
-
-def _expand(ranges) -> list[int]:
-    return [i for a, b in ranges for i in range(a, b)]
 
 
 ORDER = "order.txt"  # a folder archive's run keys in the store's order
@@ -119,6 +117,8 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
 def _run_record(db: Store, run_id: int) -> dict:
     run = db.run(run_id)  # every column, JSON fields parsed, with the run's flags
     rec = {k: run[k] for k in ("key", "wall_time", "flags", *RUN_FIELDS)}
+    if run.get("machine"):  # written where recorded, so archives of runs from before it keep their bytes
+        rec["machine"] = run["machine"]
     oc = db.outcomes(run_id)
     idx = sorted(set(oc.idx.tolist()))
     pos = {i: p for p, i in enumerate(idx)}
@@ -140,58 +140,17 @@ def _bad(path: Path, line: int, why: str) -> RobenchError:
     return RobenchError(f"{path} line {line} is not a valid robench results record ({why}); nothing was imported.")
 
 
-def _check_run(rec: dict, path: Path, line: int) -> tuple[list[tuple], dict[str, bytes]]:
-    """The outcome rows and the stages of the batch under way (unfinished runs only) of one record, after
-    checking every field robench reads."""
-    missing = [k for k in ("key", "wall_time", "outcomes", "flags", "queries", *RUN_FIELDS) if k not in rec]
-    if missing:
-        raise _bad(path, line, f"no {missing[0]}")
-    if not isinstance(rec["key"], str) or len(rec["key"]) != 64:
-        raise _bad(path, line, "its key is not a sha256")
-    for k in ("model", "sha256", "dataset", "split", "subset", "norm", "device", "dtype", "robench_version",
-              "torch_version", "data_sha256"):
-        if not isinstance(rec[k], str):
-            raise _bad(path, line, f"{k} is not a string")
-    for k in ("n", "seed", "batch_size"):
-        if not isinstance(rec[k], int) or isinstance(rec[k], bool):
-            raise _bad(path, line, f"{k} is not a whole number")
-    if not isinstance(rec["model_meta"], dict) or not isinstance(rec["attacks"], list) or not isinstance(
-            rec["eps"], list) or not all(isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
-                                         for e in rec["eps"]):
-        raise _bad(path, line, "its metadata, attacks or eps are malformed")
-    oc = rec["outcomes"]
-    try:
-        idx = _expand(oc["idx"])
-        rows = []
-        for eps, d in oc["eps"].items():
-            clean, robust = d["clean"], d["robust"]
-            if len(clean) != len(idx) or len(robust) != len(idx) or set(clean + robust) - {"0", "1"}:
-                raise ValueError("outcome strings do not match the indices")
-            by = {p: name for name, ps in d["broken_by"].items() for p in ps}
-            rows += [(eps, i, int(clean[p]), int(robust[p]), by.get(p)) for p, i in enumerate(idx)]
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise _bad(path, line, f"its outcomes are malformed: {e}") from None
-    finished = rec.get("finished", True)
-    if not isinstance(finished, bool):
-        raise _bad(path, line, "its finished field is not true or false")
-    stages = rec.get("stages", {})
-    try:  # a stage is tensors the attack reads back with torch.load(weights_only=True), never code
-        if finished and stages or not isinstance(stages, dict) or not all(
-                isinstance(k, str) and len(k) == 32 and set(k) <= set("0123456789abcdef") for k in stages):
-            raise ValueError
-        stages = {k: base64.b64decode(v, validate=True) for k, v in stages.items()}
-    except (ValueError, TypeError, binascii.Error):
-        raise _bad(path, line, "its stages are malformed") from None
-    if set(oc["eps"]) != {e[0] for e in rec["eps"]} or (
-            len(idx) != rec["n"] if finished else not (0 < len(idx) or stages) or len(idx) >= rec["n"]):
-        raise _bad(path, line, "its outcomes do not cover its eps and n")
-    return rows, stages
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
     """Add the runs of ``archive`` (a file or a folder archive) to ``store``: a run the store already
-    finished is kept as it is, any other is written whole. Every line of every file is checked before
-    anything is written. Returns {"added", "kept", "checks"}."""
+    finished is kept as it is, any other is written whole, recorded as imported from this archive. Every
+    line of every file is checked before anything is written, and the writes are one transaction: a refusal
+    leaves the store as it was. An archive's checks only fill gaps (the store's own are never replaced), and
+    the stages of an unfinished run are dropped (its batch under way is recomputed here: work from elsewhere
+    never decides an outcome). Returns {"added", "kept", "checks", "unfinished"}."""
     archive = Path(archive)
     if archive.is_dir():
         files = sorted(archive.glob("*.jsonl.gz"))
@@ -199,12 +158,18 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
             raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
     else:
         files = [archive]
-    records, checks, size = [], [], 0
+    records, checks, size = {}, [], 0
     for path in files:
         r, c, n = _read(path, MAX_ARCHIVE - size)
-        records += r
+        for rec, rows in r:
+            same = records.get(rec["key"])
+            if same is not None and _line(same[0]) != _line(rec):
+                raise RobenchError(f"{archive} holds two different records of run {rec['key'][:16]} (the second in "
+                                   f"{path}); an archive gives one result per run, so nothing was imported.")
+            records[rec["key"]] = (rec, rows)
         checks += c
         size += n
+    records = list(records.values())
     if archive.is_dir() and (archive / ORDER).is_file():  # the exporting store's order; runs it lacks last
         try:
             with open(archive / ORDER, "rb") as f:  # 65 bytes a key: read no more than the runs need
@@ -213,7 +178,10 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
             raise RobenchError(f"Cannot read {archive / ORDER} ({e.strerror}).") from None
         pos = {k: p for p, k in enumerate(keys)}
         records.sort(key=lambda rec: pos.get(rec[0]["key"], len(pos)))
-    return _add(records, checks, store)
+    origin = {"archive": archive.name, "imported": round(time.time(), 3)}
+    if archive.is_file():
+        origin["sha256"] = sha256_file(archive)
+    return _add(records, checks, store, origin)
 
 
 def _read(archive: Path, limit: int) -> tuple[list, list, int]:
@@ -235,7 +203,7 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
         if len(text) > MAX_LINE:
             raise _bad(archive, n, "the line is too long")
         try:
-            rec = json.loads(text)
+            rec = json.loads(text, parse_constant=_no_constant)  # NaN and Infinity are no result
         except (ValueError, RecursionError):
             raise _bad(archive, n, "not JSON") from None
         if not isinstance(rec, dict):
@@ -247,42 +215,35 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
                 raise RobenchError(f"{archive} was written by a newer robench (archive version {rec['version']}); "
                                    "upgrade robench to read it.")
             continue
-        if "check" in rec:
-            c = rec["check"]
-            if not isinstance(c, dict) or not all(isinstance(c.get(k), str) for k in
-                                                 ("sha256", "dataset", "norm", "check", "eps", "status", "evidence")):
-                raise _bad(archive, n, "a malformed check")
-            checks.append(c)
-            continue
-        rows, stages = _check_run(rec, archive, n)
-        if not isinstance(rec["queries"], dict) or not all(
-                isinstance(q, dict) and isinstance(q.get("examples"), int) and isinstance(q.get("queries"), int)
-                for q in rec["queries"].values()) or not isinstance(rec["flags"], list):
-            raise _bad(archive, n, "its flags or query counts are malformed")
-        if not isinstance(rec["wall_time"], (int, float)) or len(json.dumps(rec["model_meta"])) > 1 << 20:
-            raise _bad(archive, n, "its wall time or metadata is malformed")
-        records.append((rec, rows, stages))
+        try:
+            if "check" in rec:
+                checks.append(check_check(rec["check"]))
+                continue
+            records.append((rec, check_run(rec)))
+        except Bad as e:
+            raise _bad(archive, n, str(e)) from None
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
     return records, checks, len(raw)
 
 
-def _add(records: list, checks: list, store) -> dict:
+def _add(records: list, checks: list, store, origin: dict) -> dict:
     added = kept = unfinished = 0
-    with Store(store) as db:
-        for rec, rows, stages in records:
+    with Store(store) as db, db.transaction():  # all of it or, on any failure, nothing
+        for rec, rows in records:
             finished = rec.get("finished", True)
+            if not rows:  # an unfinished run whose only work was its dropped stages: nothing to import
+                continue
             have = db.run_state(rec["key"])  # (status, examples stored, stages stored) or None
-            # a finished run is never replaced; an unfinished one only by a run that got further (more
-            # examples, or as many and more stages of the batch under way)
+            # a finished run is never replaced; an unfinished one only by a run that got further
             if have and (have[0] == "done" or not finished and have[0] == "running" and
-                         have[1:] >= (len({r[1] for r in rows}), len(stages))):
+                         have[1] >= len({r[1] for r in rows})):
                 kept += 1
                 continue
-            run_id, _ = db.open_run(rec["key"], {k: rec[k] for k in RUN_FIELDS}, force=True)
+            fields = {k: rec[k] for k in RUN_FIELDS}
+            fields.update(machine=rec.get("machine", ""), origin=origin)
+            run_id, _ = db.open_run(rec["key"], fields, force=True)
             db.add_batch(run_id, rows, [str(f) for f in rec["flags"]], float(rec["wall_time"]))
-            for key, data in stages.items():  # after the batches: storing a batch drops the stages
-                db.save_stage(run_id, key, data)
             db.set_queries(run_id, {a: (int(q["examples"]), int(q["queries"])) for a, q in rec["queries"].items()})
             if finished:
                 db.finish(run_id)
@@ -291,11 +252,33 @@ def _add(records: list, checks: list, store) -> dict:
             added += 1
         by_model: dict[tuple, list[dict]] = {}
         for c in checks:
-            try:
-                budget = json.loads(c.get("budget") or "{}")
-            except (TypeError, ValueError):
-                budget = {}
-            by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append({**c, "budget": budget})
+            by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append(
+                {**c, "budget": json.loads(c.get("budget") or "{}")})
         for (sha, dataset, norm), cs in by_model.items():
-            db.set_checks(sha, dataset, norm, cs)
+            db.set_checks(sha, dataset, norm, cs, replace=False)
     return {"added": added, "kept": kept, "checks": len(checks), "unfinished": unfinished}
+
+
+def read_runs(source: str | Path) -> list[tuple[dict, list[tuple]]]:
+    """The finished and unfinished runs of an archive (a file or folder) or of a store (an SQLite file), each
+    as (record, outcome rows), checked as an import checks them; nothing is written."""
+    source = Path(source)
+    if source.is_file() and not source.name.endswith(".jsonl.gz"):
+        with Store(source, readonly=True) as db, db.snapshot():
+            out = []
+            for run_id in map(int, db.runs()["run_id"].tolist()):
+                rec = _run_record(db, run_id)
+                try:
+                    out.append((rec, check_run(rec)))
+                except Bad as e:
+                    raise RobenchError(f"Run {run_id} in {source} is damaged ({e}).") from None
+            return out
+    files = sorted(source.glob("*.jsonl.gz")) if source.is_dir() else [source]
+    if not files:
+        raise RobenchError(f"{source} holds no results archive (.jsonl.gz files).")
+    out, size = [], 0
+    for path in files:
+        r, _, n = _read(path, MAX_ARCHIVE - size)
+        out += r
+        size += n
+    return out

@@ -19,8 +19,9 @@ from . import api
 from ._version import __version__
 from .config import split_flags
 from .cli_output import (EvalProgress, TrainProgress, WHERE, check_table, clean, err, esc, info_table,
-                         interrupted, leaderboard_tables, out, results_table, safe, track, transfer_tables)
+                         interrupted, leaderboard_tables, out, results_table, safe, track, transfer_tables, verify_table)
 from .errors import CLI, RobenchError
+from .text import visible
 
 
 # click's UsageError, reached through typer's public BadParameter (typer vendors click privately)
@@ -37,7 +38,7 @@ class _Group(TyperGroup):
         except RobenchError as e:
             if os.environ.get("ROBENCH_DEBUG"):
                 raise
-            err.print(f"Error: {clean(e)}", soft_wrap=True, markup=False)
+            err.print(f"Error: {visible(e)}", soft_wrap=True, markup=False)
             raise typer.Exit(2) from None
         except _UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError" or os.environ.get("ROBENCH_DEBUG"):
@@ -152,10 +153,12 @@ def activations():
 def info(
     checkpoint: Path = typer.Argument(..., help="Checkpoint file (.pt, .safetensors, .pt2)."),
     trust: Trust = False, arch: Arch = None, activation: Activation = None, dataset: Dataset = None,
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    store: StorePath = None, as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ):
-    """Show a checkpoint's metadata, parameter count and learned activation parameters."""
-    d = api.info(checkpoint, trust=trust, arch=arch, activation=activation, dataset=dataset)
+    """Show a checkpoint's metadata, parameter count, learned activation parameters and its runs in the store
+    with their provenance."""
+    d = api.info(checkpoint, trust=trust, store=str(store) if store else None, arch=arch, activation=activation,
+                 dataset=dataset)
     if as_json:
         out.print_json(json.dumps(d, default=str))
         return
@@ -389,6 +392,45 @@ def import_(
 
 
 @app.command()
+def verify(
+    source: Path = typer.Argument(..., help="An archive written by `robench export` (a file or a folder) or a "
+                                  "results store (.sqlite)."),
+    sample: float = typer.Option(0.1, "--sample", help="Fraction of the batches to re-compute, chosen at random "
+                                 "(at least one)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random choice of batches."),
+    runs: Optional[list[str]] = typer.Option(None, "--run", metavar="KEY|MODEL", help="Only this run (the start "
+                                             "of its key) or this model's runs; repeat for several."),
+    device: Device = None, data_dir: DataDir = None, trust: Trust = False,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """Re-compute a random sample of the batches of an archive's or a store's runs and compare them example by
+    example; exit 1 on any mismatch."""
+    res = api.verify(source, sample=sample, seed=seed, device=device or "auto",
+                     data_dir=str(data_dir) if data_dir else None, trust=trust,
+                     runs=runs, progress=lambda ev: err.print(clean(f"Re-computing {ev['batches']} batch"
+                                                         f"{'es' if ev['batches'] != 1 else ''} of {ev['model']} "
+                                                         f"(run {ev['run']} of {ev['runs']})"), markup=False))
+    if as_json:
+        out.print_json(json.dumps(res, default=str))
+    else:
+        out.print(verify_table(res["runs"]))
+        for r in res["runs"]:
+            for eps, i, was, now in r["mismatches"][:20]:
+                out.print(clean(f"Mismatch in run {r['key'][:16]} ({r['model']}): " + (
+                    "its key does not match its own fields." if i < 0 else
+                    f"example {i} at eps {eps}: stored clean {was[0]} robust {was[1]}, re-computed clean {now[0]} "
+                    f"robust {now[1]}." if was else f"example {i} at eps {eps} is not in the record.")), markup=False)
+    checked = [r for r in res["runs"] if r["rerun"]]
+    if res["mismatches"]:
+        out.print(f"{res['mismatches']} mismatch{'es' if res['mismatches'] != 1 else ''} in "
+                  f"{sum(bool(r['mismatches']) for r in res['runs'])} of {len(checked)} runs re-computed.")
+        raise typer.Exit(1)
+    out.print(f"Verified: {sum(r['examples'] for r in checked)} examples in {sum(r['rerun'] for r in checked)} "
+              f"batches of {len(checked)} runs match what the {'store' if source.suffix == '.sqlite' else 'archive'} "
+              "records.")
+
+
+@app.command()
 def check(
     checkpoints: list[Path] = typer.Argument(None, metavar="CHECKPOINT", help="Checkpoints to check [default: every one the baseline names]."),
     baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV written by `robench leaderboard`."),
@@ -416,6 +458,8 @@ def check(
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     if not quiet:  # --quiet keeps the verdict (and the failures) without the table
         out.print(check_table(res["table"], baseline, tolerance, alpha))
+    if res["provenance"]:
+        out.print(clean("The baseline's outcomes in the store: " + "; ".join(res["provenance"]) + "."), markup=False)
     if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
         out.print("The autoattack rows were re-run with robench's fast, not AutoAttack itself (--autoattack "
                   "official).")

@@ -7,9 +7,14 @@ same run insert the same rows, and the primary key keeps exactly one of each.
 Schema 2 adds ``checks`` (gradient-masking diagnostics per model, with their evidence) and ``attack_stats``
 (model queries per attack). Schema 3 adds ``runs.data_sha256``, a fingerprint of the examples a run read,
 which is part of its key: runs stored before it cannot say which data they came from, so migration marks
-them ``stale`` (kept, never read as results, recomputed by the next evaluation). An older store is migrated
+them ``stale`` (kept, never read as results, recomputed by the next evaluation). Schema 4 adds provenance:
+``runs.machine`` (the machine that computed the run) and ``runs.origin`` (JSON naming the archive a run was
+imported from and when; empty for a run computed in this store). An older store is migrated
 in place when opened for writing, after a copy of it is kept beside it; a store from a newer robench is
 refused and never written. Reading (``readonly``) works on a read-only file system too.
+
+Over the ~400-line guide: one class holds the whole schema (runs, outcomes, stages, query counts, checks)
+and its migrations, so that a change of the schema is made and migrated in one place.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ import pandas as pd
 
 from .errors import RobenchError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_STORE = Path("results") / "robench.sqlite"
 
 SCHEMA = """
@@ -43,7 +48,9 @@ CREATE TABLE IF NOT EXISTS runs (
     robench_version TEXT NOT NULL, torch_version TEXT NOT NULL,
     wall_time REAL NOT NULL DEFAULT 0,
     model_meta TEXT NOT NULL DEFAULT '{}',
-    data_sha256 TEXT NOT NULL DEFAULT ''
+    data_sha256 TEXT NOT NULL DEFAULT '',
+    machine TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS outcomes (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -88,6 +95,7 @@ STAGES = """CREATE TABLE IF NOT EXISTS stages (
 RUN_FIELDS = ("model", "checkpoint", "sha256", "dataset", "split", "n", "subset", "seed", "norm", "eps",
               "attacks", "batch_size", "device", "dtype", "robench_version", "torch_version", "model_meta",
               "data_sha256")
+PROVENANCE = ("machine", "origin")  # where a run was computed, and where it came from (empty: computed here)
 
 
 def store_path(path: str | Path | None = None) -> Path:
@@ -156,6 +164,9 @@ class Store:
             if "data_sha256" not in columns:  # schema 3: runs that cannot name their data are not trusted
                 self.conn.execute("ALTER TABLE runs ADD COLUMN data_sha256 TEXT NOT NULL DEFAULT ''")
                 self.conn.execute("UPDATE runs SET status='stale' WHERE data_sha256=''")
+            for column in ("machine", "origin"):  # schema 4: provenance (runs stored before: computed here)
+                if column not in columns:
+                    self.conn.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
             self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
 
     def _explain(self, e: Exception) -> str:
@@ -181,14 +192,18 @@ class Store:
                                "not a number); pass --store with another path.") from None
 
     def transaction(self):
+        """One write transaction; inside another, part of it (a block of writes commits or rolls back whole)."""
         store = self
 
         class _Tx:
             def __enter__(self):
-                store.conn.execute("BEGIN IMMEDIATE")
+                self.outer = not store.conn.in_transaction
+                if self.outer:
+                    store.conn.execute("BEGIN IMMEDIATE")
 
             def __exit__(self, exc_type, *_):
-                store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                if self.outer:
+                    store.conn.execute("ROLLBACK" if exc_type else "COMMIT")
 
         return _Tx()
 
@@ -222,13 +237,14 @@ class Store:
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM stages WHERE run_id=?", (row[0],))
-                self.conn.execute("UPDATE runs SET status='running', wall_time=0, finished=NULL WHERE run_id=?",
-                                  (row[0],))
+                self.conn.execute("UPDATE runs SET status='running', wall_time=0, finished=NULL, machine=?, origin=? "
+                                  "WHERE run_id=?", (fields.get("machine", ""), _sql(fields.get("origin", "")), row[0]))
                 return row[0], "running"
-            vals = [_sql(fields[f]) for f in RUN_FIELDS]
+            vals = [_sql(fields[f]) for f in RUN_FIELDS] + [_sql(fields.get(f, "")) for f in PROVENANCE]
+            names = (*RUN_FIELDS, *PROVENANCE)
             cur = self.conn.execute(
-                f"INSERT INTO runs (key, created, {', '.join(RUN_FIELDS)}) VALUES (?, ?, "
-                f"{', '.join('?' * len(RUN_FIELDS))})", [key, time.time(), *vals])
+                f"INSERT INTO runs (key, created, {', '.join(names)}) VALUES (?, ?, "
+                f"{', '.join('?' * len(names))})", [key, time.time(), *vals])
             return cur.lastrowid, "running"
         return self._write(go)
 
@@ -316,12 +332,14 @@ class Store:
         return {a: {"examples": e, "queries": int(round(q))} for a, e, q in rows}
 
     # ---------------------------------------------------------------------------------------- checks
-    def set_checks(self, sha256: str, dataset: str, norm: str, checks: list[dict]) -> None:
+    def set_checks(self, sha256: str, dataset: str, norm: str, checks: list[dict], replace: bool = True) -> None:
         """Store diagnostics of one model (dicts of check, eps, status "ok"/"flag", evidence, budget); a
-        check already stored for the same model, check name and eps is replaced."""
+        check already stored for the same model, check name and eps is replaced, or kept with ``replace``
+        False (an archive's checks only fill gaps: they never overwrite the store's own)."""
         now = time.time()
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         self._write(lambda: self.conn.executemany(
-            "INSERT OR REPLACE INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"{verb} INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(sha256, dataset, norm, c["check"], c.get("eps", ""), c["status"], c["evidence"],
               json.dumps(c.get("budget", {}), sort_keys=True), now) for c in checks]))
 

@@ -232,7 +232,25 @@ def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: i
             "data_sha256": sl.data_sha256,
             "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
             "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
-            "model_meta": t.meta}
+            "model_meta": t.meta, "machine": machine(dev)}
+
+
+def machine(dev) -> str:
+    """The machine a run is computed on, as its provenance names it: the accelerator or CPU model, then the
+    operating system and architecture (no host name)."""
+    import platform
+
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = platform.processor() or ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+        except OSError:
+            pass
+    return ", ".join(p for p in (name, f"{platform.system()} {platform.machine()}") if p.strip())
 
 
 class SavedStages:
@@ -343,6 +361,7 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
             "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
             "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],
             "wall_time_s": round(run["wall_time"], 3), "robench_version": run["robench_version"],
-            "torch_version": run["torch_version"], "run_id": run_id,
+            "torch_version": run["torch_version"], "machine": run.get("machine") or "",
+            "origin": run.get("origin") or "", "run_id": run_id,
         })
     return rows, oc

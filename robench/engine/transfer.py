@@ -198,18 +198,28 @@ def _score(db: Store, run_id: int, t: Target, sl: Slice, todo: list[int], adv: d
             b = torch.tensor(todo[start: start + bs], dtype=torch.long)
             tic = time.perf_counter()
             x, y = sl.data.batch(b)
-            x, y = x.to(dev), y.to(dev)
-            robust = clean = model(x).argmax(1) == y
-            rows = []
-            for e in sl.eps:  # ascending: an example fooled at a smaller eps stays fooled
-                xa = project(x, adv[e.text][[pos[i] for i in b.tolist()]].to(dev, torch.float32), e.value, norm)
-                robust = robust & (model(xa).argmax(1) == y)
-                rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
-                         for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
+            rows, robust = score_batch(model, x.to(dev), y.to(dev), b, {
+                e.text: adv[e.text][[pos[i] for i in b.tolist()]] for e in sl.eps}, sl.eps, norm, label)
             db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": {int(i): (1, 2 * len(sl.eps)) for i in b}})
             notify({"event": "batch", "model": t.name, "run_id": run_id,
                     "done": len(sl.idx) - len(todo) + start + len(b), "total": len(sl.idx),
                     "robust": int(robust.sum())})
+
+
+def score_batch(model, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, adv: dict[str, torch.Tensor], eps_list,
+                norm: str, label: str) -> tuple[list[tuple], torch.Tensor]:
+    """One batch of a target under transfer examples (``adv``: eps text -> the batch's crafted examples):
+    the outcome rows (eps, idx, clean, robust, broken_by) and the robust flags at the largest eps. An example
+    counts as robust at an eps only if the target is right clean and at that eps and every smaller one."""
+    with torch.no_grad():
+        robust = clean = model(x).argmax(1) == y
+        rows = []
+        for e in eps_list:  # ascending: an example fooled at a smaller eps stays fooled
+            xa = project(x, adv[e.text].to(x.device, torch.float32), e.value, norm)
+            robust = robust & (model(xa).argmax(1) == y)
+            rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
+                     for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
+    return rows, robust
 
 
 def _success(o: pd.DataFrame) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 
 import pandas as pd
 
@@ -14,12 +13,14 @@ from ..data import dataset_info
 from ..engine.core import summarize
 from ..store import Store
 from ..stats import wilson
+from ..text import http_link, md, visible
+from .names import computed_by, csv_name, shown_meta, unique_ids
 
 COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_method", "clean_acc",
            "autoattack_acc", "pgd_acc", "transfer_acc", "best_known_acc", "unreliable", "additional_data",
            "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
-           "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "sha256", "checkpoint",
-           "config"]
+           "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "computed_by", "sha256",
+           "checkpoint", "config"]
 EXTRA = ["number_forward_passes", "link", "authors", "paper"]  # in model_info, not in the CSV
 METRICS = ("clean", "pgd", "autoattack", "transfer", "best_known")
 
@@ -40,15 +41,6 @@ def attack_kind(names: list[str], budgets: list[dict] | None = None, sha256: str
     return "other"
 
 
-def safe_name(*parts: str) -> str:
-    """Parts joined into a name safe in a file name or a page anchor (runs of other characters become -)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "-".join(parts)).strip("-")
-
-
-def model_id(meta: dict, name: str) -> str:
-    return safe_name(meta.get("name") or name) or "model"
-
-
 def results(db: Store) -> pd.DataFrame:
     """Every finished run x eps in the store, one row each, with the attack kind, the model metadata and
     the per-example outcomes ({idx: robust})."""
@@ -57,18 +49,21 @@ def results(db: Store) -> pd.DataFrame:
         for run_id in db.runs()["run_id"].tolist():
             summary, oc = summarize(db, int(run_id))
             run = db.run(int(run_id))
-            meta, eps_list = run["model_meta"], [text for text, _ in run["eps"]]
+            meta, eps_list = shown_meta(run["model_meta"]), [text for text, _ in run["eps"]]
             model = (run["sha256"], run["dataset"], run["norm"])
             if model not in deterministic:  # the "randomized" check: ok, flag, or never run
                 status = db.checks(*model).query("check == 'randomized'").status.tolist()
                 deterministic[model] = status == ["ok"] if status else None
             for r in summary:
                 o = oc[oc.eps == r["eps"]]
-                rows.append({**r, "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
+                rows.append({**r, "model": visible(r["model"]), "checkpoint": visible(r["checkpoint"] or ""),
+                             "flags": visible(r["flags"]), "attack_flags": visible(r["attack_flags"]),
+                             "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
                              "deterministic": deterministic[model],
                              "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
                              "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
                              "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
+    unique_ids(rows)
     return pd.DataFrame(rows)
 
 
@@ -222,7 +217,7 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float, s
     attacked = m[m.kind != "clean"]
     flags = run_flags(m)
     return {
-        "model_id": model_id(meta, last["model"]), "name": last["model"], "activation": meta.get("activation", ""),
+        "model_id": last["model_id"], "name": last["model"], "activation": meta.get("activation", ""),
         "architecture": meta.get("arch", ""), "training_method": meta.get("training_method", ""),
         "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": tr, "best_known_acc": best,
         "unreliable": bool(ranking_flags(m)), "additional_data": bool(meta.get("additional_data", False)),
@@ -233,13 +228,14 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float, s
         "transfer_from": "; ".join(sorted(set(m.loc[m.kind == "transfer", "sources"]))), "best_known_ci95": best_ci,
         "best_known_by": " + ".join(sorted(set(attacked["attacks"]))),
         "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
-        "flags": FLAG_SEP.join(flags), "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
+        "flags": FLAG_SEP.join(flags), "computed_by": " | ".join(sorted(set(map(computed_by, m.to_dict("records"))))),
+        "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
         "config": json.dumps(run_config(m), sort_keys=True),
         # RobustBench's field: one pass gives a deterministic model's prediction; for a model the store found
         # randomized, or never checked, the store cannot say how many passes its prediction needs
         "number_forward_passes": 1 if m["deterministic"].eq(True).all() else None,
         # from the checkpoint's metadata or its model card (robench.metadata.DESCRIPTIVE)
-        "link": meta.get("link") or "", "paper": meta.get("paper") or "",
+        "link": http_link(meta.get("link")), "paper": meta.get("paper") or "",
         "authors": ", ".join(a) if isinstance(a := meta.get("authors") or "", list) else a,
     }
 
@@ -356,17 +352,18 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
         others = [e for e in dict.fromkeys(df.eps) if e not in shown]
         for eps in shown:
             block = df[df.eps == eps]
-            lines += ["", f"## {dataset}, {norm}, eps {eps}", "",
+            lines += ["", f"## {md(dataset)}, {md(norm)}, eps {md(eps)}", "",
                       "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Transfer "
                       "| Best known | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
             for r in block.itertuples():
                 best = cell(r, "best_known") + (" †" if weaker_attacks_only(r) else "")
-                lines.append(f"| {r.rank} | {r.model_id} | {r.activation} | {r.architecture} | {r.training_method} | "
+                lines.append(f"| {r.rank} | {md(r.model_id)} | {md(r.activation)} | {md(r.architecture)} | "
+                             f"{md(r.training_method)} | "
                              + " | ".join(cell(r, m) for m in ("clean", "autoattack", "pgd", "transfer"))
                              + f" | {best} | {'yes' if r.unreliable else 'no'} |")
             if any(weaker_attacks_only(r) for r in block.itertuples()):
                 lines += ["", WEAKER_NOTE]
         if others:
-            lines += ["", f"Results at {norm} eps {', '.join(others)} are in [{dataset}_{norm}.csv]"
-                          f"({dataset}_{norm}.csv)."]
+            lines += ["", f"Results at {md(norm)} eps {md(', '.join(others))} are in [{md(csv_name(dataset, norm))}]"
+                          f"({csv_name(dataset, norm)})."]
     return "\n".join(lines) + "\n"
