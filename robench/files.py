@@ -27,8 +27,10 @@ def atomic_path(path: str | Path):
     try:
         # mkstemp makes the file 0600; the written file gets the usual permissions (the one it replaces
         # keeps its own), as if it had been opened with open()
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
+        mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+        os.chmod(tmp, mode)
         yield Path(tmp)
+        os.chmod(tmp, mode)  # again: a writer may have replaced the file (safetensors writes a new one, 0600)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -14,12 +15,13 @@ import pandas as pd
 
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..files import atomic_path
-from ..config import EvalConfig
+from ..config import EvalConfig, parse_eps
 from ..engine.jobs import evaluate_many
 from ..errors import RobenchError
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 from ..store import Store, store_path
-from .leaderboard import COLUMNS, METRICS, model_id, outcome_sets, results
+from .leaderboard import COLUMNS, METRICS, outcome_sets, results
+from .names import model_id
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
 N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",
@@ -43,6 +45,12 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
                            "write one with `robench leaderboard`.")
     if df.empty:
         raise RobenchError(f"{path} has no models.")
+    for eps in df["eps"]:
+        try:
+            parse_eps(eps if isinstance(eps, str) else "nan")
+        except RobenchError:
+            raise RobenchError(f"{path} has a row whose eps is {str(eps)[:20]!r}, not a budget such as 0.1 or "
+                               "8/255; regenerate it with `robench leaderboard`.") from None
     df["checkpoint"] = df["checkpoint"].fillna("")
     return df[[c for c in COLUMNS if c in df.columns]]
 
@@ -50,12 +58,18 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
 def runs_of(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
     """The data slice and the distinct runs (n, eps, attack specs, batch size) behind a model's rows."""
     runs, first = [], None
+    bad = RobenchError("The baseline's config column is not a robench run configuration; regenerate it with "
+                       "`robench leaderboard`.")
     for text in rows["config"]:
         try:
             cfg = json.loads(text)
-        except (TypeError, ValueError):
-            raise RobenchError("The baseline's config column is not valid JSON; regenerate it with "
-                               "`robench leaderboard`.") from None
+        except (TypeError, ValueError, RecursionError):
+            raise bad from None
+        if not isinstance(cfg, dict) or not all(k in cfg for k in ("split", "subset", "seed")) or not isinstance(
+                cfg.get("runs"), list) or not cfg["runs"] or not all(
+                isinstance(r, dict) and isinstance(r.get("n"), int) and isinstance(r.get("eps"), list)
+                and isinstance(r.get("attacks"), list) and "batch_size" in r for r in cfg["runs"]):
+            raise bad
         first = first or cfg
         runs += [r for r in cfg["runs"] if r not in runs]
     return {k: first[k] for k in ("split", "subset", "seed")}, runs
@@ -184,16 +198,54 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
             base = results(db)
     mapping = {ck.sha256: mid for mid, ck in models.items()}
     table = compare(base_csv, now, mapping, base, tolerance, alpha)
+    if table.empty:
+        raise RobenchError(f"Nothing of {baseline} could be compared: the re-evaluation gave no row at the "
+                           "baseline's eps and metrics; regenerate the baseline with `robench leaderboard`.")
+    provenance = baseline_provenance(base, set(mapping))
     if junit:
-        with atomic_path(Path(junit)) as tmp:
-            tmp.write_text(junit_xml(table, tolerance, alpha))
+        _write_report(junit, junit_xml(table, tolerance, alpha))
     if json_out:
-        with atomic_path(Path(json_out)) as tmp:
-            tmp.write_text(json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
-                                       "autoattack": autoattack,
-                                       "failed": bool((table.verdict == "fail").any()),
-                                       "rows": table.to_dict(orient="records")}, indent=2) + "\n")
-    return {"table": table, "failed": bool((table.verdict == "fail").any()),
+        _write_report(json_out, json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
+                                            "autoattack": autoattack, "baseline_provenance": provenance,
+                                            "failed": bool((table.verdict == "fail").any()),
+                                            "rows": table.to_dict(orient="records")}, indent=2) + "\n")
+    return {"table": table, "failed": bool((table.verdict == "fail").any()), "provenance": provenance,
             "models": {mid: ck.sha256 for mid, ck in models.items()}, "autoattack": autoattack}
+
+
+def _write_report(path, text: str) -> None:
+    path = Path(path)
+    if path.is_dir():
+        raise RobenchError(f"{path} is a folder; name a file to write the report to.")
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+    except OSError as e:
+        raise RobenchError(f"Cannot write {path} ({e.strerror}).") from None
+
+
+def baseline_provenance(base: pd.DataFrame | None, shas: set[str]) -> list[str]:
+    """Where the store's runs of the checked models came from: computed in the store, or imported from
+    which archive and when, one line each with its count of runs."""
+    if base is None or base.empty:
+        return []
+    mine = base[base.sha256.isin(list(shas))].drop_duplicates("run_id")
+    counts: dict[str, int] = {}
+    for origin in mine.get("origin", pd.Series(dtype=str)):
+        counts[origin_text(origin)] = counts.get(origin_text(origin), 0) + 1
+    return [f"{k} runs {v}" for v, k in sorted((v, k) for v, k in counts.items())]
+
+
+def origin_text(origin: str) -> str:
+    """A run's origin column as words: "computed in this store", or "imported from ARCHIVE on DATE"."""
+    try:
+        o = json.loads(origin) if origin else {}
+    except (TypeError, ValueError, RecursionError):
+        o = {"archive": "an unreadable origin"}
+    if not isinstance(o, dict) or not o:
+        return "computed in this store"
+    when = o.get("imported")
+    day = time.strftime("%Y-%m-%d", time.gmtime(when)) if isinstance(when, (int, float)) else "an unknown day"
+    return f"imported from {o.get('archive', 'an archive')} on {day}"
 
 
