@@ -52,6 +52,8 @@
     th.addEventListener("click", function () { sortBy(th.closest("table"), th); });
   });
   document.querySelectorAll("#filters select").forEach(function (s) { s.addEventListener("change", applyFilters); });
+  var filters = document.getElementById("filters");
+  if (filters) filters.addEventListener("submit", function (e) { e.preventDefault(); });
   var search = document.getElementById("search");
   if (search) search.addEventListener("input", applyFilters);
 })();
