@@ -8,7 +8,7 @@ import robench
 # Bottom to top. A module may import from its own layer or any layer below it. checkpoints sits above nn
 # (loading a checkpoint builds its architecture), and archive beside reporting (both read the store).
 LAYERS = [
-    ["robench._version", "robench.errors", "robench.stats", "robench.norms", "robench.files"],
+    ["robench._version", "robench.errors", "robench.stats", "robench.norms", "robench.files", "robench.text"],
     ["robench.config"],
     ["robench.store", "robench.metadata", "robench.pt2", "robench.data"],
     ["robench.nn"],
@@ -16,7 +16,7 @@ LAYERS = [
     ["robench.attacks"],
     ["robench.engine"],
     ["robench.training"],
-    ["robench.reporting", "robench.archive"],
+    ["robench.reporting", "robench.archive", "robench.archive_check"],
     ["robench.api"],
     ["robench.cli_output", "robench.cli", "robench.__main__"],
     ["robench"],  # the package itself: its __init__ gathers the public API
