@@ -425,9 +425,10 @@ def verify(
         out.print(f"{res['mismatches']} mismatch{'es' if res['mismatches'] != 1 else ''} in "
                   f"{sum(bool(r['mismatches']) for r in res['runs'])} of {len(checked)} runs re-computed.")
         raise typer.Exit(1)
-    out.print(f"Verified: {sum(r['examples'] for r in checked)} examples in {sum(r['rerun'] for r in checked)} "
-              f"batches of {len(checked)} runs match what the {'store' if source.suffix == '.sqlite' else 'archive'} "
-              "records.")
+    batches = sum(r["rerun"] for r in checked)
+    out.print(f"Verified: {sum(r['examples'] for r in checked)} examples in {batches} batch{'es' * (batches != 1)} "
+              f"of {len(checked)} run{'s' * (len(checked) != 1)} match what the "
+              f"{'store' if source.suffix == '.sqlite' else 'archive'} records.")
 
 
 @app.command()
