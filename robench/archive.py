@@ -12,7 +12,6 @@ numbers and the order of runs on the pages come from it).
 """
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import io
@@ -75,10 +74,10 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
     """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
     checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
     of runs the store lacks are left as they are). With ``unfinished``, write instead the runs not yet
-    finished, with the batches stored so far and the finished stages of the batch under way (AutoAttack's
-    members, see ``Store.save_stage``), marked unfinished, so that another store (a new checkout, another
-    machine) imports them and `robench eval` resumes them there. Returns {"runs", "checks",
-    "path", "written"}."""
+    finished that have stored batches, with those batches, marked unfinished, so that another store (a new
+    checkout, another machine) imports them and `robench eval` resumes them there after those batches. The
+    finished stages of the batch under way stay behind: another store never reads work done elsewhere as a
+    result, so it attacks that batch from the start. Returns {"runs", "checks", "path", "written"}."""
     out = Path(out)
     folder = not out.name.endswith(".jsonl.gz")
     if unfinished and folder:  # a folder's order.txt lists finished runs; unfinished ones travel apart
@@ -88,12 +87,8 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
                            f"not {out.name}.")
     with Store(store, readonly=True) as db, db.snapshot():
         if unfinished:
-            runs = []
-            for i in map(int, db.runs("running")["run_id"].tolist()):
-                stages = db.stages(i)  # read once: they are the batch's AutoAttack results, not small
-                if stages or db.stored_examples(i):
-                    runs.append({**_run_record(db, i), "finished": False,
-                                 "stages": {k: base64.b64encode(v).decode() for k, v in stages.items()}})
+            runs = [{**_run_record(db, i), "finished": False} for i in map(int, db.runs("running")["run_id"].tolist())
+                    if db.stored_examples(i)]
             checks = []
         else:
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]

@@ -146,6 +146,8 @@ def _outcomes(oc, eps: list[str], limit: int) -> tuple[list[tuple], list[int]]:
             raise Bad("its outcomes are malformed")
         if len(d["clean"]) != count or len(d["robust"]) != count or set(d["clean"] + d["robust"]) - {"0", "1"}:
             raise Bad("its outcome strings do not match its example indices")
+        if int(d["robust"], 2) & ~int(d["clean"], 2) if count else 0:  # robust needs right on clean data
+            raise Bad("it counts an example as robust that is wrong on clean data")
         for name, ps in d["broken_by"].items():
             _str(name, "an attack that broke examples", 200, empty=False)
             if not isinstance(ps, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count
@@ -204,7 +206,7 @@ def check_run(rec: dict) -> list[tuple]:
     if not isinstance(finished, bool):
         raise Bad("its finished field is not true or false")
     stages = rec.get("stages", {})
-    try:  # stages travel with unfinished runs; an import checks their form and then drops them
+    try:  # older archives carried stages with unfinished runs; an import checks their form and drops them
         if finished and stages or not isinstance(stages, dict) or not all(
                 isinstance(k, str) and re.fullmatch(r"[0-9a-f]{32}", k) for k in stages):
             raise ValueError

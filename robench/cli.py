@@ -365,7 +365,7 @@ def export_(
     store: StorePath = None,
     unfinished: bool = typer.Option(False, "--unfinished", help="Write the runs not yet finished instead, "
                                     "with the batches stored so far, so that `robench eval` resumes them in "
-                                    "the store that imports the archive."),
+                                    "the store that imports the archive (a batch under way starts again there)."),
 ):
     """Write the store's finished runs, with every per-example outcome, to a compressed archive to commit
     or share."""

@@ -117,9 +117,9 @@ def test_ctrl_c_in_a_slow_autoattack_batch_keeps_its_finished_members(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         robench.evaluate({"oracle": Oracle()}, store="s.sqlite", progress=stop_at_apgd_t, **kw)
     assert runs == ["apgd-ce"]
-    # `export --unfinished` writes the finished member, but another store never reads it: work done elsewhere
-    # never decides an outcome there (a forged stage could), so a run with no stored batch imports as nothing
-    assert robench.api.export_results("s.sqlite", "moved.jsonl.gz", unfinished=True)["runs"] == 1
+    # the finished member stays in this store: work done elsewhere never decides an outcome in another (a
+    # forged stage could), so a run with no stored batch has nothing to move
+    assert robench.api.export_results("s.sqlite", "moved.jsonl.gz", unfinished=True)["runs"] == 0
     assert robench.api.import_results("moved.jsonl.gz", "moved.sqlite")["added"] == 0
     runs.clear()
     resumed = robench.evaluate({"oracle": Oracle()}, store="s.sqlite", **kw).attrs["outcomes"]

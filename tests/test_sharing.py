@@ -107,7 +107,7 @@ MUTATIONS = {
     "negative idx": (["outcomes", "idx"], [[-20, 0]]), "idx past the split": (["outcomes", "idx"], [[10 ** 9, 10 ** 9 + 20]]),
     "float idx": (["outcomes", "idx"], [[1e9, 1e9 + 20]]), "huge idx": (["outcomes", "idx"], [[0, 10 ** 12]]),
     "attacks": (["attacks"], [1, {"x": 2}]), "eps": (["eps"], [["0.05", 0.05], ["abc", 0.1]]),
-    "seed": (["seed"], 2 ** 70), "n": (["n"], 10 ** 30), "eps value lies": (["eps", 0, 1], 0.5),
+    "seed": (["seed"], 2 ** 70), "robust but wrong clean": (["outcomes", "eps", "0.1", "clean"], "0" * 20), "n": (["n"], 10 ** 30), "eps value lies": (["eps", 0, 1], 0.5),
     "transfer budget without sources": (["attacks"], [{"name": "transfer", "attack": {"name": "mifgsm", "steps": 10,
                                                                                        "decay": 1.0}}]),
 }
@@ -139,6 +139,7 @@ ARCHIVE_CASES = [
     ("wall time NaN", "wall_time NaN", "not JSON"),
     ("eps whose value lies", "eps value lies", "does not have the value"),
     ("transfer budget without sources", "transfer budget without sources", "no source model"),
+    ("robust examples that are wrong clean", "robust but wrong clean", "robust that is wrong on clean data"),
 ]
 
 
@@ -160,7 +161,8 @@ def test_two_records_of_one_run_that_disagree_are_refused(shared, tmp_path):
     header, rec = _records(shared)[:2]
     other = json.loads(json.dumps(rec))
     d = other["outcomes"]["eps"]["0.1"]
-    d["robust"] = ("0" if d["robust"][0] == "1" else "1") + d["robust"][1:]
+    p = d["clean"].index("1")  # right on clean data: robust or not, both are valid records
+    d["robust"] = d["robust"][:p] + ("0" if d["robust"][p] == "1" else "1") + d["robust"][p + 1:]
     hostile = tmp_path / "files"
     hostile.mkdir()
     _archive(hostile / "h.jsonl.gz", [header, rec, other])
@@ -327,3 +329,23 @@ def test_the_model_page_of_an_imported_run_shows_who_computed_it(browser, shared
     browser.execute_script("arguments[0].scrollIntoView()", browser.find_element("css selector", "table.runs"))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "provenance.png"))
+
+
+def test_verify_on_a_committed_run_passes_and_fails_when_one_outcome_is_flipped(tmp_path, monkeypatch):
+    """A committed clean run of the real Fashion-MNIST (10,000 examples, 40 batches; the cheapest kind to
+    re-compute) verifies; a copy with one outcome flipped fails and names the run and the example."""
+    repo = Path(__file__).resolve().parent.parent
+    if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_file() and not os.environ.get("CI"):
+        pytest.skip("Fashion-MNIST is not installed")
+    monkeypatch.chdir(repo)  # the run's checkpoint path is relative to the repository
+    run = repo / "leaderboard" / "results" / "run-4d8fac384c98e685.jsonl.gz"
+    r = CliRunner().invoke(app, ["verify", str(run), "--sample", "0.1"])
+    assert r.exit_code == 0 and "Verified: 1024 examples in 4 batches of 1 run match" in r.output, r.output
+    header, rec = _records(run)
+    d = rec["outcomes"]["eps"]["0.1"]
+    p = d["clean"].index("1")  # an example right on clean data, recorded as wrong
+    d["clean"], d["robust"] = (s[:p] + "0" + s[p + 1:] for s in (d["clean"], d["robust"]))
+    flipped = _archive(tmp_path / "flipped.jsonl.gz", [header, rec])
+    r = CliRunner().invoke(app, ["verify", str(flipped), "--sample", "1"])
+    assert r.exit_code == 1, r.output
+    assert f"Mismatch in run {rec['key'][:16]} (lenet5-silu-pgd-at-seed1): example {p} at eps 0.1" in r.output
