@@ -226,6 +226,9 @@ def test_an_imported_run_says_so_and_a_computed_one_names_its_machine(shared):
     page = Path("lb/models/fashion-mnist/Linf/tiny-a.html").read_text()
     assert run["machine"] in page and shared.name not in page  # what the archive carries, not the import
     assert run["machine"] in Path("lb/fashion-mnist_Linf.csv").read_text()
+    r = CliRunner().invoke(app, ["check", "--baseline", "lb/fashion-mnist_Linf.csv", "a.pt", "--store", "b.sqlite",
+                                 "--quiet"])
+    assert r.exit_code == 0 and f"1 run imported from {shared.name} on" in r.output, r.output
 
 
 def test_verify_passes_on_what_was_computed_and_names_a_flipped_example(shared):

@@ -60,7 +60,7 @@ def results(db: Store) -> pd.DataFrame:
                              "flags": visible(r["flags"]), "attack_flags": visible(r["attack_flags"]),
                              "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
                              "deterministic": deterministic[model],
-                             "meta": meta, "eps_list": eps_list, "sources": _sources(run["attacks"]),
+                             "meta": meta, "eps_list": eps_list, "sources": visible(_sources(run["attacks"])),
                              "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
                              "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
     unique_ids(rows)

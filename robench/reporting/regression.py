@@ -233,7 +233,7 @@ def baseline_provenance(base: pd.DataFrame | None, shas: set[str]) -> list[str]:
     counts: dict[str, int] = {}
     for origin in mine.get("origin", pd.Series(dtype=str)):
         counts[origin_text(origin)] = counts.get(origin_text(origin), 0) + 1
-    return [f"{k} runs {v}" for v, k in sorted((v, k) for v, k in counts.items())]
+    return [f"{k} run{'s' * (k != 1)} {v}" for v, k in sorted(counts.items())]
 
 
 def origin_text(origin: str) -> str:
