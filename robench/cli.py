@@ -385,6 +385,9 @@ def import_(
     res = api.import_results(archive, str(store) if store else None)
     out.print(f"Imported {res['added']} run{'' if res['added'] == 1 else 's'} ({res['kept']} already in the store) "
               f"and {res['checks']} model checks.")
+    if res["added"] > res["unfinished"]:
+        out.print(clean(f"They are recorded as imported from {archive.name}; `robench verify {archive}` re-computes "
+                        "a sample of their batches."), markup=False)
     if res["unfinished"]:
         k = res["unfinished"]
         out.print(f"{k} of the runs imported {'is' if k == 1 else 'are'} unfinished: `robench eval` with the same "
