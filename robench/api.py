@@ -59,8 +59,7 @@ def info(path: str | Path, trust: bool = False, store: str | Path | None = None,
     d = checkpoint_info(load_checkpoint(path, trust=trust, **overrides))
     d["runs"] = []
     if store_path(store).is_file():
-        from .reporting.names import computed_by
-        from .reporting.regression import origin_text
+        from .reporting.names import computed_by, origin_text
 
         with Store(store, readonly=True) as db:
             runs = db.runs()

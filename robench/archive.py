@@ -147,24 +147,7 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     the stages of an unfinished run are dropped (its batch under way is recomputed here: work from elsewhere
     never decides an outcome). Returns {"added", "kept", "checks", "unfinished"}."""
     archive = Path(archive)
-    if archive.is_dir():
-        files = sorted(archive.glob("*.jsonl.gz"))
-        if not files:
-            raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
-    else:
-        files = [archive]
-    records, checks, size = {}, [], 0
-    for path in files:
-        r, c, n = _read(path, MAX_ARCHIVE - size)
-        for rec, rows in r:
-            same = records.get(rec["key"])
-            if same is not None and _line(same[0]) != _line(rec):
-                raise RobenchError(f"{archive} holds two different records of run {rec['key'][:16]} (the second in "
-                                   f"{path}); an archive gives one result per run, so nothing was imported.")
-            records[rec["key"]] = (rec, rows)
-        checks += c
-        size += n
-    records = list(records.values())
+    records, checks = _read_all(archive)
     if archive.is_dir() and (archive / ORDER).is_file():  # the exporting store's order; runs it lacks last
         try:
             with open(archive / ORDER, "rb") as f:  # 65 bytes a key: read no more than the runs need
@@ -177,6 +160,27 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     if archive.is_file():
         origin["sha256"] = sha256_file(archive)
     return _add(records, checks, store, origin)
+
+
+def _read_all(archive: Path) -> tuple[list, list]:
+    """The checked run records (with their outcome rows) and checks of an archive file or folder, one record
+    per run: two records of one run that disagree are refused."""
+    files = sorted(archive.glob("*.jsonl.gz")) if archive.is_dir() else [archive]
+    if not files:
+        raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
+    records: dict[str, tuple] = {}
+    checks, size = [], 0
+    for path in files:
+        r, c, n = _read(path, MAX_ARCHIVE - size)
+        for rec, rows in r:
+            same = records.get(rec["key"])
+            if same is not None and _line(same[0]) != _line(rec):
+                raise RobenchError(f"{archive} holds two different records of run {rec['key'][:16]} (the second in "
+                                   f"{path}); an archive gives one result per run, so nothing was imported.")
+            records[rec["key"]] = (rec, rows)
+        checks += c
+        size += n
+    return list(records.values()), checks
 
 
 def _read(archive: Path, limit: int) -> tuple[list, list, int]:
@@ -268,12 +272,4 @@ def read_runs(source: str | Path) -> list[tuple[dict, list[tuple]]]:
                 except Bad as e:
                     raise RobenchError(f"Run {run_id} in {source} is damaged ({e}).") from None
             return out
-    files = sorted(source.glob("*.jsonl.gz")) if source.is_dir() else [source]
-    if not files:
-        raise RobenchError(f"{source} holds no results archive (.jsonl.gz files).")
-    out, size = [], 0
-    for path in files:
-        r, _, n = _read(path, MAX_ARCHIVE - size)
-        out += r
-        size += n
-    return out
+    return _read_all(source)[0]

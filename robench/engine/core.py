@@ -3,6 +3,7 @@ checks, query counting, one batch of a white-box cascade (attack_batch), run key
 summary of a stored run. evaluate, transfer and sanity build on it and never on each other's insides."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -238,6 +239,11 @@ def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: i
 def machine(dev) -> str:
     """The machine a run is computed on, as its provenance names it: the accelerator or CPU model, then the
     operating system and architecture (no host name)."""
+    return _machine(str(dev))
+
+
+@functools.lru_cache(maxsize=8)
+def _machine(dev: str) -> str:
     import platform
 
     dev = torch.device(dev)

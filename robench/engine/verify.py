@@ -72,13 +72,14 @@ def verify_runs(records: list[tuple[dict, list[tuple]]], sample: float = 0.1, se
     for k, b in sorted(rng.sample(units, max(1, round(sample * len(units))))):
         chosen.setdefault(k, []).append(b)
     dev = resolve_device(device)
+    splits: dict = {}  # each dataset split read once for all runs
     for done, (k, batches) in enumerate(sorted(chosen.items())):
         rec, rows = records[k]
         entry = report[k]
         notify({"event": "verify", "model": rec["model"], "run": done + 1, "runs": len(chosen),
                 "batches": len(batches)})
         try:
-            _rerun(rec, rows, batches, entry, dev, data_dir, trust)
+            _rerun(rec, rows, batches, entry, dev, data_dir, trust, splits)
         except RobenchError as e:
             entry["note"] = f"not re-computed: {str(e).rstrip('.')}"
     return report
@@ -91,12 +92,13 @@ def _loaded(path: str, sha256: str, trust: bool):
     return as_target(ck, 0, trust, {})
 
 
-def _rerun(rec: dict, rows: list[tuple], batches: list[list[int]], entry: dict, dev, data_dir, trust) -> None:
+def _rerun(rec: dict, rows: list[tuple], batches: list[list[int]], entry: dict, dev, data_dir, trust,
+           splits: dict) -> None:
     t = _loaded(rec["checkpoint"], rec["sha256"], trust)
     cfg = EvalConfig(dataset=rec["dataset"], data_dir=data_dir, split=rec["split"], n=int(rec["n"]),
                      subset=rec["subset"], seed=int(rec["seed"]), norm=rec["norm"],
                      eps=[text for text, _ in rec["eps"]], batch_size=int(rec["batch_size"]))
-    sl = data_slice(t, cfg, {}, cfg.eps_values())
+    sl = data_slice(t, cfg, splits, cfg.eps_values())
     if sl.data_sha256 != rec["data_sha256"]:
         raise RobenchError(f"the {rec['dataset']} {rec['split']} examples here are not the ones the run read")
     bs, norm, seed = int(rec["batch_size"]), rec["norm"], int(rec["seed"])

@@ -1,9 +1,11 @@
-"""What the published pages call a model and its files: ids, file names and the text shown of a stranger's
-metadata and provenance. Every file name is made of safe characters and bounded (``text.bounded_name``),
-whatever a store or an archive carries."""
+"""What the published pages and commands call a model and its files: ids, file names, and the text shown of a
+stranger's metadata and of a run's provenance (who computed it; whether it was imported). Every file name
+is made of safe characters and bounded (``text.bounded_name``), whatever a store or an archive carries."""
 from __future__ import annotations
 
+import json
 import re
+import time
 
 from ..text import bounded_name, http_link, slug, visible
 
@@ -62,3 +64,16 @@ def computed_by(run: dict) -> str:
     the machine that computed it (never where or when it was imported, which differs from store to store)."""
     where = visible(run.get("machine") or "") or "machine not recorded"
     return visible(f"robench {run['robench_version']}, torch {run['torch_version']}, {run['device']}, ") + where
+
+
+def origin_text(origin: str) -> str:
+    """A run's origin column as words: "computed in this store", or "imported from ARCHIVE on DATE"."""
+    try:
+        o = json.loads(origin) if origin else {}
+    except (TypeError, ValueError, RecursionError):
+        o = {"archive": "an unreadable origin"}
+    if not isinstance(o, dict) or not o:
+        return "computed in this store"
+    when = o.get("imported")
+    day = time.strftime("%Y-%m-%d", time.gmtime(when)) if isinstance(when, (int, float)) else "an unknown day"
+    return visible(f"imported from {o.get('archive', 'an archive')} on {day}")

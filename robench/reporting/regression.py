@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from ..errors import RobenchError
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 from ..store import Store, store_path
 from .leaderboard import COLUMNS, METRICS, outcome_sets, results
-from .names import model_id
+from .names import model_id, origin_text
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
 N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",
@@ -234,18 +233,3 @@ def baseline_provenance(base: pd.DataFrame | None, shas: set[str]) -> list[str]:
     for origin in mine.get("origin", pd.Series(dtype=str)):
         counts[origin_text(origin)] = counts.get(origin_text(origin), 0) + 1
     return [f"{k} run{'s' * (k != 1)} {v}" for v, k in sorted(counts.items())]
-
-
-def origin_text(origin: str) -> str:
-    """A run's origin column as words: "computed in this store", or "imported from ARCHIVE on DATE"."""
-    try:
-        o = json.loads(origin) if origin else {}
-    except (TypeError, ValueError, RecursionError):
-        o = {"archive": "an unreadable origin"}
-    if not isinstance(o, dict) or not o:
-        return "computed in this store"
-    when = o.get("imported")
-    day = time.strftime("%Y-%m-%d", time.gmtime(when)) if isinstance(when, (int, float)) else "an unknown day"
-    return f"imported from {o.get('archive', 'an archive')} on {day}"
-
-
