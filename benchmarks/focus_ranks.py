@@ -12,6 +12,7 @@ threshold (0.4) and how many the cap keeps (focus_share 0.1 of each batch's surv
 AutoAttack breaks that the two runs leave robust, with its fraction and its rank among the survivors (0 is the
 closest). The focus stage can find only the examples it attacks: the cap costs the ones it leaves out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from never_weaker import autoattack_runs, flags, shown, training_eps  # noqa: E402
+
 import robench  # noqa: E402
 from robench.attacks.descent import closeness  # noqa: E402
 from robench.attacks.registry import create_attack  # noqa: E402
 from robench.engine.core import attack_mode  # noqa: E402
 from robench.files import sha256_file  # noqa: E402
-from never_weaker import autoattack_runs, flags, shown, training_eps  # noqa: E402
 
 FOCUS, SHARE = 0.4, 0.1  # fast's defaults
 
@@ -43,7 +45,7 @@ def survivors(ck, n: int, bs: int) -> tuple[list[tuple[int, float, bool]], int, 
     rows, below, capped = [], 0, 0
     with attack_mode(ck.model.eval()) as model:
         for s in range(0, n, bs):
-            xb, yb = x[s:s + bs], y[s:s + bs]
+            xb, yb = x[s : s + bs], y[s : s + bs]
             with torch.no_grad():
                 z = model(xb)
             out = atk.run(model, xb, yb, torch.arange(s, s + len(xb)), eps, "Linf", 0)
@@ -67,7 +69,8 @@ def main():
     args = ap.parse_args()
     refs = args.reference or [ROOT / "results" / "study.sqlite", ROOT / "results" / "leaderboard.sqlite"]
     cks = [p.resolve() for p in args.checkpoints] or sorted(
-        p for p in (ROOT / "checkpoints").rglob("lenet5-*pgd-at*.safetensors"))
+        p for p in (ROOT / "checkpoints").rglob("lenet5-*pgd-at*.safetensors")
+    )
     old = json.loads(args.out.read_text()) if args.out.exists() else {}
     rows = {r["checkpoint"]: r for r in old.get("rows", []) if old.get("n") == args.n}
     for path in cks:
@@ -81,24 +84,53 @@ def main():
         aa, aa_by = flags(ref[0], int(ref[1].run_id), eps, args.n)
         surv, below, capped = survivors(ck, args.n, args.batch_size)
         ranked = sorted(surv, key=lambda r: r[1])
-        missed = [{"index": i, "member": aa_by[i], "fraction": round(f, 4), "rank": k, "in_capped_focus": c}
-                  for k, (i, f, c) in enumerate(ranked) if not aa.get(i, True)]
-        rows[shown(path)] = {"model": meta.get("name", path.stem), "checkpoint": shown(path), "eps": eps,
-                             "survivors": len(ranked), "below_focus": below, "focus_capped": capped,
-                             "autoattack_breaks_apgd_runs_miss": missed}
-        print(f"{path.stem:32s} survivors {len(ranked)}, below {FOCUS}: {below}, capped: {capped}; AutoAttack "
-              "breaks: " + (" ".join(f"{m['index']} ({m['member']}, {m['fraction']:.2f}, rank {m['rank']})"
-                                     for m in missed) or "none"), flush=True)
+        missed = [
+            {"index": i, "member": aa_by[i], "fraction": round(f, 4), "rank": k, "in_capped_focus": c}
+            for k, (i, f, c) in enumerate(ranked)
+            if not aa.get(i, True)
+        ]
+        rows[shown(path)] = {
+            "model": meta.get("name", path.stem),
+            "checkpoint": shown(path),
+            "eps": eps,
+            "survivors": len(ranked),
+            "below_focus": below,
+            "focus_capped": capped,
+            "autoattack_breaks_apgd_runs_miss": missed,
+        }
+        print(
+            f"{path.stem:32s} survivors {len(ranked)}, below {FOCUS}: {below}, capped: {capped}; AutoAttack "
+            "breaks: "
+            + (
+                " ".join(f"{m['index']} ({m['member']}, {m['fraction']:.2f}, rank {m['rank']})" for m in missed)
+                or "none"
+            ),
+            flush=True,
+        )
     allm = [m for r in rows.values() for m in r["autoattack_breaks_apgd_runs_miss"]]
-    total = {"survivors": sum(r["survivors"] for r in rows.values()),
-             "below_focus": sum(r["below_focus"] for r in rows.values()),
-             "focus_capped": sum(r["focus_capped"] for r in rows.values()),
-             "autoattack_breaks_apgd_runs_miss": len(allm),
-             "of_them_below_focus": sum(m["fraction"] < FOCUS for m in allm),
-             "of_them_in_capped_focus": sum(m["in_capped_focus"] for m in allm)}
+    total = {
+        "survivors": sum(r["survivors"] for r in rows.values()),
+        "below_focus": sum(r["below_focus"] for r in rows.values()),
+        "focus_capped": sum(r["focus_capped"] for r in rows.values()),
+        "autoattack_breaks_apgd_runs_miss": len(allm),
+        "of_them_below_focus": sum(m["fraction"] < FOCUS for m in allm),
+        "of_them_in_capped_focus": sum(m["in_capped_focus"] for m in allm),
+    }
     print(f"{len(rows)} checkpoints: {total}")
-    args.out.write_text(json.dumps({"n": args.n, "batch_size": args.batch_size, "focus": FOCUS, "share": SHARE,
-                                    "total": total, "rows": list(rows.values())}, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "focus": FOCUS,
+                "share": SHARE,
+                "total": total,
+                "rows": list(rows.values()),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {shown(args.out)}")
 
 

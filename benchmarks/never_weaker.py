@@ -26,6 +26,7 @@ the rows that file already has for other checkpoints of the same comparison (att
 each run's own (the stored AutoAttack runs may have shared the machine); `benchmarks/attacks.py` measures
 the speed ratio in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,11 +70,21 @@ def autoattack_runs(stores: list[Path], sha: str, eps: str, n: int, start: int =
             continue
         with Store(path, readonly=True) as st:
             runs = st.runs()
-            for r in runs[(runs.sha256 == sha) & (runs.split == "test") & (runs.subset == subset)
-                          & (runs.n >= n) & (runs.seed == 0)].itertuples():
+            for r in runs[
+                (runs.sha256 == sha)
+                & (runs.split == "test")
+                & (runs.subset == subset)
+                & (runs.n >= n)
+                & (runs.seed == 0)
+            ].itertuples():
                 atk = json.loads(r.attacks)
-                if (len(atk) == 1 and atk[0]["name"] == "autoattack" and atk[0].get("version") == "standard"
-                        and eps in [e[0] for e in json.loads(r.eps)] and (best is None or r.n > best[1].n)):
+                if (
+                    len(atk) == 1
+                    and atk[0]["name"] == "autoattack"
+                    and atk[0].get("version") == "standard"
+                    and eps in [e[0] for e in json.loads(r.eps)]
+                    and (best is None or r.n > best[1].n)
+                ):
                     best = (path, r)
     return best
 
@@ -163,21 +174,31 @@ def main():
     ap.add_argument("--eps", help="attack at this eps instead of each checkpoint's training eps")
     ap.add_argument("--seed", type=int, default=0, help="the compared attack's seed (the reference's is 0)")
     ap.add_argument("--batch-size", type=int, help="the compared attack's batch size (default: eval's)")
-    ap.add_argument("--reference", action="append", type=Path,
-                    help="a store to read AutoAttack runs from; repeat (default: results/study.sqlite and "
-                         "results/leaderboard.sqlite)")
+    ap.add_argument(
+        "--reference",
+        action="append",
+        type=Path,
+        help="a store to read AutoAttack runs from; repeat (default: results/study.sqlite and "
+        "results/leaderboard.sqlite)",
+    )
     ap.add_argument("--store", type=Path, default=ROOT / "results" / "never-weaker.sqlite")
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--floor", type=Path, help="AutoAttack seed 1's JSON (never-weaker-autoattack-seed1.json): "
-                    "set the misses beside its misses on the examples both cover")
+    ap.add_argument(
+        "--floor",
+        type=Path,
+        help="AutoAttack seed 1's JSON (never-weaker-autoattack-seed1.json): "
+        "set the misses beside its misses on the examples both cover",
+    )
     args = ap.parse_args()
     attacks = args.attack or ["fast"]
     label = "+".join(attacks) + (f"-seed{args.seed}" if args.seed else "")
     refs = args.reference or [ROOT / "results" / "study.sqlite", ROOT / "results" / "leaderboard.sqlite"]
     cks = [p.resolve() for p in args.checkpoints] or sorted((ROOT / "checkpoints").rglob("*.safetensors"))
     rows = []
-    print(f"{'model':32s} {'eps':>5s} {'n':>5s} {'AA rob':>7s} {label + ' rob':>9s} {'AA s':>7s} "
-          f"{label + ' s':>7s}  AutoAttack breaks, {label} does not (index: member)  | reverse")
+    print(
+        f"{'model':32s} {'eps':>5s} {'n':>5s} {'AA rob':>7s} {label + ' rob':>9s} {'AA s':>7s} "
+        f"{label + ' s':>7s}  AutoAttack breaks, {label} does not (index: member)  | reverse"
+    )
     for path in cks:
         meta = robench.load_checkpoint(path).meta
         eps, sha = args.eps or training_eps(meta), sha256_file(path)
@@ -187,31 +208,54 @@ def main():
         common = sorted(set(aa) & set(ours))
         misses = [i for i in common if not aa[i] and ours[i]]
         reverse = [i for i in common if aa[i] and not ours[i]]
-        row = {"model": meta.get("name", path.stem), "checkpoint": str(path.relative_to(ROOT)), "eps": eps,
-               "n": len(common), "autoattack_robust": sum(aa[i] for i in common),
-               "fast_robust": sum(ours[i] for i in common), "autoattack_wall_s": round(aa_wall, 1),
-               "fast_wall_s": round(f_wall, 1), "autoattack_breaks_fast_not": {i: aa_by[i] for i in misses},
-               "fast_breaks_autoattack_not": len(reverse), "autoattack_store": ", ".join(ref_stores)}
+        row = {
+            "model": meta.get("name", path.stem),
+            "checkpoint": str(path.relative_to(ROOT)),
+            "eps": eps,
+            "n": len(common),
+            "autoattack_robust": sum(aa[i] for i in common),
+            "fast_robust": sum(ours[i] for i in common),
+            "autoattack_wall_s": round(aa_wall, 1),
+            "fast_wall_s": round(f_wall, 1),
+            "autoattack_breaks_fast_not": {i: aa_by[i] for i in misses},
+            "fast_breaks_autoattack_not": len(reverse),
+            "autoattack_store": ", ".join(ref_stores),
+        }
         rows.append(row)
         listed = ", ".join(f"{i}: {aa_by[i]}" for i in misses) or "none"
-        print(f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "
-              f"{aa_wall:7.1f} {f_wall:7.1f}  {listed}  | {len(reverse)}", flush=True)
+        print(
+            f"{row['model']:32s} {eps:>5s} {row['n']:5d} {row['autoattack_robust']:7d} {row['fast_robust']:9d} "
+            f"{aa_wall:7.1f} {f_wall:7.1f}  {listed}  | {len(reverse)}",
+            flush=True,
+        )
     out = args.out or ROOT / "benchmarks" / "results" / f"never-weaker-{label.split('(')[0].replace('+', '-')}.json"
     kept = merged_rows(out, label, args.n, args.seed, rows)
     if kept:
         print(f"kept the rows of {kept} other checkpoints already in {out.name}")
     total = sum(len(r["autoattack_breaks_fast_not"]) for r in rows)
-    print(f"{len(rows)} checkpoints, {sum(r['n'] for r in rows)} examples: AutoAttack breaks and {label} "
-          f"does not: {total}; {label} breaks and AutoAttack does not: "
-          f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}")
-    result = {"attack": label, "n": args.n, "seed": args.seed, "machine": platform.platform(),
-              "torch": torch.__version__, "robench": robench.__version__, "misses": total, "rows": rows}
+    print(
+        f"{len(rows)} checkpoints, {sum(r['n'] for r in rows)} examples: AutoAttack breaks and {label} "
+        f"does not: {total}; {label} breaks and AutoAttack does not: "
+        f"{sum(r['fast_breaks_autoattack_not'] for r in rows)}"
+    )
+    result = {
+        "attack": label,
+        "n": args.n,
+        "seed": args.seed,
+        "machine": platform.platform(),
+        "torch": torch.__version__,
+        "robench": robench.__version__,
+        "misses": total,
+        "rows": rows,
+    }
     if args.floor:
         fl = result["against_floor"] = against_floor(rows, args.floor)
         a, b, both = len(fl["only_attack"]), len(fl["only_floor"]), len(fl["both"])
-        print(f"beside AutoAttack seed 1 on {fl['examples']} examples of {fl['models']} models: {label} misses "
-              f"{a + both}, AutoAttack seed 1 misses {b + both} ({both} both); {a} only {label}, {b} only "
-              f"AutoAttack seed 1, exact McNemar p = {fl['mcnemar_p']:.2g}")
+        print(
+            f"beside AutoAttack seed 1 on {fl['examples']} examples of {fl['models']} models: {label} misses "
+            f"{a + both}, AutoAttack seed 1 misses {b + both} ({both} both); {a} only {label}, {b} only "
+            f"AutoAttack seed 1, exact McNemar p = {fl['mcnemar_p']:.2g}"
+        )
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {shown(out)}")
 

@@ -13,6 +13,7 @@ how many of the set it breaks, which misses it recovers and its time. `official:
 it recovers none. Misses outside every Square set lie outside the focus stage (above its threshold or beyond
 its cap), where no Square variant can reach them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from never_weaker import shown  # noqa: E402
+
 import robench  # noqa: E402
 from robench.attacks.apgd import Fast  # noqa: E402
 from robench.engine.core import attack_mode  # noqa: E402
-from never_weaker import shown  # noqa: E402
 
 BATCH = 256  # the CPU engine's batch size for fast
 
@@ -88,8 +90,9 @@ def main():
                 x_adv, broken_by = x.clone(), [None] * len(x)
                 t = time.perf_counter()
                 with attack_mode(model) as m:
-                    Fast(square=square, square_runs=k)._square_stage(m, x, y, idx, near, eps, "Linf", 0, x_adv,
-                                                                     broken_by)
+                    Fast(square=square, square_runs=k)._square_stage(
+                        m, x, y, idx, near, eps, "Linf", 0, x_adv, broken_by
+                    )
                 total[name]["seconds"] += time.perf_counter() - t
                 broken = {int(idx[j]) for j in near.tolist() if broken_by[j] == "square"}
                 got = sorted(broken & misses)
@@ -100,14 +103,26 @@ def main():
     outside = [m for m in all_misses if m not in reached]
     for name in names:
         t = total[name]
-        print(f"{name:12s} broke {t['broken']} of {set_size}, recovered {len(t['recovered'])} of the "
-              f"{len(reached)} misses in the sets, {t['seconds']:.1f} s")
+        print(
+            f"{name:12s} broke {t['broken']} of {set_size}, recovered {len(t['recovered'])} of the "
+            f"{len(reached)} misses in the sets, {t['seconds']:.1f} s"
+        )
     print(f"{len(outside)} of the {len(all_misses)} misses lie outside every Square set")
-    args.out.write_text(json.dumps({
-        "misses_file": shown(args.misses), "misses": len(all_misses), "in_square_sets": len(reached),
-        "outside_square_sets": [list(m) for m in outside], "square_set_examples": set_size,
-        "machine_threads": 1, "variants": {n: {**t, "seconds": round(t["seconds"], 1)} for n, t in total.items()},
-    }, indent=1) + "\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "misses_file": shown(args.misses),
+                "misses": len(all_misses),
+                "in_square_sets": len(reached),
+                "outside_square_sets": [list(m) for m in outside],
+                "square_set_examples": set_size,
+                "machine_threads": 1,
+                "variants": {n: {**t, "seconds": round(t["seconds"], 1)} for n, t in total.items()},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     print(f"wrote {shown(args.out)}")
 
 

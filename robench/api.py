@@ -1,4 +1,5 @@
 """The Python API that the CLI and users call. Works and returns data; never prints."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,7 @@ def _options_of(cls, *, skip: tuple[str, ...] = ()):
             if f.name in names or f.name in skip:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                            annotation=f.type))
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=f.type))
         fn.__signature__ = sig.replace(parameters=params)
         return fn
 
@@ -64,10 +64,16 @@ def info(path: str | Path, trust: bool = False, store: str | Path | None = None,
         with Store(store, readonly=True) as db:
             runs = db.runs()
             for r in runs[runs.sha256 == d["sha256"]].to_dict("records") if len(runs) else []:
-                d["runs"].append({"run_id": int(r["run_id"]), "attacks": "+".join(
-                    a["name"] for a in json.loads(r["attacks"])) or "none", "n": int(r["n"]),
-                    "eps": ", ".join(e[0] for e in json.loads(r["eps"])), "computed_by": computed_by(r),
-                    "origin": origin_text(r.get("origin") or "")})
+                d["runs"].append(
+                    {
+                        "run_id": int(r["run_id"]),
+                        "attacks": "+".join(a["name"] for a in json.loads(r["attacks"])) or "none",
+                        "n": int(r["n"]),
+                        "eps": ", ".join(e[0] for e in json.loads(r["eps"])),
+                        "computed_by": computed_by(r),
+                        "origin": origin_text(r.get("origin") or ""),
+                    }
+                )
     return d
 
 
@@ -147,9 +153,21 @@ def _expand(items: list) -> list:
 
 
 @_options_of(EvalConfig, skip=("checkpoints", "attacks", "out"))
-def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = "mifgsm", ensemble: bool = False,
-             steps: int | None = None, decay: float | None = None, resize_rate: float | None = None,
-             diversity_prob: float | None = None, out: str | Path | None = None, progress=None, **options):
+def transfer(
+    sources=None,
+    targets=None,
+    *,
+    all_checkpoints=None,
+    attack: str = "mifgsm",
+    ensemble: bool = False,
+    steps: int | None = None,
+    decay: float | None = None,
+    resize_rate: float | None = None,
+    diversity_prob: float | None = None,
+    out: str | Path | None = None,
+    progress=None,
+    **options,
+):
     """Black-box transfer: examples crafted on each source (or their ensemble) with ``attack`` (pgd, mifgsm,
     difgsm, with inline options), scored on every target; ``all_checkpoints`` makes every checkpoint a
     source and a target. ``options`` are evaluate's (dataset, n, eps, seed, store ...). Returns one row per
@@ -157,24 +175,39 @@ def transfer(sources=None, targets=None, *, all_checkpoints=None, attack: str = 
     from .attacks.registry import create_transfer_attack
     from .engine.transfer import transfer as run
 
-    atk = create_transfer_attack(attack, steps=steps, decay=decay, resize_rate=resize_rate,
-                                 diversity_prob=diversity_prob)
+    atk = create_transfer_attack(
+        attack, steps=steps, decay=decay, resize_rate=resize_rate, diversity_prob=diversity_prob
+    )
     cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
     if out:
         from .reporting.publish import check_table_path
 
         check_table_path(out)
     src = _expand(list(all_checkpoints or sources or []))
-    df = run(src, _expand(list(targets or [])), cfg, attack=atk, ensemble=ensemble, all_pairs=bool(all_checkpoints),
-             progress=progress)
+    df = run(
+        src,
+        _expand(list(targets or [])),
+        cfg,
+        attack=atk,
+        ensemble=ensemble,
+        all_pairs=bool(all_checkpoints),
+        progress=progress,
+    )
     if out:
         write_table(df, out)
     return df
 
 
 @_options_of(EvalConfig, skip=("checkpoints", "out", "jobs"))
-def sanity(checkpoint, *, strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
-           progress=None, **options) -> dict:
+def sanity(
+    checkpoint,
+    *,
+    strong_steps: int | None = None,
+    strong_restarts: int = 3,
+    square_queries: int = 1000,
+    progress=None,
+    **options,
+) -> dict:
     """The full gradient-masking checklist on one checkpoint (``options`` are evaluate's: dataset, n, eps,
     seed, store, pgd_steps ...; the largest eps is the one under test). The checks are stored with their
     evidence, together with the store's cross-run checks; returns {"model", "checks": DataFrame, "flagged"}."""
@@ -194,9 +227,9 @@ def train(out: str | Path | None = None, *, overwrite: bool = False, progress=No
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
     from .checkpoints import Checkpoint, save_checkpoint
-    from .files import sha256_file
     from .config import TrainConfig, check_counts, check_keys, check_types
     from .errors import RobenchError
+    from .files import sha256_file
     from .training.train import check, fit
 
     settings = check_keys(options, TrainConfig, "train")
@@ -216,8 +249,14 @@ def train(out: str | Path | None = None, *, overwrite: bool = False, progress=No
     return Checkpoint(model, meta, sha256_file(path), path)
 
 
-def build_zoo(zoo: str | Path, folder: str | Path | None = None, *, overwrite: bool = False,
-              only: list[str] | None = None, progress=None) -> list[dict]:
+def build_zoo(
+    zoo: str | Path,
+    folder: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    only: list[str] | None = None,
+    progress=None,
+) -> list[dict]:
     """Train the members of a zoo file missing from ``folder`` (all with ``overwrite``), then rewrite the
     table in ``folder``/README.md. Returns one row per member (file, group, status)."""
     from .training.zoo import build_zoo as build
@@ -259,17 +298,28 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     return load(archive, store)
 
 
-def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alpha: float = 0.05,
-          store: str | Path | None = None, device: str = "auto", data_dir: str | None = None,
-          trust: bool = False, junit: str | Path | None = None, json_out: str | Path | None = None,
-          progress=None, autoattack: str = "fast") -> dict:
+def check(
+    baseline: str | Path,
+    checkpoints=None,
+    *,
+    tolerance: float = 1.0,
+    alpha: float = 0.05,
+    store: str | Path | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    trust: bool = False,
+    junit: str | Path | None = None,
+    json_out: str | Path | None = None,
+    progress=None,
+    autoattack: str = "fast",
+) -> dict:
     """Re-evaluate checkpoints (all of the baseline's, or the ones named) with the configuration the baseline
     CSV recorded and compare model by model. Returns {"table": DataFrame, "failed": bool, "models": {...}};
     a checkpoint with a new sha256 is matched by its model id and reported as changed. The baseline's
     per-example outcomes are read from ``store`` when it holds them (paired test). The baseline's AutoAttack
     standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses under one
     AutoAttack break in two thousand, about as many as AutoAttack run again with another seed, and finds four
-    times as many AutoAttack misses: see the README's Performance section), or with the official code when
+    times as many AutoAttack misses: see docs/performance.md), or with the official code when
     ``autoattack="official"``."""
     from .errors import RobenchError
     from .reporting.regression import run_check
@@ -277,9 +327,20 @@ def check(baseline: str | Path, checkpoints=None, *, tolerance: float = 1.0, alp
     if not 0 < alpha < 1 or tolerance < 0:
         raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
     single = isinstance(checkpoints, (str, Path))
-    return run_check(baseline, [checkpoints] if single else checkpoints, tolerance=tolerance, alpha=alpha,
-                     store=store, device=device, data_dir=data_dir, trust=trust, junit=junit, json_out=json_out,
-                     progress=progress, autoattack=autoattack)
+    return run_check(
+        baseline,
+        [checkpoints] if single else checkpoints,
+        tolerance=tolerance,
+        alpha=alpha,
+        store=store,
+        device=device,
+        data_dir=data_dir,
+        trust=trust,
+        junit=junit,
+        json_out=json_out,
+        progress=progress,
+        autoattack=autoattack,
+    )
 
 
 def write_table(df, path: str | Path) -> Path:
@@ -289,8 +350,16 @@ def write_table(df, path: str | Path) -> Path:
     return write(df, path)
 
 
-def verify(source: str | Path, sample: float = 0.1, seed: int = 0, device: str = "auto", data_dir: str | None = None,
-           trust: bool = False, runs: list[str] | None = None, progress=None) -> dict:
+def verify(
+    source: str | Path,
+    sample: float = 0.1,
+    seed: int = 0,
+    device: str = "auto",
+    data_dir: str | None = None,
+    trust: bool = False,
+    runs: list[str] | None = None,
+    progress=None,
+) -> dict:
     """Re-compute a random ``sample`` (a fraction) of the batches of the runs in an archive or a store and
     compare them example by example with what it records (``runs``: only the runs whose key starts with, or
     whose model is, one of these). Returns {"runs": [per run: key, model, attacks,
@@ -298,6 +367,14 @@ def verify(source: str | Path, sample: float = 0.1, seed: int = 0, device: str =
     from .archive import read_runs
     from .engine.verify import verify_runs
 
-    runs = verify_runs(read_runs(source), sample=sample, seed=seed, device=device, data_dir=data_dir, trust=trust,
-                       only=runs, progress=progress)
+    runs = verify_runs(
+        read_runs(source),
+        sample=sample,
+        seed=seed,
+        device=device,
+        data_dir=data_dir,
+        trust=trust,
+        only=runs,
+        progress=progress,
+    )
     return {"runs": runs, "mismatches": sum(len(r["mismatches"]) for r in runs)}

@@ -10,6 +10,7 @@ each run once however often the results are committed again). Each file of a fol
 the folder's ``order.txt`` lists the run keys in the store's order, which a fresh store's import keeps (run
 numbers and the order of runs on the pages come from it).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -83,12 +84,16 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
     if unfinished and folder:  # a folder's order.txt lists finished runs; unfinished ones travel apart
         raise RobenchError(f"Unfinished runs are written to one .jsonl.gz file, not to a folder ({out.name}).")
     if folder and (out.exists() and not out.is_dir() or not out.exists() and out.suffix):
-        raise RobenchError(f"A results archive is a .jsonl.gz file or a folder (a name without an extension), "
-                           f"not {out.name}.")
+        raise RobenchError(
+            f"A results archive is a .jsonl.gz file or a folder (a name without an extension), not {out.name}."
+        )
     with Store(store, readonly=True) as db, db.snapshot():
         if unfinished:
-            runs = [{**_run_record(db, i), "finished": False} for i in map(int, db.runs("running")["run_id"].tolist())
-                    if db.stored_examples(i)]
+            runs = [
+                {**_run_record(db, i), "finished": False}
+                for i in map(int, db.runs("running")["run_id"].tolist())
+                if db.stored_examples(i)
+            ]
             checks = []
         else:
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
@@ -175,8 +180,10 @@ def _read_all(archive: Path) -> tuple[list, list]:
         for rec, rows in r:
             same = records.get(rec["key"])
             if same is not None and _line(same[0]) != _line(rec):
-                raise RobenchError(f"{archive} holds two different records of run {rec['key'][:16]} (the second in "
-                                   f"{path}); an archive gives one result per run, so nothing was imported.")
+                raise RobenchError(
+                    f"{archive} holds two different records of run {rec['key'][:16]} (the second in "
+                    f"{path}); an archive gives one result per run, so nothing was imported."
+                )
             records[rec["key"]] = (rec, rows)
         checks += c
         size += n
@@ -189,8 +196,9 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
         with gzip.open(archive, "rb") as f:
             raw = f.read(limit + 1)
         if len(raw) > limit:
-            raise RobenchError(f"The results archive is larger than 1 GiB (at {archive}); robench imports "
-                               "archives up to that.")
+            raise RobenchError(
+                f"The results archive is larger than 1 GiB (at {archive}); robench imports archives up to that."
+            )
     except FileNotFoundError:
         raise RobenchError(f"No such results archive: {archive}.") from None
     except (OSError, EOFError) as e:
@@ -211,8 +219,10 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
             if rec.get("format") != FORMAT or not isinstance(rec.get("version"), int):
                 raise _bad(archive, n, "it does not start with the robench-results header")
             if rec["version"] > VERSION:
-                raise RobenchError(f"{archive} was written by a newer robench (archive version {rec['version']}); "
-                                   "upgrade robench to read it.")
+                raise RobenchError(
+                    f"{archive} was written by a newer robench (archive version {rec['version']}); "
+                    "upgrade robench to read it."
+                )
             continue
         try:
             if "check" in rec:
@@ -235,8 +245,9 @@ def _add(records: list, checks: list, store, origin: dict) -> dict:
                 continue
             have = db.run_state(rec["key"])  # (status, examples stored, stages stored) or None
             # a finished run is never replaced; an unfinished one only by a run that got further
-            if have and (have[0] == "done" or not finished and have[0] == "running" and
-                         have[1] >= len({r[1] for r in rows})):
+            if have and (
+                have[0] == "done" or not finished and have[0] == "running" and have[1] >= len({r[1] for r in rows})
+            ):
                 kept += 1
                 continue
             fields = {k: rec[k] for k in RUN_FIELDS}
@@ -252,7 +263,8 @@ def _add(records: list, checks: list, store, origin: dict) -> dict:
         by_model: dict[tuple, list[dict]] = {}
         for c in checks:
             by_model.setdefault((c["sha256"], c["dataset"], c["norm"]), []).append(
-                {**c, "budget": json.loads(c.get("budget") or "{}")})
+                {**c, "budget": json.loads(c.get("budget") or "{}")}
+            )
         for (sha, dataset, norm), cs in by_model.items():
             db.set_checks(sha, dataset, norm, cs, replace=False)
     return {"added": added, "kept": kept, "checks": len(checks), "unfinished": unfinished}

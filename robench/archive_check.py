@@ -3,10 +3,11 @@ Every field robench reads has its type and range checked (whole numbers within S
 numbers, bounded strings, a dataset robench knows or a safe name, a norm robench knows, eps that parse to
 the value they claim, example indices inside the split, attack budgets of the shape the pages and `robench
 check` read). A record that fails is refused with one sentence naming its file, line and field."""
+
 from __future__ import annotations
 
-import binascii
 import base64
+import binascii
 import json
 import math
 import re
@@ -19,9 +20,12 @@ MAX_INDEX = 1 << 31  # example indices of a dataset robench does not know the si
 HEX64 = re.compile(r"[0-9a-f]{64}")
 SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SPLIT_SIZES = {  # examples per split of the datasets robench knows
-    "fashion-mnist": {"test": 10_000, "train": 60_000}, "mnist": {"test": 10_000, "train": 60_000},
-    "cifar10": {"test": 10_000, "train": 50_000}, "cifar100": {"test": 10_000, "train": 50_000},
-    "svhn": {"test": 26_032, "train": 73_257}, "imagenet": {"val": 50_000, "test": 50_000},
+    "fashion-mnist": {"test": 10_000, "train": 60_000},
+    "mnist": {"test": 10_000, "train": 60_000},
+    "cifar10": {"test": 10_000, "train": 50_000},
+    "cifar100": {"test": 10_000, "train": 50_000},
+    "svhn": {"test": 26_032, "train": 73_257},
+    "imagenet": {"val": 50_000, "test": 50_000},
 }
 
 
@@ -119,8 +123,10 @@ def _budgets(v) -> None:
                 _str(s.get("model"), "a transfer source's model")
                 _hex64(s.get("sha256"), "a transfer source's sha256")
         members = b.get("members")
-        if members is not None and (not isinstance(members, dict) or
-                                    not all(isinstance(k, str) and isinstance(m, dict) for k, m in members.items())):
+        if members is not None and (
+            not isinstance(members, dict)
+            or not all(isinstance(k, str) and isinstance(m, dict) for k, m in members.items())
+        ):
             raise Bad("an ensemble budget's members are malformed")
 
 
@@ -141,8 +147,12 @@ def _outcomes(oc, eps: list[str], limit: int) -> tuple[list[tuple], list[int]]:
     if set(oc["eps"]) != set(eps):
         raise Bad("its outcomes do not cover its eps")
     for d in oc["eps"].values():
-        if not isinstance(d, dict) or not isinstance(d.get("clean"), str) or not isinstance(d.get("robust"), str) \
-                or not isinstance(d.get("broken_by"), dict):
+        if (
+            not isinstance(d, dict)
+            or not isinstance(d.get("clean"), str)
+            or not isinstance(d.get("robust"), str)
+            or not isinstance(d.get("broken_by"), dict)
+        ):
             raise Bad("its outcomes are malformed")
         if len(d["clean"]) != count or len(d["robust"]) != count or set(d["clean"] + d["robust"]) - {"0", "1"}:
             raise Bad("its outcome strings do not match its example indices")
@@ -150,8 +160,9 @@ def _outcomes(oc, eps: list[str], limit: int) -> tuple[list[tuple], list[int]]:
             raise Bad("it counts an example as robust that is wrong on clean data")
         for name, ps in d["broken_by"].items():
             _str(name, "an attack that broke examples", 200, empty=False)
-            if not isinstance(ps, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count
-                                                   for p in ps):
+            if not isinstance(ps, list) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 <= p < count for p in ps
+            ):
                 raise Bad("its broken_by positions are not inside its examples")
     idx = [i for a, b in oc["idx"] for i in range(a, b)]
     rows = []
@@ -197,7 +208,8 @@ def check_run(rec: dict) -> list[tuple]:
     if not isinstance(rec["flags"], list) or not all(isinstance(f, str) and len(f) <= MAX_TEXT for f in rec["flags"]):
         raise Bad("its flags are not a list of strings")
     if not isinstance(rec["queries"], dict) or not all(
-            isinstance(a, str) and isinstance(q, dict) for a, q in rec["queries"].items()):
+        isinstance(a, str) and isinstance(q, dict) for a, q in rec["queries"].items()
+    ):
         raise Bad("its query counts are malformed")
     for a, q in rec["queries"].items():
         _int(q.get("examples"), "a query count's examples")
@@ -207,8 +219,12 @@ def check_run(rec: dict) -> list[tuple]:
         raise Bad("its finished field is not true or false")
     stages = rec.get("stages", {})
     try:  # older archives carried stages with unfinished runs; an import checks their form and drops them
-        if finished and stages or not isinstance(stages, dict) or not all(
-                isinstance(k, str) and re.fullmatch(r"[0-9a-f]{32}", k) for k in stages):
+        if (
+            finished
+            and stages
+            or not isinstance(stages, dict)
+            or not all(isinstance(k, str) and re.fullmatch(r"[0-9a-f]{32}", k) for k in stages)
+        ):
             raise ValueError
         for v in stages.values():
             base64.b64decode(v, validate=True)

@@ -14,6 +14,7 @@ which unpickles with ``weights_only`` unless trusted, ``_foreign_meta``, ``_chec
 can see in one file that no path to a model runs a stranger's code. ``.pt2`` parsing, the one format with
 its own zip reading, lives in ``robench.pt2``.
 """
+
 from __future__ import annotations
 
 import io
@@ -31,14 +32,17 @@ from ._version import __version__
 from .data import dataset_info
 from .errors import RobenchError
 from .files import atomic_path, sha256_file
-from .metadata import check_meta, describe, model_card as _model_card, parse_meta
+from .metadata import check_meta, describe, parse_meta
+from .metadata import model_card as _model_card
 from .nn.activations import activation_modules, parse_activation
 from .nn.architectures import Normalized, create_model, is_import_path
 
 FORMAT_VERSION = 1
-MAX_PARAMS = 10 ** 9  # a model robench builds: up to a billion parameters (4 GB in float32)
-TRUST_HINT = ("pass --trust-checkpoint (trust_checkpoint=True, or trust=True to load_checkpoint) only if you trust "
-              "where the file came from")
+MAX_PARAMS = 10**9  # a model robench builds: up to a billion parameters (4 GB in float32)
+TRUST_HINT = (
+    "pass --trust-checkpoint (trust_checkpoint=True, or trust=True to load_checkpoint) only if you trust "
+    "where the file came from"
+)
 
 
 @dataclass
@@ -61,8 +65,13 @@ def model_meta(arch: str, activation: str, dataset: str | None = None, **extra) 
     meta = {"arch": arch, "activation": str(parse_activation(activation))}
     if dataset:
         info = dataset_info(dataset)
-        meta.update(dataset=info.name, num_classes=info.num_classes, input_shape=list(info.shape),
-                    mean=list(info.mean), std=list(info.std))
+        meta.update(
+            dataset=info.name,
+            num_classes=info.num_classes,
+            input_shape=list(info.shape),
+            mean=list(info.mean),
+            std=list(info.std),
+        )
     meta.update({k: v for k, v in extra.items() if v is not None})
     return meta
 
@@ -87,8 +96,11 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_model
 
-            save_model(net, str(tmp), metadata={"robench": json.dumps(meta, sort_keys=True),
-                                               "robench_format": str(FORMAT_VERSION)})
+            save_model(
+                net,
+                str(tmp),
+                metadata={"robench": json.dumps(meta, sort_keys=True), "robench_format": str(FORMAT_VERSION)},
+            )
         else:
             sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
             # through memory: a file's zip archive would be named after the temporary file, so the same
@@ -114,19 +126,24 @@ def _check_round_trip(model: nn.Module, tmp: Path, suffix: str, meta: dict) -> N
             want = model(x)
             got = loaded.to(device)(x)
     except RuntimeError as e:
-        raise RobenchError(f"The metadata ({meta['arch']}, {meta['activation']}, input "
-                           f"{'x'.join(map(str, shape))}) does not describe this model ({str(e).splitlines()[0]}); "
-                           "nothing was saved.") from None
+        raise RobenchError(
+            f"The metadata ({meta['arch']}, {meta['activation']}, input "
+            f"{'x'.join(map(str, shape))}) does not describe this model ({str(e).splitlines()[0]}); "
+            "nothing was saved."
+        ) from None
     finally:
         model.train(was_training)
     # bit for bit on the CPU; a GPU may pick other kernels for the second model, so there within rounding
-    same = want.shape == got.shape and (torch.equal(want, got) if device.type == "cpu"
-                                        else torch.allclose(want, got, rtol=1e-4, atol=1e-5))
+    same = want.shape == got.shape and (
+        torch.equal(want, got) if device.type == "cpu" else torch.allclose(want, got, rtol=1e-4, atol=1e-5)
+    )
     if not same:
-        raise RobenchError(f"The metadata ({meta['arch']}, {meta['activation']}, {meta['num_classes']} classes) "
-                           "describes another model than the one given: reloaded, it would return different "
-                           "logits; build the metadata with the model's own architecture and activation. "
-                           "Nothing was saved.")
+        raise RobenchError(
+            f"The metadata ({meta['arch']}, {meta['activation']}, {meta['num_classes']} classes) "
+            "describes another model than the one given: reloaded, it would return different "
+            "logits; build the metadata with the model's own architecture and activation. "
+            "Nothing was saved."
+        )
 
 
 # -------------------------------------------------------------------------------------------- load
@@ -135,25 +152,56 @@ def _torch_load(path: Path, trust: bool):
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         text = str(e)
-        if not trust and ("Weights only load failed" in text and
-                          any(k in text for k in ("Unsupported global", "GLOBAL", "not an allowed global",
-                                                  "Unsupported operand", "REDUCE", "BUILD"))):
-            raise RobenchError(f"{path} needs arbitrary unpickling to load, which could run code from the file; "
-                               f"{TRUST_HINT}.") from e
-        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
-                           "format); re-save it with torch.save or robench.") from e
+        if not trust and (
+            "Weights only load failed" in text
+            and any(
+                k in text
+                for k in (
+                    "Unsupported global",
+                    "GLOBAL",
+                    "not an allowed global",
+                    "Unsupported operand",
+                    "REDUCE",
+                    "BUILD",
+                )
+            )
+        ):
+            raise RobenchError(
+                f"{path} needs arbitrary unpickling to load, which could run code from the file; {TRUST_HINT}."
+            ) from e
+        raise RobenchError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+            "format); re-save it with torch.save or robench."
+        ) from e
     except (AttributeError, ImportError) as e:
         missing = _missing_class(e)
         if trust and missing:
-            raise RobenchError(f"{path} was pickled with {missing}, which cannot be imported here; run robench "
-                               "where that code is importable (its folder on PYTHONPATH), or save the model's "
-                               "state_dict() and pass --arch.") from e
-        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
-                           "format); re-save it with torch.save or robench.") from e
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError, IndexError,
-            MemoryError, OverflowError, RecursionError) as e:
-        raise RobenchError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
-                           "format); re-save it with torch.save or robench.") from e
+            raise RobenchError(
+                f"{path} was pickled with {missing}, which cannot be imported here; run robench "
+                "where that code is importable (its folder on PYTHONPATH), or save the model's "
+                "state_dict() and pass --arch."
+            ) from e
+        raise RobenchError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+            "format); re-save it with torch.save or robench."
+        ) from e
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        OSError,
+        zipfile.BadZipFile,
+        KeyError,
+        TypeError,
+        IndexError,
+        MemoryError,
+        OverflowError,
+        RecursionError,
+    ) as e:
+        raise RobenchError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+            "format); re-save it with torch.save or robench."
+        ) from e
 
 
 def _missing_class(e: Exception) -> str | None:
@@ -167,9 +215,12 @@ def _missing_class(e: Exception) -> str | None:
 
 def _strip_prefixes(sd: dict) -> dict:
     for prefix in ("module.", "model.", "module.", "model."):
-        if sd and all(k.startswith(prefix) or k.startswith("normalize.") for k in sd) and any(
-                k.startswith(prefix) for k in sd):
-            sd = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()}
+        if (
+            sd
+            and all(k.startswith(prefix) or k.startswith("normalize.") for k in sd)
+            and any(k.startswith(prefix) for k in sd)
+        ):
+            sd = {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in sd.items()}
     return sd
 
 
@@ -189,16 +240,20 @@ def _check_tensors(sd: dict, own: dict, path: Path) -> None:
     (a view over a tiny storage) is refused without touching its elements."""
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
-            raise RobenchError(f"{path} holds a {type(v).__name__} under {k} where a weight tensor belongs; "
-                               "it is not a state dict robench can load.")
+            raise RobenchError(
+                f"{path} holds a {type(v).__name__} under {k} where a weight tensor belongs; "
+                "it is not a state dict robench can load."
+            )
     for k, p in own.items():
         v = sd.get(k)
         if v is None:
             continue
         if v.is_complex() or v.is_floating_point() != p.is_floating_point():
-            raise RobenchError(f"{path} stores {k} as {str(v.dtype).replace('torch.', '')} but the model needs "
-                               f"{str(p.dtype).replace('torch.', '')}; re-save the checkpoint with its original "
-                               "weights.")
+            raise RobenchError(
+                f"{path} stores {k} as {str(v.dtype).replace('torch.', '')} but the model needs "
+                f"{str(p.dtype).replace('torch.', '')}; re-save the checkpoint with its original "
+                "weights."
+            )
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise RobenchError(f"{path} has NaN or Inf values in its weights (first in {k}); it cannot be evaluated.")
 
@@ -206,7 +261,7 @@ def _check_tensors(sd: dict, own: dict, path: Path) -> None:
 def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
     own = model.net.state_dict(keep_vars=True)
     if sd and all(k.startswith("net.") for k in sd) and any(k not in own for k in sd):
-        stripped = {k[len("net."):]: v for k, v in sd.items()}
+        stripped = {k[len("net.") :]: v for k, v in sd.items()}
         if all(k in own for k in stripped):  # the state dict of a model robench.create_model built
             sd = stripped
     if any(not isinstance(v, torch.Tensor) for v in sd.values()):
@@ -215,15 +270,22 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
     aliases = {k for k, p in own.items() if sum(q is p for q in own.values()) > 1}
     missing = [k for k in own if k not in sd and k not in aliases]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} ({'x'.join(map(str, sd[k].shape))} in the file, {'x'.join(map(str, own[k].shape))} in the model)"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-             for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", wrong))
-             if keys]
+    wrong = [
+        f"{k} ({'x'.join(map(str, sd[k].shape))} in the file, {'x'.join(map(str, own[k].shape))} in the model)"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    parts = [
+        f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs for", wrong))
+        if keys
+    ]
     if parts:
-        raise RobenchError(f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}, "
-                           f"{meta.get('num_classes')} classes): {'; '.join(parts)}; "
-                           "check --arch, --activation and --dataset.")
+        raise RobenchError(
+            f"{path} does not fit {meta.get('arch')} (activation {meta.get('activation')}, "
+            f"{meta.get('num_classes')} classes): {'; '.join(parts)}; "
+            "check --arch, --activation and --dataset."
+        )
     _check_tensors(sd, own, path)
     model.net.load_state_dict({k: v for k, v in sd.items()}, strict=False)
 
@@ -231,34 +293,47 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
 def _build(meta: dict, path: Path) -> Normalized:
     check_meta(meta, f"The metadata of {path}")
     shape = meta.get("input_shape") or [3, 32, 32]
-    build = dict(activation=meta.get("activation", "relu"), num_classes=int(meta["num_classes"]),
-                 in_channels=int(shape[0]), input_size=int(shape[-1]), mean=meta.get("mean"), std=meta.get("std"))
+    build = dict(
+        activation=meta.get("activation", "relu"),
+        num_classes=int(meta["num_classes"]),
+        in_channels=int(shape[0]),
+        input_size=int(shape[-1]),
+        mean=meta.get("mean"),
+        std=meta.get("std"),
+    )
     with torch.device("meta"):  # counted before any memory is taken: a file cannot make robench allocate 9 GB
         try:
             probe = create_model(meta["arch"], **build)
         except (RuntimeError, ValueError, TypeError, ZeroDivisionError) as e:
-            raise RobenchError(f"{path} describes a {meta['arch']} that cannot be built for inputs "
-                               f"{'x'.join(map(str, shape))} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
-                               "check its architecture and input shape.") from None
+            raise RobenchError(
+                f"{path} describes a {meta['arch']} that cannot be built for inputs "
+                f"{'x'.join(map(str, shape))} ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                "check its architecture and input shape."
+            ) from None
     count = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
     if count > MAX_PARAMS:
-        raise RobenchError(f"{path} describes a {meta['arch']} of {count:,} parameters ({4 * count / 2**30:,.0f} GiB); "
-                           "robench builds models of up to 1,000,000,000, so check its architecture name.")
+        raise RobenchError(
+            f"{path} describes a {meta['arch']} of {count:,} parameters ({4 * count / 2**30:,.0f} GiB); "
+            "robench builds models of up to 1,000,000,000, so check its architecture name."
+        )
     with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten; the caller's RNG is left alone
         try:
             return create_model(meta["arch"], **build)
         except MemoryError:
-            raise RobenchError(f"{path} describes a {meta['arch']} of {count:,} parameters, more than this "
-                               "machine's memory holds.") from None
+            raise RobenchError(
+                f"{path} describes a {meta['arch']} of {count:,} parameters, more than this machine's memory holds."
+            ) from None
 
 
 def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
     if kind in ("pickled-module", "exported-program"):
         named = [f"--{k}" for k in ("arch", "activation") if overrides.get(k)]
         if named:  # the file is the network itself: a flag would only mislabel it
-            raise RobenchError(f"{path} holds a whole {'exported program' if kind == 'exported-program' else 'module'}, "
-                               f"which carries its own architecture and activations; {' and '.join(named)} apply only "
-                               "to a plain state dict, so leave them out (a model card may label it).")
+            raise RobenchError(
+                f"{path} holds a whole {'exported program' if kind == 'exported-program' else 'module'}, "
+                f"which carries its own architecture and activations; {' and '.join(named)} apply only "
+                "to a plain state dict, so leave them out (a model card may label it)."
+            )
     card = _model_card(path)
     given = {k: v for k, v in overrides.items() if v is not None}
     meta = {**card, **given}
@@ -273,9 +348,17 @@ def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
     return meta
 
 
-def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None = None,
-                    activation: str | None = None, dataset: str | None = None,
-                    num_classes: int | None = None, mean=None, std=None) -> Checkpoint:
+def load_checkpoint(
+    path: str | Path,
+    trust: bool = False,
+    *,
+    arch: str | None = None,
+    activation: str | None = None,
+    dataset: str | None = None,
+    num_classes: int | None = None,
+    mean=None,
+    std=None,
+) -> Checkpoint:
     """Load any supported checkpoint; the returned ``.model`` is in eval mode on the CPU."""
     path = Path(path)
     if not path.exists():
@@ -286,8 +369,14 @@ def load_checkpoint(path: str | Path, trust: bool = False, *, arch: str | None =
         raise RobenchError(f"{path} is not a regular file (a device, pipe or socket), so it is not a checkpoint.")
     if path.stat().st_size == 0:
         raise RobenchError(f"{path} is empty (0 bytes), so it is not a checkpoint.")
-    overrides = {"arch": arch, "activation": activation, "dataset": dataset, "num_classes": num_classes,
-                 "mean": mean, "std": std}
+    overrides = {
+        "arch": arch,
+        "activation": activation,
+        "dataset": dataset,
+        "num_classes": num_classes,
+        "mean": mean,
+        "std": std,
+    }
     digest = sha256_file(path)
     if path.suffix == ".safetensors":
         ckpt = _load_safetensors(path, overrides)
@@ -324,19 +413,24 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str, code_ok: bool 
     """``code_ok``: the user named this architecture or trusts the file, so an import-path architecture
     (their own class, which robench imports and so runs) may be built."""
     if not meta.get("arch") or not meta.get("num_classes"):
-        raise RobenchError(f"{path} holds only weights and no model card; name its architecture and dataset "
-                           f"with --arch and --dataset (and --activation if not ReLU), or write {path.name}.json.")
+        raise RobenchError(
+            f"{path} holds only weights and no model card; name its architecture and dataset "
+            f"with --arch and --dataset (and --activation if not ReLU), or write {path.name}.json."
+        )
     if not all(isinstance(k, str) for k in sd):
-        raise RobenchError(f"{path} has a state dict whose keys are not all names; it is not a checkpoint "
-                           "robench can load.")
+        raise RobenchError(
+            f"{path} has a state dict whose keys are not all names; it is not a checkpoint robench can load."
+        )
     sd = _strip_prefixes(sd)
     for key, field_ in (("normalize.mean", "mean"), ("normalize.std", "std"), ("mu", "mean"), ("sigma", "std")):
         v = sd.get(key)
         if isinstance(v, torch.Tensor) and v.numel() <= 16:  # a zoo file that carries its own normalization layer
             meta.setdefault(field_, sd.pop(key).flatten().tolist())
     if is_import_path(str(meta.get("arch", ""))) and not code_ok:
-        raise RobenchError(f"{path} names its architecture {meta['arch']}, code that robench would import and run; "
-                           f"pass --arch {meta['arch']} yourself if you trust that code, or {TRUST_HINT}.")
+        raise RobenchError(
+            f"{path} names its architecture {meta['arch']}, code that robench would import and run; "
+            f"pass --arch {meta['arch']} yourself if you trust that code, or {TRUST_HINT}."
+        )
     model = _build(meta, path)
     _load_weights(model, sd, path, meta)
     return Checkpoint(model, meta, "", format=kind)
@@ -348,17 +442,21 @@ def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
         if not isinstance(obj["robench_format"], int) or isinstance(obj["robench_format"], bool):
             raise RobenchError(f"{path} has a robench_format that is not a whole number; re-save it with robench.")
         if obj["robench_format"] > FORMAT_VERSION:
-            raise RobenchError(f"{path} was written by a newer robench (format {obj['robench_format']}); "
-                               "upgrade robench to read it.")
+            raise RobenchError(
+                f"{path} was written by a newer robench (format {obj['robench_format']}); upgrade robench to read it."
+            )
         if not isinstance(obj.get("meta"), dict):
-            raise RobenchError(f"The metadata of {path} is a {type(obj.get('meta')).__name__}, not an object of named "
-                               "fields; re-save the checkpoint with robench.")
+            raise RobenchError(
+                f"The metadata of {path} is a {type(obj.get('meta')).__name__}, not an object of named "
+                "fields; re-save the checkpoint with robench."
+            )
         meta = dict(obj["meta"])
         meta.update({k: v for k, v in overrides.items() if v is not None and k in ("dataset",)})
         if not isinstance(obj.get("state_dict"), dict):
             raise RobenchError(f"{path} is a robench checkpoint without a state dict; re-save it with robench.")
-        return _from_state_dict(path, obj["state_dict"], meta, "robench",
-                                code_ok=trust or meta.get("arch") == overrides.get("arch"))
+        return _from_state_dict(
+            path, obj["state_dict"], meta, "robench", code_ok=trust or meta.get("arch") == overrides.get("arch")
+        )
     if isinstance(obj, nn.Module):
         meta = _foreign_meta(path, overrides, "pickled-module")
         return Checkpoint(_wrap_module(obj, meta), meta, "", format="pickled-module")
@@ -411,15 +509,26 @@ def checkpoint_info(ckpt: Checkpoint) -> dict:
     names = {id(m): n for n, m in ckpt.model.named_modules()}
     for m in activation_modules(ckpt.model):
         if m.learned:
-            acts.append({"module": names.get(id(m), "?"), "activation": m.name, "share": m.share,
-                         "values": m.learned_values()})
+            acts.append(
+                {"module": names.get(id(m), "?"), "activation": m.name, "share": m.share, "values": m.learned_values()}
+            )
     return {
-        "path": str(ckpt.path), "sha256": ckpt.sha256, "format": ckpt.format,
+        "path": str(ckpt.path),
+        "sha256": ckpt.sha256,
+        "format": ckpt.format,
         "parameters": sum(p.numel() for p in params.values()),
         "size_bytes": ckpt.path.stat().st_size if ckpt.path else None,
-        "meta": ckpt.meta, "activations": acts,
+        "meta": ckpt.meta,
+        "activations": acts,
     }
 
 
-__all__ = ["Checkpoint", "load_checkpoint", "save_checkpoint", "checkpoint_info", "model_meta",
-           "sha256_file", "atomic_path"]
+__all__ = [
+    "Checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "checkpoint_info",
+    "model_meta",
+    "sha256_file",
+    "atomic_path",
+]

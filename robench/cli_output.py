@@ -1,5 +1,6 @@
 """What the robench command line prints: consoles, progress displays, the results table and the Ctrl-C
 message. The commands in cli.py call these; nothing here computes a result."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,8 @@ WHERE: dict = {}  # the runs a command reported progress on and that have not en
 def track(ev: dict) -> None:
     if ev.get("event") in ("start", "batch") and "run_id" in ev:
         WHERE.setdefault("runs", {}).setdefault(ev["run_id"], {}).update(
-            {k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev}, stage=None)
+            {k: ev[k] for k in ("model", "run_id", "store", "done", "total") if k in ev}, stage=None
+        )
     elif ev.get("event") == "stage" and ev.get("run_id") in WHERE.get("runs", {}):
         WHERE["runs"][ev["run_id"]]["stage"] = ev["stage"]
     elif ev.get("event") == "end" and "run_id" in ev:
@@ -57,14 +59,25 @@ def interrupted() -> str:
     runs = [w for w in listed if w.get("done", 0) < w.get("total", 1) or w.get("stage")]
     if not runs:
         if WHERE.get("ended") or listed:
-            return ("Interrupted between runs; every finished run is saved in the store, so run the same command "
-                    "again to continue.")
+            return (
+                "Interrupted between runs; every finished run is saved in the store, so run the same command "
+                "again to continue."
+            )
         return "Interrupted before any run started, so nothing was stored; run the same command again to start it."
-    where = "; ".join(f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}"
-                      + (f", during {w['stage']}: that batch reruns, keeping the AutoAttack members that finished on "
-                         "it" if w.get("stage") else "") + ")" for w in runs)
-    return (f"Interrupted: {where}; every finished batch is saved in {runs[0].get('store', 'the store')}, so run "
-            "the same command again to continue from there.")
+    where = "; ".join(
+        f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}"
+        + (
+            f", during {w['stage']}: that batch reruns, keeping the AutoAttack members that finished on it"
+            if w.get("stage")
+            else ""
+        )
+        + ")"
+        for w in runs
+    )
+    return (
+        f"Interrupted: {where}; every finished batch is saved in {runs[0].get('store', 'the store')}, so run "
+        "the same command again to continue from there."
+    )
 
 
 def num(v) -> str:
@@ -82,9 +95,15 @@ class TrainProgress:
         elif ev["event"] == "start":
             self.epochs = ev["epochs"]
             err.print(f"Training on {ev['train']} images, validating on {ev['val']}, device {ev['device']}")
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                     console=err, transient=True)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
             self.progress.start()
             self.task = None
         elif ev["event"] == "batch":
@@ -94,9 +113,11 @@ class TrainProgress:
         elif ev["event"] == "epoch":
             self.progress.remove_task(self.task)
             self.task = None
-            err.print(f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
-                      f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
-                      f"  {ev['seconds']:.0f} s")
+            err.print(
+                f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
+                f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
+                f"  {ev['seconds']:.0f} s"
+            )
             if ev["epoch"] == ev["epochs"]:
                 self.progress.stop()
 
@@ -115,9 +136,16 @@ def results_table(df) -> Table:
             if flag not in notes:
                 notes.append(flag)
             marks.append(f"[{notes.index(flag) + 1}]")
-        t.add_row(safe(r.model), r.norm, safe(r.eps), safe(r.attacks), str(r.n),
-                  pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
-                  pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high), " ".join(marks) or "-")
+        t.add_row(
+            safe(r.model),
+            r.norm,
+            safe(r.eps),
+            safe(r.attacks),
+            str(r.n),
+            pct(r.clean_acc, r.clean_ci_low, r.clean_ci_high),
+            pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high),
+            " ".join(marks) or "-",
+        )
     t.caption = "\n".join(f"\\[{i}] {esc(n)}" for i, n in enumerate(notes, 1)) or None
     t.caption_justify = "left"
     return t
@@ -132,9 +160,17 @@ class EvalProgress:
     def __init__(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[robust]}"), TextColumn("{task.fields[stage]}"),
-                                 TimeElapsedColumn(), TextColumn("{task.fields[eta]}"), console=err, transient=False)
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[robust]}"),
+            TextColumn("{task.fields[stage]}"),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[eta]}"),
+            console=err,
+            transient=False,
+        )
         self.tasks, self.robust, self.word, self.clock = {}, {}, {}, {}
 
     def __enter__(self):
@@ -148,24 +184,36 @@ class EvalProgress:
         track(ev)
         if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
             last = ev["rows"][-1]
-            self.progress.console.print(f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
-                                        f"(n={last['n']})  {headline(last)}  {ev['seconds']:.0f} s", markup=False)
+            self.progress.console.print(
+                f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
+                f"(n={last['n']})  {headline(last)}  {ev['seconds']:.0f} s",
+                markup=False,
+            )
             return
         if ev["event"] == "plan":  # a suite spread over worker processes: every task's state, up front
             self.progress.console.print(
                 f"{ev['total']} tasks: {ev['stored']} already in the store, {len(ev['waiting'])} to run on "
-                f"{ev['jobs']} workers" + (": " + "; ".join(clean(w) for w in ev["waiting"][:12])
-                                          + (" ..." if len(ev["waiting"]) > 12 else "") if ev["waiting"] else "."),
-                markup=False)
+                f"{ev['jobs']} workers"
+                + (
+                    ": " + "; ".join(clean(w) for w in ev["waiting"][:12]) + (" ..." if len(ev["waiting"]) > 12 else "")
+                    if ev["waiting"]
+                    else "."
+                ),
+                markup=False,
+            )
             return
         if ev["event"] == "craft":
             how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
-            self.progress.console.print(f"Transfer examples from {clean(ev['source'])} at eps {ev['eps']}: {how}",
-                                        markup=False)
+            self.progress.console.print(
+                f"Transfer examples from {clean(ev['source'])} at eps {ev['eps']}: {how}", markup=False
+            )
             return
         if ev["event"] == "check":
-            self.progress.console.print(f"{clean(ev['model'])}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
-                                        f" robust  {ev['seconds']:.0f} s", markup=False)
+            self.progress.console.print(
+                f"{clean(ev['model'])}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
+                f" robust  {ev['seconds']:.0f} s",
+                markup=False,
+            )
             return
         rid = ev["run_id"]
         if ev["event"] == "start":
@@ -174,15 +222,24 @@ class EvalProgress:
             self.word[rid] = "clean" if clean_only(ev["attacks"]) else "robust"
             self.clock[rid] = (time.monotonic(), ev["done"], ev["total"])
             shown = f"{self.word[rid]} {self.robust[rid]}" if ev["done"] else f"{self.word[rid]} -"
-            self.tasks[rid] = self.progress.add_task(esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
-                                                     total=ev["total"], completed=ev["done"], robust=shown,
-                                                     stage="", eta="" if ev["cached"] else "ETA after a batch")
+            self.tasks[rid] = self.progress.add_task(
+                esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
+                total=ev["total"],
+                completed=ev["done"],
+                robust=shown,
+                stage="",
+                eta="" if ev["cached"] else "ETA after a batch",
+            )
         elif ev["event"] == "stage":
             self.progress.update(self.tasks[rid], stage=esc(f"{ev['stage']} on {ev['robust']} of {ev['attacked']}"))
         elif ev["event"] == "batch":
             self.robust[rid] += ev["robust"]
-            self.progress.update(self.tasks[rid], completed=ev["done"], robust=f"{self.word[rid]} {self.robust[rid]}",
-                                 eta=eta(self.clock[rid], ev["done"]))
+            self.progress.update(
+                self.tasks[rid],
+                completed=ev["done"],
+                robust=f"{self.word[rid]} {self.robust[rid]}",
+                eta=eta(self.clock[rid], ev["done"]),
+            )
         elif ev["event"] == "end":
             last = ev["rows"][-1] if ev["rows"] else None
             if last:
@@ -238,8 +295,14 @@ def info_table(d: dict) -> None:
     if d.get("runs"):
         t = Table("run", "attacks", "eps", "n", "computed by", "origin", title="Runs in the store")
         for r in d["runs"]:
-            t.add_row(str(r["run_id"]), safe(r["attacks"]), safe(r["eps"]), str(r["n"]), safe(r["computed_by"]),
-                      safe(r["origin"]))
+            t.add_row(
+                str(r["run_id"]),
+                safe(r["attacks"]),
+                safe(r["eps"]),
+                str(r["n"]),
+                safe(r["computed_by"]),
+                safe(r["origin"]),
+            )
         out.print(t)
 
 
@@ -247,14 +310,24 @@ def transfer_tables(df) -> None:
     """One source x target matrix per eps: robust accuracy with its interval and the attack success rate."""
     for eps_text, block in df.groupby("eps", sort=False):
         targets = list(dict.fromkeys(block.target))
-        t = Table("source \\ target", *map(esc, targets), title=f"Transfer: robust accuracy % [95% CI] and attack success "
-                  f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})")
+        t = Table(
+            "source \\ target",
+            *map(esc, targets),
+            title=f"Transfer: robust accuracy % [95% CI] and attack success "
+            f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})",
+        )
         for src, rows in block.groupby("source", sort=False):
-            cells = {r.target: (f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
-                                + (" (white-box)" if r.white_box else "")) for r in rows.itertuples()}
+            cells = {
+                r.target: (
+                    f"{pct(r.robust_acc, r.robust_ci_low, r.robust_ci_high)}\nsuccess {r.success_rate:.1f}%"
+                    + (" (white-box)" if r.white_box else "")
+                )
+                for r in rows.itertuples()
+            }
             t.add_row(safe(src), *[safe(cells.get(x, "-")) for x in targets])
         t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
-            f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version"))
+            f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version")
+        )
         t.caption_justify = "left"
         out.print(t)
 
@@ -275,22 +348,51 @@ def leaderboard_tables(boards: dict) -> None:
                 t.caption += " † no AutoAttack at this eps: the best known rests on weaker attacks."
             t.caption_justify = "left"
             for r in block.itertuples():
-                t.add_row(str(r.rank), safe(r.model_id), safe(r.training_method), num(r.clean_acc),
-                          num(r.autoattack_acc), num(r.pgd_acc), num(r.transfer_acc),
-                          num(r.best_known_acc) + (" †" if weaker_attacks_only(r) else ""),
-                          str(r.n), "yes" if r.unreliable else "no")
+                t.add_row(
+                    str(r.rank),
+                    safe(r.model_id),
+                    safe(r.training_method),
+                    num(r.clean_acc),
+                    num(r.autoattack_acc),
+                    num(r.pgd_acc),
+                    num(r.transfer_acc),
+                    num(r.best_known_acc) + (" †" if weaker_attacks_only(r) else ""),
+                    str(r.n),
+                    "yes" if r.unreliable else "no",
+                )
             out.print(t)
 
 
 def check_table(table, baseline, tolerance: float, alpha: float) -> Table:
     """robench check's comparison, model by model."""
-    t = Table("model", "eps", "metric", "baseline %", "now %", "n", "change", "95% CI", "p", "verdict",
-              title=f"robench check against {esc(baseline)} (tolerance {tolerance} points, alpha {alpha})")
+    t = Table(
+        "model",
+        "eps",
+        "metric",
+        "baseline %",
+        "now %",
+        "n",
+        "change",
+        "95% CI",
+        "p",
+        "verdict",
+        title=f"robench check against {esc(baseline)} (tolerance {tolerance} points, alpha {alpha})",
+    )
     for r in table.itertuples():
         verdict = "[bold red]FAIL[/]" if r.verdict == "fail" else "[green]pass[/]"
         n = str(r.now_n) if r.now_n == r.baseline_n else f"{r.baseline_n}/{r.now_n}"
-        t.add_row(safe(r.model_id + (" (changed)" if r.checkpoint == "changed" else "")), safe(r.eps), r.metric,
-                  f"{r.baseline:.2f}", f"{r.now:.2f}", n, f"{r.change:+.2f}", r.ci95, f"{r.p:.3g}", verdict)
+        t.add_row(
+            safe(r.model_id + (" (changed)" if r.checkpoint == "changed" else "")),
+            safe(r.eps),
+            r.metric,
+            f"{r.baseline:.2f}",
+            f"{r.now:.2f}",
+            n,
+            f"{r.change:+.2f}",
+            r.ci95,
+            f"{r.p:.3g}",
+            verdict,
+        )
     tests = sorted(set(table.test)) if len(table) else []
     t.caption = ("Test: " + ", ".join(tests) + "; a model marked (changed) has a new sha256.") if tests else None
     t.caption_justify = "left"
@@ -299,12 +401,29 @@ def check_table(table, baseline, tolerance: float, alpha: float) -> Table:
 
 def verify_table(runs: list[dict]) -> Table:
     """robench verify's result, run by run."""
-    t = Table("run", "model", "attacks", "batches re-run", "examples compared", "s", "mismatches", "note",
-              title="robench verify")
+    t = Table(
+        "run",
+        "model",
+        "attacks",
+        "batches re-run",
+        "examples compared",
+        "s",
+        "mismatches",
+        "note",
+        title="robench verify",
+    )
     for r in runs:
         if r["rerun"] or r["note"].startswith("not re-computed"):
-            t.add_row(r["key"][:16], safe(r["model"]), safe(r["attacks"]), f"{r['rerun']} of {r['batches']}",
-                      str(r["examples"]), f"{r['seconds']:.1f}", str(len(r["mismatches"])), safe(r["note"]))
+            t.add_row(
+                r["key"][:16],
+                safe(r["model"]),
+                safe(r["attacks"]),
+                f"{r['rerun']} of {r['batches']}",
+                str(r["examples"]),
+                f"{r['seconds']:.1f}",
+                str(len(r["mismatches"])),
+                safe(r["note"]),
+            )
     skipped = [r for r in runs if not r["rerun"] and not r["note"].startswith("not re-computed")]
     # (the note of a skipped run says why: unfinished, not selected, no checkpoint file)
     t.caption = f"{len(skipped)} other runs were not sampled or cannot be re-computed here." if skipped else None

@@ -1,16 +1,17 @@
 """Run specifications: eps parsing, the evaluation config dataclass, TOML suite files."""
+
 from __future__ import annotations
 
 import ast
-
 import math
 import numbers
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from fractions import Fraction
 from pathlib import Path
+
+import tomllib
 
 from .errors import RobenchError, closest, unknown
 
@@ -51,8 +52,9 @@ def parse_eps(text: str | float | Eps) -> Eps:
             else:
                 value = float(raw)
         except (ValueError, ZeroDivisionError):
-            raise RobenchError(f'Cannot read eps "{raw}"; write it as a number such as 0.1 or a fraction '
-                               'such as 8/255.') from None
+            raise RobenchError(
+                f'Cannot read eps "{raw}"; write it as a number such as 0.1 or a fraction such as 8/255.'
+            ) from None
     if not math.isfinite(value) or value < 0:
         raise RobenchError(f'eps "{raw}" must be a finite number of zero or more.')
     return Eps(value, raw)
@@ -70,8 +72,10 @@ def check_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
 
     limit = get_norm(norm).diameter(input_numel)
     if eps.value > limit:
-        raise RobenchError(f"eps {eps} is above the largest meaningful {norm} budget ({limit:g}) for inputs "
-                           "in [0, 1]; did you mean a fraction such as 8/255?")
+        raise RobenchError(
+            f"eps {eps} is above the largest meaningful {norm} budget ({limit:g}) for inputs "
+            "in [0, 1]; did you mean a fraction such as 8/255?"
+        )
 
 
 @dataclass
@@ -103,7 +107,7 @@ class EvalConfig:
     jobs: int = 1  # worker processes for a suite (each runs whole checkpoint x run tasks)
 
     @classmethod
-    def checked(cls, settings: dict) -> "EvalConfig":
+    def checked(cls, settings: dict) -> EvalConfig:
         """The settings from CLI keywords, a TOML run or Python keywords, checked: an unknown key, a wrong type,
         a count below 1 or an unknown norm is one sentence. The engine takes the result as it is."""
         valid = set(cls.__dataclass_fields__)
@@ -120,7 +124,7 @@ class EvalConfig:
         cfg.norm = parse_norm(cfg.norm)
         return cfg
 
-    def eps_values(self) -> list["Eps"]:
+    def eps_values(self) -> list[Eps]:
         """The eps sweep as given (empty: the dataset's standard budget), each parsed."""
         return [parse_eps(e) for e in self.eps or []]
 
@@ -217,7 +221,8 @@ def _describe(hint) -> str:
     if origin is list:
         return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
     return {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}.get(
-        hint, getattr(hint, "__name__", str(hint)))
+        hint, getattr(hint, "__name__", str(hint))
+    )
 
 
 def _show(value) -> str:
@@ -238,9 +243,21 @@ def check_types(values: dict, cls_or_fn, where: str, skip: tuple[str, ...] = ())
 MAX_SEED = 2**63 - 1
 
 
-def check_counts(values: dict, where: str, fields_at_least_1=("n", "jobs", "pgd_steps", "pgd_restarts", "epochs",
-                                                               "steps", "batch_size", "val_pgd_n",
-                                                               "val_pgd_steps")) -> None:
+def check_counts(
+    values: dict,
+    where: str,
+    fields_at_least_1=(
+        "n",
+        "jobs",
+        "pgd_steps",
+        "pgd_restarts",
+        "epochs",
+        "steps",
+        "batch_size",
+        "val_pgd_n",
+        "val_pgd_steps",
+    ),
+) -> None:
     """Counts must be at least 1 and seeds between 0 and 2**63 - 1 (the generators' range)."""
     for key in fields_at_least_1:
         v = values.get(key)
@@ -284,13 +301,15 @@ def split_spec(spec: str, kind: str = "attack") -> tuple[str, dict]:
     (attack, architecture) names what the spec describes in the error messages."""
     text = str(spec).strip()
     if len(text) > 1000:
-        raise RobenchError(f'{kind.capitalize()} spec "{text[:40]}..." is {len(text)} characters long; write it as '
-                           "name(key=value, ...) in under 1000.")
+        raise RobenchError(
+            f'{kind.capitalize()} spec "{text[:40]}..." is {len(text)} characters long; write it as '
+            "name(key=value, ...) in under 1000."
+        )
     if "(" not in text:
         return text, {}
     if not text.endswith(")"):
         raise RobenchError(f'{kind.capitalize()} "{spec}" has an unclosed "("; write it as name(key=value, ...).')
-    name, args = text[: text.index("(")].strip(), text[text.index("(") + 1: -1]
+    name, args = text[: text.index("(")].strip(), text[text.index("(") + 1 : -1]
     try:
         call = ast.parse(f"f({args})", mode="eval").body
     except (SyntaxError, RecursionError, MemoryError, ValueError):

@@ -3,6 +3,7 @@
 Search order: ``--data-dir``, then ``$ROBENCH_DATA``, then ``./data``, then ``/usr/share/datasets/<name>/``
 (where Debian's ``dataset-fashion-mnist`` puts its IDX files).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -34,14 +35,21 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     how_to_get: str
-    reader: Callable[[Path, str], "Split"] = field(repr=False, default=None)
+    reader: Callable[[Path, str], Split] = field(repr=False, default=None)
 
 
 class Split:
     """One split of a dataset: labels in memory, images in memory (uint8) or loaded per batch."""
 
-    def __init__(self, dataset: str, split: str, labels: torch.Tensor, source: Path,
-                 images: torch.Tensor | None = None, loader: Callable[[int], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        labels: torch.Tensor,
+        source: Path,
+        images: torch.Tensor | None = None,
+        loader: Callable[[int], torch.Tensor] | None = None,
+    ):
         self.dataset, self.split, self.labels, self.source = dataset, split, labels.long(), source
         self._images, self._loader = images, loader
 
@@ -86,12 +94,16 @@ class Split:
 def check_images(x: torch.Tensor, source) -> torch.Tensor:
     """Images from a loader must be floats in [0, 1] (models normalize inside); anything else is refused."""
     if not x.is_floating_point():
-        raise RobenchError(f"The images from {source} are {str(x.dtype).replace('torch.', '')}, not floats in "
-                           "[0, 1]; convert them in the loader (e.g. torchvision's ToTensor).")
+        raise RobenchError(
+            f"The images from {source} are {str(x.dtype).replace('torch.', '')}, not floats in "
+            "[0, 1]; convert them in the loader (e.g. torchvision's ToTensor)."
+        )
     lo, hi = (float(x.min()), float(x.max())) if x.numel() else (0.0, 0.0)
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
-        raise RobenchError(f"The images from {source} lie in [{lo:g}, {hi:g}], outside [0, 1]; robench models "
-                           "take inputs in [0, 1] with normalization inside the model, so scale them in the loader.")
+        raise RobenchError(
+            f"The images from {source} lie in [{lo:g}, {hi:g}], outside [0, 1]; robench models "
+            "take inputs in [0, 1] with normalization inside the model, so scale them in the loader."
+        )
     return x
 
 
@@ -103,11 +115,14 @@ def check_split(data: Split, info: DatasetInfo) -> Split:
     lo, hi = int(data.labels.min()), int(data.labels.max())
     if lo < 0 or hi >= info.num_classes:
         bad = lo if lo < 0 else hi
-        raise RobenchError(f"{data.source} has a {info.name} {data.split} label of {bad}, outside the dataset's "
-                           f"classes 0 to {info.num_classes - 1}; replace the label file with a good copy.")
+        raise RobenchError(
+            f"{data.source} has a {info.name} {data.split} label of {bad}, outside the dataset's "
+            f"classes 0 to {info.num_classes - 1}; replace the label file with a good copy."
+        )
     if data._images is not None and len(data._images) != len(data.labels):
-        raise RobenchError(f"{data.source} has {len(data._images)} images but {len(data.labels)} labels; the "
-                           "files do not match.")
+        raise RobenchError(
+            f"{data.source} has {len(data._images)} images but {len(data.labels)} labels; the files do not match."
+        )
     return data
 
 
@@ -145,11 +160,12 @@ def _corrupt(path: Path, e: Exception) -> RobenchError:
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), plain or gzipped. The header is read first and bounds what is
     decompressed: a file that declares more than 2 GiB, or holds more than it declares, is refused."""
+
     def refuse(why: str) -> RobenchError:
         return RobenchError(f"{path} {why}; replace it with a good copy.")
 
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
             head = f.read(4)
             if len(head) < 4 or head[:3] != b"\0\0\x08":
                 raise refuse("is not an IDX file of unsigned bytes")
@@ -164,8 +180,10 @@ def read_idx(path: Path) -> np.ndarray:
                 raise refuse(f"declares a zero dimension ({'x'.join(map(str, dims))}), so it holds no examples")
             size = math.prod(dims)
             if size > MAX_IDX_BYTES:
-                raise refuse(f"declares {size / 2**30:.1f} GiB of data ({'x'.join(map(str, dims))}), more than "
-                             "robench reads from one IDX file (2 GiB)")
+                raise refuse(
+                    f"declares {size / 2**30:.1f} GiB of data ({'x'.join(map(str, dims))}), more than "
+                    "robench reads from one IDX file (2 GiB)"
+                )
             body = f.read(size)
             if len(body) < size:
                 raise RobenchError(f"{path} is truncated ({len(body)} of {size} bytes); replace it with a good copy.")
@@ -190,8 +208,10 @@ def _read_idx_split(name: str) -> Callable[[Path, str], Split]:
         labels = read_idx(_find_file(folder, f"{prefix}-labels-idx1-ubyte"))
         if len(imgs) != len(labels):
             raise RobenchError(f"{folder} has {len(imgs)} images but {len(labels)} labels; the files do not match.")
-        return Split(name, split, torch.from_numpy(labels.copy()), folder,
-                     images=torch.from_numpy(imgs.copy()).unsqueeze(1))
+        return Split(
+            name, split, torch.from_numpy(labels.copy()), folder, images=torch.from_numpy(imgs.copy()).unsqueeze(1)
+        )
+
     return read
 
 
@@ -203,9 +223,15 @@ def _idx_present(folder: Path, split: str) -> bool:
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles CIFAR's python batches: numpy arrays and plain containers only, no other code."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
-               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
@@ -231,6 +257,7 @@ def _read_cifar(name: str, files: dict[str, list[str]], label_key: str):
         x = np.concatenate([p[0] for p in parts])
         y = np.concatenate([p[1] for p in parts])
         return Split(name, split, torch.from_numpy(y), folder, images=torch.from_numpy(x))
+
     return read
 
 
@@ -248,19 +275,30 @@ def _read_svhn(folder: Path, split: str) -> Split:
         if X.ndim != 4 or X.shape[:3] != (32, 32, 3):
             raise ValueError(f"X has shape {'x'.join(map(str, X.shape))}, not 32x32x3xN")
     except NotImplementedError:  # scipy's answer to MATLAB v7.3 (HDF5) files
-        raise RobenchError(f"{path} is a MATLAB v7.3 file, which robench cannot read; save it in the v5 format "
-                           "of the original SVHN release.") from None
+        raise RobenchError(
+            f"{path} is a MATLAB v7.3 file, which robench cannot read; save it in the v5 format "
+            "of the original SVHN release."
+        ) from None
     except Exception as e:  # scipy raises many types for a file that is not a .mat
         raise RobenchError(f"{path} is not a readable SVHN .mat file ({e}); replace it with a good copy.") from None
     if X.dtype != np.uint8 or not np.issubdtype(y.dtype, np.integer):
-        raise RobenchError(f"{path} stores its images as {X.dtype} and labels as {y.dtype}; SVHN's are unsigned "
-                           "bytes and whole numbers, so replace it with the original file.")
+        raise RobenchError(
+            f"{path} stores its images as {X.dtype} and labels as {y.dtype}; SVHN's are unsigned "
+            "bytes and whole numbers, so replace it with the original file."
+        )
     if len(y) and (y.min() < 1 or y.max() > 10):
-        raise RobenchError(f"{path} has a label of {int(y.min() if y.min() < 1 else y.max())}; SVHN's labels are "
-                           "1 to 10 (10 for the digit 0), so replace it with the original file.")
+        raise RobenchError(
+            f"{path} has a label of {int(y.min() if y.min() < 1 else y.max())}; SVHN's labels are "
+            "1 to 10 (10 for the digit 0), so replace it with the original file."
+        )
     x = np.transpose(X, (3, 2, 0, 1))
-    return Split("svhn", split, torch.from_numpy(y.astype(np.int64) % 10), folder,  # 10 stands for the digit 0
-                 images=torch.from_numpy(np.ascontiguousarray(x)))
+    return Split(
+        "svhn",
+        split,
+        torch.from_numpy(y.astype(np.int64) % 10),
+        folder,  # 10 stands for the digit 0
+        images=torch.from_numpy(np.ascontiguousarray(x)),
+    )
 
 
 IMAGENET_SUBSET = 5000
@@ -277,8 +315,11 @@ def _read_imagenet(folder: Path, split: str) -> Split:
     except OSError as e:
         raise RobenchError(f"{folder} is not an ImageNet folder of class sub-folders ({e}).") from e
     total = len(ds.samples)
-    keep = (list(range(total)) if total <= IMAGENET_SUBSET
-            else [i * total // IMAGENET_SUBSET for i in range(IMAGENET_SUBSET)])
+    keep = (
+        list(range(total))
+        if total <= IMAGENET_SUBSET
+        else [i * total // IMAGENET_SUBSET for i in range(IMAGENET_SUBSET)]
+    )
     samples = [ds.samples[i] for i in keep]
     labels = torch.tensor([s[1] for s in samples])
 
@@ -289,8 +330,10 @@ def _read_imagenet(folder: Path, split: str) -> Split:
         try:
             return tf(ds.loader(path))
         except Image.DecompressionBombError:
-            raise RobenchError(f"{path} is an image of more than 178 million pixels, which robench refuses to "
-                               "decode (a decompression bomb); replace or remove it.") from None
+            raise RobenchError(
+                f"{path} is an image of more than 178 million pixels, which robench refuses to "
+                "decode (a decompression bomb); replace or remove it."
+            ) from None
         except (OSError, ValueError, SyntaxError) as e:
             raise RobenchError(f"{path} is not a readable image ({e}); replace or remove it.") from e
 
@@ -315,43 +358,93 @@ def _files_present(files: dict[str, list[str]]):
     return lambda folder, split: all((folder / f).is_file() for f in files[split])
 
 
-DATASETS: dict[str, DatasetInfo] = {d.name: d for d in (
-    DatasetInfo("fashion-mnist", 10, (1, 28, 28), {"Linf": "0.1", "L2": "1.5"},
-                ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"), (0.2860,), (0.3530,),
-                "run `apt-get install dataset-fashion-mnist` (Debian) or put the four IDX files in ./data/fashion-mnist/",
-                _read_idx_split("fashion-mnist")),
-    DatasetInfo("mnist", 10, (1, 28, 28), {"Linf": "0.3", "L2": "2.0"},
-                ("mnist", "MNIST/raw"), (0.1307,), (0.3081,),
-                "put the four MNIST IDX files in ./data/mnist/ (or MNIST/raw/ as torchvision keeps them)",
-                _read_idx_split("mnist")),
-    DatasetInfo("cifar10", 10, (3, 32, 32), {"Linf": "8/255", "L2": "0.5"},
-                ("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
-                (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616),
-                "unpack cifar-10-python.tar.gz into ./data/ so that ./data/cifar-10-batches-py/ exists",
-                _read_cifar("cifar10", CIFAR10_FILES, "labels")),
-    DatasetInfo("cifar100", 100, (3, 32, 32), {"Linf": "8/255", "L2": "0.5"},
-                ("cifar-100-python", "cifar100/cifar-100-python"),
-                (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762),
-                "unpack cifar-100-python.tar.gz into ./data/ so that ./data/cifar-100-python/ exists",
-                _read_cifar("cifar100", CIFAR100_FILES, "fine_labels")),
-    DatasetInfo("svhn", 10, (3, 32, 32), {"Linf": "8/255", "L2": "0.5"}, ("svhn", "SVHN"),
-                (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970),
-                "put test_32x32.mat (and train_32x32.mat) in ./data/svhn/",
-                _read_svhn),
-    DatasetInfo("imagenet", 1000, (3, 224, 224), {"Linf": "4/255", "L2": "3.0"},
-                ("imagenet/val", "ImageNet/val", "imagenet"), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225),
-                "put the validation set as ./data/imagenet/val/<wnid>/*.JPEG (torchvision's ImageFolder layout)",
-                _read_imagenet),
-)}
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo(
+            "fashion-mnist",
+            10,
+            (1, 28, 28),
+            {"Linf": "0.1", "L2": "1.5"},
+            ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
+            (0.2860,),
+            (0.3530,),
+            "run `apt-get install dataset-fashion-mnist` (Debian) or put the four IDX files in ./data/fashion-mnist/",
+            _read_idx_split("fashion-mnist"),
+        ),
+        DatasetInfo(
+            "mnist",
+            10,
+            (1, 28, 28),
+            {"Linf": "0.3", "L2": "2.0"},
+            ("mnist", "MNIST/raw"),
+            (0.1307,),
+            (0.3081,),
+            "put the four MNIST IDX files in ./data/mnist/ (or MNIST/raw/ as torchvision keeps them)",
+            _read_idx_split("mnist"),
+        ),
+        DatasetInfo(
+            "cifar10",
+            10,
+            (3, 32, 32),
+            {"Linf": "8/255", "L2": "0.5"},
+            ("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
+            (0.4914, 0.4822, 0.4465),
+            (0.2471, 0.2435, 0.2616),
+            "unpack cifar-10-python.tar.gz into ./data/ so that ./data/cifar-10-batches-py/ exists",
+            _read_cifar("cifar10", CIFAR10_FILES, "labels"),
+        ),
+        DatasetInfo(
+            "cifar100",
+            100,
+            (3, 32, 32),
+            {"Linf": "8/255", "L2": "0.5"},
+            ("cifar-100-python", "cifar100/cifar-100-python"),
+            (0.5071, 0.4865, 0.4409),
+            (0.2673, 0.2564, 0.2762),
+            "unpack cifar-100-python.tar.gz into ./data/ so that ./data/cifar-100-python/ exists",
+            _read_cifar("cifar100", CIFAR100_FILES, "fine_labels"),
+        ),
+        DatasetInfo(
+            "svhn",
+            10,
+            (3, 32, 32),
+            {"Linf": "8/255", "L2": "0.5"},
+            ("svhn", "SVHN"),
+            (0.4377, 0.4438, 0.4728),
+            (0.1980, 0.2010, 0.1970),
+            "put test_32x32.mat (and train_32x32.mat) in ./data/svhn/",
+            _read_svhn,
+        ),
+        DatasetInfo(
+            "imagenet",
+            1000,
+            (3, 224, 224),
+            {"Linf": "4/255", "L2": "3.0"},
+            ("imagenet/val", "ImageNet/val", "imagenet"),
+            (0.485, 0.456, 0.406),
+            (0.229, 0.224, 0.225),
+            "put the validation set as ./data/imagenet/val/<wnid>/*.JPEG (torchvision's ImageFolder layout)",
+            _read_imagenet,
+        ),
+    )
+}
 
 _PRESENT = {
-    "fashion-mnist": _idx_present, "mnist": _idx_present,
-    "cifar10": _files_present(CIFAR10_FILES), "cifar100": _files_present(CIFAR100_FILES),
+    "fashion-mnist": _idx_present,
+    "mnist": _idx_present,
+    "cifar10": _files_present(CIFAR10_FILES),
+    "cifar100": _files_present(CIFAR100_FILES),
     "svhn": lambda folder, split: (folder / f"{split}_32x32.mat").is_file(),
     "imagenet": lambda folder, split: _image_classes(folder),
 }
-ALIASES = {"fmnist": "fashion-mnist", "fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
-           "cifar-10": "cifar10", "cifar-100": "cifar100"}
+ALIASES = {
+    "fmnist": "fashion-mnist",
+    "fashion_mnist": "fashion-mnist",
+    "fashionmnist": "fashion-mnist",
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+}
 
 
 def register_dataset(info: DatasetInfo, present: Callable[[Path, str], bool] | None = None) -> DatasetInfo:

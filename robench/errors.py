@@ -1,10 +1,11 @@
 """User-facing errors: one plain sentence, exit code 2 from the CLI."""
+
 from __future__ import annotations
 
 import contextvars
 import difflib
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 # Set by the command line while a command runs: messages then name its flags (--trust-checkpoint); raised to
 # a Python caller, they name the Python arguments instead (trust_checkpoint=True).
@@ -27,6 +28,7 @@ class RobenchError(Exception):
 def for_python(text: str) -> str:
     """A message's flags as the Python arguments they stand for: ``--pgd-steps`` -> ``pgd_steps=...``,
     ``--force`` -> ``force=True``; text in backticks (a command to run) is left as it is."""
+
     def arg(m: re.Match) -> str:
         flag, value = m.group(1), m.group(2)
         if flag in _CLI_ONLY:
@@ -43,11 +45,66 @@ def for_python(text: str) -> str:
     return "`".join(parts)
 
 
-_WORDS = {"and", "or", "with", "to", "if", "only", "for", "is", "in", "the", "a", "of", "yourself", "when", "on",
-          "from", "as", "at", "that", "which", "must", "cannot", "needs", "under", "out", "are", "apply", "takes",
-          "was", "were", "be", "do", "does", "so", "but", "instead", "again", "too", "here", "first", "then",
-          "checkpoint", "it", "them", "this", "these", "not", "no", "every", "each", "one", "all", "before",
-          "after", "where", "whose", "per", "by"}
+_WORDS = {
+    "and",
+    "or",
+    "with",
+    "to",
+    "if",
+    "only",
+    "for",
+    "is",
+    "in",
+    "the",
+    "a",
+    "of",
+    "yourself",
+    "when",
+    "on",
+    "from",
+    "as",
+    "at",
+    "that",
+    "which",
+    "must",
+    "cannot",
+    "needs",
+    "under",
+    "out",
+    "are",
+    "apply",
+    "takes",
+    "was",
+    "were",
+    "be",
+    "do",
+    "does",
+    "so",
+    "but",
+    "instead",
+    "again",
+    "too",
+    "here",
+    "first",
+    "then",
+    "checkpoint",
+    "it",
+    "them",
+    "this",
+    "these",
+    "not",
+    "no",
+    "every",
+    "each",
+    "one",
+    "all",
+    "before",
+    "after",
+    "where",
+    "whose",
+    "per",
+    "by",
+}
 
 
 def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

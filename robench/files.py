@@ -1,5 +1,6 @@
 """Files robench writes and reads: a checkpoint's or archive's sha256, and atomic writes (a temporary file
 beside the target, renamed over it only when the write succeeds, so no reader ever sees half a file)."""
+
 from __future__ import annotations
 
 import hashlib

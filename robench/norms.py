@@ -3,6 +3,7 @@ projection into the eps ball, steepest-ascent step, random start and the diamete
 (as Foolbox 3's LinfBaseGradientDescent / L2BaseGradientDescent split them). Everything that depends on the
 norm asks this module; no other module branches on a norm's name.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,8 +94,9 @@ class L2(Norm):
         return g.norm(dim=-1)  # L2 is its own dual
 
     def draw(self, shape, generator):
-        return torch.randn(shape, generator=generator), torch.rand((shape[0],) + (1,) * (len(shape) - 1),
-                                                                    generator=generator)
+        return torch.randn(shape, generator=generator), torch.rand(
+            (shape[0],) + (1,) * (len(shape) - 1), generator=generator
+        )
 
     def start(self, draws, eps):
         u, r = draws  # a uniform direction, a uniform radius
@@ -122,8 +124,9 @@ def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str | Norm) 
     return (x + get_norm(norm).project(x_adv - x, eps)).clamp(0.0, 1.0)
 
 
-def ascend(x: torch.Tensor, delta: torch.Tensor, g: torch.Tensor, alpha: float, eps: float,
-           norm: str | Norm) -> torch.Tensor:
+def ascend(
+    x: torch.Tensor, delta: torch.Tensor, g: torch.Tensor, alpha: float, eps: float, norm: str | Norm
+) -> torch.Tensor:
     """One projected ascent step: ``delta`` moved along the steepest direction of ``g``, then back into the
     eps ball and the [0, 1] box."""
     norm = get_norm(norm)

@@ -6,6 +6,7 @@ reading fails) the sample inputs; an AOTInductor member is a compiled library th
 Unless the user trusts the file, robench reads the archive itself first and refuses any such member, then
 lets torch load it while every unpickling route is held to torch's weights-only reader.
 """
+
 from __future__ import annotations
 
 import io
@@ -24,8 +25,10 @@ MAX_MEMBER = 1 << 31  # bytes one member may declare: more is no model robench e
 
 
 def _refuse(path: Path, what: str) -> RobenchError:
-    return RobenchError(f"{path} is an exported program whose {what} would need arbitrary unpickling or "
-                        f"native code to load, which could run code from the file; {TRUST_HINT}.")
+    return RobenchError(
+        f"{path} is an exported program whose {what} would need arbitrary unpickling or "
+        f"native code to load, which could run code from the file; {TRUST_HINT}."
+    )
 
 
 def _members(path: Path) -> dict[str, zipfile.ZipInfo]:
@@ -40,8 +43,10 @@ def _members(path: Path) -> dict[str, zipfile.ZipInfo]:
         _, _, rest = info.filename.partition("/")
         out[rest or info.filename] = info
         if info.file_size > MAX_MEMBER:
-            raise RobenchError(f"{path} declares a member of {info.file_size / 2**30:.1f} GiB "
-                               f"({info.filename}); robench reads exported programs up to 2 GiB per member.")
+            raise RobenchError(
+                f"{path} declares a member of {info.file_size / 2**30:.1f} GiB "
+                f"({info.filename}); robench reads exported programs up to 2 GiB per member."
+            )
     return out
 
 
@@ -61,8 +66,7 @@ def _check_configs(path: Path, z: zipfile.ZipFile, members: dict[str, zipfile.Zi
             for entry in entries:
                 if not isinstance(entry, dict):
                     raise RobenchError(f"{path} has an unreadable {name}; it is not a valid exported program.")
-                if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(
-                        ("weight_", "tensor_")):
+                if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
                     raise _refuse(path, f"{folder.split('/')[1]} entry {entry.get('path_name')!r}")
 
 
@@ -74,8 +78,9 @@ def _check_sample_inputs(path: Path, z: zipfile.ZipFile, members: dict[str, zipf
             except pickle.UnpicklingError as e:
                 raise _refuse(path, "sample inputs") from e
             except Exception as e:  # torch raises many types for a bad member
-                raise RobenchError(f"{path} has unreadable sample inputs ({name}); it is not a valid exported "
-                                   "program.") from e
+                raise RobenchError(
+                    f"{path} has unreadable sample inputs ({name}); it is not a valid exported program."
+                ) from e
 
 
 def _forbidden(*args, **kwargs):

@@ -1,4 +1,5 @@
 """Interval estimates for accuracies."""
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,15 @@ def compare_outcomes(a: dict[int, int], b: dict[int, int]) -> dict:
     only_a = sum(1 for i in common if a[i] and not b[i])
     only_b = sum(1 for i in common if b[i] and not a[i])
     d, lo, hi = paired_diff_ci(both, only_a, only_b, len(common) - both - only_a - only_b)
-    return {"diff": 100 * d, "low": 100 * lo, "high": 100 * hi, "p": mcnemar_exact(only_a, only_b),
-            "n": len(common), "only_a": only_a, "only_b": only_b}
+    return {
+        "diff": 100 * d,
+        "low": 100 * lo,
+        "high": 100 * hi,
+        "p": mcnemar_exact(only_a, only_b),
+        "n": len(common),
+        "only_a": only_a,
+        "only_b": only_b,
+    }
 
 
 def unpaired_diff_ci(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
@@ -73,7 +81,11 @@ def unpaired_diff_ci(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tupl
     l1, u1 = wilson(k1, n1, z)
     l2, u2 = wilson(k2, n2, z)
     d = p2 - p1
-    return d, max(-1.0, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)), min(1.0, d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2))
+    return (
+        d,
+        max(-1.0, d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2)),
+        min(1.0, d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)),
+    )
 
 
 def fisher_exact(k1: int, n1: int, k2: int, n2: int) -> float:

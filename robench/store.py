@@ -16,6 +16,7 @@ refused and never written. Reading (``readonly``) works on a read-only file syst
 Over the ~400-line guide: one class holds the whole schema (runs, outcomes, stages, query counts, checks)
 and its migrations, so that a change of the schema is made and migrated in one place.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,9 +93,26 @@ STAGES = """CREATE TABLE IF NOT EXISTS stages (
     PRIMARY KEY (run_id, key)
 ) WITHOUT ROWID"""
 
-RUN_FIELDS = ("model", "checkpoint", "sha256", "dataset", "split", "n", "subset", "seed", "norm", "eps",
-              "attacks", "batch_size", "device", "dtype", "robench_version", "torch_version", "model_meta",
-              "data_sha256")
+RUN_FIELDS = (
+    "model",
+    "checkpoint",
+    "sha256",
+    "dataset",
+    "split",
+    "n",
+    "subset",
+    "seed",
+    "norm",
+    "eps",
+    "attacks",
+    "batch_size",
+    "device",
+    "dtype",
+    "robench_version",
+    "torch_version",
+    "model_meta",
+    "data_sha256",
+)
 PROVENANCE = ("machine", "origin")  # where a run was computed, and where it came from (empty: computed here)
 
 
@@ -108,8 +126,10 @@ class Store:
         if readonly and not self.path.exists():
             raise RobenchError(f"No results store at {self.path}; run `robench eval` first or pass --store.")
         if self.path.is_symlink() and self.path.exists() and self.path.stat().st_size == 0:
-            raise RobenchError(f"{self.path} is a link to an empty file, not a robench store; robench does not "
-                               "turn a file of yours into a database, so pass --store with another path.")
+            raise RobenchError(
+                f"{self.path} is a link to an empty file, not a robench store; robench does not "
+                "turn a file of yours into a database, so pass --store with another path."
+            )
         try:
             if not readonly:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,15 +141,15 @@ class Store:
             if version is None:
                 self._check_foreign()
             if version is not None and version > SCHEMA_VERSION:
-                raise RobenchError(f"{self.path} was written by a newer robench (store schema {version}); "
-                                   "upgrade robench to use it.")
+                raise RobenchError(
+                    f"{self.path} was written by a newer robench (store schema {version}); upgrade robench to use it."
+                )
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = NORMAL")
                 if version is None:
                     self.conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
-                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                                      (str(SCHEMA_VERSION),))
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 elif version < SCHEMA_VERSION:
                     self._migrate(version)
                 self.conn.execute(STAGES)
@@ -137,8 +157,9 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise RobenchError(self._explain(e)) from None
         except OSError as e:
-            raise RobenchError(f"Cannot open the results store at {self.path} ({e.strerror}); "
-                               "pass --store with a writable path.") from None
+            raise RobenchError(
+                f"Cannot open the results store at {self.path} ({e.strerror}); pass --store with a writable path."
+            ) from None
 
     def _check_foreign(self) -> None:
         """A store without robench's schema is either new (no tables yet, or robench's own half-created
@@ -146,8 +167,10 @@ class Store:
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         ours = {"meta", "runs", "outcomes", "run_flags", "checks", "attack_stats", "sqlite_sequence"}
         if names - ours:
-            raise RobenchError(f"{self.path} is an SQLite database of another program, not a robench store; "
-                               "pass --store with another path.")
+            raise RobenchError(
+                f"{self.path} is an SQLite database of another program, not a robench store; "
+                "pass --store with another path."
+            )
 
     def _migrate(self, version: int) -> None:
         """Bring an older store up to SCHEMA_VERSION in place, keeping a copy of it first."""
@@ -178,8 +201,7 @@ class Store:
         return f"The results store at {self.path} failed ({text})."
 
     def _version(self) -> int | None:
-        has_meta = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
         if not has_meta:
             return None
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -188,8 +210,10 @@ class Store:
         try:
             return int(row[0])
         except (TypeError, ValueError):
-            raise RobenchError(f"{self.path} is a damaged robench store (its schema version is {str(row[0])[:20]!r}, "
-                               "not a number); pass --store with another path.") from None
+            raise RobenchError(
+                f"{self.path} is a damaged robench store (its schema version is {str(row[0])[:20]!r}, "
+                "not a number); pass --store with another path."
+            ) from None
 
     def transaction(self):
         """One write transaction; inside another, part of it (a block of writes commits or rolls back whole)."""
@@ -228,6 +252,7 @@ class Store:
     # ------------------------------------------------------------------------------------------ runs
     def open_run(self, key: str, fields: dict, force: bool = False) -> tuple[int, str]:
         """The run for ``key`` (created if new); with ``force`` its outcomes are cleared first."""
+
         def go():
             row = self.conn.execute("SELECT run_id, status FROM runs WHERE key=?", (key,)).fetchone()
             if row and not force and row[1] != "stale":  # a stale run's outcomes are recomputed, never resumed
@@ -237,27 +262,35 @@ class Store:
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (row[0],))
                 self.conn.execute("DELETE FROM stages WHERE run_id=?", (row[0],))
-                self.conn.execute("UPDATE runs SET status='running', wall_time=0, finished=NULL, machine=?, origin=? "
-                                  "WHERE run_id=?", (fields.get("machine", ""), _sql(fields.get("origin", "")), row[0]))
+                self.conn.execute(
+                    "UPDATE runs SET status='running', wall_time=0, finished=NULL, machine=?, origin=? WHERE run_id=?",
+                    (fields.get("machine", ""), _sql(fields.get("origin", "")), row[0]),
+                )
                 return row[0], "running"
             vals = [_sql(fields[f]) for f in RUN_FIELDS] + [_sql(fields.get(f, "")) for f in PROVENANCE]
             names = (*RUN_FIELDS, *PROVENANCE)
             cur = self.conn.execute(
-                f"INSERT INTO runs (key, created, {', '.join(names)}) VALUES (?, ?, "
-                f"{', '.join('?' * len(names))})", [key, time.time(), *vals])
+                f"INSERT INTO runs (key, created, {', '.join(names)}) VALUES (?, ?, {', '.join('?' * len(names))})",
+                [key, time.time(), *vals],
+            )
             return cur.lastrowid, "running"
+
         return self._write(go)
 
     def discard_if_empty(self, run_id: int) -> None:
         """Remove a run that failed before any batch (or stage of one) was stored, so nothing of it remains to
         be mistaken for a result (a run with stored batches or stages stays 'running' and resumes)."""
+
         def go():
-            kept = self.conn.execute("SELECT 1 FROM outcomes WHERE run_id=? LIMIT 1", (run_id,)).fetchone() or \
-                self.conn.execute("SELECT 1 FROM stages WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+            kept = (
+                self.conn.execute("SELECT 1 FROM outcomes WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+                or self.conn.execute("SELECT 1 FROM stages WHERE run_id=? LIMIT 1", (run_id,)).fetchone()
+            )
             if not kept:
                 self.conn.execute("DELETE FROM run_flags WHERE run_id=?", (run_id,))
                 self.conn.execute("DELETE FROM attack_stats WHERE run_id=?", (run_id,))
                 self.conn.execute("DELETE FROM runs WHERE run_id=? AND status != 'done'", (run_id,))
+
         self._write(go)
 
     def is_done(self, key: str) -> bool:
@@ -275,32 +308,57 @@ class Store:
         return (row[1], self.stored_examples(row[0]), len(self.stages(row[0]))) if row else None
 
     def done_indices(self, run_id: int, n_eps: int) -> set[int]:
-        rows = self.conn.execute("SELECT idx FROM outcomes WHERE run_id=? GROUP BY idx HAVING COUNT(*)=?",
-                                 (run_id, n_eps)).fetchall()
+        rows = self.conn.execute(
+            "SELECT idx FROM outcomes WHERE run_id=? GROUP BY idx HAVING COUNT(*)=?", (run_id, n_eps)
+        ).fetchall()
         return {r[0] for r in rows}
 
-    def add_batch(self, run_id: int, rows: list[tuple], flags: list[str], wall: float,
-                  queries: dict[str, dict[int, tuple[int, float]]] | None = None) -> None:
+    def add_batch(
+        self,
+        run_id: int,
+        rows: list[tuple],
+        flags: list[str],
+        wall: float,
+        queries: dict[str, dict[int, tuple[int, float]]] | None = None,
+    ) -> None:
         """One batch, committed together: rows of (eps, idx, clean, robust, broken_by), the flags raised, and
         per attack and example index the (times attacked, model queries). Examples another process stored
         first (two processes finishing the same run) add no rows and count no queries or time."""
+
         def go():
             ids = sorted({r[1] for r in rows})
-            old = {r[0] for r in self.conn.execute(
-                f"SELECT DISTINCT idx FROM outcomes WHERE run_id=? AND idx IN ({','.join('?' * len(ids))})",
-                [run_id, *ids])} if ids else set()
-            self.conn.executemany("INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
-                                  [(run_id, *r) for r in rows if r[1] not in old])
+            old = (
+                {
+                    r[0]
+                    for r in self.conn.execute(
+                        f"SELECT DISTINCT idx FROM outcomes WHERE run_id=? AND idx IN ({','.join('?' * len(ids))})",
+                        [run_id, *ids],
+                    )
+                }
+                if ids
+                else set()
+            )
+            self.conn.executemany(
+                "INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, *r) for r in rows if r[1] not in old],
+            )
             self.conn.executemany("INSERT OR IGNORE INTO run_flags VALUES (?, ?)", [(run_id, f) for f in flags])
             self.conn.execute("DELETE FROM stages WHERE run_id=?", (run_id,))  # the batch's stages are done
             new = 1 - len(old) / len(ids) if ids else 1.0
             self.conn.execute("UPDATE runs SET wall_time = wall_time + ? WHERE run_id=?", (wall * new, run_id))
-            totals = {a: (sum(e for i, (e, _) in per.items() if i not in old),
-                          sum(q for i, (_, q) in per.items() if i not in old)) for a, per in (queries or {}).items()}
+            totals = {
+                a: (
+                    sum(e for i, (e, _) in per.items() if i not in old),
+                    sum(q for i, (_, q) in per.items() if i not in old),
+                )
+                for a, per in (queries or {}).items()
+            }
             self.conn.executemany(
                 "INSERT INTO attack_stats VALUES (?, ?, ?, ?) ON CONFLICT (run_id, attack) DO UPDATE SET "
                 "examples = examples + excluded.examples, queries = queries + excluded.queries",
-                [(run_id, a, e, q) for a, (e, q) in totals.items()])
+                [(run_id, a, e, q) for a, (e, q) in totals.items()],
+            )
+
         self._write(go)
 
     def save_stage(self, run_id: int, key: str, data: bytes) -> None:
@@ -320,15 +378,20 @@ class Store:
 
     def set_queries(self, run_id: int, counts: dict[str, tuple[int, int]]) -> None:
         """A run's {attack: (examples attacked, model queries)}, as an archive recorded them."""
-        self._write(lambda: self.conn.executemany("INSERT OR REPLACE INTO attack_stats VALUES (?, ?, ?, ?)",
-                                                  [(run_id, a, e, q) for a, (e, q) in counts.items()]))
+        self._write(
+            lambda: self.conn.executemany(
+                "INSERT OR REPLACE INTO attack_stats VALUES (?, ?, ?, ?)",
+                [(run_id, a, e, q) for a, (e, q) in counts.items()],
+            )
+        )
 
     def queries(self, run_id: int) -> dict[str, dict]:
         """{attack: {"examples": attacked, "queries": model queries}} of a run."""
         if self.version < 2:
             return {}
-        rows = self.conn.execute("SELECT attack, examples, queries FROM attack_stats WHERE run_id=? ORDER BY attack",
-                                 (run_id,)).fetchall()
+        rows = self.conn.execute(
+            "SELECT attack, examples, queries FROM attack_stats WHERE run_id=? ORDER BY attack", (run_id,)
+        ).fetchall()
         return {a: {"examples": e, "queries": int(round(q))} for a, e, q in rows}
 
     # ---------------------------------------------------------------------------------------- checks
@@ -338,15 +401,33 @@ class Store:
         False (an archive's checks only fill gaps: they never overwrite the store's own)."""
         now = time.time()
         verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
-        self._write(lambda: self.conn.executemany(
-            f"{verb} INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(sha256, dataset, norm, c["check"], c.get("eps", ""), c["status"], c["evidence"],
-              json.dumps(c.get("budget", {}), sort_keys=True), now) for c in checks]))
+        self._write(
+            lambda: self.conn.executemany(
+                f"{verb} INTO checks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        sha256,
+                        dataset,
+                        norm,
+                        c["check"],
+                        c.get("eps", ""),
+                        c["status"],
+                        c["evidence"],
+                        json.dumps(c.get("budget", {}), sort_keys=True),
+                        now,
+                    )
+                    for c in checks
+                ],
+            )
+        )
 
     def clear_checks(self, sha256: str, dataset: str, norm: str, names: list[str]) -> None:
-        self._write(lambda: self.conn.executemany(
-            "DELETE FROM checks WHERE sha256=? AND dataset=? AND norm=? AND check_name=?",
-            [(sha256, dataset, norm, n) for n in names]))
+        self._write(
+            lambda: self.conn.executemany(
+                "DELETE FROM checks WHERE sha256=? AND dataset=? AND norm=? AND check_name=?",
+                [(sha256, dataset, norm, n) for n in names],
+            )
+        )
 
     def checks(self, sha256: str | None = None, dataset: str | None = None, norm: str | None = None) -> pd.DataFrame:
         cols = "sha256, dataset, norm, check_name AS 'check', eps, status, evidence, budget"
@@ -361,8 +442,9 @@ class Store:
         return pd.read_sql_query(q + " ORDER BY sha256, check_name, eps", self.conn, params=params)
 
     def finish(self, run_id: int) -> None:
-        self._write(lambda: self.conn.execute(
-            "UPDATE runs SET status='done', finished=? WHERE run_id=?", (time.time(), run_id)))
+        self._write(
+            lambda: self.conn.execute("UPDATE runs SET status='done', finished=? WHERE run_id=?", (time.time(), run_id))
+        )
 
     def run(self, run_id: int) -> dict:
         cur = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,))
@@ -372,10 +454,13 @@ class Store:
             try:
                 d[k] = json.loads(d[k])
             except (TypeError, ValueError, RecursionError):
-                raise RobenchError(f"Run {run_id} in {self.path} is damaged (its {k} is not valid JSON); rerun its "
-                                   "evaluation with --force, or pass --store with another path.") from None
-        d["flags"] = [r[0] for r in self.conn.execute(
-            "SELECT flag FROM run_flags WHERE run_id=? ORDER BY flag", (run_id,))]
+                raise RobenchError(
+                    f"Run {run_id} in {self.path} is damaged (its {k} is not valid JSON); rerun its "
+                    "evaluation with --force, or pass --store with another path."
+                ) from None
+        d["flags"] = [
+            r[0] for r in self.conn.execute("SELECT flag FROM run_flags WHERE run_id=? ORDER BY flag", (run_id,))
+        ]
         return d
 
     def runs(self, status: str | None = "done") -> pd.DataFrame:
@@ -387,13 +472,16 @@ class Store:
         return pd.read_sql_query(q, self.conn, params=(status,) if status else ())
 
     def outcomes(self, run_id: int) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT eps, idx, clean, robust, broken_by FROM outcomes WHERE run_id=? "
-                                 "ORDER BY eps, idx", self.conn, params=(run_id,))
+        return pd.read_sql_query(
+            "SELECT eps, idx, clean, robust, broken_by FROM outcomes WHERE run_id=? ORDER BY eps, idx",
+            self.conn,
+            params=(run_id,),
+        )
 
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:

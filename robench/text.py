@@ -2,6 +2,7 @@
 or an archive is shown, never obeyed. Control characters and invisible format characters (bidi overrides
 such as U+202E, zero-width marks) become visible escapes; Markdown escapes what Markdown or HTML would read
 as markup; links are published only when they are http(s); names that become file names are bounded."""
+
 from __future__ import annotations
 
 import hashlib

@@ -14,7 +14,8 @@ def fmnist_available() -> bool:
 # The real embedded dataset must be there in CI (`make install` installs it); elsewhere its tests skip.
 requires_fmnist = pytest.mark.skipif(
     not fmnist_available() and not os.environ.get("CI"),
-    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """Small builders shared by the tests: real on-disk formats, tiny models."""
+
 import gzip
 import os
 import pickle
@@ -33,7 +34,7 @@ def write_mnist_like(folder: Path, n_test: int = 50, n_train: int = 80, gz: bool
         labels = rng.integers(0, 10, n).astype(np.uint8)
         imgs = rng.integers(0, 60, (n, 28, 28)).astype(np.uint8)
         for i, k in enumerate(labels):
-            imgs[i, 2 * k + 4: 2 * k + 6, :] = 255
+            imgs[i, 2 * k + 4 : 2 * k + 6, :] = 255
         write_idx(folder / f"{prefix}-images-idx3-ubyte", imgs, gz)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz)
         out[prefix] = (imgs, labels)
@@ -44,16 +45,19 @@ def write_cifar(folder: Path, files, n: int = 20, label_key: str = "labels", cla
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for f in files:
-        d = {b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
-             label_key.encode(): rng.integers(0, classes, n).tolist()}
+        d = {
+            b"data": rng.integers(0, 256, (n, 3072)).astype(np.uint8),
+            label_key.encode(): rng.integers(0, classes, n).tolist(),
+        }
         with open(folder / f, "wb") as fh:
             pickle.dump(d, fh)
 
 
 def tiny_model(activation="relu", seed=0):
     torch.manual_seed(seed)
-    return robench.create_model("lenet5", activation, num_classes=10, in_channels=1, input_size=28,
-                                mean=[0.286], std=[0.353]).eval()
+    return robench.create_model(
+        "lenet5", activation, num_classes=10, in_channels=1, input_size=28, mean=[0.286], std=[0.353]
+    ).eval()
 
 
 def save_tiny(path, activation="relu", seed=0, **extra):
@@ -64,9 +68,18 @@ def save_tiny(path, activation="relu", seed=0, **extra):
 
 def train_fmnist(path, activation="relu", n_train=6000, seed=0):
     """A LeNet5 trained by `robench train` for one pass over n_train real Fashion-MNIST images (seconds on CPU)."""
-    return robench.api.train(path, arch="lenet5", activation=activation, epochs=1, train_images=n_train,
-                             val_size=1000, val_pgd_n=50, val_pgd_steps=5, seed=seed,
-                             name=f"lenet5-{activation}-test").model
+    return robench.api.train(
+        path,
+        arch="lenet5",
+        activation=activation,
+        epochs=1,
+        train_images=n_train,
+        val_size=1000,
+        val_pgd_n=50,
+        val_pgd_steps=5,
+        seed=seed,
+        name=f"lenet5-{activation}-test",
+    ).model
 
 
 class Evil:

@@ -1,7 +1,7 @@
 """Reliability stress: kill `robench eval` and `robench leaderboard` at random points, run them concurrently
 on one store, read the store while they write, and check that nothing is lost, doubled or half-written.
 
-    .venv/bin/python tests/stress.py --kills 40          # the README's figures
+    .venv/bin/python tests/stress.py --kills 40          # the figures in docs/reliability.md
     .venv/bin/python tests/stress.py --kills 10 --n 120  # what the test suite runs
 
 What it does, all on one results store:
@@ -15,6 +15,7 @@ What it does, all on one results store:
    (the old or the new version), and two full runs write byte-identical files.
 Exits 1 and says what broke when any check fails.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,28 @@ def _check(ok: bool, what: str) -> None:
 
 
 def eval_cmd(ckpt: Path, store: Path, n: int) -> list[str]:
-    return [sys.executable, "-m", "robench", "eval", str(ckpt), "--n", str(n), "--eps", "0.05", "--eps", "0.1",
-            "--attack", "fgsm", "--attack", "pgd(steps=20)", "--batch-size", "10", "--store", str(store),
-            "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "robench",
+        "eval",
+        str(ckpt),
+        "--n",
+        str(n),
+        "--eps",
+        "0.05",
+        "--eps",
+        "0.1",
+        "--attack",
+        "fgsm",
+        "--attack",
+        "pgd(steps=20)",
+        "--batch-size",
+        "10",
+        "--store",
+        str(store),
+        "--quiet",
+    ]
 
 
 def leaderboard_cmd(store: Path, out: Path) -> list[str]:
@@ -64,13 +84,18 @@ def stored(store: Path) -> dict[str, list[tuple]]:
     """Everything an outcome depends on, keyed by run key (run ids differ between stores)."""
     return {
         "runs": table(store, "SELECT key, status, n, eps, attacks FROM runs ORDER BY key"),
-        "outcomes": table(store, "SELECT r.key, o.eps, o.idx, o.clean, o.robust, o.broken_by FROM outcomes o "
-                                 "JOIN runs r USING (run_id) ORDER BY r.key, o.eps, o.idx"),
+        "outcomes": table(
+            store,
+            "SELECT r.key, o.eps, o.idx, o.clean, o.robust, o.broken_by FROM outcomes o "
+            "JOIN runs r USING (run_id) ORDER BY r.key, o.eps, o.idx",
+        ),
         "flags": table(store, "SELECT r.key, f.flag FROM run_flags f JOIN runs r USING (run_id) ORDER BY 1, 2"),
-        "attack_examples": table(store, "SELECT r.key, a.attack, a.examples FROM attack_stats a "
-                                        "JOIN runs r USING (run_id) ORDER BY 1, 2"),
-        "checks": table(store, "SELECT sha256, dataset, norm, check_name, eps, status, evidence FROM checks "
-                               "ORDER BY 1, 2, 3, 4, 5"),
+        "attack_examples": table(
+            store, "SELECT r.key, a.attack, a.examples FROM attack_stats a JOIN runs r USING (run_id) ORDER BY 1, 2"
+        ),
+        "checks": table(
+            store, "SELECT sha256, dataset, norm, check_name, eps, status, evidence FROM checks ORDER BY 1, 2, 3, 4, 5"
+        ),
     }
 
 
@@ -88,14 +113,19 @@ def snapshot_read(store: Path, n: int, n_eps: int) -> int:
     finally:
         db.close()
     for row in res.itertuples():
-        _check(row.n == n and len(row.robust_by_idx) == n,
-               f"a leaderboard read saw run {row.run_id} with {len(row.robust_by_idx)} of {n} outcomes")
+        _check(
+            row.n == n and len(row.robust_by_idx) == n,
+            f"a leaderboard read saw run {row.run_id} with {len(row.robust_by_idx)} of {n} outcomes",
+        )
     return len(res) // max(n_eps, 1)
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.name.endswith(".tmp")}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".tmp")
+    }
 
 
 def _whole(name: str, data: bytes) -> bool:
@@ -113,17 +143,38 @@ def _whole(name: str, data: bytes) -> bool:
 class Stress:
     """One stress session on one working folder; ``run()`` returns the figures."""
 
-    def __init__(self, workdir: Path, kills: int = 10, n: int = 120, seed: int = 0, leaderboard_kills: int = 3,
-                 checkpoints: tuple[Path, Path] | None = None, log=print):
+    def __init__(
+        self,
+        workdir: Path,
+        kills: int = 10,
+        n: int = 120,
+        seed: int = 0,
+        leaderboard_kills: int = 3,
+        checkpoints: tuple[Path, Path] | None = None,
+        log=print,
+    ):
         self.rng, self.kills, self.n, self.lb_kills, self.log = random.Random(seed), kills, n, leaderboard_kills, log
-        self.a, self.b = checkpoints or (ROOT / "checkpoints/lenet5-relu-pgd-at.safetensors",
-                                         ROOT / "checkpoints/lenet5-silu-pgd-at.safetensors")
+        self.a, self.b = checkpoints or (
+            ROOT / "checkpoints/lenet5-relu-pgd-at.safetensors",
+            ROOT / "checkpoints/lenet5-silu-pgd-at.safetensors",
+        )
         self.dir = workdir
         self.ref, self.work = workdir / "reference.sqlite", workdir / "stress.sqlite"
         self.procs: list[subprocess.Popen] = []
-        self.figures = {"kill_points": 0, "sigkill": 0, "sigint": 0, "interrupt_messages": 0, "missed": 0,
-                        "concurrent_evals": 0, "snapshot_reads": 0, "rows_checked": 0, "duplicates": 0,
-                        "missing": 0, "leaderboard_kills": 0, "leaderboard_files_checked": 0}
+        self.figures = {
+            "kill_points": 0,
+            "sigkill": 0,
+            "sigint": 0,
+            "interrupt_messages": 0,
+            "missed": 0,
+            "concurrent_evals": 0,
+            "snapshot_reads": 0,
+            "rows_checked": 0,
+            "duplicates": 0,
+            "missing": 0,
+            "leaderboard_kills": 0,
+            "leaderboard_files_checked": 0,
+        }
 
     def popen(self, cmd, **kw) -> subprocess.Popen:
         # Ctrl-C as in a terminal, even when this harness itself was started in the background (a shell
@@ -164,8 +215,11 @@ class Stress:
                 if other is not None:
                     _check(other.returncode == 0, f"the concurrent eval failed with exit code {other.returncode}")
                     f["concurrent_evals"] += 1
-                other = self.popen(eval_cmd(self.b, self.work, n) + ["--force"] * (f["concurrent_evals"] > 0),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                other = self.popen(
+                    eval_cmd(self.b, self.work, n) + ["--force"] * (f["concurrent_evals"] > 0),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             sig = self.rng.choice([signal.SIGKILL, signal.SIGINT])
             # half the kill points at a random moment (start-up, loading, attacking, diagnostics), half at a
             # random number of stored outcome rows (inside the batch loop, where most of the time goes)
@@ -176,8 +230,7 @@ class Stress:
             by_rows = f["kill_points"] % 2 == 0 and have + 1 < 2 * n
             delay = self.rng.uniform(0.2, 1.1) * self.t_ref
             rows_at = self.rng.randrange(have + 1, 2 * n) if by_rows else 0
-            proc = self.popen(eval_cmd(self.a, self.work, n), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+            proc = self.popen(eval_cmd(self.a, self.work, n), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             start = time.perf_counter()
             while proc.poll() is None and time.perf_counter() - start < (3 * self.t_ref if by_rows else delay):
                 time.sleep(0.02)
@@ -206,8 +259,10 @@ class Stress:
                 continue
             f["kill_points"] += 1
             self._judge(sig, proc.returncode, err)
-            self.log(f"kill point {f['kill_points']}: {sig.name} after {delay:.2f} s, "
-                     f"{_rows_of(self.work, self.a)} of {2 * n} outcome rows of the run stored")
+            self.log(
+                f"kill point {f['kill_points']}: {sig.name} after {delay:.2f} s, "
+                f"{_rows_of(self.work, self.a)} of {2 * n} outcome rows of the run stored"
+            )
         _check(f["kill_points"] >= self.kills, f"only {f['kill_points']} kills landed in {attempts} tries")
         other.wait(timeout=600)
         _check(other.returncode == 0, f"the concurrent eval failed with exit code {other.returncode}")
@@ -222,12 +277,16 @@ class Stress:
         f["sigint"] += 1
         if code == 130:
             lines = err.strip().splitlines()
-            _check(len(lines) == 1 and lines[0].startswith("Interrupted") and
-                   "run the same command again" in lines[0], f"Ctrl-C printed {err!r}")
+            _check(
+                len(lines) == 1 and lines[0].startswith("Interrupted") and "run the same command again" in lines[0],
+                f"Ctrl-C printed {err!r}",
+            )
             f["interrupt_messages"] += 1
         else:  # Ctrl-C during Python's own start-up, before robench's code runs, ends Python's way
-            _check(code != 0 and "robench/engine" not in err and "robench/store" not in err,
-                   f"SIGINT gave exit code {code}: {err[-300:]}")
+            _check(
+                code != 0 and "robench/engine" not in err and "robench/store" not in err,
+                f"SIGINT gave exit code {code}: {err[-300:]}",
+            )
 
     def finish(self) -> None:
         """3. The interrupted run finished by two processes at once."""
@@ -267,19 +326,27 @@ class Stress:
             f["leaderboard_kills"] += 1
             for name, data in _files(lb).items():
                 f["leaderboard_files_checked"] += 1
-                _check(_whole(name, data) and data in (old.get(name), new.get(name)),
-                       f"a killed leaderboard run left {name} half-written")
+                _check(
+                    _whole(name, data) and data in (old.get(name), new.get(name)),
+                    f"a killed leaderboard run left {name} half-written",
+                )
         subprocess.run(leaderboard_cmd(self.work, lb), **quiet)
         _check(_files(lb) == new, "two leaderboard runs on the same store wrote different bytes")
-        self.log(f"leaderboard: {f['leaderboard_kills']} kills, {f['leaderboard_files_checked']} files whole; "
-                 "a full rerun is byte-identical")
+        self.log(
+            f"leaderboard: {f['leaderboard_kills']} kills, {f['leaderboard_files_checked']} files whole; "
+            "a full rerun is byte-identical"
+        )
 
 
 def _rows_of(store: Path, ckpt: Path) -> int:
     from robench.files import sha256_file
 
-    return table(store, "SELECT COUNT(*) FROM outcomes JOIN runs USING (run_id) WHERE sha256='%s'"
-                 % sha256_file(ckpt))[0][0]
+    query = "SELECT COUNT(*) FROM outcomes JOIN runs USING (run_id) WHERE sha256=?"
+    con = sqlite3.connect(store, timeout=60)
+    try:
+        return con.execute(query, (sha256_file(ckpt),)).fetchone()[0]
+    finally:
+        con.close()
 
 
 def _reset(store: Path, ckpt: Path) -> None:

@@ -43,12 +43,21 @@ CASES = [
     ("tanh", {}, np.tanh),
     ("sigmoid", {}, sig),
     ("pssilu", {"alpha": 1.5, "beta": -0.2}, lambda x: x * (sig(1.5 * x) - 0.2) / 0.8),
-    ("splash", {"slopes_pos": [0.9, 0.3, -0.2, 0.5], "slopes_neg": [0.1, -0.4, 0.2, 0.7]},
-     lambda x: splash_ref(x, [0.9, 0.3, -0.2, 0.5], [0.1, -0.4, 0.2, 0.7], np.linspace(0, 2.5, 4))),
-    ("splash:hinges=3,hinge_max=1.0", {"slopes_pos": [1.0, 2.0], "slopes_neg": [0.5, -1.0]},
-     lambda x: splash_ref(x, [1.0, 2.0], [0.5, -1.0], [0.0, 1.0])),
-    ("apl", {"a": [0.5, -0.3], "b": [0.2, 1.5]},
-     lambda x: np.maximum(0, x) + 0.5 * np.maximum(0, -x + 0.2) - 0.3 * np.maximum(0, -x + 1.5)),
+    (
+        "splash",
+        {"slopes_pos": [0.9, 0.3, -0.2, 0.5], "slopes_neg": [0.1, -0.4, 0.2, 0.7]},
+        lambda x: splash_ref(x, [0.9, 0.3, -0.2, 0.5], [0.1, -0.4, 0.2, 0.7], np.linspace(0, 2.5, 4)),
+    ),
+    (
+        "splash:hinges=3,hinge_max=1.0",
+        {"slopes_pos": [1.0, 2.0], "slopes_neg": [0.5, -1.0]},
+        lambda x: splash_ref(x, [1.0, 2.0], [0.5, -1.0], [0.0, 1.0]),
+    ),
+    (
+        "apl",
+        {"a": [0.5, -0.3], "b": [0.2, 1.5]},
+        lambda x: np.maximum(0, x) + 0.5 * np.maximum(0, -x + 0.2) - 0.3 * np.maximum(0, -x + 1.5),
+    ),
 ]
 
 
@@ -109,12 +118,21 @@ def act_params(model):
 
 
 # lenet5 has 4 activation sites with 6, 16, 120, 84 channels
-@pytest.mark.parametrize("spec,expected", [
-    ("relu", 0),
-    ("splash:share=network", 8), ("splash", 4 * 8), ("splash:share=channel", (6 + 16 + 120 + 84) * 8),
-    ("pssilu", 2), ("pssilu:share=layer", 4 * 2), ("pssilu:share=channel", 226 * 2),
-    ("prelu", 4), ("prelu:share=channel", 226), ("apl:hinges=3", 4 * 6),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("relu", 0),
+        ("splash:share=network", 8),
+        ("splash", 4 * 8),
+        ("splash:share=channel", (6 + 16 + 120 + 84) * 8),
+        ("pssilu", 2),
+        ("pssilu:share=layer", 4 * 2),
+        ("pssilu:share=channel", 226 * 2),
+        ("prelu", 4),
+        ("prelu:share=channel", 226),
+        ("apl:hinges=3", 4 * 6),
+    ],
+)
 def test_sharing_modes_give_the_right_parameter_counts(spec, expected):
     model = robench.create_model("lenet5", spec, in_channels=1, input_size=28)
     assert act_params(model) == expected
@@ -128,14 +146,17 @@ def test_network_sharing_uses_one_instance_everywhere():
     assert len(activation_modules(model)) == 1
 
 
-@pytest.mark.parametrize("spec,fragment", [
-    ("reluu", "did you mean relu"),
-    ("splash:hinge=7", "hinges"),
-    ("relu:share=channel", "no learned parameters"),
-    ("splash:hinges=4", "odd number of hinges"),
-    ("prelu:share=everything", "share mode"),
-    ("splash:hinges", "key=value"),
-])
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("reluu", "did you mean relu"),
+        ("splash:hinge=7", "hinges"),
+        ("relu:share=channel", "no learned parameters"),
+        ("splash:hinges=4", "odd number of hinges"),
+        ("prelu:share=everything", "share mode"),
+        ("splash:hinges", "key=value"),
+    ],
+)
 def test_bad_specs_say_what_is_wrong(spec, fragment):
     with pytest.raises(RobenchError, match=fragment):
         create_activation(spec, channels=4)

@@ -1,15 +1,15 @@
 """robench's own APGD, MALT targets, the `fast` ensemble, and PGD's cycle detection."""
+
 import pytest
 import torch
+from conftest import requires_fmnist
+from test_attacks import linear_problem
 
 from robench.attacks.apgd import APGD, checkpoints, target_classes
 from robench.attacks.pgd import PGD
 from robench.attacks.registry import create_attack, spec_from_budget
 from robench.config import parse_eps
 from robench.engine.core import attack_batch
-
-from conftest import requires_fmnist
-from test_attacks import linear_problem
 
 
 def _robust(model, x, y, atk, eps, norm="Linf"):
@@ -71,9 +71,12 @@ def test_apgd_reports_how_close_each_example_came():
     out = APGD("ce", iters=20).run(model, x, y, torch.arange(len(x)), eps, "Linf", 0)
     broken = model(out.x_adv).argmax(1) != y
     z, w = model(x), model[1].weight
-    margins = (z.gather(1, y[:, None]) - z)
-    lowest = (margins - eps * (w[y][:, None, :] - w[None]).abs().sum(-1)).masked_fill(
-        torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
+    margins = z.gather(1, y[:, None]) - z
+    lowest = (
+        (margins - eps * (w[y][:, None, :] - w[None]).abs().sum(-1))
+        .masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("inf"))
+        .amin(1)
+    )
     clean = margins.masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
     assert 0 < broken.sum() < len(x)
     assert (out.closest[broken] < 0).all() and (out.closest[~broken] > 0).all()
@@ -93,14 +96,17 @@ def test_fast_focus_sends_the_near_misses_to_square():
     eps, idx = 0.1, torch.arange(len(x))
     plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
     focused = create_attack("fast(iters=5,focus=1.0,queries=200,focus_restarts=0,focus_share=1.0)").run(
-        model, x, y, idx, eps, "Linf", 0)
+        model, x, y, idx, eps, "Linf", 0
+    )
     by_square = torch.tensor([b == "square" for b in focused.broken_by])
     plain_broken = model(plain.x_adv).argmax(1) != y
     assert torch.equal((model(focused.x_adv).argmax(1) != y) & ~by_square, plain_broken)  # the same APGD runs
     assert by_square.sum() > 0 and not (by_square & plain_broken).any()
     assert ((focused.x_adv - x).abs().amax((1, 2, 3)) <= eps + 1e-6).all()
-    near = focused.closest < 1.0 * (model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
-        torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1))
+    near = focused.closest < 1.0 * (
+        model(x).gather(1, y[:, None])[:, 0]
+        - model(x).masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1)
+    )
     assert not (by_square & ~near).any()  # Square ran only on the near misses
 
 
@@ -146,12 +152,15 @@ def test_fast_focus_retries_the_targeted_apgd_from_fresh_starts_first():
     plain = create_attack("fast(iters=5,focus=0)").run(model, x, y, idx, eps, "Linf", 0)
     out = create_attack("fast(iters=5,focus=0.5,queries=20,focus_restarts=2)").run(model, x, y, idx, eps, "Linf", 0)
     clean = model(x).gather(1, y[:, None])[:, 0] - model(x).masked_fill(
-        torch.nn.functional.one_hot(y, 10).bool(), float("-inf")).amax(1)
+        torch.nn.functional.one_hot(y, 10).bool(), float("-inf")
+    ).amax(1)
     plain_broken = model(plain.x_adv).argmax(1) != y
     retried = ~plain_broken & torch.tensor([b == "robench-apgd-t" for b in out.broken_by])
     assert retried.sum() > 0 and not (retried & ~(out.closest < 0.5 * clean)).any()
     assert plain_broken[(model(out.x_adv).argmax(1) != y)].sum() == plain_broken.sum()
-    assert [b for b, p in zip(out.broken_by, plain_broken) if p] == [b for b, p in zip(plain.broken_by, plain_broken) if p]
+    assert [b for b, p in zip(out.broken_by, plain_broken) if p] == [
+        b for b, p in zip(plain.broken_by, plain_broken) if p
+    ]
 
 
 def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
@@ -167,8 +176,9 @@ def test_fast_square_runs_side_by_side_break_more_of_the_near_misses():
     x, y, eps, idx = x[keep], y[keep], 0.1, torch.arange(int(keep.sum()))
     outs, batches = {}, {}
     for runs in (1, 4):
-        atk = create_attack("fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,"
-                            f"square_runs={runs},square=official)")
+        atk = create_attack(
+            f"fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,square_runs={runs},square=official)"
+        )
         seen, square = [], atk._square
         atk._square = lambda bs: (seen.append(bs), square(bs))[1]
         outs[runs], batches[runs] = atk.run(model, x, y, idx, eps, "Linf", 0), seen
@@ -186,7 +196,9 @@ def test_pgd_cycle_detection_changes_no_outcome_and_saves_work():
     """With a fixed step, an iterate that repeats an earlier one repeats forever: stopping there gives the
     very same per-example outcome as the full run, with fewer model queries."""
     model, x, y, dist = linear_problem()
-    runs = {c: _robust(model, x, y, PGD(steps=300, step_size=0.01, loss="margin", cycles=c), 0.03) for c in (True, False)}
+    runs = {
+        c: _robust(model, x, y, PGD(steps=300, step_size=0.01, loss="margin", cycles=c), 0.03) for c in (True, False)
+    }
     assert torch.equal(runs[True][0], runs[False][0])
     spent = {c: sum(q for _, q in runs[c][1]["pgd"].values()) for c in runs}
     assert spent[True] < spent[False] / 10, spent
@@ -197,12 +209,24 @@ def budget_of(spec):
     return create_attack(spec).budget()
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast(iters=50,targets=5,choice=rank)", "fast(focus=0)",
-                                  "fast(targets=2,focus=0.5,queries=300)", "fast(focus_restarts=0)",
-                                  "fast(focus=0.2,focus_restarts=1)", "fast(focus_share=1.0)",
-                                  "fast(focus_share=0.25,focus_restarts=0)", "fast(square_runs=2)",
-                                  "fast(focus=0.3,square_runs=4)", "apgd", "apgd(loss=dlr,restarts=2)",
-                                  "apgd(targeted=True,targets=3,choice=rank)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "fast",
+        "fast(iters=50,targets=5,choice=rank)",
+        "fast(focus=0)",
+        "fast(targets=2,focus=0.5,queries=300)",
+        "fast(focus_restarts=0)",
+        "fast(focus=0.2,focus_restarts=1)",
+        "fast(focus_share=1.0)",
+        "fast(focus_share=0.25,focus_restarts=0)",
+        "fast(square_runs=2)",
+        "fast(focus=0.3,square_runs=4)",
+        "apgd",
+        "apgd(loss=dlr,restarts=2)",
+        "apgd(targeted=True,targets=3,choice=rank)",
+    ],
+)
 def test_apgd_budgets_rebuild_their_attack(spec):
     budget = budget_of(spec)
     assert budget_of(spec_from_budget(budget)) == budget

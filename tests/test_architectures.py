@@ -6,8 +6,15 @@ import robench
 from robench.errors import RobenchError
 from robench.nn.activations import Activation, ActivationFactory
 
-SMALL = [("lenet5", 1, 28), ("lenet5", 3, 32), ("allcnn", 1, 28), ("nin", 3, 32), ("resnet20", 3, 32),
-         ("preact_resnet18", 3, 32), ("wrn-10-1", 3, 32)]
+SMALL = [
+    ("lenet5", 1, 28),
+    ("lenet5", 3, 32),
+    ("allcnn", 1, 28),
+    ("nin", 3, 32),
+    ("resnet20", 3, 32),
+    ("preact_resnet18", 3, 32),
+    ("wrn-10-1", 3, 32),
+]
 
 
 class Counting(ActivationFactory):
@@ -42,9 +49,17 @@ def test_torchvision_model_has_its_activations_replaced():
 
 def test_wrn_uses_robustbench_parameter_names():
     keys = set(robench.create_model("wrn-28-10").net.state_dict())
-    for k in ("conv1.weight", "block1.layer.0.bn1.weight", "block1.layer.0.conv1.weight",
-              "block1.layer.0.convShortcut.weight", "block2.layer.3.conv2.weight",
-              "block3.layer.0.convShortcut.weight", "bn1.running_mean", "fc.weight", "fc.bias"):
+    for k in (
+        "conv1.weight",
+        "block1.layer.0.bn1.weight",
+        "block1.layer.0.conv1.weight",
+        "block1.layer.0.convShortcut.weight",
+        "block2.layer.3.conv2.weight",
+        "block3.layer.0.convShortcut.weight",
+        "bn1.running_mean",
+        "fc.weight",
+        "fc.bias",
+    ):
         assert k in keys
     assert "block1.layer.1.convShortcut.weight" not in keys
     n = sum(p.numel() for p in robench.create_model("wrn-28-10").parameters())
@@ -66,7 +81,10 @@ def test_create_model_takes_its_input_shape_classes_and_normalisation_from_a_dat
     model = robench.create_model("lenet5", "splash", dataset="fashion-mnist").eval()
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
     assert model.normalize.mean.flatten().tolist() == pytest.approx([0.286], abs=1e-3)
-    assert robench.create_model("lenet5", dataset="fashion-mnist", num_classes=3)(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    assert robench.create_model("lenet5", dataset="fashion-mnist", num_classes=3)(torch.rand(2, 1, 28, 28)).shape == (
+        2,
+        3,
+    )
 
 
 def test_your_own_class_by_import_path_with_options_and_the_activation(tmp_path, monkeypatch):
@@ -90,7 +108,8 @@ def test_your_own_class_by_import_path_with_options_and_the_activation(tmp_path,
         "        super().__init__()\n"
         "        self.fc = nn.Linear(784, 10)\n"
         "    def forward(self, x):\n"
-        "        return self.fc(x.flatten(1))\n")
+        "        return self.fc(x.flatten(1))\n"
+    )
     arch = str(tmp_path / "tinynets.py") + ":TinyNet(width=8)"
     model = robench.create_model(arch, "psilu", dataset="fashion-mnist")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10) and model.net.body[1].out_features == 8
@@ -102,8 +121,9 @@ def test_your_own_class_by_import_path_with_options_and_the_activation(tmp_path,
     with pytest.raises(robench.RobenchError, match="defines no class Missing"):
         robench.create_model("tinynets:Missing")
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    r = CliRunner().invoke(app, ["info", str(tmp_path / "tiny.pt"), "--arch", arch, "--activation", "psilu",
-                                 "--dataset", "fashion-mnist"])
+    r = CliRunner().invoke(
+        app, ["info", str(tmp_path / "tiny.pt"), "--arch", arch, "--activation", "psilu", "--dataset", "fashion-mnist"]
+    )
     assert r.exit_code == 0 and "TinyNet(width=8)" in r.output
     (tmp_path / "tiny.pt.json").write_text(f'{{"arch": "{arch}", "activation": "psilu", "dataset": "fashion-mnist"}}')
     r = CliRunner().invoke(app, ["info", str(tmp_path / "tiny.pt")])
@@ -113,8 +133,10 @@ def test_your_own_class_by_import_path_with_options_and_the_activation(tmp_path,
     assert "file.py:Class" in r.output and "runs your code" in r.output
 
 
-@pytest.mark.parametrize("arch,fragment", [("resnet21", "did you mean resnet20"), ("wrn-27-10", "6n\\+4"),
-                                           ("transformer", "Unknown architecture")])
+@pytest.mark.parametrize(
+    "arch,fragment",
+    [("resnet21", "did you mean resnet20"), ("wrn-27-10", "6n\\+4"), ("transformer", "Unknown architecture")],
+)
 def test_bad_architectures(arch, fragment):
     with pytest.raises(RobenchError, match=fragment):
         robench.create_model(arch)

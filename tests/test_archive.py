@@ -1,11 +1,13 @@
 """Results archives (`robench export` / `robench import`): what is committed gives back exactly the store's
 leaderboard, byte for byte, and an archive can add results but never change a finished one."""
+
 import filecmp
 import gzip
 import json
 from pathlib import Path
 
 import pytest
+from helpers import save_tiny, store_rows, write_mnist_like
 from typer.testing import CliRunner
 
 import robench
@@ -13,8 +15,6 @@ from robench import api
 from robench.cli import app
 from robench.errors import RobenchError
 from robench.store import Store
-
-from helpers import save_tiny, store_rows, write_mnist_like
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,8 +25,9 @@ def store(tmp_path, monkeypatch):
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
     for act in ("relu", "silu"):
         save_tiny(f"{act}.pt", act, name=f"tiny-{act}")
-    robench.evaluate(["relu.pt", "silu.pt"], n=40, eps=["0.05", "0.1"], attacks=["fgsm", "square(queries=10)"],
-                     store="a.sqlite")
+    robench.evaluate(
+        ["relu.pt", "silu.pt"], n=40, eps=["0.05", "0.1"], attacks=["fgsm", "square(queries=10)"], store="a.sqlite"
+    )
     robench.evaluate(["relu.pt", "silu.pt"], n=30, attacks=["none"], store="a.sqlite")
     return Path("a.sqlite")
 
@@ -34,7 +35,8 @@ def store(tmp_path, monkeypatch):
 def _same_tree(a: Path, b: Path) -> bool:
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
     return files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and all(
-        filecmp.cmp(a / f, b / f, shallow=False) for f in files)
+        filecmp.cmp(a / f, b / f, shallow=False) for f in files
+    )
 
 
 def test_an_archive_gives_back_the_same_leaderboard_and_the_same_archive(store):
@@ -48,7 +50,12 @@ def test_an_archive_gives_back_the_same_leaderboard_and_the_same_archive(store):
     assert _same_tree(Path("la"), Path("lb"))
     api.export_results("b.sqlite", "again.jsonl.gz")
     assert Path("again.jsonl.gz").read_bytes() == Path("results.jsonl.gz").read_bytes()
-    assert api.import_results("results.jsonl.gz", "b.sqlite") == {"added": 0, "kept": 4, "checks": checks, "unfinished": 0}
+    assert api.import_results("results.jsonl.gz", "b.sqlite") == {
+        "added": 0,
+        "kept": 4,
+        "checks": checks,
+        "unfinished": 0,
+    }
 
 
 def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_runs(store):
@@ -78,8 +85,12 @@ def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_
     assert not any(f.startswith("run-") for f in changed)  # at most the model's checks file besides
     assert len(list(Path("committed").glob("run-*.jsonl.gz"))) == 5
     assert Path("committed/order.txt").read_text().split() == store_keys(store)
-    assert api.import_results("committed", "b.sqlite") == {"added": 1, "kept": 4, "checks": len(
-        [line for line in single if '"check"' in line]), "unfinished": 0}
+    assert api.import_results("committed", "b.sqlite") == {
+        "added": 1,
+        "kept": 4,
+        "checks": len([line for line in single if '"check"' in line]),
+        "unfinished": 0,
+    }
 
 
 def store_keys(store) -> list[str]:
@@ -90,7 +101,9 @@ def store_keys(store) -> list[str]:
 def test_a_folder_archive_with_one_bad_file_adds_nothing(store):
     api.export_results(store, "committed")
     assert Path("committed/order.txt").read_text().split() == store_keys(store)  # the store's order, kept
-    Path("committed/run-forged.jsonl.gz").write_bytes(gzip.compress(b'{"format": "robench-results", "version": 1}\n{"key": 5}\n'))
+    Path("committed/run-forged.jsonl.gz").write_bytes(
+        gzip.compress(b'{"format": "robench-results", "version": 1}\n{"key": 5}\n')
+    )
     with pytest.raises(RobenchError, match="run-forged.jsonl.gz line 2"):
         api.import_results("committed", "b.sqlite")
     assert not Path("b.sqlite").exists()  # every file is checked before the store is opened
@@ -110,14 +123,18 @@ def test_an_archive_never_changes_a_finished_run(store):
     assert store_rows(store) == before
 
 
-@pytest.mark.parametrize("text,fragment", [
-    (b"not gzip", "not a readable results archive"),
-    (gzip.compress(b'{"format": "robench-results", "version": 99}\n'), "newer robench"),
-    (gzip.compress(b'{"format": "something else", "version": 1}\n'), "robench-results header"),
-    (gzip.compress(b'{"format": "robench-results", "version": 1}\n{"key": 5}\n'), "line 2"),
-    (gzip.compress(b'{"format": "robench-results", "version": 1}\n[' * 1 + b"]" + b"\n"), "not an object"),
-    (gzip.compress(b""), "is empty"),
-], ids=["not gzip", "newer", "other format", "bad run", "not an object", "empty"])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        (b"not gzip", "not a readable results archive"),
+        (gzip.compress(b'{"format": "robench-results", "version": 99}\n'), "newer robench"),
+        (gzip.compress(b'{"format": "something else", "version": 1}\n'), "robench-results header"),
+        (gzip.compress(b'{"format": "robench-results", "version": 1}\n{"key": 5}\n'), "line 2"),
+        (gzip.compress(b'{"format": "robench-results", "version": 1}\n[' * 1 + b"]" + b"\n"), "not an object"),
+        (gzip.compress(b""), "is empty"),
+    ],
+    ids=["not gzip", "newer", "other format", "bad run", "not an object", "empty"],
+)
 def test_a_malformed_archive_is_refused_before_anything_is_written(store, text, fragment):
     Path("bad.jsonl.gz").write_bytes(text)
     before = store_rows(store)
@@ -185,17 +202,22 @@ def test_an_unfinished_run_moves_to_another_store_and_resumes_there(tmp_path, mo
     # replaced by an unfinished one
     api.export_results("b.sqlite", "done.jsonl.gz")
     assert api.import_results("done.jsonl.gz", "a.sqlite")["added"] == 1
-    assert api.import_results("progress.jsonl.gz", "a.sqlite") == {"added": 0, "kept": 1, "checks": 0,
-                                                                   "unfinished": 0}
+    assert api.import_results("progress.jsonl.gz", "a.sqlite") == {"added": 0, "kept": 1, "checks": 0, "unfinished": 0}
     assert api.export_results("a.sqlite", "none.jsonl.gz", unfinished=True)["runs"] == 0
     r = CliRunner().invoke(app, ["export", "committed", "--unfinished", "--store", "a.sqlite"])
     assert r.exit_code == 2 and "one .jsonl.gz file" in r.output and not Path("committed").exists(), r.output
     # an unfinished record that claims every example, a finished field that is not true or false, or stages
     # that are not base64 under a stage key, are refused
     lines = gzip.decompress(Path("progress.jsonl.gz").read_bytes()).decode().splitlines()
-    for forged in ({"finished": "no"}, {"n": 20}, {"stages": {"0" * 32: "not base64!"}}, {"stages": {"k": "AA=="}},
-                   {"stages": ["AA=="]}):
-        Path("forged.jsonl.gz").write_bytes(gzip.compress("\n".join(
-            [lines[0], json.dumps({**json.loads(lines[1]), **forged})]).encode()))
+    for forged in (
+        {"finished": "no"},
+        {"n": 20},
+        {"stages": {"0" * 32: "not base64!"}},
+        {"stages": {"k": "AA=="}},
+        {"stages": ["AA=="]},
+    ):
+        Path("forged.jsonl.gz").write_bytes(
+            gzip.compress("\n".join([lines[0], json.dumps({**json.loads(lines[1]), **forged})]).encode())
+        )
         with pytest.raises(RobenchError, match="not a valid robench results record"):
             api.import_results("forged.jsonl.gz", "d.sqlite")

@@ -1,4 +1,5 @@
 """Attack strength: exact answers on a linear model, AutoAttack identity, PGD vs Foolbox and torchattacks."""
+
 import json
 
 import pytest
@@ -60,8 +61,11 @@ def test_l2_pgd_on_a_linear_model():
     w = model[1].weight
     z = model(x)
     l2 = (w[y][:, None, :] - w[None, :, :]).norm(dim=-1)  # min L2 distance to class k: margin / ||w_y - w_k||_2
-    dist = ((z.gather(1, y[:, None]) - z) / l2).masked_fill(
-        torch.nn.functional.one_hot(y, 10).bool(), float("inf")).amin(1)
+    dist = (
+        ((z.gather(1, y[:, None]) - z) / l2)
+        .masked_fill(torch.nn.functional.one_hot(y, 10).bool(), float("inf"))
+        .amin(1)
+    )
     eps = float(dist.median())
     atk = PGD(steps=50, loss="margin", targeted=True)
     rows, _, _ = attack_batch(model, x, y, torch.arange(len(x)), [parse_eps(eps)], [atk], "L2", 0)
@@ -86,15 +90,18 @@ def test_random_starts_do_not_depend_on_the_batch(norm):
     seeds = list(range(100, 140))
     batch = random_starts(x, 0.3, norm, seeds)
     for j in (0, 7, 39):  # each start is the draw of its own generator, as if it were alone
-        alone = random_starts(x[j:j + 1], 0.3, norm, torch.Generator().manual_seed(seeds[j]))
-        assert torch.equal(batch[j:j + 1], alone)
+        alone = random_starts(x[j : j + 1], 0.3, norm, torch.Generator().manual_seed(seeds[j]))
+        assert torch.equal(batch[j : j + 1], alone)
     assert torch.equal(random_starts(x[7:20], 0.3, norm, seeds[7:20]), batch[7:20])
-    assert (get_norm(norm).distance(batch) <= 0.3 + 1e-6).all() and ((x + batch) >= 0).all() and ((x + batch) <= 1).all()
+    assert (
+        (get_norm(norm).distance(batch) <= 0.3 + 1e-6).all() and ((x + batch) >= 0).all() and ((x + batch) <= 1).all()
+    )
     model, xl, y, _ = linear_problem(n=60)
     eps, idx = [parse_eps("0.05")], torch.arange(60)
     whole, _, _ = attack_batch(model, xl, y, idx, eps, [PGD(steps=5)], norm, 0)
-    parts = [attack_batch(model, xl[s], y[s], idx[s], eps, [PGD(steps=5)], norm, 0)[0]
-             for s in (slice(0, 17), slice(17, 60))]
+    parts = [
+        attack_batch(model, xl[s], y[s], idx[s], eps, [PGD(steps=5)], norm, 0)[0] for s in (slice(0, 17), slice(17, 60))
+    ]
     assert whole == parts[0] + parts[1]
 
 
@@ -121,13 +128,15 @@ def test_autoattack_equals_a_direct_pyautoattack_run(trained):
     from pyautoattack import AutoAttack
 
     n, eps = 24, 0.08
-    df = robench.api.evaluate([str(trained)], n=n, eps=["0.08"], attacks=["autoattack"], batch_size="24",
-                              store="s.sqlite", seed=3)
+    df = robench.api.evaluate(
+        [str(trained)], n=n, eps=["0.08"], attacks=["autoattack"], batch_size="24", store="s.sqlite", seed=3
+    )
     ours = df.attrs["outcomes"].sort_values("idx")
     model = robench.load_checkpoint(trained).model
     x, y = fmnist_batch(n)
-    _, y_adv = AutoAttack(model, device="cpu", eps=eps, norm="Linf", seed=3, version="standard") \
-        .run_standard_evaluation(x, y, batch_size=24)
+    _, y_adv = AutoAttack(
+        model, device="cpu", eps=eps, norm="Linf", seed=3, version="standard"
+    ).run_standard_evaluation(x, y, batch_size=24)
     assert ours.robust.tolist() == (y_adv == y).int().tolist()
     assert set(ours.broken_by.dropna()) <= {"apgd-ce", "apgd-t", "fab-t", "square"}
     budget = df.budget[0]
@@ -147,27 +156,37 @@ def test_our_pgd_is_at_least_as_strong_as_foolbox_and_torchattacks(trained):
     torch.manual_seed(0)
     xa = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)(x, y)
     ta = (model(xa).argmax(1) == y).float().mean().item()
-    _, xf, _ = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps)(fb.PyTorchModel(model, bounds=(0, 1)), x, y,
-                                                                   epsilons=eps)
+    _, xf, _ = fb.attacks.LinfPGD(abs_stepsize=alpha, steps=steps)(
+        fb.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps
+    )
     fbr = (model(xf).argmax(1) == y).float().mean().item()
     noise = 1.5 / 100  # 1.5 points on 300 examples
     assert ours <= ta + noise and ours <= fbr + noise, (ours, ta, fbr)
 
 
 def test_foolbox_attack_through_robench_records_its_budget(trained):
-    df = robench.api.evaluate([str(trained)], n=20, eps=["0.1"], attacks=["fb:LinfDeepFoolAttack(steps=30)"],
-                              store="s.sqlite")
+    df = robench.api.evaluate(
+        [str(trained)], n=20, eps=["0.1"], attacks=["fb:LinfDeepFoolAttack(steps=30)"], store="s.sqlite"
+    )
     assert df.robust_acc[0] <= df.clean_acc[0]
     assert '"steps": 30' in df.budget[0] and "foolbox 3.3.4" in df.budget[0]
     with pytest.raises(RobenchError, match="L2 attack; run it with norm='L2'"):
         robench.api.evaluate([str(trained)], n=5, attacks=["fb:L2CarliniWagnerAttack(steps=5)"], store="s.sqlite")
 
 
-@pytest.mark.parametrize("spec,fragment", [
-    ("pgdd", "did you mean pgd"), ("pgd(stepz=3)", "unknown option"), ("fb:LinfPGDD", "Unknown Foolbox attack"),
-    ("fb:LinfPGD(stepz=3)", "has no option stepz"), ("autoattack:turbo", "Unknown attack \"autoattack:turbo\"; did you mean autoattack"),
-    ("autoattack(n=1)", "official budget"), ("pgd(loss=hinge)", "is not one of"), ("pgd(steps=3", "unclosed"),
-])
+@pytest.mark.parametrize(
+    "spec,fragment",
+    [
+        ("pgdd", "did you mean pgd"),
+        ("pgd(stepz=3)", "unknown option"),
+        ("fb:LinfPGDD", "Unknown Foolbox attack"),
+        ("fb:LinfPGD(stepz=3)", "has no option stepz"),
+        ("autoattack:turbo", "Unknown attack \"autoattack:turbo\"; did you mean autoattack"),
+        ("autoattack(n=1)", "official budget"),
+        ("pgd(loss=hinge)", "is not one of"),
+        ("pgd(steps=3", "unclosed"),
+    ],
+)
 def test_bad_attack_specs(spec, fragment):
     with pytest.raises(RobenchError, match=fragment):
         create_attack(spec)
@@ -175,7 +194,9 @@ def test_bad_attack_specs(spec, fragment):
 
 def test_spec_options():
     assert split_spec("pgd(steps=100, loss=dlr, random_start=False)") == (
-        "pgd", {"steps": 100, "loss": "dlr", "random_start": False})
+        "pgd",
+        {"steps": 100, "loss": "dlr", "random_start": False},
+    )
     a = create_attack("pgd(steps=7)", pgd={"steps": 20, "restarts": 2})
     assert a.budget()["steps"] == 7 and a.budget()["restarts"] == 2 and a.budget()["step_size"] == "2.5*eps/steps"
     assert create_attack("fgsm").budget()["steps"] == 1
@@ -207,9 +228,20 @@ def test_fgsm_refuses_options_it_does_not_have():
         create_attack("fgsm(steps=50)")
 
 
-@pytest.mark.parametrize("spec", ["pgd", "pgd(steps=7,restarts=2,loss=dlr,precision=bf16)",
-                                  "pgd(step_size=0.01,targeted=True,targets=3)", "fgsm(loss=margin)", "autoattack",
-                                  "autoattack:plus", "apgd-t", "square(queries=100)", "fb:LinfPGD(steps=3)"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "pgd",
+        "pgd(steps=7,restarts=2,loss=dlr,precision=bf16)",
+        "pgd(step_size=0.01,targeted=True,targets=3)",
+        "fgsm(loss=margin)",
+        "autoattack",
+        "autoattack:plus",
+        "apgd-t",
+        "square(queries=100)",
+        "fb:LinfPGD(steps=3)",
+    ],
+)
 def test_a_stored_budget_rebuilds_its_attack(spec):
     """``robench check`` and the leaderboard re-run stored runs from their budgets: the registry's inverse
     gives a spec that builds the very same budget."""

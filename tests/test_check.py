@@ -1,4 +1,5 @@
 """robench check: the CI gate passes an unchanged checkpoint and fails (exit 1) a weakened one."""
+
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -6,14 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import requires_fmnist
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.reporting.regression import compare
 from robench.stats import fisher_exact, unpaired_diff_ci
-
-from conftest import requires_fmnist
 
 ZOO = Path(__file__).resolve().parent.parent / "checkpoints"
 runner = CliRunner()
@@ -28,8 +28,7 @@ def baseline():
     """A leaderboard from the shipped PGD-AT ReLU LeNet5: clean on 300, PGD over two eps on 100."""
     shutil.copy(ZOO / "lenet5-relu-pgd-at.safetensors", "model.safetensors")
     robench.evaluate(["model.safetensors"], n=300, attacks=["none"], store="base.sqlite")
-    robench.evaluate(["model.safetensors"], n=100, eps=["0.05", "0.1"], attacks=["pgd(steps=10)"],
-                     store="base.sqlite")
+    robench.evaluate(["model.safetensors"], n=100, eps=["0.05", "0.1"], attacks=["pgd(steps=10)"], store="base.sqlite")
     robench.api.leaderboard("base.sqlite", "lb", report=False)
     return Path("lb/fashion-mnist_Linf.csv")
 
@@ -56,8 +55,19 @@ def test_an_unchanged_checkpoint_passes_with_the_paired_test(baseline):
 @requires_fmnist
 def test_a_weakened_checkpoint_fails_with_exit_1(baseline):
     _weaken()
-    r = cli("check", "--baseline", baseline, "weak.safetensors", "--store", "base.sqlite", "--junit", "j.xml",
-            "--json", "c.json", "--quiet")
+    r = cli(
+        "check",
+        "--baseline",
+        baseline,
+        "weak.safetensors",
+        "--store",
+        "base.sqlite",
+        "--junit",
+        "j.xml",
+        "--json",
+        "c.json",
+        "--quiet",
+    )
     assert r.exit_code == 1, r.output
     assert "checks failed" in r.output and "lenet5-relu-pgd-at (pgd)" in r.output
     assert "robench check against" not in r.output  # --quiet: the verdict without the table
@@ -82,14 +92,41 @@ def test_without_the_baselines_outcomes_the_counts_are_compared(baseline):
 
 
 def test_a_small_drop_or_one_within_noise_passes():
-    base = pd.DataFrame([{"model_id": "m", "eps": "0.1", "sha256": "a", "dataset": "d", "norm": "Linf",
-                          "clean_acc": 90.0, "clean_n": 100, "pgd_acc": 50.0, "pgd_n": 100, "autoattack_acc": float("nan"),
-                          "autoattack_n": 0, "best_known_acc": 50.0, "n": 100}])
+    base = pd.DataFrame(
+        [
+            {
+                "model_id": "m",
+                "eps": "0.1",
+                "sha256": "a",
+                "dataset": "d",
+                "norm": "Linf",
+                "clean_acc": 90.0,
+                "clean_n": 100,
+                "pgd_acc": 50.0,
+                "pgd_n": 100,
+                "autoattack_acc": float("nan"),
+                "autoattack_n": 0,
+                "best_known_acc": 50.0,
+                "n": 100,
+            }
+        ]
+    )
 
     def now(clean_right, robust_right):
-        return pd.DataFrame([{"sha256": "b", "eps": "0.1", "kind": "pgd", "n": 100, "run_id": 1, "robust_acc": 0.0,
-                              "clean_by_idx": {i: int(i < clean_right) for i in range(100)},
-                              "robust_by_idx": {i: int(i < robust_right) for i in range(100)}}])
+        return pd.DataFrame(
+            [
+                {
+                    "sha256": "b",
+                    "eps": "0.1",
+                    "kind": "pgd",
+                    "n": 100,
+                    "run_id": 1,
+                    "robust_acc": 0.0,
+                    "clean_by_idx": {i: int(i < clean_right) for i in range(100)},
+                    "robust_by_idx": {i: int(i < robust_right) for i in range(100)},
+                }
+            ]
+        )
 
     small = compare(base, now(90, 49), {"b": "m"}, None, tolerance=1.0)  # -1 point: within the tolerance
     assert set(small.verdict) == {"pass"}

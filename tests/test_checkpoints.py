@@ -3,14 +3,13 @@ import zipfile
 
 import pytest
 import torch
+from helpers import Evil, save_tiny, tiny_model
 from typer.testing import CliRunner
 
 import robench
-from robench.cli import app
 from robench.checkpoints import checkpoint_info
+from robench.cli import app
 from robench.errors import RobenchError
-
-from helpers import Evil, save_tiny, tiny_model
 
 X = torch.rand(4, 1, 28, 28)
 
@@ -23,8 +22,11 @@ def test_round_trip_rebuilds_the_model_from_metadata_alone(tmp_path, suffix, act
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     path = tmp_path / f"m{suffix}"
-    robench.save_checkpoint(model, path, robench.model_meta("lenet5", act, "fashion-mnist", name="tiny",
-                                                            notes="a test", recipe={"method": "standard"}))
+    robench.save_checkpoint(
+        model,
+        path,
+        robench.model_meta("lenet5", act, "fashion-mnist", name="tiny", notes="a test", recipe={"method": "standard"}),
+    )
     ck = robench.load_checkpoint(path)
     assert not ck.model.training
     assert torch.equal(ck.model(X), model(X))
@@ -38,8 +40,14 @@ def test_info_reports_parameters_and_learned_activation_values(tmp_path):
     model = save_tiny(tmp_path / "m.pt", "pssilu")
     d = checkpoint_info(robench.load_checkpoint(tmp_path / "m.pt"))
     assert d["parameters"] == sum(p.numel() for p in model.parameters())
-    assert d["activations"] == [{"module": "net.2", "activation": "pssilu", "share": "network",
-                                 "values": {"alpha": 1.0, "beta": pytest.approx(1e-8)}}]
+    assert d["activations"] == [
+        {
+            "module": "net.2",
+            "activation": "pssilu",
+            "share": "network",
+            "values": {"alpha": 1.0, "beta": pytest.approx(1e-8)},
+        }
+    ]
 
 
 def robustbench_wrn(tmp_path, card=None, prefix="module."):
@@ -66,9 +74,17 @@ def test_robustbench_zoo_file_gives_the_original_logits(tmp_path):
 
 
 def test_model_card_next_to_the_file_supplies_the_architecture(tmp_path):
-    body, path = robustbench_wrn(tmp_path, card={"arch": "wrn-16-2", "dataset": "cifar10", "name": "Zoo (2024)",
-                                                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
-                                 prefix="model.")
+    body, path = robustbench_wrn(
+        tmp_path,
+        card={
+            "arch": "wrn-16-2",
+            "dataset": "cifar10",
+            "name": "Zoo (2024)",
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+        prefix="model.",
+    )
     ck = robench.load_checkpoint(path)
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(ck.model(x), body((x - 0.5) / 0.25), atol=1e-6)
@@ -135,7 +151,9 @@ def test_a_pickle_whose_class_cannot_be_imported_names_the_class(tmp_path, monke
     torch.save(mynets.TinyNet(784, 10), tmp_path / "whole.pt")
     monkeypatch.delitem(sys.modules, "mynets")
     (tmp_path / "mynets.py").unlink()  # the class's code is gone, as on a colleague's machine
-    r = CliRunner().invoke(app, ["info", str(tmp_path / "whole.pt"), "--trust-checkpoint", "--dataset", "fashion-mnist"])
+    r = CliRunner().invoke(
+        app, ["info", str(tmp_path / "whole.pt"), "--trust-checkpoint", "--dataset", "fashion-mnist"]
+    )
     assert r.exit_code == 2 and "code from the module mynets" in r.output and "corrupt" not in r.output
 
 
@@ -153,16 +171,26 @@ def broken_files(tmp_path):
     model = tiny_model()
     sd = model.net.state_dict()
     sd["0.weight"][0, 0, 0, 0] = float("nan")
-    torch.save({"robench_format": 1, "meta": robench.model_meta("lenet5", "relu", "fashion-mnist"),
-                "state_dict": sd}, tmp_path / "nan.pt")
+    torch.save(
+        {"robench_format": 1, "meta": robench.model_meta("lenet5", "relu", "fashion-mnist"), "state_dict": sd},
+        tmp_path / "nan.pt",
+    )
 
 
-@pytest.mark.parametrize("name,fragment", [
-    ("missing.pt", "No such checkpoint"), ("trunc.pt", "not a readable PyTorch checkpoint"),
-    ("empty.pt", "empty"), ("text.pt", "not a readable PyTorch checkpoint"),
-    ("zip.pt", "not a readable PyTorch checkpoint"), ("bad.safetensors", "not a readable safetensors"),
-    ("list.pt", "not a model or a state dict"), ("nan.pt", "NaN or Inf"), (".", "folder"),
-])
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        ("missing.pt", "No such checkpoint"),
+        ("trunc.pt", "not a readable PyTorch checkpoint"),
+        ("empty.pt", "empty"),
+        ("text.pt", "not a readable PyTorch checkpoint"),
+        ("zip.pt", "not a readable PyTorch checkpoint"),
+        ("bad.safetensors", "not a readable safetensors"),
+        ("list.pt", "not a model or a state dict"),
+        ("nan.pt", "NaN or Inf"),
+        (".", "folder"),
+    ],
+)
 def test_broken_checkpoints_end_in_one_sentence(tmp_path, name, fragment):
     broken_files(tmp_path)
     with pytest.raises(RobenchError, match=fragment) as e:

@@ -1,4 +1,5 @@
 """The report's claims table and its eps-anomaly section: effects, intervals and verdicts follow from the data."""
+
 import json
 import math
 import statistics
@@ -7,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import save_tiny, write_mnist_like
 from scipy.integrate import quad
 from scipy.stats import t
 
@@ -15,8 +17,6 @@ from robench.nn.activations import create_activation
 from robench.reporting import anomaly, claims
 from robench.reporting.groups import Group, Member
 from robench.stats import compare_outcomes
-
-from helpers import save_tiny, write_mnist_like
 
 
 def test_shape_statistics_are_read_from_the_activation_itself():
@@ -27,7 +27,8 @@ def test_shape_statistics_are_read_from_the_activation_itself():
     assert soft["negative_output"] == pytest.approx(area, abs=2e-3)
     assert soft["curvature"] == pytest.approx(0.25, abs=1e-3)  # max of sigmoid'
     assert claims.shape_stats(torch.nn.Sequential(create_activation("tanh")))["curvature"] == pytest.approx(
-        4 / (3 * math.sqrt(3)), abs=1e-3)
+        4 / (3 * math.sqrt(3)), abs=1e-3
+    )
     splash = claims.shape_stats(torch.nn.Sequential(create_activation("splash")))
     assert splash["curvature"] == math.inf and splash["learned"]  # hinges are kinks
     assert claims.shape_stats(torch.nn.Linear(2, 2)) is None
@@ -46,17 +47,32 @@ def _outcomes(right: int, n: int, offset: int = 0) -> dict[int, int]:
 
 
 def _member(act, seed, **by_eps):
-    return Member(sha256=f"{act}-{seed}", model_id=f"m-{act}-{seed}", activation=act, checkpoint="",
-                  by_eps=by_eps, flags=[], label=f"m-{act}-{seed}", seed=seed)
+    return Member(
+        sha256=f"{act}-{seed}",
+        model_id=f"m-{act}-{seed}",
+        activation=act,
+        checkpoint="",
+        by_eps=by_eps,
+        flags=[],
+        label=f"m-{act}-{seed}",
+        seed=seed,
+    )
 
 
 def test_claims_pair_training_runs_by_seed_and_give_a_verdict():
     # three seeds each; SPLASH above ReLU in AutoAttack by 10, 12 and 14 points on 500 examples
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
     for seed in range(3):
-        g.members.append(_member("relu", seed, **{"0.1": {"clean": _outcomes(400, 500), "autoattack": _outcomes(300, 500)}}))
-        g.members.append(_member("splash", seed, **{"0.1": {"clean": _outcomes(400 + seed, 500),
-                                                            "autoattack": _outcomes(350 + 10 * seed, 500)}}))
+        g.members.append(
+            _member("relu", seed, **{"0.1": {"clean": _outcomes(400, 500), "autoattack": _outcomes(300, 500)}})
+        )
+        g.members.append(
+            _member(
+                "splash",
+                seed,
+                **{"0.1": {"clean": _outcomes(400 + seed, 500), "autoattack": _outcomes(350 + 10 * seed, 500)}},
+            )
+        )
     rows = claims.claim_rows([g])
     white = next(r for r in rows if "white-box" in r["claim"])
     diffs = [10.0, 12.0, 14.0]
@@ -70,13 +86,17 @@ def test_claims_pair_training_runs_by_seed_and_give_a_verdict():
     assert clean["verdict"].startswith("not supported (rules out")  # +0.2 points at most, tightly
     # the PAF claims have no PSSiLU/PSoftplus member to test; the shape claims have no checkpoints to read
     assert not any("PSSiLU" in r["claim"] for r in rows)
-    assert all(r["verdict"] == "not yet measured" for r in rows if "Spearman" in r["basis"] or "correlate" in r["basis"])
+    assert all(
+        r["verdict"] == "not yet measured" for r in rows if "Spearman" in r["basis"] or "correlate" in r["basis"]
+    )
 
 
 def test_a_single_training_run_gets_a_test_sampling_interval():
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
-    g.members += [_member("relu", 0, **{"0.1": {"autoattack": _outcomes(100, 200)}}),
-                  _member("pssilu", 0, **{"0.1": {"autoattack": _outcomes(104, 200)}})]
+    g.members += [
+        _member("relu", 0, **{"0.1": {"autoattack": _outcomes(100, 200)}}),
+        _member("pssilu", 0, **{"0.1": {"autoattack": _outcomes(104, 200)}}),
+    ]
     row = next(r for r in claims.claim_rows([g]) if "PSSiLU gives higher" in r["claim"])
     assert "one training run each" in row["basis"] and row["verdict"] == "inconclusive at this n"
     assert row["effect"].startswith("+2.0 [")
@@ -103,8 +123,16 @@ def test_the_report_carries_the_claims_table(tmp_path):
 
 def _res_rows(member, eps, label_budget, outcomes, run_id):
     kind = "autoattack" if "autoattack" in label_budget else "pgd"
-    return {"sha256": member.sha256, "eps": eps, "kind": kind, "attacks": kind,
-            "budget": label_budget, "n": len(outcomes), "run_id": run_id, "robust_by_idx": outcomes}
+    return {
+        "sha256": member.sha256,
+        "eps": eps,
+        "kind": kind,
+        "attacks": kind,
+        "budget": label_budget,
+        "n": len(outcomes),
+        "run_id": run_id,
+        "robust_by_idx": outcomes,
+    }
 
 
 def test_the_anomaly_section_lays_the_attacks_side_by_side():
@@ -116,10 +144,12 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
     splash = _member("splash", 0)
     # PGD-20: splash leads at 0.1 (300 vs 240) but trails at 0.2 (20 vs 120); the stronger attacks take
     # splash down to ReLU's level at 0.1
-    runs = [(relu, "0.1", {pgd20: _outcomes(240, n), pgd100: _outcomes(236, n), aa: _outcomes(235, n)}),
-            (splash, "0.1", {pgd20: _outcomes(300, n), pgd100: _outcomes(240, n), aa: _outcomes(238, n)}),
-            (relu, "0.2", {pgd20: _outcomes(120, n), aa: _outcomes(100, n)}),
-            (splash, "0.2", {pgd20: _outcomes(20, n), aa: _outcomes(10, n)})]
+    runs = [
+        (relu, "0.1", {pgd20: _outcomes(240, n), pgd100: _outcomes(236, n), aa: _outcomes(235, n)}),
+        (splash, "0.1", {pgd20: _outcomes(300, n), pgd100: _outcomes(240, n), aa: _outcomes(238, n)}),
+        (relu, "0.2", {pgd20: _outcomes(120, n), aa: _outcomes(100, n)}),
+        (splash, "0.2", {pgd20: _outcomes(20, n), aa: _outcomes(10, n)}),
+    ]
     rows, run_id = [], 0
     for mb, eps, by in runs:
         for budget, out in by.items():
@@ -132,9 +162,14 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
     assert "| Model | eps | AutoAttack | PGD-100 x 5 restarts | PGD-20 | Best known |" in text
     assert "| m-splash-0 | 0.1 | 59.5 [" in text and "(400)" in text
     assert "Under PGD, m-splash-0 leads ReLU at eps 0.1 but falls significantly below it at eps 0.2" in text
-    assert "m-splash-0: at eps 0.1 its lead over ReLU is not significant under the strongest attacks: best known +0.7 points [-0.1, +1.6]" in text
-    assert "the PGD sweep overstates robust accuracy compared with the worst case over all attacks: m-splash-0 by " \
-           "2.5 points, m-relu-0 by 5.0 points" in text
+    assert (
+        "m-splash-0: at eps 0.1 its lead over ReLU is not significant under the strongest attacks: best known +0.7 points [-0.1, +1.6]"
+        in text
+    )
+    assert (
+        "the PGD sweep overstates robust accuracy compared with the worst case over all attacks: m-splash-0 by "
+        "2.5 points, m-relu-0 by 5.0 points" in text
+    )
     # a second training run of SPLASH that only the PGD sweep has attacked at 0.2: the sweep cannot be said to
     # overstate its robustness there by 0 points, it is not yet measured
     later = _member("splash", 1)
@@ -144,8 +179,10 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
         later.by_eps[eps] = {"pgd": _outcomes(right, n), "best_known": _outcomes(right, n)}
     g3 = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, splash, later])
     text = "\n".join(anomaly.section(pd.DataFrame(rows), g3, "0.1"))
-    assert ("m-splash-1: at eps 0.2 only the PGD sweep has run on it or on its ReLU so far, so how much the sweep "
-            "overstates their robustness there is not yet measured.") in text
+    assert (
+        "m-splash-1: at eps 0.2 only the PGD sweep has run on it or on its ReLU so far, so how much the sweep "
+        "overstates their robustness there is not yet measured."
+    ) in text
     assert "m-splash-1 by" not in text and "m-splash-0 by 2.5 points, m-relu-0 by 5.0 points" in text
     # PGD-100 on its first 100 only, breaking 10 of them more than the sweep: the sweep overstates by 10 points
     # there, not by the 2.5 that spreading those 10 over the sweep's 400 examples would say

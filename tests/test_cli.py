@@ -1,13 +1,12 @@
 import pytest
 import torch
+from conftest import requires_fmnist
+from helpers import save_tiny
 from typer.testing import CliRunner
 
 import robench
 from robench import __version__
 from robench.cli import app
-
-from conftest import requires_fmnist
-from helpers import save_tiny
 
 runner = CliRunner()
 
@@ -65,8 +64,9 @@ def test_help_shows_every_default_and_the_shared_options_alike():
     assert "[[run]] tables" in helps["eval"]
     line = "--norm <str> Linf or L2 [default: Linf]."
     assert all(line in h for h in helps.values())
-    assert all("--store <path> Results store [default: $ROBENCH_STORE or results/robench.sqlite]." in h
-               for h in helps.values())
+    assert all(
+        "--store <path> Results store [default: $ROBENCH_STORE or results/robench.sqlite]." in h for h in helps.values()
+    )
 
 
 def test_help_is_fast_offers_completion_and_shows_values_only_where_an_option_takes_one():
@@ -75,10 +75,12 @@ def test_help_is_fast_offers_completion_and_shows_values_only_where_an_option_ta
     import subprocess
     import sys
 
-    code = ("import sys\nfrom robench.cli import app\n"
-            "for cmd in ('eval', 'transfer', 'sanity', 'train', 'leaderboard', 'check', 'info', 'export', 'import'):\n"
-            "    try:\n        app([cmd, '--help'])\n    except SystemExit:\n        pass\n"
-            "print('torch imported' if 'torch' in sys.modules else 'torch not imported')")
+    code = (
+        "import sys\nfrom robench.cli import app\n"
+        "for cmd in ('eval', 'transfer', 'sanity', 'train', 'leaderboard', 'check', 'info', 'export', 'import'):\n"
+        "    try:\n        app([cmd, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('torch imported' if 'torch' in sys.modules else 'torch not imported')"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("torch not imported"), r.stderr[-500:]
     assert "--install-completion" in invoke("--help").output
@@ -112,8 +114,9 @@ def test_ctrl_c_while_the_arguments_are_parsed_says_so(monkeypatch, tmp_path):
 def test_the_python_api_takes_one_eps_or_one_attack_on_its_own(tmp_path):
     m = tmp_path / "m.pt"
     save_tiny(m)
-    df = robench.evaluate(str(m), dataset="fashion-mnist", n=8, eps="0.1", attacks="fgsm", store=tmp_path / "s.sqlite",
-                          device="cpu")
+    df = robench.evaluate(
+        str(m), dataset="fashion-mnist", n=8, eps="0.1", attacks="fgsm", store=tmp_path / "s.sqlite", device="cpu"
+    )
     assert df.eps.tolist() == ["0.1"] and df.attacks.tolist() == ["fgsm"]
     df = robench.evaluate(str(m), dataset="fashion-mnist", n=8, eps=0.05, store=tmp_path / "s.sqlite", device="cpu")
     assert df.eps.tolist() == ["0.05"]
@@ -125,8 +128,10 @@ def test_the_stop_message_names_only_the_runs_stopped_part_way():
     from robench.cli_output import WHERE, interrupted, track
 
     WHERE.clear()
-    for ev in ({"event": "start", "run_id": 1, "model": "a", "done": 0, "total": 10, "store": "s.sqlite"},
-               {"event": "batch", "run_id": 1, "model": "a", "done": 10, "total": 10, "store": "s.sqlite"}):
+    for ev in (
+        {"event": "start", "run_id": 1, "model": "a", "done": 0, "total": 10, "store": "s.sqlite"},
+        {"event": "batch", "run_id": 1, "model": "a", "done": 10, "total": 10, "store": "s.sqlite"},
+    ):
         track(ev)
     assert interrupted().startswith("Interrupted between runs; every finished run is saved")
     track({"event": "start", "run_id": 2, "model": "b", "done": 0, "total": 10, "store": "s.sqlite"})
@@ -140,12 +145,24 @@ def test_progress_of_a_clean_only_run_says_clean_not_robust():
     from robench.cli_output import EvalProgress, headline
 
     assert headline({"attacks": "none", "clean_acc": 81.1, "robust_acc": 81.1, "eps": "0.1"}) == "clean 81.1%"
-    assert headline({"attacks": "pgd", "clean_acc": 81.1, "robust_acc": 70.0, "eps": "0.1"}) == "robust 70.0% at eps 0.1"
+    assert (
+        headline({"attacks": "pgd", "clean_acc": 81.1, "robust_acc": 70.0, "eps": "0.1"}) == "robust 70.0% at eps 0.1"
+    )
     with EvalProgress() as prog:
         for attacks, word in ((["none"], "clean"), (["pgd"], "robust")):
             rid = len(prog.tasks) + 1
-            prog.update({"event": "start", "run_id": rid, "model": "m", "attacks": attacks, "total": 4, "done": 0,
-                         "cached": False, "resumed": False})
+            prog.update(
+                {
+                    "event": "start",
+                    "run_id": rid,
+                    "model": "m",
+                    "attacks": attacks,
+                    "total": 4,
+                    "done": 0,
+                    "cached": False,
+                    "resumed": False,
+                }
+            )
             prog.update({"event": "batch", "run_id": rid, "done": 4, "robust": 3})
             assert prog.progress.tasks[-1].fields["robust"] == f"{word} 3"
 
@@ -164,6 +181,7 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
     from robench.cli_output import WHERE, EvalProgress, interrupted
 
     if "slow-cascade" not in ATTACKS._names:
+
         @ATTACKS.register("slow-cascade")
         class SlowCascade(Attack):
             name = "slow-cascade"
@@ -179,17 +197,29 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
 
     class Oracle(torch.nn.Module):  # reads the synthetic data's class off its bright row block: always right
         def forward(self, x):
-            return torch.stack([x[:, 0, 2 * k + 4: 2 * k + 6].mean((1, 2)) for k in range(10)], 1)
+            return torch.stack([x[:, 0, 2 * k + 4 : 2 * k + 6].mean((1, 2)) for k in range(10)], 1)
 
     write_mnist_like(tmp_path / "fm", n_test=20)
     model = {"oracle": Oracle()}
     events = []
-    kw = dict(dataset="fashion-mnist", data_dir=tmp_path / "fm", eps="0.1", attacks="slow-cascade",
-              store=tmp_path / "s.sqlite", batch_size=5, device="cpu")
+    kw = dict(
+        dataset="fashion-mnist",
+        data_dir=tmp_path / "fm",
+        eps="0.1",
+        attacks="slow-cascade",
+        store=tmp_path / "s.sqlite",
+        batch_size=5,
+        device="cpu",
+    )
     robench.evaluate(model, n=10, progress=events.append, **kw)
     kinds = [(e["event"], e.get("stage")) for e in events]
-    assert kinds[:5] == [("start", None), ("stage", "slow-cascade"), ("stage", "slow-cascade: first"),
-                         ("stage", "slow-cascade: second"), ("batch", None)]
+    assert kinds[:5] == [
+        ("start", None),
+        ("stage", "slow-cascade"),
+        ("stage", "slow-cascade: first"),
+        ("stage", "slow-cascade: second"),
+        ("batch", None),
+    ]
     assert [e["robust"] for e in events if e["event"] == "stage"][:3] == [5, 5, 5]
     WHERE.clear()
     with EvalProgress() as prog:
@@ -201,6 +231,7 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
                 assert interrupted().count("during " + e["stage"]) == 1  # Ctrl-C now would name it
             if e["event"] == "batch" and e["done"] < e["total"]:
                 assert fields["eta"].startswith("ETA 0:00:")
+
     # a run stopped in its second batch resumes after the stored first: its progress starts from that
     # batch's robust count, not "-"
     def stop_in_second_batch(e):

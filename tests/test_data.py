@@ -3,12 +3,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from conftest import requires_fmnist
+from helpers import write_cifar, write_idx, write_mnist_like
 
 from robench.data import candidate_folders, load_split, select_indices
 from robench.errors import RobenchError
-
-from conftest import requires_fmnist
-from helpers import write_cifar, write_idx, write_mnist_like
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -51,6 +50,7 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
     class Evil:
         def __reduce__(self):
             import os
+
             return (os.system, (f"touch {marker}",))
 
     with open(folder / "test_batch", "wb") as f:
@@ -62,6 +62,7 @@ def test_cifar_pickle_with_code_is_refused(tmp_path):
 
 def test_svhn_mat_maps_label_10_to_digit_0(tmp_path):
     import scipy.io
+
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (32, 32, 3, 6)).astype(np.uint8)
     y = np.array([[10], [1], [2], [10], [9], [3]])
@@ -75,6 +76,7 @@ def test_svhn_mat_maps_label_10_to_digit_0(tmp_path):
 
 def test_imagenet_folder_is_resized_and_cropped(tmp_path):
     from PIL import Image
+
     for c in ("n01440764", "n01443537"):
         d = tmp_path / "data" / "imagenet" / "val" / c
         d.mkdir(parents=True)
@@ -98,6 +100,7 @@ def test_truncated_idx_file_is_reported(tmp_path):
     imgs = tmp_path / "fm" / "t10k-images-idx3-ubyte.gz"
     write_idx(imgs.with_name("t10k-images-idx3-ubyte"), np.zeros((3, 28, 28)), gz=True)
     import gzip
+
     data = gzip.decompress(imgs.read_bytes())
     imgs.write_bytes(gzip.compress(data[:-100]))
     with pytest.raises(RobenchError, match="truncated"):

@@ -1,5 +1,6 @@
 """The evaluation engine, the store and `robench eval`: tables, read-back, suites, end to end (kills,
 concurrency and bad input are in test_reliability.py and test_hardening.py)."""
+
 import json
 import sqlite3
 from pathlib import Path
@@ -7,14 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import Quantized, save_tiny, write_mnist_like
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.errors import RobenchError
 from robench.stats import wilson
-
-from helpers import Quantized, save_tiny, write_mnist_like
 
 runner = CliRunner()
 
@@ -38,8 +38,9 @@ def test_wilson_interval():
 
 
 def test_eval_table_has_n_intervals_budget_and_worst_case(trained, tmp_path):
-    df = robench.evaluate([str(trained)], n=100, eps=["0.1", "0.02", "0.05"], attacks=["fgsm", "pgd"],
-                          store=tmp_path / "s.sqlite")
+    df = robench.evaluate(
+        [str(trained)], n=100, eps=["0.1", "0.02", "0.05"], attacks=["fgsm", "pgd"], store=tmp_path / "s.sqlite"
+    )
     assert df.eps.tolist() == ["0.02", "0.05", "0.1"]  # ascending
     assert (df.n == 100).all() and df.clean_acc.nunique() == 1
     assert df.robust_acc.is_monotonic_decreasing  # never rises with eps
@@ -80,8 +81,10 @@ def test_same_command_gives_the_same_numbers(trained, tmp_path):
 
 def test_suite_file_and_out_file(trained, tmp_path):
     suite = tmp_path / "suite.toml"
-    suite.write_text(f'checkpoints = ["{trained}"]\nn = 30\neps = ["0.05", "8/255"]\nattacks = ["pgd"]\n'
-                     f'pgd_steps = 5\nstore = "{tmp_path / "s.sqlite"}"\n')
+    suite.write_text(
+        f'checkpoints = ["{trained}"]\nn = 30\neps = ["0.05", "8/255"]\nattacks = ["pgd"]\n'
+        f'pgd_steps = 5\nstore = "{tmp_path / "s.sqlite"}"\n'
+    )
     r = cli("eval", "--config", suite, "--out", tmp_path / "r.csv")
     assert r.exit_code == 0, r.output
     df = pd.read_csv(tmp_path / "r.csv", dtype={"eps": str})
@@ -97,19 +100,27 @@ def test_suite_file_and_out_file(trained, tmp_path):
 def test_dataset_defaults_come_from_the_checkpoint(tmp_path):
     write_mnist_like(tmp_path / "fm", n_test=40)
     save_tiny(tmp_path / "m.pt")
-    df = robench.evaluate([str(tmp_path / "m.pt")], data_dir=tmp_path / "fm", n=40, store=tmp_path / "s.sqlite",
-                          attacks=["fgsm"])
+    df = robench.evaluate(
+        [str(tmp_path / "m.pt")], data_dir=tmp_path / "fm", n=40, store=tmp_path / "s.sqlite", attacks=["fgsm"]
+    )
     assert df.dataset[0] == "fashion-mnist" and df.eps[0] == "0.1" and df.norm[0] == "Linf"  # its default
-    df = robench.evaluate([str(tmp_path / "m.pt")], data_dir=tmp_path / "fm", n=40, norm="L2", attacks=["fgsm"],
-                          store=tmp_path / "s.sqlite")
+    df = robench.evaluate(
+        [str(tmp_path / "m.pt")],
+        data_dir=tmp_path / "fm",
+        n=40,
+        norm="L2",
+        attacks=["fgsm"],
+        store=tmp_path / "s.sqlite",
+    )
     assert df.eps[0] == "1.5"
 
 
 def test_in_memory_models_can_be_evaluated(tmp_path):
     write_mnist_like(tmp_path / "fm", n_test=30)
     model = robench.create_model("lenet5", "splash", in_channels=1, input_size=28)
-    df = robench.evaluate(model, dataset="fashion-mnist", data_dir=tmp_path / "fm", n=30, attacks=["fgsm"],
-                          store=tmp_path / "s.sqlite")
+    df = robench.evaluate(
+        model, dataset="fashion-mnist", data_dir=tmp_path / "fm", n=30, attacks=["fgsm"], store=tmp_path / "s.sqlite"
+    )
     assert df.n[0] == 30 and model.training is False and all(p.requires_grad for p in model.parameters())
     with pytest.raises(RobenchError, match="dataset="):
         robench.evaluate(model, n=5, store=tmp_path / "s.sqlite")
@@ -123,8 +134,15 @@ def test_the_python_api_names_models_from_a_dict_shows_its_options_and_speaks_py
 
     write_mnist_like(tmp_path / "fm", n_test=20)
     relu, silu = (robench.create_model("lenet5", act, dataset="fashion-mnist") for act in ("relu", "silu"))
-    df = robench.evaluate({"my-relu": relu, "my-silu": silu}, dataset="fashion-mnist", data_dir=tmp_path / "fm",
-                          n=10, eps="0.1", attacks="fgsm", store=tmp_path / "s.sqlite")
+    df = robench.evaluate(
+        {"my-relu": relu, "my-silu": silu},
+        dataset="fashion-mnist",
+        data_dir=tmp_path / "fm",
+        n=10,
+        eps="0.1",
+        attacks="fgsm",
+        store=tmp_path / "s.sqlite",
+    )
     assert list(df.model) == ["my-relu", "my-silu"]  # not model0, model1
     params = inspect.signature(robench.evaluate).parameters
     assert {f.name for f in dataclasses.fields(EvalConfig)} - {"checkpoints"} <= set(params)
@@ -133,18 +151,53 @@ def test_the_python_api_names_models_from_a_dict_shows_its_options_and_speaks_py
     # raised to Python, a message names Python arguments; through the CLI, the flags
     save_tiny(tmp_path / "m.pt")
     with pytest.raises(RobenchError) as e:
-        robench.evaluate(str(tmp_path / "m.pt"), dataset="fashion-mnist", data_dir=tmp_path / "fm", n=10,
-                         eps="0.1", attacks="fb:L2CarliniWagnerAttack", store=tmp_path / "s.sqlite")
+        robench.evaluate(
+            str(tmp_path / "m.pt"),
+            dataset="fashion-mnist",
+            data_dir=tmp_path / "fm",
+            n=10,
+            eps="0.1",
+            attacks="fb:L2CarliniWagnerAttack",
+            store=tmp_path / "s.sqlite",
+        )
     assert "norm='L2'" in str(e.value) and "--norm" not in str(e.value)
-    r = CliRunner().invoke(app, ["eval", str(tmp_path / "m.pt"), "--data-dir", str(tmp_path / "fm"), "--n", "10",
-                                 "--eps", "0.1", "--attack", "fb:L2CarliniWagnerAttack", "--store",
-                                 str(tmp_path / "s.sqlite")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(tmp_path / "m.pt"),
+            "--data-dir",
+            str(tmp_path / "fm"),
+            "--n",
+            "10",
+            "--eps",
+            "0.1",
+            "--attack",
+            "fb:L2CarliniWagnerAttack",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+        ],
+    )
     assert r.exit_code == 2 and "--norm L2" in r.output
 
 
 def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):
-    r = cli("eval", trained, "--n", "200", "--eps", "0.05", "--eps", "0.1", "--attack", "pgd",
-            "--store", tmp_path / "s.sqlite", "--out", tmp_path / "r.json")
+    r = cli(
+        "eval",
+        trained,
+        "--n",
+        "200",
+        "--eps",
+        "0.05",
+        "--eps",
+        "0.1",
+        "--attack",
+        "pgd",
+        "--store",
+        tmp_path / "s.sqlite",
+        "--out",
+        tmp_path / "r.json",
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((tmp_path / "r.json").read_text())
     assert [row["eps"] for row in rows] == ["0.05", "0.1"] and rows[0]["n"] == 200
@@ -155,11 +208,16 @@ def test_end_to_end_cli_on_real_fashion_mnist(trained, tmp_path):
 
 def test_autoattack_checks_become_flags(trained, tmp_path):
     model = Quantized(robench.load_checkpoint(trained).model)
-    df = robench.evaluate(model, dataset="fashion-mnist", n=8, eps=["0.1"], attacks=["apgd-t", "square"],
-                          store=tmp_path / "s.sqlite")
+    df = robench.evaluate(
+        model, dataset="fashion-mnist", n=8, eps=["0.1"], attacks=["apgd-t", "square"], store=tmp_path / "s.sqlite"
+    )
     flags = df["flags"][0]
     assert "zero gradient" in flags and "all-zero (or non-finite) input gradient on 8 of 8" in flags, flags
-    assert "square (black-box) broke" in flags and "zero-gradients" not in flags and json.loads(df.broken_by[0]).get("square", 0) > 0
+    assert (
+        "square (black-box) broke" in flags
+        and "zero-gradients" not in flags
+        and json.loads(df.broken_by[0]).get("square", 0) > 0
+    )
 
 
 def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
@@ -168,9 +226,11 @@ def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
     save_tiny("m-a.pt", "relu", seed=0)
     save_tiny("m-b.pt", "silu", seed=1)
-    Path("suite.toml").write_text('checkpoints = ["m-*.pt"]\nseed = 3\n'
-                                  '[[run]]\nname = "clean"\nattacks = ["none"]\nn = 40\n'
-                                  '[[run]]\nname = "sweep"\nattacks = ["pgd(steps=3)"]\neps = ["0.05", "0.1"]\nn = 20\n')
+    Path("suite.toml").write_text(
+        'checkpoints = ["m-*.pt"]\nseed = 3\n'
+        '[[run]]\nname = "clean"\nattacks = ["none"]\nn = 40\n'
+        '[[run]]\nname = "sweep"\nattacks = ["pgd(steps=3)"]\neps = ["0.05", "0.1"]\nn = 20\n'
+    )
     one = robench.evaluate(None, config="suite.toml", store="one.sqlite")
     events = []
     two = robench.evaluate(None, config="suite.toml", store="two.sqlite", jobs=2, progress=events.append)
@@ -185,8 +245,9 @@ def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
     assert (clean.n == 40).all() and (clean.robust_acc == clean.clean_acc).all()  # no attack: robust = clean
     key = ["model", "attacks", "eps"]
     cols = key + ["n", "clean_acc", "robust_acc"]
-    pd.testing.assert_frame_equal(one[cols].sort_values(key).reset_index(drop=True),
-                                  two[cols].sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        one[cols].sort_values(key).reset_index(drop=True), two[cols].sort_values(key).reset_index(drop=True)
+    )
     oc = ["model", "eps", "idx", "clean", "robust"]
     a = one.attrs["outcomes"][oc].sort_values(oc).reset_index(drop=True)
     b = two.attrs["outcomes"][oc].sort_values(oc).reset_index(drop=True)

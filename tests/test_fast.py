@@ -1,4 +1,5 @@
 """robench.nn.fast: the accelerated model computes the same function, with the same weights."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -56,8 +57,13 @@ def test_weights_are_shared_not_copied_and_settings_come_back():
 
 def test_window_pool_equals_max_pool_in_values_and_gradients():
     g = torch.Generator().manual_seed(0)
-    for shape, k in [((3, 4, 28, 28), 2), ((2, 3, 9, 11), 2), ((2, 2, 10, 10), 3), ((1, 16, 4, 4), 4),
-                     ((2, 3, 6, 6), 1)]:
+    for shape, k in [
+        ((3, 4, 28, 28), 2),
+        ((2, 3, 9, 11), 2),
+        ((2, 2, 10, 10), 3),
+        ((1, 16, 4, 4), 4),
+        ((2, 3, 6, 6), 1),
+    ]:
         x = torch.randn(shape, generator=g)
         x[0, 0, 0, 0] = float("nan")
         x[0, 1, :2, :2] = 0.5  # a tie
@@ -70,14 +76,22 @@ def test_window_pool_equals_max_pool_in_values_and_gradients():
             torch.testing.assert_close(pool(x), F.max_pool2d(x, k), rtol=0, atol=0, equal_nan=True)
         xg = x.nan_to_num().requires_grad_(True)  # the gradient goes to the element PyTorch picks
         go = torch.randn(F.max_pool2d(xg, k).shape, generator=g)
-        assert torch.equal(torch.autograd.grad(pool(xg), xg, go)[0],
-                           torch.autograd.grad(F.max_pool2d(xg, k), xg, go)[0])
+        assert torch.equal(
+            torch.autograd.grad(pool(xg), xg, go)[0], torch.autograd.grad(F.max_pool2d(xg, k), xg, go)[0]
+        )
 
 
 def test_flipped_gradient_conv_matches_autograd_for_every_padding_and_under_bf16():
     g = torch.Generator().manual_seed(0)
-    for cin, cout, k, pad in [(1, 6, 5, 2), (3, 8, 3, 1), (6, 12, 5, 0), (2, 4, (3, 5), (1, 2)),
-                              (1, 32, 3, 1), (1, 5, (5, 3), (1, 0)), (1, 4, (1, 3), 0)]:  # one input channel: row taps
+    for cin, cout, k, pad in [
+        (1, 6, 5, 2),
+        (3, 8, 3, 1),
+        (6, 12, 5, 0),
+        (2, 4, (3, 5), (1, 2)),
+        (1, 32, 3, 1),
+        (1, 5, (5, 3), (1, 0)),
+        (1, 4, (1, 3), 0),
+    ]:  # one input channel: row taps
         conv = nn.Conv2d(cin, cout, k, padding=pad, bias=True).requires_grad_(False)
         x = torch.randn(5, cin, 13, 12, generator=g, requires_grad=True)
         go = torch.randn(conv(x).shape, generator=g)
@@ -126,7 +140,7 @@ def test_the_splash_stand_in_gives_the_same_bits_in_value_and_input_gradient(sha
         assert isinstance(fast, FastSPLASH)
         x = 2 * torch.randn(shape, generator=gen)
         h = act.hinge_locations
-        x.view(-1)[:2 * len(h) + 2] = torch.cat([h, -h, torch.tensor([0.0, -0.0])])  # on the hinges
+        x.view(-1)[: 2 * len(h) + 2] = torch.cat([h, -h, torch.tensor([0.0, -0.0])])  # on the hinges
         with torch.no_grad():
             assert torch.equal(fast(x), act(x))
         x.requires_grad_(True)

@@ -1,24 +1,52 @@
 """Generated malformed input: checkpoint metadata, model cards and TOML suites of random types, depths and
 sizes. Whatever robench is given, it either does its work (exit 0) or says in one line what is wrong
 (exit 2): never a traceback, never exit 1, never a change to the store it was pointed at."""
+
 import json
 import random
 
 import pytest
 import torch
+from helpers import tiny_model
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.config import EvalConfig
 
-from helpers import tiny_model
-
 runner = CliRunner()
 SEED = 20261129
-STRINGS = ["", "x", "lenet5", "resnet20", "wrn-28-10", "wrn-10000-1000", "relu", "splash:hinges=3", "pgd",
-           "pgd(steps=2)", "none", "fgsm", "0.1", "8/255", "-1", "nan", "fashion-mnist", "cifar10", "cpu", "auto",
-           "\x1b[2J", "[bold]x[/]", "../../etc/passwd", "a" * 3000, "Linf", "L3", "first", "random", "m.pt"]
+STRINGS = [
+    "",
+    "x",
+    "lenet5",
+    "resnet20",
+    "wrn-28-10",
+    "wrn-10000-1000",
+    "relu",
+    "splash:hinges=3",
+    "pgd",
+    "pgd(steps=2)",
+    "none",
+    "fgsm",
+    "0.1",
+    "8/255",
+    "-1",
+    "nan",
+    "fashion-mnist",
+    "cifar10",
+    "cpu",
+    "auto",
+    "\x1b[2J",
+    "[bold]x[/]",
+    "../../etc/passwd",
+    "a" * 3000,
+    "Linf",
+    "L3",
+    "first",
+    "random",
+    "m.pt",
+]
 META_KEYS = ["arch", "activation", "dataset", "num_classes", "input_shape", "mean", "std", "name", "notes"]
 
 

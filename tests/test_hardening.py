@@ -1,6 +1,7 @@
 """Hostile and broken input, one table: every case is a command a user could type, and each must end in exit
 code 2 with one line that names the problem, no traceback, nothing stored, no hostile code run, and no file
 of the user's changed."""
+
 import json
 import sqlite3
 import struct
@@ -9,6 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import Evil, assert_refused, tiny_model, write_cifar, write_idx, write_mnist_like
 from torch import nn
 from typer.testing import CliRunner
 
@@ -16,14 +18,14 @@ import robench
 from robench.cli import app
 from robench.data import DATASETS, DatasetInfo, Split, register_dataset
 
-from helpers import Evil, assert_refused, tiny_model, write_cifar, write_idx, write_mnist_like
-
 runner = CliRunner()
 
 
 def _robench_pt(path, sd, meta=None):
-    torch.save({"robench_format": 1, "meta": meta or robench.model_meta("lenet5", "relu", "fashion-mnist"),
-                "state_dict": sd}, path)
+    torch.save(
+        {"robench_format": 1, "meta": meta or robench.model_meta("lenet5", "relu", "fashion-mnist"), "state_dict": sd},
+        path,
+    )
 
 
 def _safetensors_raw(path, header: dict, body: bytes):
@@ -44,7 +46,7 @@ def files(tmp_path_factory, trained):
     torch.save({"state_dict": {"block": {"inner": Evil(marker)}}}, d / "evil-nested.pt")
     torch.save(tiny_model().net, d / "whole-module.pt")
     # broken files
-    good = (d / "good.pt")
+    good = d / "good.pt"
     robench.save_checkpoint(tiny_model(), good, meta)
     (d / "trunc.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     (d / "empty.pt").write_bytes(b"")
@@ -55,18 +57,26 @@ def files(tmp_path_factory, trained):
     robench.save_checkpoint(tiny_model(), d / "good.safetensors", meta)
     data = (d / "good.safetensors").read_bytes()
     (d / "trunc.safetensors").write_bytes(data[: len(data) - 500])
-    _safetensors_raw(d / "huge.safetensors", {"w": {"dtype": "F32", "shape": [1 << 20, 1 << 20],
-                                                     "data_offsets": [0, 4 << 40]},
-                                               "__metadata__": {"robench": json.dumps(meta)}}, b"\0" * 64)
+    _safetensors_raw(
+        d / "huge.safetensors",
+        {
+            "w": {"dtype": "F32", "shape": [1 << 20, 1 << 20], "data_offsets": [0, 4 << 40]},
+            "__metadata__": {"robench": json.dumps(meta)},
+        },
+        b"\0" * 64,
+    )
     (d / "huge-header.safetensors").write_bytes(struct.pack("<Q", 1 << 60) + b"{}")
     _robench_pt(d / "int.pt", {**sd, first: sd[first].long()})
     _robench_pt(d / "complex.pt", {**sd, first: sd[first].to(torch.complex64)})
-    _robench_pt(d / "expand.pt", {**sd, first: torch.zeros(1).expand(10 ** 12)})
+    _robench_pt(d / "expand.pt", {**sd, first: torch.zeros(1).expand(10**12)})
     _robench_pt(d / "nan.pt", {**sd, first: sd[first].clone().fill_(float("nan"))})
     from safetensors.torch import save_file
 
-    save_file({**sd, first: sd[first].clone().fill_(float("inf"))}, str(d / "inf.safetensors"),
-              metadata={"robench": json.dumps(meta)})
+    save_file(
+        {**sd, first: sd[first].clone().fill_(float("inf"))},
+        str(d / "inf.safetensors"),
+        metadata={"robench": json.dumps(meta)},
+    )
     _robench_pt(d / "not-tensors.pt", {**sd, first: [1.0, 2.0]})
     torch.save([1, 2, 3], d / "list.pt")
     torch.save({k: v for k, v in sd.items() if k != first}, d / "plain-sd.pt")
@@ -86,8 +96,9 @@ def files(tmp_path_factory, trained):
     write_cifar(d / "cifar" / "cifar-10-batches-py", ["test_batch"], n=20)
     # suites
     (d / "typo.toml").write_text(f'checkpoints = ["{trained}"]\nn = 10\nepz = ["0.1"]\n')
-    (d / "typo-run.toml").write_text(f'checkpoints = ["{trained}"]\n[[run]]\nname = "a"\nattacks = ["pgd"]\n'
-                                     'pgd_stepz = 3\n')
+    (d / "typo-run.toml").write_text(
+        f'checkpoints = ["{trained}"]\n[[run]]\nname = "a"\nattacks = ["pgd"]\npgd_stepz = 3\n'
+    )
     (d / "broken.toml").write_text("n = [1, 2\n")
     # stores
     (d / "notes.sqlite").write_text("my notes, not a database\n" * 100)
@@ -109,10 +120,17 @@ def files(tmp_path_factory, trained):
 def custom_dataset():
     """A dataset of the user's own whose loader forgets to scale its images to [0, 1]."""
     labels = torch.arange(40) % 10
-    info = DatasetInfo("unscaled", 10, (1, 28, 28), {"Linf": "0.1", "L2": "1.5"}, ("unscaled",), (0.5,), (0.5,),
-                       "it is made by the test",
-                       lambda folder, split: Split("unscaled", split, labels, folder,
-                                                   loader=lambda i: torch.full((1, 28, 28), 255.0)))
+    info = DatasetInfo(
+        "unscaled",
+        10,
+        (1, 28, 28),
+        {"Linf": "0.1", "L2": "1.5"},
+        ("unscaled",),
+        (0.5,),
+        (0.5,),
+        "it is made by the test",
+        lambda folder, split: Split("unscaled", split, labels, folder, loader=lambda i: torch.full((1, 28, 28), 255.0)),
+    )
     register_dataset(info)
     yield info
     DATASETS.pop("unscaled")
@@ -145,8 +163,11 @@ CASES = [
     ("non-tensor weights", ["eval", "{d}/not-tensors.pt"], "holds a list under 0.weight"),
     ("not a model", ["eval", "{d}/list.pt"], "not a model or a state dict"),
     ("state dict of another architecture", ["eval", "{d}/plain-sd.pt"], "does not fit resnet20"),
-    ("probabilities, not logits", ["eval", "{d}/probs.pt", "--trust-checkpoint", "--dataset", "fashion-mnist"],
-     "returns probabilities"),
+    (
+        "probabilities, not logits",
+        ["eval", "{d}/probs.pt", "--trust-checkpoint", "--dataset", "fashion-mnist"],
+        "returns probabilities",
+    ),
     ("wrong class count", ["eval", "{d}/seven.pt"], "7 outputs per example but the dataset has 10 classes"),
     # data
     ("missing dataset", E + ["--dataset", "cifar10"], "No cifar10 test files found"),
@@ -154,10 +175,16 @@ CASES = [
     ("corrupt dataset file", E + ["--data-dir", "{d}/fm-corrupt"], "is corrupt or unreadable"),
     ("truncated dataset file", E + ["--data-dir", "{d}/fm-trunc"], "is truncated"),
     ("images and labels differ in count", E + ["--data-dir", "{d}/fm-mismatch"], "the files do not match"),
-    ("images outside [0, 1] from a custom loader", E + ["--dataset", "unscaled", "--data-dir", "{d}"],
-     "lie in [255, 255], outside [0, 1]"),
-    ("wrong channel count", E + ["--dataset", "cifar10", "--data-dir", "{d}/cifar"],
-     "takes inputs of shape 1x28x28 but the cifar10 images are 3x32x32"),
+    (
+        "images outside [0, 1] from a custom loader",
+        E + ["--dataset", "unscaled", "--data-dir", "{d}"],
+        "lie in [255, 255], outside [0, 1]",
+    ),
+    (
+        "wrong channel count",
+        E + ["--dataset", "cifar10", "--data-dir", "{d}/cifar"],
+        "takes inputs of shape 1x28x28 but the cifar10 images are 3x32x32",
+    ),
     ("n larger than the split", ["eval", "{ckpt}", "--n", "20000"], "only 10000"),
     ("n not a number", ["eval", "{ckpt}", "--n", "many"], "Invalid value for '--n'"),
     # eps, norm, attacks
@@ -178,28 +205,47 @@ CASES = [
     ("unavailable device", E + ["--device", "cuda:3"], "CUDA is not available"),
     # configuration files and outputs
     ("TOML typo at the top", ["eval", "--config", "{d}/typo.toml"], 'unknown key "epz"; did you mean "eps"?'),
-    ("TOML typo in a run", ["eval", "--config", "{d}/typo-run.toml"],
-     'run "a": unknown key "pgd_stepz"; did you mean "pgd_steps"?'),
+    (
+        "TOML typo in a run",
+        ["eval", "--config", "{d}/typo-run.toml"],
+        'run "a": unknown key "pgd_stepz"; did you mean "pgd_steps"?',
+    ),
     ("TOML syntax error", ["eval", "--config", "{d}/broken.toml"], "is not valid TOML"),
     ("missing suite file", ["eval", "--config", "{d}/nope.toml"], "No such file"),
     ("results file of unknown type", E + ["--out", "{d}/r.xlsx"], "--out must end in .csv or .json"),
     # stores
-    ("store in a read-only folder", ["eval", "{ckpt}", "--n", "20", "--store", "{ro}/s.sqlite"],
-     "Cannot write the results store"),
-    ("store that is not SQLite", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/notes.sqlite"],
-     "not a robench store"),
-    ("store from a newer robench", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/future.sqlite"],
-     "newer robench (store schema 99)"),
-    ("store of another program", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/other-app.sqlite"],
-     "SQLite database of another program"),
-    ("leaderboard of a store that is not SQLite", ["leaderboard", "--store", "{d}/notes.sqlite", "--out", "{d}/lb"],
-     "not a robench store"),
-    ("leaderboard of a missing store", ["leaderboard", "--store", "{d}/none.sqlite", "--out", "{d}/lb"],
-     "No results store"),
-    ("check against a file that is not a leaderboard", ["check", "--baseline", "{d}/leaderboard.csv"],
-     "leaderboard"),
-    ("transfer on a missing dataset", ["transfer", "--source", "{ckpt}", "--target", "{d}/seven.pt", "--n", "20",
-                                   "--dataset", "cifar10"], "No cifar10 test files found"),
+    (
+        "store in a read-only folder",
+        ["eval", "{ckpt}", "--n", "20", "--store", "{ro}/s.sqlite"],
+        "Cannot write the results store",
+    ),
+    ("store that is not SQLite", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/notes.sqlite"], "not a robench store"),
+    (
+        "store from a newer robench",
+        ["eval", "{ckpt}", "--n", "20", "--store", "{d}/future.sqlite"],
+        "newer robench (store schema 99)",
+    ),
+    (
+        "store of another program",
+        ["eval", "{ckpt}", "--n", "20", "--store", "{d}/other-app.sqlite"],
+        "SQLite database of another program",
+    ),
+    (
+        "leaderboard of a store that is not SQLite",
+        ["leaderboard", "--store", "{d}/notes.sqlite", "--out", "{d}/lb"],
+        "not a robench store",
+    ),
+    (
+        "leaderboard of a missing store",
+        ["leaderboard", "--store", "{d}/none.sqlite", "--out", "{d}/lb"],
+        "No results store",
+    ),
+    ("check against a file that is not a leaderboard", ["check", "--baseline", "{d}/leaderboard.csv"], "leaderboard"),
+    (
+        "transfer on a missing dataset",
+        ["transfer", "--source", "{ckpt}", "--target", "{d}/seven.pt", "--n", "20", "--dataset", "cifar10"],
+        "No cifar10 test files found",
+    ),
 ]
 
 
@@ -208,6 +254,7 @@ def test_there_are_at_least_30_distinct_cases():
 
 
 @pytest.mark.parametrize("name,args,fragment", CASES, ids=[c[0] for c in CASES])
-def test_user_error_is_one_line_exit_2_and_changes_nothing(files, trained, custom_dataset, tmp_path, name, args,
-                                                           fragment):
+def test_user_error_is_one_line_exit_2_and_changes_nothing(
+    files, trained, custom_dataset, tmp_path, name, args, fragment
+):
     assert_refused(app, args, fragment, files, trained, tmp_path)

@@ -2,6 +2,7 @@
 metadata and model cards, data files that lie about their contents, wrong types in suites and attack
 options, damaged stores, resource bombs, other people's folders). Every case holds to the contract of
 ``helpers.assert_refused``: exit 2, one line, no traceback, no marker file, store and inputs unchanged."""
+
 import gzip
 import io
 import json
@@ -14,12 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import Evil, assert_refused, tiny_model, write_cifar, write_idx, write_mnist_like
 from torch import nn
 
 import robench
 from robench.cli import app
-
-from helpers import Evil, assert_refused, tiny_model, write_cifar, write_idx, write_mnist_like
 
 
 def _pickled(obj) -> bytes:
@@ -46,13 +46,15 @@ def _safetensors_with_meta(path: Path, meta_text: str, sd: dict | None = None) -
 
 def _png_header(path: Path, width: int, height: int) -> None:
     """A PNG whose header claims width x height pixels (the pixels themselves are never needed)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
 
 
 def _svhn(path: Path, X, y) -> None:
@@ -81,21 +83,38 @@ def files(tmp_path_factory, trained):
         return _pickled(Evil(marker)) if name.endswith("weights/weight_1") else data
 
     _rewrite_zip(d / "good.pt2", d / "evil-weight.pt2", pickled_weight)
-    _rewrite_zip(d / "good.pt2", d / "evil-sample.pt2",
-                 lambda name, data: _pickled(Evil(marker)) if "sample_inputs" in name else data)
+    _rewrite_zip(
+        d / "good.pt2",
+        d / "evil-sample.pt2",
+        lambda name, data: _pickled(Evil(marker)) if "sample_inputs" in name else data,
+    )
 
     def opaque_constant(name, data):
         if name.endswith("model_constants_config.json"):
-            return json.dumps({"config": {"c": {"path_name": "opaque_obj_0", "is_param": False,
-                                                "use_pickle": True, "tensor_meta": None}}}).encode()
+            return json.dumps(
+                {
+                    "config": {
+                        "c": {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+                    }
+                }
+            ).encode()
         return data
 
-    _rewrite_zip(d / "good.pt2", d / "evil-constant.pt2", opaque_constant,
-                 {"data/constants/opaque_obj_0": _pickled(Evil(marker))})
-    _rewrite_zip(d / "good.pt2", d / "aoti.pt2", lambda n, data: data,
-                 {"data/aotinductor/model/model.so": b"\x7fELF not really"})
-    _rewrite_zip(d / "good.pt2", d / "legacy-weights.pt2", lambda n, data: data,
-                 {"data/weights/model.pt": _pickled({"w": Evil(marker)})})
+    _rewrite_zip(
+        d / "good.pt2",
+        d / "evil-constant.pt2",
+        opaque_constant,
+        {"data/constants/opaque_obj_0": _pickled(Evil(marker))},
+    )
+    _rewrite_zip(
+        d / "good.pt2", d / "aoti.pt2", lambda n, data: data, {"data/aotinductor/model/model.so": b"\x7fELF not really"}
+    )
+    _rewrite_zip(
+        d / "good.pt2",
+        d / "legacy-weights.pt2",
+        lambda n, data: data,
+        {"data/weights/model.pt": _pickled({"w": Evil(marker)})},
+    )
     import os
 
     os.mkfifo(d / "pipe.pt")  # reading it would wait forever
@@ -113,11 +132,15 @@ def files(tmp_path_factory, trained):
     torch.save({"robench_format": 1, "meta": [1, 2], "state_dict": sd}, d / "meta-list.pt")
     torch.save({"robench_format": "one", "meta": meta, "state_dict": sd}, d / "format-string.pt")
     # plain state dicts with a model card beside them
-    cards = {"card-not-json": "{not json", "card-deep": "[" * 10000 + "]" * 10000, "card-list": "[1, 2]",
-             "card-ten": json.dumps({"arch": "lenet5", "dataset": "fashion-mnist", "num_classes": "ten"}),
-             "card-negative": json.dumps({"arch": "lenet5", "dataset": "fashion-mnist", "num_classes": -10}),
-             "card-int-arch": json.dumps({"arch": 5, "dataset": "fashion-mnist"}),
-             "card-huge-model": json.dumps({"arch": "wrn-10000-10", "dataset": "fashion-mnist"})}
+    cards = {
+        "card-not-json": "{not json",
+        "card-deep": "[" * 10000 + "]" * 10000,
+        "card-list": "[1, 2]",
+        "card-ten": json.dumps({"arch": "lenet5", "dataset": "fashion-mnist", "num_classes": "ten"}),
+        "card-negative": json.dumps({"arch": "lenet5", "dataset": "fashion-mnist", "num_classes": -10}),
+        "card-int-arch": json.dumps({"arch": 5, "dataset": "fashion-mnist"}),
+        "card-huge-model": json.dumps({"arch": "wrn-10000-10", "dataset": "fashion-mnist"}),
+    }
     torch.save(sd, d / "plain.pt")
     for name, text in cards.items():
         torch.save(sd, d / f"{name}.pt")
@@ -142,8 +165,11 @@ def files(tmp_path_factory, trained):
         pickle.dump({b"data": np.zeros((20, 3072), np.uint8), b"labels": [-1] + [0] * 19}, f)
     rng = np.random.default_rng(0)
     _svhn(d / "svhn-float" / "test_32x32.mat", rng.random((32, 32, 3, 20)), np.ones((20, 1)))
-    _svhn(d / "svhn-label" / "test_32x32.mat", rng.integers(0, 255, (32, 32, 3, 20), dtype=np.uint8),
-          np.full((20, 1), 11, np.uint8))
+    _svhn(
+        d / "svhn-label" / "test_32x32.mat",
+        rng.integers(0, 255, (32, 32, 3, 20), dtype=np.uint8),
+        np.full((20, 1), 11, np.uint8),
+    )
     (d / "svhn-empty").mkdir()
     (d / "svhn-empty" / "test_32x32.mat").write_bytes(b"")
     (d / "svhn-73").mkdir()
@@ -151,10 +177,15 @@ def files(tmp_path_factory, trained):
     _png_header(d / "imagenet-bomb" / "val" / "n01440764" / "big.png", 20000, 20000)
     # suites with values of the wrong type
     ck = str(trained)
-    suites = {"n-float": f'checkpoints = ["{ck}"]\nn = 20.5\n', "seed-str": f'checkpoints = ["{ck}"]\nseed = "x"\n',
-              "jobs-str": f'checkpoints = ["{ck}"]\njobs = "2"\n', "attacks-int": f'checkpoints = ["{ck}"]\nattacks = 5\n',
-              "checkpoints-int": "checkpoints = 5\nn = 10\n", "n-zero": f'checkpoints = ["{ck}"]\nn = 0\n',
-              "eps-table": f'checkpoints = ["{ck}"]\neps = [{{a = 1}}]\n'}
+    suites = {
+        "n-float": f'checkpoints = ["{ck}"]\nn = 20.5\n',
+        "seed-str": f'checkpoints = ["{ck}"]\nseed = "x"\n',
+        "jobs-str": f'checkpoints = ["{ck}"]\njobs = "2"\n',
+        "attacks-int": f'checkpoints = ["{ck}"]\nattacks = 5\n',
+        "checkpoints-int": "checkpoints = 5\nn = 10\n",
+        "n-zero": f'checkpoints = ["{ck}"]\nn = 0\n',
+        "eps-table": f'checkpoints = ["{ck}"]\neps = [{{a = 1}}]\n',
+    }
     for name, text in suites.items():
         (d / f"{name}.toml").write_text(text)
     # stores: a schema version that is not a number, a run whose metadata is damaged, a link to a user file
@@ -192,8 +223,11 @@ CASES = [
     ("pt2 opaque pickled constant", ["info", "{d}/evil-constant.pt2"] + FM, "--trust-checkpoint"),
     ("pt2 with compiled AOTInductor code", ["info", "{d}/aoti.pt2"] + FM, "AOTInductor"),
     ("pt2 with a legacy pickled weights file", ["info", "{d}/legacy-weights.pt2"] + FM, "legacy pickled"),
-    ("pt2 exported for a fixed batch size", ["eval", "{d}/fixed-batch.pt2", "--n", "20"] + FM,
-     "dynamic batch dimension"),
+    (
+        "pt2 exported for a fixed batch size",
+        ["eval", "{d}/fixed-batch.pt2", "--n", "20"] + FM,
+        "dynamic batch dimension",
+    ),
     ("a device as checkpoint", ["info", "/dev/zero"], "not a regular file"),
     ("a pipe as checkpoint", ["eval", "{d}/pipe.pt", "--n", "20"], "not a regular file"),
     # checkpoint metadata
@@ -216,8 +250,11 @@ CASES = [
     ("model card negative classes", ["info", "{d}/card-negative.pt"], "num_classes as -10"),
     ("model card arch an integer", ["info", "{d}/card-int-arch.pt"], "arch as 5"),
     ("model card naming wrn-10000-10", ["info", "{d}/card-huge-model.pt"], "beyond what robench builds"),
-    ("--arch naming a huge model", ["info", "{d}/plain.pt", "--arch", "wrn-10000-10"] + FM,
-     "beyond what robench builds"),
+    (
+        "--arch naming a huge model",
+        ["info", "{d}/plain.pt", "--arch", "wrn-10000-10"] + FM,
+        "beyond what robench builds",
+    ),
     # data files that lie about their contents
     ("IDX label 200 of 10 classes", E + ["--data-dir", "{d}/fm-label200"], "label of 200"),
     ("CIFAR label -1", E + ["--dataset", "cifar10", "--data-dir", "{d}/cifar-neg"], "label of -1"),
@@ -229,9 +266,11 @@ CASES = [
     ("SVHN label 11", E + ["--dataset", "svhn", "--data-dir", "{d}/svhn-label"], "label of 11"),
     ("SVHN empty file", E + ["--dataset", "svhn", "--data-dir", "{d}/svhn-empty"], "not a readable SVHN"),
     ("SVHN MATLAB v7.3", E + ["--dataset", "svhn", "--data-dir", "{d}/svhn-73"], "MATLAB v7.3"),
-    ("ImageNet image of 400 million pixels", ["eval", "{ckpt}", "--n", "1", "--dataset", "imagenet", "--data-dir",
-                                              "{d}/imagenet-bomb"],
-     "178 million pixels"),
+    (
+        "ImageNet image of 400 million pixels",
+        ["eval", "{ckpt}", "--n", "1", "--dataset", "imagenet", "--data-dir", "{d}/imagenet-bomb"],
+        "178 million pixels",
+    ),
     # numbers and types in options and suites
     ("--n 0", ["eval", "{ckpt}", "--n", "0"], "n must be at least 1"),
     ("--n -5", ["eval", "{ckpt}", "--n", "-5"], "n must be at least 1"),
@@ -242,8 +281,11 @@ CASES = [
     ("suite seed a word", ["eval", "--config", "{d}/seed-str.toml"], '"seed" must be a whole number'),
     ("suite jobs a string", ["eval", "--config", "{d}/jobs-str.toml"], '"jobs" must be a whole number'),
     ("suite attacks a number", ["eval", "--config", "{d}/attacks-int.toml"], '"attacks" must be a list of strings'),
-    ("suite checkpoints a number", ["eval", "--config", "{d}/checkpoints-int.toml"],
-     '"checkpoints" must be a list of strings'),
+    (
+        "suite checkpoints a number",
+        ["eval", "--config", "{d}/checkpoints-int.toml"],
+        '"checkpoints" must be a list of strings',
+    ),
     ("suite eps a table", ["eval", "--config", "{d}/eps-table.toml"], '"eps" must be numbers or strings'),
     ("pgd steps 10.5", E + ["--attack", "pgd(steps=10.5)"], '"steps" must be a whole number, not 10.5'),
     ("pgd steps 2.5", E + ["--attack", "pgd(steps=2.5)"], '"steps" must be a whole number'),
@@ -253,20 +295,35 @@ CASES = [
     ("attack spec of 5,000 characters", E + ["--attack", "pgd(steps=" + "-" * 5000 + "1)"], "characters long"),
     ("square with no queries", E + ["--attack", "square(queries=0)"], "queries must be at least 1"),
     # stores
-    ("store schema version not a number", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/bad-version.sqlite"],
-     "damaged robench store"),
-    ("leaderboard of a store with a damaged run", ["leaderboard", "--store", "{d}/damaged.sqlite", "--out", "{d}/lb"],
-     "is damaged"),
-    ("store that links to a user's empty file", ["eval", "{ckpt}", "--n", "20", "--store", "{d}/link.sqlite"],
-     "link to an empty file"),
+    (
+        "store schema version not a number",
+        ["eval", "{ckpt}", "--n", "20", "--store", "{d}/bad-version.sqlite"],
+        "damaged robench store",
+    ),
+    (
+        "leaderboard of a store with a damaged run",
+        ["leaderboard", "--store", "{d}/damaged.sqlite", "--out", "{d}/lb"],
+        "is damaged",
+    ),
+    (
+        "store that links to a user's empty file",
+        ["eval", "{ckpt}", "--n", "20", "--store", "{d}/link.sqlite"],
+        "link to an empty file",
+    ),
     ("results archive that is not gzip", ["import", "{d}/archive-text.jsonl.gz"], "not a readable results archive"),
     ("results archive with a forged run", ["import", "{d}/archive-forged.jsonl.gz"], "line 2"),
     ("results archive from a newer robench", ["import", "{d}/archive-newer.jsonl.gz"], "newer robench"),
-    ("results archive of the wrong name", ["export", "{d}/results.zip", "--store", "{d}/damaged.sqlite"],
-     "is a .jsonl.gz file"),
+    (
+        "results archive of the wrong name",
+        ["export", "{d}/results.zip", "--store", "{d}/damaged.sqlite"],
+        "is a .jsonl.gz file",
+    ),
     # other people's folders
-    ("leaderboard into a folder of the user's", ["leaderboard", "--store", "{d}/damaged.sqlite", "--out", "{d}/mine"],
-     "did not write"),
+    (
+        "leaderboard into a folder of the user's",
+        ["leaderboard", "--store", "{d}/damaged.sqlite", "--out", "{d}/mine"],
+        "did not write",
+    ),
 ]
 
 

@@ -1,6 +1,9 @@
-"""The layers of ARCHITECTURE.md, kept: every import in the package (module level and inside functions)
+"""The layers of docs/architecture.md, kept: every import in the package (module level and inside functions)
 points down the layer order, and no set of modules imports itself round a cycle."""
+
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import robench
@@ -57,8 +60,12 @@ def _imports(path: Path, module: str) -> set[str]:
                 continue
             for a in node.names:  # "from . import api" names a module; "from .x import y" names x
                 sub = f"{target}.{a.name}"
-                out.add(sub if (ROOT.parent / (sub.replace(".", "/") + ".py")).exists()
-                        or (ROOT.parent / sub.replace(".", "/")).is_dir() else target)
+                out.add(
+                    sub
+                    if (ROOT.parent / (sub.replace(".", "/") + ".py")).exists()
+                    or (ROOT.parent / sub.replace(".", "/")).is_dir()
+                    else target
+                )
     out.discard(module)
     return out
 
@@ -68,8 +75,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_every_import_points_down_the_layers():
-    upward = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})" for m, targets in _graph().items()
-              for t in sorted(targets) if _layer(t) > _layer(m)]
+    upward = [
+        f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+        for m, targets in _graph().items()
+        for t in sorted(targets)
+        if _layer(t) > _layer(m)
+    ]
     assert not upward, "\n".join(upward)
 
 
@@ -118,13 +129,21 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     assert _layer("robench.reporting.leaderboard") > _layer("robench.engine.x")
 
 
+def _statements(text: str) -> int:
+    """The logical lines of a module (what Python counts as one line: a statement or a clause header),
+    which the formatter never changes however many physical lines it spreads one statement over."""
+    return sum(tok.type == tokenize.NEWLINE for tok in tokenize.generate_tokens(io.StringIO(text).readline))
+
+
 def test_a_module_over_the_size_guide_says_why_in_its_docstring():
-    """ARCHITECTURE.md's guide: a module holds one concept and stays under about 400 lines; one that is longer
-    gives its reason in its docstring, where the next reader looks."""
+    """docs/architecture.md's guide: a module holds one concept and stays under about 400 lines; one that is
+    longer gives its reason in its docstring, where the next reader looks. The guide's lines were counted in
+    the compact style the code had before `ruff format`, which spreads a call or a tuple over one line per
+    argument; the test counts statements instead, 300 of which made about 400 of those lines."""
     unexplained = []
     for path in sorted(ROOT.rglob("*.py")):
         text = path.read_text()
         doc = ast.get_docstring(ast.parse(text)) or ""
-        if len(text.splitlines()) > 410 and "Over the ~400-line guide" not in doc:
-            unexplained.append(f"{_module(path)}: {len(text.splitlines())} lines")
+        if _statements(text) > 300 and "Over the ~400-line guide" not in doc:
+            unexplained.append(f"{_module(path)}: {_statements(text)} statements")
     assert not unexplained, "\n".join(unexplained)

@@ -1,19 +1,34 @@
 """robench leaderboard: RobustBench's fields, per-example worst case, byte-identical regeneration."""
+
 import json
 import re
 from pathlib import Path
 
 import pandas as pd
+from helpers import save_tiny, write_mnist_like
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.reporting.leaderboard import COLUMNS
 
-from helpers import save_tiny, write_mnist_like
-
-RB_FIELDS = ["link", "name", "authors", "additional_data", "number_forward_passes", "dataset", "venue",
-             "architecture", "eps", "clean_acc", "reported", "autoattack_acc", "external", "footnote", "unreliable"]
+RB_FIELDS = [
+    "link",
+    "name",
+    "authors",
+    "additional_data",
+    "number_forward_passes",
+    "dataset",
+    "venue",
+    "architecture",
+    "eps",
+    "clean_acc",
+    "reported",
+    "autoattack_acc",
+    "external",
+    "footnote",
+    "unreliable",
+]
 
 
 def _store():
@@ -44,7 +59,7 @@ def test_leaderboard_files_carry_robustbench_fields_and_the_worst_case():
     assert a.pgd_n == 40 and a.best_known_by == "fgsm + pgd" and a.venue == "robench zoo"
     assert "pgd 20 steps" in a.budget and "fgsm 1 steps" in a.budget
     info = json.loads(Path("lb/model_info/fashion-mnist/Linf/tiny-relu.json").read_text())
-    assert list(info)[:len(RB_FIELDS)] == RB_FIELDS
+    assert list(info)[: len(RB_FIELDS)] == RB_FIELDS
     assert info["eps"] == "0.1" and info["external"] == f"{a.best_known_acc:.2f}"  # Fashion-MNIST's default eps
     assert isinstance(info["clean_acc"], str) and info["autoattack_acc"] == "" and info["unreliable"] is False
     assert info["robench"]["sha256"] == robench.load_checkpoint("a.pt").sha256
@@ -129,8 +144,13 @@ def test_best_known_with_autoattack_is_never_set_against_best_known_without():
         return Member(f"{act}{seed}", f"m-{act}-{seed}", act, "", {"0.1": s}, [], label=f"{act}-{seed}", seed=seed)
 
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
-    g.members = [member("relu", 0, True, 80), member("relu", 1, True, 80), member("splash", 0, False, 85),
-                 member("splash", 1, True, 80), member("tanh", 0, True, 80)]
+    g.members = [
+        member("relu", 0, True, 80),
+        member("relu", 1, True, 80),
+        member("splash", 0, False, 85),
+        member("splash", 1, True, 80),
+        member("tanh", 0, True, 80),
+    ]
     dl = compare.deltas(g, "0.1")
     assert set(dl["best_known"]) == {"splash-1", "tanh-0"} and set(dl["pgd"]) == {"splash-0", "splash-1", "tanh-0"}
     text = " ".join(compare.summary(g, "0.1", dl))
@@ -153,14 +173,32 @@ def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagge
     g.members = [Member(act, f"m-{act}", act, "", {}, [], label=act) for act in ("relu", "pssilu", "silu")]
 
     def check(sha, name, status="ok", dataset="fashion-mnist"):
-        return {"sha256": sha, "dataset": dataset, "norm": "Linf", "check": name, "eps": "0.1", "status": status,
-                "evidence": "...", "budget": "{}"}
+        return {
+            "sha256": sha,
+            "dataset": dataset,
+            "norm": "Linf",
+            "check": name,
+            "eps": "0.1",
+            "status": status,
+            "evidence": "...",
+            "budget": "{}",
+        }
 
     probes = [check(act, "zero-gradients") for act in ("relu", "pssilu", "silu")]
-    assert "has examined 0 of the 3 members; the flags above come from the checks every evaluation runs" in \
-        compare._checklist_sentence(g, pd.DataFrame(probes))[0]
-    checks = pd.DataFrame(probes + [check("relu", "step-size"), check("relu", "square"), check("silu", "square", "ok",
-                                    "cifar10"), check("pssilu", "step-size", "flag"), check("pssilu", "square")])
+    assert (
+        "has examined 0 of the 3 members; the flags above come from the checks every evaluation runs"
+        in compare._checklist_sentence(g, pd.DataFrame(probes))[0]
+    )
+    checks = pd.DataFrame(
+        probes
+        + [
+            check("relu", "step-size"),
+            check("relu", "square"),
+            check("silu", "square", "ok", "cifar10"),
+            check("pssilu", "step-size", "flag"),
+            check("pssilu", "square"),
+        ]
+    )
     text = compare._checklist_sentence(g, checks)[0]
     assert "has examined 2 of the 3 members (relu, pssilu); it flags pssilu on step-size (see the flags)" in text, text
     checks.loc[checks.status == "flag", "status"] = "ok"
@@ -187,7 +225,8 @@ def test_only_a_check_on_a_weaker_attack_leaves_autoattacks_number_standing():
     assert ranking_flags(masked) == ["masked"]
     # a flag's own "; " does not split it
     assert run_flags(rows(("pgd", "broke 7 (p=0.01); the gradients may be masked.", ""))) == [
-        "broke 7 (p=0.01); the gradients may be masked."]
+        "broke 7 (p=0.01); the gradients may be masked."
+    ]
 
 
 def _right(k: int, n: int = 100) -> dict[int, int]:
@@ -216,7 +255,7 @@ def test_the_report_counts_training_runs_from_the_metadata(tmp_path):
     acc = {(m.split("-")[1], int(m[-1])): (c, r) for m, c, r in zip(df.model, df.clean_acc, df.robust_acc)}
     for metric, col in (("Clean", 0), ("Best known", 1)):
         diffs = [acc[("splash", s)][col] - acc[("relu", s)][col] for s in range(3)]
-        mean, half = statistics.mean(diffs), t.ppf(0.975, 2) * statistics.stdev(diffs) / 3 ** 0.5
+        mean, half = statistics.mean(diffs), t.ppf(0.975, 2) * statistics.stdev(diffs) / 3**0.5
         vals = [acc[("splash", s)][col] for s in range(3)]
         row = next(line for line in text.splitlines() if line.startswith(f"| {metric} | splash | 0, 1, 2 |"))
         assert f"{statistics.mean(vals):.1f} ± {statistics.stdev(vals):.1f}" in row, row
@@ -236,13 +275,16 @@ def test_seed_replicates_are_attacked_by_transfer_within_their_own_seed():
             save_tiny(files[act, seed], act, seed=seed, name=f"tiny-{act}-seed{seed}", recipe={"seed": seed})
     robench.evaluate(list(files.values()), n=30, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
     for seed in (0, 1):
-        robench.api.transfer(all_checkpoints=[files["relu", seed], files["splash", seed]], n=30, eps=["0.1"],
-                             store="s.sqlite", steps=2)
+        robench.api.transfer(
+            all_checkpoints=[files["relu", seed], files["splash", seed]], n=30, eps=["0.1"], store="s.sqlite", steps=2
+        )
     robench.api.leaderboard("s.sqlite", "lb")
     text = Path("lb/report.md").read_text()
     assert "The matrix shows the first training runs (seed 0)" in text
     assert re.search(r"^\| Transfer \| splash \| 0, 1 \| [0-9.]+ ± [0-9.]+ \| [+-]", text, re.M), text
-    claim = next(line for line in text.splitlines() if line.startswith("| SPLASH is more robust than ReLU to black-box"))
+    claim = next(
+        line for line in text.splitlines() if line.startswith("| SPLASH is more robust than ReLU to black-box")
+    )
     assert "2 training runs each, seed-paired t-interval" in claim, claim
     page = Path("lb/models/fashion-mnist/Linf/tiny-splash-seed1.html").read_text()
     assert "<td>attacked by</td><td>tiny-relu-seed1</td>" in page, page
@@ -256,8 +298,14 @@ def test_number_forward_passes_comes_from_the_randomness_check():
     from helpers import Randomized, tiny_model
 
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
-    robench.evaluate([tiny_model("relu"), Randomized(tiny_model("relu", seed=1))], dataset="fashion-mnist", n=20,
-                     eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
+    robench.evaluate(
+        [tiny_model("relu"), Randomized(tiny_model("relu", seed=1))],
+        dataset="fashion-mnist",
+        n=20,
+        eps=["0.1"],
+        attacks=["fgsm"],
+        store="s.sqlite",
+    )
     robench.api.leaderboard("s.sqlite", "lb")
     infos = {p.stem: json.loads(p.read_text()) for p in Path("lb/model_info/fashion-mnist/Linf").glob("*.json")}
     passes = {info["unreliable"]: info["number_forward_passes"] for info in infos.values()}
@@ -278,7 +326,12 @@ def test_the_headline_eps_comes_first_and_alone_unfolded():
     heads = [line for line in Path("lb/README.md").read_text().splitlines() if line.startswith("## ")]
     assert heads == ["## fashion-mnist, Linf, eps 0.1", "## fashion-mnist, Linf, eps 0.02"]  # 0.05: no AutoAttack
     html = Path("lb/index.html").read_text()
-    boards = re.findall(r'<details class="board" id="([^"]+)"( open)?>\s*<summary><h2>[^<]*</h2>.*?</summary>', html, re.S)
-    assert [(i, bool(o)) for i, o in boards] == [("fashion-mnist-linf-eps-0.1", True), ("fashion-mnist-linf-eps-0.02", False),
-                                                 ("fashion-mnist-linf-eps-0.05", False)]
+    boards = re.findall(
+        r'<details class="board" id="([^"]+)"( open)?>\s*<summary><h2>[^<]*</h2>.*?</summary>', html, re.S
+    )
+    assert [(i, bool(o)) for i, o in boards] == [
+        ("fashion-mnist-linf-eps-0.1", True),
+        ("fashion-mnist-linf-eps-0.02", False),
+        ("fashion-mnist-linf-eps-0.05", False),
+    ]
     assert "AutoAttack on 1 of 2" in html and "no AutoAttack at this eps" in html

@@ -1,18 +1,18 @@
 """Interrupted, concurrent and repeated runs: nothing lost, nothing doubled, the same bytes every time."""
+
 import io
 import sqlite3
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_fmnist
+from helpers import save_tiny, write_mnist_like
+from stress import Stress
 
 import robench
 from robench.reporting.leaderboard import results
 from robench.store import SCHEMA_VERSION, Store
-
-from conftest import requires_fmnist
-from helpers import save_tiny, write_mnist_like
-from stress import Stress
 
 
 @requires_fmnist
@@ -58,8 +58,13 @@ def test_attacks_leave_the_callers_random_generator_alone(tmp_path, monkeypatch)
     torch.manual_seed(7)
     expected = torch.rand(5)
     torch.manual_seed(7)
-    robench.evaluate(["m.pt"], n=8, eps=["0.1"], attacks=["apgd-ce", "square(queries=20)", "fb:LinfPGD(steps=3)",
-                                                         "pgd"], store="s.sqlite")
+    robench.evaluate(
+        ["m.pt"],
+        n=8,
+        eps=["0.1"],
+        attacks=["apgd-ce", "square(queries=20)", "fb:LinfPGD(steps=3)", "pgd"],
+        store="s.sqlite",
+    )
     assert torch.equal(torch.rand(5), expected)
 
 
@@ -69,9 +74,11 @@ def test_an_older_store_is_migrated_in_place_with_a_backup(tmp_path, monkeypatch
     save_tiny("m.pt")
     before = robench.evaluate(["m.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
     con = sqlite3.connect("s.sqlite")  # the schema-1 layout: no checks, no attack counts, no data fingerprints
-    con.executescript("DROP TABLE checks; DROP TABLE attack_stats; ALTER TABLE runs DROP COLUMN data_sha256; "
-                      "UPDATE runs SET key = 'before data fingerprints ' || key; "  # older robench keyed runs so
-                      "UPDATE meta SET value='1' WHERE key='schema_version';")
+    con.executescript(
+        "DROP TABLE checks; DROP TABLE attack_stats; ALTER TABLE runs DROP COLUMN data_sha256; "
+        "UPDATE runs SET key = 'before data fingerprints ' || key; "  # older robench keyed runs so
+        "UPDATE meta SET value='1' WHERE key='schema_version';"
+    )
     con.close()
     v1 = sqlite3.connect("s.sqlite").execute("SELECT * FROM outcomes ORDER BY idx").fetchall()
     Store("s.sqlite", readonly=True).close()  # reading never migrates
@@ -95,7 +102,7 @@ def test_ctrl_c_in_a_slow_autoattack_batch_keeps_its_finished_members(tmp_path, 
 
     class Oracle(torch.nn.Module):  # right on every synthetic example, and robust at eps 0.1
         def forward(self, x):
-            return torch.stack([x[:, 0, 2 * k + 4: 2 * k + 6].mean((1, 2)) for k in range(10)], 1) * 10
+            return torch.stack([x[:, 0, 2 * k + 4 : 2 * k + 6].mean((1, 2)) for k in range(10)], 1) * 10
 
     monkeypatch.chdir(tmp_path)
     write_mnist_like(Path("data/fashion-mnist"), n_test=8)

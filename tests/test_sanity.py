@@ -1,5 +1,6 @@
 """Gradient-masking diagnostics: planted masked models built here are each flagged by the check that
 targets them; honest models (and the shipped checkpoints) are not."""
+
 from __future__ import annotations
 
 import json
@@ -9,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import requires_fmnist
+from helpers import Quantized, Randomized
 from typer.testing import CliRunner
 
 import robench
-from conftest import requires_fmnist
-from helpers import Quantized, Randomized
 from robench.cli import app
-from robench.store import Store
 from robench.stats import binom_above
+from robench.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = dict(dataset="fashion-mnist", n=60, eps=["0.1"], strong_restarts=2, square_queries=200, device="cpu")
@@ -61,8 +62,16 @@ def honest(trained):
 def test_an_honest_model_passes_every_check(honest, tmp_path):
     res = robench.api.sanity(honest, store=tmp_path / "s.sqlite", **FAST)
     assert not res["flagged"], _flags(res)
-    assert set(res["checks"].check) >= {"probabilities", "randomized", "zero-gradients", "eps-sweep", "large-eps",
-                                        "convergence", "step-size", "square"}
+    assert set(res["checks"].check) >= {
+        "probabilities",
+        "randomized",
+        "zero-gradients",
+        "eps-sweep",
+        "large-eps",
+        "convergence",
+        "step-size",
+        "square",
+    }
 
 
 def test_a_pgd_that_stalls_is_flagged_by_apgd_step_size_schedule(honest, tmp_path):
@@ -92,15 +101,33 @@ def test_a_pgd_that_stalls_is_flagged_by_apgd_step_size_schedule(honest, tmp_pat
     square = res["checks"].set_index("check").loc["square"]
     with Store(tmp_path / "s.sqlite") as db:
         budget = db.checks(res["sha256"]).set_index("check").budget["square"]
-        db.set_checks(res["sha256"], "fashion-mnist", "Linf", [{"check": "square", "eps": square.eps, "status": "flag",
-                                                                "evidence": "planted masking",
-                                                                "budget": json.loads(budget)}])
+        db.set_checks(
+            res["sha256"],
+            "fashion-mnist",
+            "Linf",
+            [
+                {
+                    "check": "square",
+                    "eps": square.eps,
+                    "status": "flag",
+                    "evidence": "planted masking",
+                    "budget": json.loads(budget),
+                }
+            ],
+        )
     assert "planted masking" in robench.evaluate({"honest": honest}, attacks=["autoattack"], **kw)["flags"].iloc[0]
     assert row()["unreliable"]
 
 
-@pytest.mark.parametrize("wrapper, check", [(Softmax, "probabilities"), (Quantized, "zero-gradients"),
-                                            (Randomized, "randomized"), (StraightThrough, "large-eps")])
+@pytest.mark.parametrize(
+    "wrapper, check",
+    [
+        (Softmax, "probabilities"),
+        (Quantized, "zero-gradients"),
+        (Randomized, "randomized"),
+        (StraightThrough, "large-eps"),
+    ],
+)
 def test_each_planted_masked_model_is_flagged_by_its_check(honest, tmp_path, wrapper, check):
     res = robench.api.sanity(wrapper(honest), store=tmp_path / "s.sqlite", **FAST)
     flags = _flags(res)
@@ -142,8 +169,12 @@ def test_a_step_along_the_gradient_raises_the_margin_of_honest_models_only(hones
 
     split = robench.load_split("fashion-mnist")
     x, y = split.batch(torch.arange(64))
-    models = {"honest": honest, "decoy": StraightThrough(honest), "quantized": Quantized(honest),
-              **{p.stem: robench.load_checkpoint(p).model for p in sorted((ROOT / "checkpoints").glob("*.safetensors"))[::6]}}
+    models = {
+        "honest": honest,
+        "decoy": StraightThrough(honest),
+        "quantized": Quantized(honest),
+        **{p.stem: robench.load_checkpoint(p).model for p in sorted((ROOT / "checkpoints").glob("*.safetensors"))[::6]},
+    }
     for name, model in models.items():
         for norm in ("Linf", "L2"):
             found = ascent(model.eval(), x, y, norm, name)
@@ -156,8 +187,9 @@ def test_transfer_beating_white_box_is_flagged_and_shown_by_eval(honest, trained
     masked = Quantized(honest)
     wb = robench.evaluate(masked, dataset="fashion-mnist", n=100, eps=["0.1"], store=store, device="cpu")
     assert wb.robust_acc[0] > 30  # PGD is stuck: the masking works on it
-    df = robench.api.transfer([str(trained)], [masked], n=100, eps=["0.1"], store=store, device="cpu",
-                              dataset="fashion-mnist")
+    df = robench.api.transfer(
+        [str(trained)], [masked], n=100, eps=["0.1"], store=store, device="cpu", dataset="fashion-mnist"
+    )
     assert df.robust_acc[0] < wb.robust_acc[0] - 20
     assert "transfer from lenet5-relu-test broke" in df["flags"][0]
     again = robench.evaluate(masked, dataset="fashion-mnist", n=100, eps=["0.1"], store=store, device="cpu")
@@ -170,10 +202,26 @@ def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
     db = Store(tmp_path / "s.sqlite")
     budget = [{"name": "pgd", "steps": 20}]
     for i, (eps, robust) in enumerate((("0.1", [0] * 40 + [1] * 10), ("0.2", [1] * 40 + [0] * 10))):
-        fields = {"model": "m", "checkpoint": None, "sha256": "abc", "dataset": "fashion-mnist", "split": "test",
-                  "n": 50, "subset": "first", "seed": 0, "norm": "Linf", "eps": [[eps, float(eps)]],
-                  "attacks": budget, "batch_size": 50, "device": "cpu", "dtype": "float32", "robench_version": "x",
-                  "torch_version": "x", "model_meta": {}, "data_sha256": "d"}
+        fields = {
+            "model": "m",
+            "checkpoint": None,
+            "sha256": "abc",
+            "dataset": "fashion-mnist",
+            "split": "test",
+            "n": 50,
+            "subset": "first",
+            "seed": 0,
+            "norm": "Linf",
+            "eps": [[eps, float(eps)]],
+            "attacks": budget,
+            "batch_size": 50,
+            "device": "cpu",
+            "dtype": "float32",
+            "robench_version": "x",
+            "torch_version": "x",
+            "model_meta": {},
+            "data_sha256": "d",
+        }
         run_id, _ = db.open_run(f"k{i}", fields)
         db.add_batch(run_id, [(eps, j, 1, r, None if r else "pgd") for j, r in enumerate(robust)], [], 0.0)
         db.finish(run_id)
@@ -192,28 +240,62 @@ def test_black_box_flag_in_a_cascade_needs_more_than_noise():
     assert black_box_flags(Counter(square=4), 50, ["apgd-ce"])  # 8% against a 0.2% margin
     assert black_box_flags(Counter(pgd=10), 50, ["pgd"]) == []  # white-box breaks are not the point
     assert black_box_flags(Counter(square=9), 50, []) == []  # Square alone: nothing to compare with
-    assert binom_above(1, 50, 0.002) == pytest.approx(1 - 0.998 ** 50)
+    assert binom_above(1, 50, 0.002) == pytest.approx(1 - 0.998**50)
 
 
 @requires_fmnist
-@pytest.mark.parametrize("name", ["lenet5-relu-pgd-at", "lenet5-splash-pgd-at", "lenet5-tanh-pgd-at",
-                                  "lenet5-prelu-pgd-at", "lenet5-relu-standard"])
+@pytest.mark.parametrize(
+    "name",
+    ["lenet5-relu-pgd-at", "lenet5-splash-pgd-at", "lenet5-tanh-pgd-at", "lenet5-prelu-pgd-at", "lenet5-relu-standard"],
+)
 def test_shipped_checkpoints_are_not_flagged(name, tmp_path):
-    res = robench.api.sanity(ROOT / "checkpoints" / f"{name}.safetensors", store=tmp_path / "s.sqlite",
-                             **{**FAST, "n": 100})
+    res = robench.api.sanity(
+        ROOT / "checkpoints" / f"{name}.safetensors", store=tmp_path / "s.sqlite", **{**FAST, "n": 100}
+    )
     assert not res["flagged"], _flags(res)
 
 
 def test_sanity_cli_exits_1_on_a_flag_and_prints_the_evidence(honest, tmp_path):
     path = tmp_path / "quantized.pt"
     torch.save(Quantized(honest), path)  # a pickled module: loads only with --trust-checkpoint
-    r = CliRunner().invoke(app, ["sanity", str(path), "--trust-checkpoint", "--dataset", "fashion-mnist", "--n", "40",
-                                 "--square-queries", "100", "--strong-restarts", "1", "--store",
-                                 str(tmp_path / "s.sqlite"), "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sanity",
+            str(path),
+            "--trust-checkpoint",
+            "--dataset",
+            "fashion-mnist",
+            "--n",
+            "40",
+            "--square-queries",
+            "100",
+            "--strong-restarts",
+            "1",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 1, r.output
     assert "FLAG" in r.output and "zero-gradients" in r.output and "may be overstated" in r.output
-    ok = CliRunner().invoke(app, ["sanity", str(ROOT / "checkpoints" / "lenet5-relu-standard.safetensors"), "--n",
-                                  "40", "--square-queries", "100", "--strong-restarts", "1", "--store",
-                                  str(tmp_path / "s.sqlite"), "--device", "cpu"])
+    ok = CliRunner().invoke(
+        app,
+        [
+            "sanity",
+            str(ROOT / "checkpoints" / "lenet5-relu-standard.safetensors"),
+            "--n",
+            "40",
+            "--square-queries",
+            "100",
+            "--strong-restarts",
+            "1",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "checks passed." in ok.output and "large-eps" in ok.output

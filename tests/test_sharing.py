@@ -2,6 +2,7 @@
 names are opened in the real Chromium and must run nothing; an archive is validated field by field and a
 refusal holds to ``helpers.assert_refused``; stages from elsewhere never decide an outcome; imported runs
 carry their provenance and `robench verify` re-computes them."""
+
 import base64
 import gzip
 import io
@@ -11,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_refused, save_tiny, store_rows, write_mnist_like
+from test_site import browser, requires_browser  # noqa: F401 (the browser fixture)
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.store import Store
-
-from helpers import assert_refused, save_tiny, store_rows, write_mnist_like
-from test_site import browser, requires_browser  # noqa: F401 (the browser fixture)
 
 X = '$\\frac{<img src=x onerror="document.title=\'PWNED\'">'  # also mathtext that would not parse
 
@@ -44,13 +44,31 @@ def shared(tmp_path):
 
 # ------------------------------------------------------------------------------------------ pages
 def _hostile_models():
-    save_tiny("e.pt", "relu", seed=0, name="evil" + X + "\u202e", zoo_group="g", training_method="pgd-at" + X,
-              link="javascript:document.title='PWNED'", authors=["A" + X], paper="P" + X,
-              recipe={"eps": "0.1" + X, "seed": 0, "note": X})
-    save_tiny("f.pt", "silu", seed=1, name="x" * 5000, zoo_group="g", training_method="pgd-at" + X,
-              link="data:text/html,<script>document.title='PWNED'</script>", recipe={"eps": "0.1" + X})
-    save_tiny("g.pt", "tanh", seed=2, name="x" * 5000, zoo_group="g", training_method="pgd-at" + X,
-              recipe={"eps": "0.1" + X})
+    save_tiny(
+        "e.pt",
+        "relu",
+        seed=0,
+        name="evil" + X + "\u202e",
+        zoo_group="g",
+        training_method="pgd-at" + X,
+        link="javascript:document.title='PWNED'",
+        authors=["A" + X],
+        paper="P" + X,
+        recipe={"eps": "0.1" + X, "seed": 0, "note": X},
+    )
+    save_tiny(
+        "f.pt",
+        "silu",
+        seed=1,
+        name="x" * 5000,
+        zoo_group="g",
+        training_method="pgd-at" + X,
+        link="data:text/html,<script>document.title='PWNED'</script>",
+        recipe={"eps": "0.1" + X},
+    )
+    save_tiny(
+        "g.pt", "tanh", seed=2, name="x" * 5000, zoo_group="g", training_method="pgd-at" + X, recipe={"eps": "0.1" + X}
+    )
 
 
 @requires_browser
@@ -93,8 +111,9 @@ def test_a_strangers_names_run_no_script_on_any_page(browser, tmp_path, route): 
 def test_markdown_rendering_shows_raw_html_as_text_and_drops_script_links():
     from robench.reporting.site import _markdown
 
-    html = str(_markdown([f"a {X} [x](javascript:alert(1)) ![i](data:text/html,x) [ok](https://e.org)",
-                          "", "<div>raw</div>"]))
+    html = str(
+        _markdown([f"a {X} [x](javascript:alert(1)) ![i](data:text/html,x) [ok](https://e.org)", "", "<div>raw</div>"])
+    )
     assert "<img src=x" not in html and "<div>" not in html and "&lt;div&gt;" in html
     assert "javascript:" not in html.replace("onerror=&quot;", "") and 'src="data:' not in html
     assert 'href="https://e.org"' in html and "<a>x</a>" in html  # the link kept its text, not its script
@@ -103,13 +122,22 @@ def test_markdown_rendering_shows_raw_html_as_text_and_drops_script_links():
 # ------------------------------------------------------------------------------------------ archives
 # how each hostile record differs from a valid one: (field path, value)
 MUTATIONS = {
-    "dataset": (["dataset"], "../../../x/victim"), "norm": (["norm"], "../../victim"),
-    "negative idx": (["outcomes", "idx"], [[-20, 0]]), "idx past the split": (["outcomes", "idx"], [[10 ** 9, 10 ** 9 + 20]]),
-    "float idx": (["outcomes", "idx"], [[1e9, 1e9 + 20]]), "huge idx": (["outcomes", "idx"], [[0, 10 ** 12]]),
-    "attacks": (["attacks"], [1, {"x": 2}]), "eps": (["eps"], [["0.05", 0.05], ["abc", 0.1]]),
-    "seed": (["seed"], 2 ** 70), "robust but wrong clean": (["outcomes", "eps", "0.1", "clean"], "0" * 20), "n": (["n"], 10 ** 30), "eps value lies": (["eps", 0, 1], 0.5),
-    "transfer budget without sources": (["attacks"], [{"name": "transfer", "attack": {"name": "mifgsm", "steps": 10,
-                                                                                       "decay": 1.0}}]),
+    "dataset": (["dataset"], "../../../x/victim"),
+    "norm": (["norm"], "../../victim"),
+    "negative idx": (["outcomes", "idx"], [[-20, 0]]),
+    "idx past the split": (["outcomes", "idx"], [[10**9, 10**9 + 20]]),
+    "float idx": (["outcomes", "idx"], [[1e9, 1e9 + 20]]),
+    "huge idx": (["outcomes", "idx"], [[0, 10**12]]),
+    "attacks": (["attacks"], [1, {"x": 2}]),
+    "eps": (["eps"], [["0.05", 0.05], ["abc", 0.1]]),
+    "seed": (["seed"], 2**70),
+    "robust but wrong clean": (["outcomes", "eps", "0.1", "clean"], "0" * 20),
+    "n": (["n"], 10**30),
+    "eps value lies": (["eps", 0, 1], 0.5),
+    "transfer budget without sources": (
+        ["attacks"],
+        [{"name": "transfer", "attack": {"name": "mifgsm", "steps": 10, "decay": 1.0}}],
+    ),
 }
 
 
@@ -162,7 +190,7 @@ def test_two_records_of_one_run_that_disagree_are_refused(shared, tmp_path):
     other = json.loads(json.dumps(rec))
     d = other["outcomes"]["eps"]["0.1"]
     p = d["clean"].index("1")  # right on clean data: robust or not, both are valid records
-    d["robust"] = d["robust"][:p] + ("0" if d["robust"][p] == "1" else "1") + d["robust"][p + 1:]
+    d["robust"] = d["robust"][:p] + ("0" if d["robust"][p] == "1" else "1") + d["robust"][p + 1 :]
     hostile = tmp_path / "files"
     hostile.mkdir()
     _archive(hostile / "h.jsonl.gz", [header, rec, other])
@@ -175,8 +203,10 @@ def test_an_archive_never_overwrites_the_stores_own_checks(shared):
     with Store("s.sqlite") as db:  # the checks the evaluation ran here
         before = db.checks()
     assert len(before) == len(checks) > 0
-    forged = [{"check": {**c["check"], "status": "flag" if c["check"]["status"] == "ok" else "ok",
-                         "evidence": "forged"}} for c in checks]
+    forged = [
+        {"check": {**c["check"], "status": "flag" if c["check"]["status"] == "ok" else "ok", "evidence": "forged"}}
+        for c in checks
+    ]
     _archive(Path("forged.jsonl.gz"), [records[0]] + forged)
     robench.api.import_results("forged.jsonl.gz", "s.sqlite")
     with Store("s.sqlite") as db:
@@ -199,10 +229,20 @@ def test_forged_stages_never_decide_an_outcome(tmp_path):
     torch.save({"hit": torch.zeros(10, dtype=torch.bool), "x_adv": torch.zeros(10, 1, 28, 28)}, buf)
     forged = base64.b64encode(buf.getvalue()).decode()
     d = rec["outcomes"]["eps"]["0.1"]
-    rec.update(finished=False, stages={f"{i:032x}": forged for i in range(4)},
-               outcomes={"idx": [[0, 10]], "eps": {"0.1": {"clean": d["clean"][:10], "robust": d["robust"][:10],
-                                                           "broken_by": {k: [p for p in v if p < 10]
-                                                                         for k, v in d["broken_by"].items()}}}})
+    rec.update(
+        finished=False,
+        stages={f"{i:032x}": forged for i in range(4)},
+        outcomes={
+            "idx": [[0, 10]],
+            "eps": {
+                "0.1": {
+                    "clean": d["clean"][:10],
+                    "robust": d["robust"][:10],
+                    "broken_by": {k: [p for p in v if p < 10] for k, v in d["broken_by"].items()},
+                }
+            },
+        },
+    )
     _archive(Path("u.jsonl.gz"), [header, rec])
     assert robench.api.import_results("u.jsonl.gz", "fresh.sqlite")["unfinished"] == 1
     with Store("fresh.sqlite") as db:
@@ -218,16 +258,18 @@ def test_an_imported_run_says_so_and_a_computed_one_names_its_machine(shared):
     assert run["machine"] and run["origin"] == ""
     robench.api.import_results(shared, "b.sqlite")
     info = robench.api.info("a.pt", store="b.sqlite")
-    assert [r["origin"] for r in info["runs"]] == [f"imported from {shared.name} on " + r["origin"][-10:]
-                                                    for r in info["runs"]]
+    assert [r["origin"] for r in info["runs"]] == [
+        f"imported from {shared.name} on " + r["origin"][-10:] for r in info["runs"]
+    ]
     assert info["runs"][0]["computed_by"].endswith(run["machine"])
     assert robench.api.info("a.pt", store="s.sqlite")["runs"][0]["origin"] == "computed in this store"
     robench.api.leaderboard("b.sqlite", "lb")
     page = Path("lb/models/fashion-mnist/Linf/tiny-a.html").read_text()
     assert run["machine"] in page and shared.name not in page  # what the archive carries, not the import
     assert run["machine"] in Path("lb/fashion-mnist_Linf.csv").read_text()
-    r = CliRunner().invoke(app, ["check", "--baseline", "lb/fashion-mnist_Linf.csv", "a.pt", "--store", "b.sqlite",
-                                 "--quiet"])
+    r = CliRunner().invoke(
+        app, ["check", "--baseline", "lb/fashion-mnist_Linf.csv", "a.pt", "--store", "b.sqlite", "--quiet"]
+    )
     assert r.exit_code == 0 and f"1 run imported from {shared.name} on" in r.output, r.output
 
 
@@ -238,8 +280,8 @@ def test_verify_passes_on_what_was_computed_and_names_a_flipped_example(shared):
     header, rec, *rest = _records(shared)
     d = rec["outcomes"]["eps"]["0.05"]
     p = d["clean"].index("1")  # an example right on clean data, now recorded as misclassified
-    d["clean"] = d["clean"][:p] + "0" + d["clean"][p + 1:]
-    d["robust"] = d["robust"][:p] + "0" + d["robust"][p + 1:]
+    d["clean"] = d["clean"][:p] + "0" + d["clean"][p + 1 :]
+    d["robust"] = d["robust"][:p] + "0" + d["robust"][p + 1 :]
     _archive(Path("flipped.jsonl.gz"), [header, rec, *rest])
     r = CliRunner().invoke(app, ["verify", "flipped.jsonl.gz", "--sample", "1"])
     assert r.exit_code == 1, r.output
@@ -264,8 +306,12 @@ def _with_config(src: Path, dst: Path, config: str | None, eps: str | None = Non
 
 
 CHECK_CASES = [
-    ("config with no runs", json.dumps({"split": "test", "subset": "first", "seed": 0, "runs": []}), None,
-     "not a robench run configuration"),
+    (
+        "config with no runs",
+        json.dumps({"split": "test", "subset": "first", "seed": 0, "runs": []}),
+        None,
+        "not a robench run configuration",
+    ),
     ("config that is a list", "[1, 2]", None, "not a robench run configuration"),
     ("config nested 100,000 deep", "[" * 100_000 + "]" * 100_000, None, "not a robench run configuration"),
     ("eps nan in a row", None, "nan", "not a budget such as 0.1"),
@@ -312,7 +358,7 @@ def test_an_import_refused_half_way_leaves_the_store_as_it_was(shared):
     other = json.loads(json.dumps(rec))
     other["key"] = "f" * 64
     bad = json.loads(json.dumps(rec))
-    bad["key"], bad["n"] = "e" * 64, 10 ** 30
+    bad["key"], bad["n"] = "e" * 64, 10**30
     _archive(Path("mixed.jsonl.gz"), [header, other, bad])
     r = CliRunner().invoke(app, ["import", "mixed.jsonl.gz", "--store", "b.sqlite"])
     assert r.exit_code == 2 and store_rows(Path("b.sqlite")) == before
@@ -347,7 +393,7 @@ def test_verify_on_a_committed_run_passes_and_fails_when_one_outcome_is_flipped(
     header, rec = _records(run)
     d = rec["outcomes"]["eps"]["0.1"]
     p = d["clean"].index("1")  # an example right on clean data, recorded as wrong
-    d["clean"], d["robust"] = (s[:p] + "0" + s[p + 1:] for s in (d["clean"], d["robust"]))
+    d["clean"], d["robust"] = (s[:p] + "0" + s[p + 1 :] for s in (d["clean"], d["robust"]))
     flipped = _archive(tmp_path / "flipped.jsonl.gz", [header, rec])
     r = CliRunner().invoke(app, ["verify", str(flipped), "--sample", "1"])
     assert r.exit_code == 1, r.output

@@ -1,19 +1,19 @@
 """The web leaderboard (`robench leaderboard` writes index.html, one page per model, one per activation
 comparison), driven in a real headless Chromium (Debian's chromium and chromium-driver, which `make install`
 installs): opened from disk, sorted, filtered, searched, a model link followed; no console errors. The
-screenshots the README shows are written by these tests into results/screenshots/."""
+screenshots the README and the docs show are written by these tests into results/screenshots/."""
+
 import json
 import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import save_tiny, write_mnist_like
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
-
-from helpers import save_tiny, write_mnist_like
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -22,7 +22,8 @@ SCREENSHOTS = REPO / "results" / "screenshots"
 # In CI the browser must be there (`make install` installs it); elsewhere the browser tests skip.
 requires_browser = pytest.mark.skipif(
     not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()) and not os.environ.get("CI"),
-    reason="Chromium is not installed (apt-get install chromium chromium-driver)")
+    reason="Chromium is not installed (apt-get install chromium chromium-driver)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,18 @@ def browser():
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000", "--hide-scrollbars"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+        "--hide-scrollbars",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)
@@ -49,9 +59,11 @@ def _console_errors(driver) -> list[str]:
 def _column(driver, table, header: str) -> list[str]:
     heads = [th.text.strip() for th in table.find_elements("css selector", "thead th")]
     i = heads.index(header)
-    return [r.find_elements("tag name", "td")[i].get_attribute("data-value") or
-            r.find_elements("tag name", "td")[i].text for r in table.find_elements("css selector", "tbody tr")
-            if r.is_displayed()]
+    return [
+        r.find_elements("tag name", "td")[i].get_attribute("data-value") or r.find_elements("tag name", "td")[i].text
+        for r in table.find_elements("css selector", "tbody tr")
+        if r.is_displayed()
+    ]
 
 
 def _click_header(table, header: str):
@@ -79,7 +91,7 @@ def test_the_shipped_leaderboard_sorts_filters_and_links_to_model_pages(browser)
     aa = _numbers(_column(browser, table, "AutoAttack"))
     measured = [v for v in aa if v == v]
     assert measured == sorted(measured, reverse=True) and len(measured) == (board.autoattack_n > 0).sum()
-    assert all(v != v for v in aa[len(measured):])  # models without AutoAttack come last
+    assert all(v != v for v in aa[len(measured) :])  # models without AutoAttack come last
     assert measured[0] == board.autoattack_acc.max()
     _click_header(table, "AutoAttack")  # a second click reverses
     assert [v for v in _numbers(_column(browser, table, "AutoAttack")) if v == v] == sorted(measured)
@@ -104,8 +116,16 @@ def test_the_shipped_leaderboard_sorts_filters_and_links_to_model_pages(browser)
 @requires_browser
 def test_a_generated_site_sorts_numbers_searches_and_marks_weaker_evidence(browser, tmp_path):
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
-    save_tiny("a.pt", "relu", seed=0, name="tiny-relu", zoo_group="g", link="https://example.org/paper",
-              authors=["A. Author", "B. Author"], paper="Author et al. 2026")
+    save_tiny(
+        "a.pt",
+        "relu",
+        seed=0,
+        name="tiny-relu",
+        zoo_group="g",
+        link="https://example.org/paper",
+        authors=["A. Author", "B. Author"],
+        paper="Author et al. 2026",
+    )
     save_tiny("b.pt", "splash", seed=1, name="tiny-splash", zoo_group="g")
     save_tiny("c.pt", "silu", seed=2, name="tiny-silu", zoo_group="g")
     robench.evaluate(["a.pt", "b.pt", "c.pt"], n=30, eps=["0.02", "0.1"], attacks=["fgsm"], store="s.sqlite")
@@ -133,8 +153,16 @@ def test_a_generated_site_sorts_numbers_searches_and_marks_weaker_evidence(brows
 def test_model_info_takes_link_authors_and_paper_from_the_model_card():
     write_mnist_like(Path("data/fashion-mnist"), n_test=20)
     save_tiny("a.pt", "relu", name="tiny-relu")
-    Path("a.pt.json").write_text(json.dumps({"link": "https://example.org/x", "authors": ["C. D."],
-                                              "paper": "C. D., Robust things, 2026", "arch": "ignored"}))
+    Path("a.pt.json").write_text(
+        json.dumps(
+            {
+                "link": "https://example.org/x",
+                "authors": ["C. D."],
+                "paper": "C. D., Robust things, 2026",
+                "arch": "ignored",
+            }
+        )
+    )
     robench.evaluate(["a.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
     robench.api.leaderboard("s.sqlite", "lb")
     info = json.loads(Path("lb/model_info/fashion-mnist/Linf/tiny-relu.json").read_text())
@@ -224,4 +252,7 @@ def test_the_report_reads_each_checkpoint_as_evaluated_and_says_when_it_changed(
     robench.api.leaderboard("s.sqlite", "lb")
     assert "a.pt has changed since it was evaluated" in page.read_text() and "alpha = " not in page.read_text()
     assert set(member_shapes(g)) == {shas["relu"]}
-    assert {p["title"]: p.get("note") for p in shape_panels(g)} == {"relu": None, "prelu": "checkpoint not found or changed"}
+    assert {p["title"]: p.get("note") for p in shape_panels(g)} == {
+        "relu": None,
+        "prelu": "checkpoint not found or changed",
+    }

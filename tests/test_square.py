@@ -1,15 +1,15 @@
 """robench's own Square Attack (Linf and L2), and `fast(square=robench)`, which runs it in the focus stage."""
+
 import pytest
 import torch
+from helpers import Quantized
+from test_attacks import linear_problem
 
 from robench.attacks.autoattack import AutoAttack
 from robench.attacks.registry import create_attack, spec_from_budget
 from robench.attacks.square import side, square
 from robench.errors import RobenchError
 from robench.norms import get_norm
-
-from helpers import Quantized
-from test_attacks import linear_problem
 
 
 def quantized_problem():
@@ -92,8 +92,11 @@ def test_fast_with_robench_square_runs_breaks_more_near_misses_than_the_official
     model, x, y = quantized_problem()
     idx = torch.arange(len(x))
     spec = "fast(iters=5,focus=1.0,queries=10,focus_restarts=0,focus_share=1.0,square_runs={},square={})"
-    outs = {(k, s): create_attack(spec.format(k, s)).run(model, x, y, idx, 0.1, "Linf", 0)
-            for k in (1, 4) for s in ("official", "robench")}
+    outs = {
+        (k, s): create_attack(spec.format(k, s)).run(model, x, y, idx, 0.1, "Linf", 0)
+        for k in (1, 4)
+        for s in ("official", "robench")
+    }
     by_square = {key: sum(b == "square" for b in o.broken_by) for key, o in outs.items()}
     assert by_square[4, "robench"] > by_square[4, "official"] and by_square[4, "robench"] > by_square[1, "robench"] > 0
     out = outs[4, "robench"]
@@ -104,8 +107,9 @@ def test_fast_with_robench_square_runs_breaks_more_near_misses_than_the_official
     assert all(b == before_square[1, "official"] for b in before_square.values())
 
 
-@pytest.mark.parametrize("spec", ["fast", "fast(square=robench,square_runs=4)",
-                                  "fast(focus=0.3,queries=300,square=robench)"])
+@pytest.mark.parametrize(
+    "spec", ["fast", "fast(square=robench,square_runs=4)", "fast(focus=0.3,queries=300,square=robench)"]
+)
 def test_robench_square_is_recorded_in_the_budget_and_reads_back(spec):
     budget = create_attack(spec).budget()
     assert budget["focus"]["implementation"].startswith("robench")

@@ -1,4 +1,5 @@
 """Statistics behind every reported comparison, against published or hand-computed values."""
+
 import pytest
 
 from robench.stats import mcnemar_exact, paired_diff_ci, wilson
@@ -15,7 +16,7 @@ def test_exact_mcnemar_is_the_two_sided_binomial_on_discordant_pairs():
     assert mcnemar_exact(2, 10) == mcnemar_exact(10, 2)
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 5) == 1.0
-    assert mcnemar_exact(0, 7) == pytest.approx(2 / 2 ** 7)
+    assert mcnemar_exact(0, 7) == pytest.approx(2 / 2**7)
 
 
 def test_paired_difference_interval_matches_newcombe_method_10():

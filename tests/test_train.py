@@ -1,9 +1,12 @@
 """robench train / robench.api.train / zoo files: recipes, methods, activation-specific training, safety."""
+
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_fmnist
+from helpers import write_mnist_like
 from typer.testing import CliRunner
 
 import robench
@@ -14,9 +17,6 @@ from robench.errors import RobenchError
 from robench.nn.activations import clip_activation_gradients
 from robench.training import train as train_mod
 from robench.training.zoo import read_zoo
-
-from conftest import requires_fmnist
-from helpers import write_mnist_like
 
 runner = CliRunner()
 QUICK = dict(arch="lenet5", epochs=1, batch_size=32, val_size=60, val_pgd_n=20, val_pgd_steps=3, steps=2)
@@ -41,9 +41,18 @@ def test_short_training_on_real_data_gives_a_loadable_better_than_chance_checkpo
         p = real(model)
         penalties.append(p.item())
         return p
+
     monkeypatch.setattr(train_mod, "activation_penalty", spy)
-    ck = api.train("m.safetensors", arch="lenet5", activation="pssilu", epochs=1, train_images=2000,
-                   val_size=1000, val_pgd_n=100, seed=3)
+    ck = api.train(
+        "m.safetensors",
+        arch="lenet5",
+        activation="pssilu",
+        epochs=1,
+        train_images=2000,
+        val_size=1000,
+        val_pgd_n=100,
+        seed=3,
+    )
     # the PSSiLU penalty (lam*|beta| > 0) was added to the loss at every step
     assert len(penalties) == 16 and all(p > 0 for p in penalties)
     loaded = robench.load_checkpoint("m.safetensors")
@@ -55,8 +64,14 @@ def test_short_training_on_real_data_gives_a_loadable_better_than_chance_checkpo
     assert acc > 0.5  # chance is 0.1
     recipe = loaded.meta["recipe"]
     assert loaded.meta["training_method"] == "standard" and recipe["epochs"] == 1 and recipe["seed"] == 3
-    assert recipe["optimizer"] == {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
-                                   "weight_decay": 0.0005, "decay_on": "conv/linear weights"}
+    assert recipe["optimizer"] == {
+        "name": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 0.0005,
+        "decay_on": "conv/linear weights",
+    }
     assert recipe["schedule"] == "cosine" and recipe["train_images"] == 2000
     assert recipe["data"] == {"split": "train", "train_indices": "0:2000", "val_indices": "59000:60000"}
     assert recipe["activation_training"]["penalty"] == ["pssilu: lam*|beta|, lam=10.0"]
@@ -114,8 +129,23 @@ def test_prelu_starts_at_zero_and_is_learned(synthetic):
 
 
 def test_a_diverging_run_names_epoch_and_step_and_saves_nothing(synthetic):
-    r = runner.invoke(app, ["train", "--out", "x.safetensors", "--lr", "1e30", "--epochs", "2", "--batch-size", "32",
-                            "--val-size", "60", "--quiet"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--out",
+            "x.safetensors",
+            "--lr",
+            "1e30",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+            "--val-size",
+            "60",
+            "--quiet",
+        ],
+    )
     assert r.exit_code == 2, r.output
     line = r.output.strip()
     assert line.startswith("Error: Training diverged") and "at epoch 1, step" in line and "\n" not in line
@@ -127,24 +157,29 @@ def test_an_existing_checkpoint_is_never_overwritten_without_overwrite(synthetic
     r = runner.invoke(app, ["train", "--out", "m.safetensors", "--epochs", "1", "--val-size", "60", "--quiet"])
     assert r.exit_code == 2 and "--overwrite" in r.output
     assert Path("m.safetensors").read_bytes() == b"precious"
-    r = runner.invoke(app, ["train", "--out", "m.safetensors", "--epochs", "1", "--val-size", "60",
-                            "--batch-size", "64", "--overwrite"])
+    r = runner.invoke(
+        app,
+        ["train", "--out", "m.safetensors", "--epochs", "1", "--val-size", "60", "--batch-size", "64", "--overwrite"],
+    )
     assert r.exit_code == 0, r.output
     assert "Saved m.safetensors" in r.output and "validation clean" in r.output
     assert robench.load_checkpoint("m.safetensors").meta["recipe"]["batch_size"] == 64
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "madry"], 'Unknown training method "madry"'),
-    (["--schedule", "linear"], 'Unknown learning-rate schedule "linear"'),
-    (["--epochs", "0"], "epochs must be at least 1"),
-    (["--eps", "8"], "above the largest meaningful"),
-    (["--augment", "rotate"], 'Unknown augmentation "rotate"'),
-    (["--activation", "splashh"], "did you mean"),
-    (["--arch", "lenet"], "did you mean"),
-    (["--val-size", "5000"], "must be smaller than the training split"),
-    ([], "Name the checkpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "madry"], 'Unknown training method "madry"'),
+        (["--schedule", "linear"], 'Unknown learning-rate schedule "linear"'),
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--eps", "8"], "above the largest meaningful"),
+        (["--augment", "rotate"], 'Unknown augmentation "rotate"'),
+        (["--activation", "splashh"], "did you mean"),
+        (["--arch", "lenet"], "did you mean"),
+        (["--val-size", "5000"], "must be smaller than the training split"),
+        ([], "Name the checkpoint"),
+    ],
+)
 def test_bad_training_options_are_one_sentence(synthetic, args, message):
     out = [] if message.startswith("Name") else ["--out", "m.pt"]
     val = [] if "--val-size" in args else ["--val-size", "60"]
@@ -173,8 +208,10 @@ def test_zoo_builds_missing_members_keeps_finished_ones_and_writes_a_table(synth
     Path("zoo/zoo.toml").write_text(ZOO)
     Path("zoo/README.md").write_text("# My zoo\n\nHand-written intro.\n")
     rows = api.build_zoo("zoo/zoo.toml")
-    assert [(r["file"], r["status"]) for r in rows] == [("lenet5-relu-standard.safetensors", "trained"),
-                                                        ("lenet5-splash-hinges-5-standard.safetensors", "trained")]
+    assert [(r["file"], r["status"]) for r in rows] == [
+        ("lenet5-relu-standard.safetensors", "trained"),
+        ("lenet5-splash-hinges-5-standard.safetensors", "trained"),
+    ]
     first = Path("zoo/lenet5-relu-standard.safetensors").read_bytes()
     readme = Path("zoo/README.md").read_text()
     assert readme.startswith("# My zoo\n\nHand-written intro.")
@@ -217,12 +254,16 @@ def test_shipped_zoo_file_groups_differ_only_in_activation_and_seed():
 
 
 def test_a_zoo_group_with_seeds_names_one_file_per_seed(tmp_path):
-    (tmp_path / "zoo.toml").write_text('[[group]]\nname = "g"\narch = "lenet5"\nseeds = [0, 2]\n'
-                                      'activations = ["relu", "silu"]\n')
+    (tmp_path / "zoo.toml").write_text(
+        '[[group]]\nname = "g"\narch = "lenet5"\nseeds = [0, 2]\nactivations = ["relu", "silu"]\n'
+    )
     members = read_zoo(tmp_path / "zoo.toml")
     assert [(m.file, m.config.seed) for m in members] == [
-        ("lenet5-relu-standard.safetensors", 0), ("lenet5-silu-standard.safetensors", 0),
-        ("seeds/lenet5-relu-standard-seed2.safetensors", 2), ("seeds/lenet5-silu-standard-seed2.safetensors", 2)]
+        ("lenet5-relu-standard.safetensors", 0),
+        ("lenet5-silu-standard.safetensors", 0),
+        ("seeds/lenet5-relu-standard-seed2.safetensors", 2),
+        ("seeds/lenet5-silu-standard-seed2.safetensors", 2),
+    ]
     for bad in ("seeds = [0, 0]", "seeds = []", 'seeds = ["a"]', "seeds = [0]\nseed = 1", "seeds = 3"):
         (tmp_path / "zoo.toml").write_text(f'[[group]]\nname = "g"\n{bad}\nactivations = ["relu"]\n')
         with pytest.raises(RobenchError, match="seed"):

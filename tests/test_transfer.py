@@ -1,5 +1,6 @@
 """Black-box evaluation: `robench transfer` matrices, the crafted-example cache, ensembles, the leaderboard's
 transfer column and heatmap, and query attacks (Square, Foolbox decision-based) through `robench eval`."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,14 @@ def second(tmp_path_factory, trained):
 def test_transfer_lies_between_white_box_and_clean_and_the_cache_is_reused(trained, second, tmp_path, monkeypatch):
     store = tmp_path / "s.sqlite"
     events = []
-    df = robench.api.transfer(all_checkpoints=[str(trained), str(second)], n=200, eps=["0.1"], store=store,
-                              device="cpu", progress=events.append)
+    df = robench.api.transfer(
+        all_checkpoints=[str(trained), str(second)],
+        n=200,
+        eps=["0.1"],
+        store=store,
+        device="cpu",
+        progress=events.append,
+    )
     assert len(df) == 4 and df.n.eq(200).all()
     crafted = [e for e in events if e["event"] == "craft"]
     assert len(crafted) == 2 and not any(e["cached"] for e in crafted)  # one crafting per source
@@ -43,8 +50,9 @@ def test_transfer_lies_between_white_box_and_clean_and_the_cache_is_reused(train
     assert len(list((tmp_path / "transfer-cache").glob("*.safetensors"))) == 2
     monkeypatch.setattr(TransferAttack, "craft", lambda *a, **k: pytest.fail("crafted again"))
     events.clear()
-    again = robench.api.transfer([str(trained)], [str(second)], n=200, eps=["0.1"], store=store, device="cpu",
-                                 force=True, progress=events.append)
+    again = robench.api.transfer(
+        [str(trained)], [str(second)], n=200, eps=["0.1"], store=store, device="cpu", force=True, progress=events.append
+    )
     assert [e["cached"] for e in events if e["event"] == "craft"] == [True]
     before = df[(df.source == "lenet5-relu-test") & (df.target == "lenet5-silu-test")]
     assert again.robust_acc[0] == before.robust_acc.iloc[0]
@@ -60,8 +68,16 @@ def test_transfer_lies_between_white_box_and_clean_and_the_cache_is_reused(train
 
 def test_ensemble_surrogate_and_report_heatmap(trained, second, tmp_path):
     store = tmp_path / "s.sqlite"
-    df = robench.api.transfer([str(trained), str(second)], [str(second)], ensemble=True, attack="difgsm", n=60,
-                              eps=["0.1"], store=store, device="cpu")
+    df = robench.api.transfer(
+        [str(trained), str(second)],
+        [str(second)],
+        ensemble=True,
+        attack="difgsm",
+        n=60,
+        eps=["0.1"],
+        store=store,
+        device="cpu",
+    )
     assert list(df.source) == ["lenet5-relu-test + lenet5-silu-test"]
     budget = json.loads(df.budget[0])[0]
     assert budget["ensemble"] and budget["attack"]["name"] == "difgsm" and budget["attack"]["resize_rate"] == 0.9
@@ -82,8 +98,12 @@ def test_crafted_examples_do_not_depend_on_the_batch_size_and_stay_in_the_ball()
     for spec in ("mifgsm", "difgsm(diversity_prob=1.0)", "pgd", "difgsm(resize_rate=1.2)"):
         atk = create_transfer_attack(spec)
         whole = atk.craft(model, x, y, torch.arange(10), 0.1, "Linf", 0)
-        parts = torch.cat([atk.craft(model, x[i:i + 3], y[i:i + 3], torch.arange(i, min(i + 3, 10)), 0.1, "Linf", 0)
-                           for i in range(0, 10, 3)])
+        parts = torch.cat(
+            [
+                atk.craft(model, x[i : i + 3], y[i : i + 3], torch.arange(i, min(i + 3, 10)), 0.1, "Linf", 0)
+                for i in range(0, 10, 3)
+            ]
+        )
         assert torch.allclose(whole, parts, atol=1e-6), spec
         assert (whole - x).abs().max() <= 0.1 + 1e-6 and whole.min() >= 0 and whole.max() <= 1
     l2 = create_transfer_attack("mifgsm").craft(model, x, y, torch.arange(10), 1.5, "L2", 0)
@@ -96,25 +116,44 @@ def test_sources_and_targets_must_share_a_dataset(tmp_path):
     save_tiny(tmp_path / "a.pt", "relu")
     model = robench.load_checkpoint(tmp_path / "a.pt").model
     robench.save_checkpoint(model, tmp_path / "b.pt", robench.model_meta("lenet5", "relu", "mnist"))
-    r = CliRunner().invoke(app, ["transfer", "--source", str(tmp_path / "a.pt"), "--target", str(tmp_path / "b.pt"),
-                                 "--store", str(tmp_path / "s.sqlite")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "transfer",
+            "--source",
+            str(tmp_path / "a.pt"),
+            "--target",
+            str(tmp_path / "b.pt"),
+            "--store",
+            str(tmp_path / "s.sqlite"),
+        ],
+    )
     assert r.exit_code == 2 and "must share a dataset" in r.output and "Traceback" not in r.output
-    for bad, words in ((["--attack", "cw"], "cw"), (["--attack", "mifgsm(step=3)"], "unknown option"),
-                       (["--diversity-prob", "2"], "diversity-prob")):
-        r = CliRunner().invoke(app, ["transfer", "--all", str(tmp_path / "a.pt"), "--all", str(tmp_path / "a.pt"),
-                                     *bad])
+    for bad, words in (
+        (["--attack", "cw"], "cw"),
+        (["--attack", "mifgsm(step=3)"], "unknown option"),
+        (["--diversity-prob", "2"], "diversity-prob"),
+    ):
+        r = CliRunner().invoke(
+            app, ["transfer", "--all", str(tmp_path / "a.pt"), "--all", str(tmp_path / "a.pt"), *bad]
+        )
         assert r.exit_code == 2 and words in r.output, r.output
     with pytest.raises(RobenchError, match="at least two"):
         robench.api.transfer(all_checkpoints=[str(tmp_path / "a.pt")])
 
 
-@pytest.mark.parametrize("spec, budget_key, norm, eps", [
-    ("square(queries=200)", "queries", "Linf", "0.1"),
-    ("fb:BoundaryAttack(steps=100)", "steps", "L2", "1.5"),
-    ("fb:HopSkipJumpAttack(steps=4,max_gradient_eval_steps=50,constraint='linf')", "steps", "Linf", "0.1")])
+@pytest.mark.parametrize(
+    "spec, budget_key, norm, eps",
+    [
+        ("square(queries=200)", "queries", "Linf", "0.1"),
+        ("fb:BoundaryAttack(steps=100)", "steps", "L2", "1.5"),
+        ("fb:HopSkipJumpAttack(steps=4,max_gradient_eval_steps=50,constraint='linf')", "steps", "Linf", "0.1"),
+    ],
+)
 def test_query_attacks_through_eval_record_their_query_counts(trained, tmp_path, spec, budget_key, norm, eps):
-    df = robench.evaluate(str(trained), n=12, norm=norm, eps=[eps], attacks=[spec], store=tmp_path / "s.sqlite",
-                          device="cpu")
+    df = robench.evaluate(
+        str(trained), n=12, norm=norm, eps=[eps], attacks=[spec], store=tmp_path / "s.sqlite", device="cpu"
+    )
     name = spec.split("(")[0]
     budget = json.loads(df.budget[0])[0]
     if name == "square":
@@ -125,8 +164,25 @@ def test_query_attacks_through_eval_record_their_query_counts(trained, tmp_path,
     clean = round(df.clean_acc[0] * 12 / 100)
     assert queries["examples"] == clean and queries["queries"] >= clean  # every attacked example was queried
     assert df.robust_acc[0] < df.clean_acc[0]  # a weak standard model falls to query attacks at eps 0.1
-    r = CliRunner().invoke(app, ["eval", str(trained), "--n", "12", "--norm", norm, "--eps", eps, "--attack", spec, "--store",
-                                 str(tmp_path / "s.sqlite"), "--out", str(tmp_path / "r.csv")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(trained),
+            "--n",
+            "12",
+            "--norm",
+            norm,
+            "--eps",
+            eps,
+            "--attack",
+            spec,
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--out",
+            str(tmp_path / "r.csv"),
+        ],
+    )
     assert r.exit_code == 0 and "queries" in pd.read_csv(tmp_path / "r.csv").columns
 
 
@@ -138,9 +194,23 @@ def test_ensemble_all_attacks_each_target_with_the_ensemble_of_the_others(traine
     third = robench.save_checkpoint(ck.model, tmp_path / "lenet5-third.safetensors", {**ck.meta, "name": "third"})
     paths = [str(trained), str(second), str(third)]
     out = tmp_path / "rows.json"
-    res = CliRunner().invoke(app, ["transfer", "--ensemble", *[a for p in paths for a in ("--all", p)],
-                                   "--n", "40", "--eps", "0.1",
-                                   "--store", str(tmp_path / "s.sqlite"), "--out", str(out), "--quiet"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "transfer",
+            "--ensemble",
+            *[a for p in paths for a in ("--all", p)],
+            "--n",
+            "40",
+            "--eps",
+            "0.1",
+            "--store",
+            str(tmp_path / "s.sqlite"),
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0, res.output
     rows = pd.read_json(out)
     names = {"lenet5-relu-test", "lenet5-silu-test", "third"}

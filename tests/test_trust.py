@@ -1,6 +1,7 @@
 """No model changes silently and no stored result is trusted beyond what it can prove: round trips keep
 logits bit for bit, stored runs are keyed by the data itself, failures leave no result behind, signals stop
 every worker, and robench never writes over other people's files or prints their escape codes."""
+
 import os
 import signal
 import sqlite3
@@ -11,15 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_fmnist
+from helpers import write_mnist_like
 from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
 from robench.errors import RobenchError
 from robench.store import Store
-
-from conftest import requires_fmnist
-from helpers import write_mnist_like
 
 runner = CliRunner()
 X = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1))
@@ -31,11 +31,13 @@ def _logits(model):
 
 
 def _models():
-    """Every kind of model the README saves: with its own normalization, without any, and a bare network."""
+    """Every kind of model the docs save: with its own normalization, without any, and a bare network."""
     torch.manual_seed(0)
-    return {"own normalization": robench.create_model("lenet5", "pssilu", 10, 1, 28, mean=[0.5], std=[0.25]),
-            "no normalization": robench.create_model("lenet5", "splash", 10, 1, 28),
-            "bare network": robench.create_model("lenet5", "relu", 10, 1, 28).net}
+    return {
+        "own normalization": robench.create_model("lenet5", "pssilu", 10, 1, 28, mean=[0.5], std=[0.25]),
+        "no normalization": robench.create_model("lenet5", "splash", 10, 1, 28),
+        "bare network": robench.create_model("lenet5", "relu", 10, 1, 28).net,
+    }
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
@@ -51,8 +53,16 @@ def test_load_of_save_gives_bit_identical_logits(tmp_path, kind, suffix):
 @requires_fmnist
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_a_trained_checkpoint_round_trips(tmp_path, suffix):
-    ck = robench.api.train(tmp_path / f"t{suffix}", arch="lenet5", activation="apl", epochs=1, train_images=256,
-                           val_size=256, val_pgd_n=8, val_pgd_steps=1)
+    ck = robench.api.train(
+        tmp_path / f"t{suffix}",
+        arch="lenet5",
+        activation="apl",
+        epochs=1,
+        train_images=256,
+        val_size=256,
+        val_pgd_n=8,
+        val_pgd_steps=1,
+    )
     assert torch.equal(_logits(robench.load_checkpoint(ck.path).model), _logits(ck.model))
 
 
@@ -60,7 +70,9 @@ def test_metadata_that_describes_another_model_is_refused_and_nothing_is_written
     model = robench.create_model("lenet5", "silu", 10, 1, 28).eval()
     for suffix in (".pt", ".safetensors"):
         with pytest.raises(RobenchError, match="describes another model"):
-            robench.save_checkpoint(model, tmp_path / f"m{suffix}", robench.model_meta("lenet5", "relu", "fashion-mnist"))
+            robench.save_checkpoint(
+                model, tmp_path / f"m{suffix}", robench.model_meta("lenet5", "relu", "fashion-mnist")
+            )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -69,8 +81,9 @@ def workdir(tmp_path, monkeypatch):
     """A folder with 20 synthetic Fashion-MNIST-shaped test images in ./data and an untrained LeNet5 m.pt."""
     monkeypatch.chdir(tmp_path)
     write_mnist_like(Path("data/fashion-mnist"), n_test=20)
-    robench.save_checkpoint(robench.create_model("lenet5", "relu", 10, 1, 28), "m.pt",
-                            robench.model_meta("lenet5", "relu", "fashion-mnist"))
+    robench.save_checkpoint(
+        robench.create_model("lenet5", "relu", 10, 1, 28), "m.pt", robench.model_meta("lenet5", "relu", "fashion-mnist")
+    )
     return tmp_path
 
 
@@ -153,12 +166,21 @@ def test_names_from_files_are_printed_as_text(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_mnist_like(Path("data/fashion-mnist"), n_test=20)
     name = "evil\x1b[2J\x07[bold red]boom[/]"
-    robench.save_checkpoint(robench.create_model("lenet5", "relu", 10, 1, 28), "m.pt",
-                            robench.model_meta("lenet5", "relu", "fashion-mnist", name=name))
-    robench.save_checkpoint(robench.create_model("lenet5", "silu", 10, 1, 28), "n.pt",
-                            robench.model_meta("lenet5", "silu", "fashion-mnist", name=name + "2"))
-    for argv in (["eval", "m.pt", "--n", "20", "--attack", "none", "--store", "s.sqlite"], ["info", "m.pt"],
-                 ["transfer", "--source", "m.pt", "--target", "n.pt", "--n", "20", "--store", "s.sqlite"]):
+    robench.save_checkpoint(
+        robench.create_model("lenet5", "relu", 10, 1, 28),
+        "m.pt",
+        robench.model_meta("lenet5", "relu", "fashion-mnist", name=name),
+    )
+    robench.save_checkpoint(
+        robench.create_model("lenet5", "silu", 10, 1, 28),
+        "n.pt",
+        robench.model_meta("lenet5", "silu", "fashion-mnist", name=name + "2"),
+    )
+    for argv in (
+        ["eval", "m.pt", "--n", "20", "--attack", "none", "--store", "s.sqlite"],
+        ["info", "m.pt"],
+        ["transfer", "--source", "m.pt", "--target", "n.pt", "--n", "20", "--store", "s.sqlite"],
+    ):
         r = runner.invoke(app, argv)
         assert r.exit_code == 0, r.output
         assert "\x1b" not in r.output and "\x07" not in r.output
@@ -181,13 +203,22 @@ def test_imagenet_in_the_readme_layout_keeps_its_classes(tmp_path):
 def test_sigterm_stops_the_workers_and_says_where_the_run_stopped(tmp_path):
     write_mnist_like(tmp_path / "data" / "fashion-mnist", n_test=400)
     for act in ("relu", "silu"):
-        robench.save_checkpoint(robench.create_model("lenet5", act, 10, 1, 28), tmp_path / f"{act}.pt",
-                                robench.model_meta("lenet5", act, "fashion-mnist"))
-    (tmp_path / "suite.toml").write_text('checkpoints = ["relu.pt", "silu.pt"]\nn = 400\njobs = 2\n'
-                                         'attacks = ["pgd(steps=2000)"]\nbatch_size = "8"\n')
+        robench.save_checkpoint(
+            robench.create_model("lenet5", act, 10, 1, 28),
+            tmp_path / f"{act}.pt",
+            robench.model_meta("lenet5", act, "fashion-mnist"),
+        )
+    (tmp_path / "suite.toml").write_text(
+        'checkpoints = ["relu.pt", "silu.pt"]\nn = 400\njobs = 2\nattacks = ["pgd(steps=2000)"]\nbatch_size = "8"\n'
+    )
     robench_bin = Path(sys.executable).with_name("robench")
-    proc = subprocess.Popen([str(robench_bin), "eval", "--config", "suite.toml", "--store", "s.sqlite"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(robench_bin), "eval", "--config", "suite.toml", "--store", "s.sqlite"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
     def children() -> list[int]:
         found = []

@@ -1,14 +1,14 @@
 """The shipped checkpoint zoo (checkpoints/): complete, small, self-describing, and what its metadata says."""
+
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import requires_fmnist
 
 import robench
 from robench.data import load_split
 from robench.training.zoo import read_zoo
-
-from conftest import requires_fmnist
 
 ZOO = Path(__file__).resolve().parent.parent / "checkpoints"
 MEMBERS = read_zoo(ZOO / "zoo.toml")
@@ -44,8 +44,11 @@ def test_a_zoo_checkpoint_loads_alone_and_reproduces_its_validation_accuracy(pat
 
 def _twins():
     by = {(m.config.arch, m.config.activation, m.config.method): ZOO / m.file for m in MEMBERS}
-    return [(act, path, by[(arch, act, "standard")]) for (arch, act, method), path in by.items()
-            if method == "pgd-at" and (arch, act, "standard") in by]
+    return [
+        (act, path, by[(arch, act, "standard")])
+        for (arch, act, method), path in by.items()
+        if method == "pgd-at" and (arch, act, "standard") in by
+    ]
 
 
 @requires_fmnist
@@ -64,8 +67,9 @@ def test_standard_lenet5s_reach_about_90_percent_on_the_test_set():
 def test_each_pgd_at_network_beats_its_standard_twin_under_pgd():
     twins = _twins()
     assert len(twins) >= 8
-    df = robench.evaluate([str(p) for _, at, std in twins for p in (at, std)], n=500, eps=["0.1"],
-                          attacks=["pgd"], store="zoo.sqlite")
+    df = robench.evaluate(
+        [str(p) for _, at, std in twins for p in (at, std)], n=500, eps=["0.1"], attacks=["pgd"], store="zoo.sqlite"
+    )
     robust = dict(zip(df["checkpoint"].map(lambda p: Path(p).name), df["robust_acc"]))
     for act, at, std in twins:
         assert robust[at.name] > robust[std.name] + 20, (act, robust[at.name], robust[std.name])

@@ -13,6 +13,7 @@ Yehudai and Shamir 2024) orders them instead by the distance to each class bound
 linearised at the input: the logit gap over the dual norm of the gradient of the gap ("malt"). The
 targets of every example are computed in one batched pass (one backward pass per class).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,17 @@ class APGD(Attack):
 
     name = "apgd"
 
-    def __init__(self, loss: str = "ce", iters: int = 100, restarts: int = 1, targeted: bool = False,
-                 targets: int = 9, choice: str = "malt", rho: float = 0.75, momentum: float = 0.75):
+    def __init__(
+        self,
+        loss: str = "ce",
+        iters: int = 100,
+        restarts: int = 1,
+        targeted: bool = False,
+        targets: int = 9,
+        choice: str = "malt",
+        rho: float = 0.75,
+        momentum: float = 0.75,
+    ):
         if loss not in ("ce", "dlr"):
             raise RobenchError(f'APGD loss "{loss}" is not one of ce, dlr (targeted runs use targeted DLR).')
         if choice not in CHOICES:
@@ -63,8 +73,14 @@ class APGD(Attack):
         self.targets, self.choice, self.rho, self.momentum = targets, choice, rho, momentum
 
     def budget(self) -> dict:
-        b = {"name": self.name, "loss": "dlr-targeted" if self.targeted else self.loss, "iters": self.iters,
-             "restarts": self.restarts, "rho": self.rho, "momentum": self.momentum}
+        b = {
+            "name": self.name,
+            "loss": "dlr-targeted" if self.targeted else self.loss,
+            "iters": self.iters,
+            "restarts": self.restarts,
+            "rho": self.rho,
+            "momentum": self.momentum,
+        }
         if self.targeted:
             b.update(targets=self.targets, choice=self.choice)
         b["version"] = f"robench {__version__}"
@@ -72,8 +88,12 @@ class APGD(Attack):
 
     @classmethod
     def spec_of(cls, budget: dict) -> str:
-        opts = [f"iters={budget['iters']}", f"restarts={budget['restarts']}", f"rho={budget['rho']!r}",
-                f"momentum={budget['momentum']!r}"]
+        opts = [
+            f"iters={budget['iters']}",
+            f"restarts={budget['restarts']}",
+            f"rho={budget['rho']!r}",
+            f"momentum={budget['momentum']!r}",
+        ]
         if budget["loss"] == "dlr-targeted":
             opts += ["targeted=True", f"targets={budget['targets']}", f"choice={budget['choice']}"]
         else:
@@ -85,11 +105,13 @@ class APGD(Attack):
         closest = torch.full((len(x),), float("inf"), device=x.device)
 
         def one_run(live, target, r):
-            starts = random_points(x[live], 1.0, norm, [example_seed(seed, i, r, norm, "apgd-start")
-                                                        for i in idx[live.cpu()].tolist()])
+            starts = random_points(
+                x[live], 1.0, norm, [example_seed(seed, i, r, norm, "apgd-start") for i in idx[live.cpu()].tolist()]
+            )
             found, out, reached = self.descend(model, x[live], y[live], target, starts, eps, norm)
             closest[live] = torch.minimum(closest[live], reached)
             return found, out
+
         return AttackOutput(rounds(x, targets, self.restarts, one_run), closest=closest)
 
     def run_at_once(self, model, x, y, idx, eps, norm, seed) -> torch.Tensor:
@@ -101,8 +123,12 @@ class APGD(Attack):
         targets = target_classes(model, x, y, self.targets, self.choice, norm) if self.targeted else None
         plan = [(t, r) for t in range(targets.shape[1] if targets is not None else 1) for r in range(self.restarts)]
         ids, xs = idx.tolist(), x.repeat(len(plan), *([1] * (x.dim() - 1)))
-        starts = random_points(xs, 1.0, norm, [
-            example_seed(seed, i, r + t * self.restarts, norm, "apgd-start") for t, r in plan for i in ids])
+        starts = random_points(
+            xs,
+            1.0,
+            norm,
+            [example_seed(seed, i, r + t * self.restarts, norm, "apgd-start") for t, r in plan for i in ids],
+        )
         tiled = torch.cat([targets[:, t] for t, _ in plan]) if targets is not None else None
         found, out, _ = self.descend(model, xs, y.repeat(len(plan)), tiled, starts, eps, norm)
         found, out = found.view(len(plan), len(x)), out.view(len(plan), *x.shape)
@@ -188,31 +214,46 @@ class Fast(Attack):
     left, ``square_runs`` runs of it side by side in one batch (an example is broken when any run breaks
     it). Every example draws its own windows there; ``square=official`` runs AutoAttack's Square instead
     (pyautoattack, the default before robench's own), which draws one window per query for the whole batch,
-    so its runs side by side differ only in their starting stripes. Measured on the shipped PGD-AT LeNet5s, AutoAttack's
-    breaks that the APGD runs miss sit almost all (156 of 164) below 0.4 and within the closest tenth of
-    their batch's survivors, and more starts and Square are what find them (benchmarks/README.md)."""
+    so its runs side by side differ only in their starting stripes. The defaults of ``focus`` and
+    ``focus_share`` come from where AutoAttack's breaks that the APGD runs miss sit among a batch's
+    survivors (benchmarks/README.md and docs/performance.md have the measurements)."""
 
     name = "fast"
 
-    def __init__(self, iters: int = 100, targets: int = 3, choice: str = "malt", restarts: int = 1,
-                 focus: float = 0.4, queries: int = 5000, focus_restarts: int = 3, focus_share: float = 0.1,
-                 square_runs: int = 1, square: str = "robench"):
+    def __init__(
+        self,
+        iters: int = 100,
+        targets: int = 3,
+        choice: str = "malt",
+        restarts: int = 1,
+        focus: float = 0.4,
+        queries: int = 5000,
+        focus_restarts: int = 3,
+        focus_share: float = 0.1,
+        square_runs: int = 1,
+        square: str = "robench",
+    ):
         if square not in SQUARES:
             raise unknown("fast's square", square, SQUARES)
-        if (not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0 or not 0 < focus_share <= 1
-                or square_runs < 1):
-            raise RobenchError("fast's focus must lie in [0, 1] (a fraction of the clean margin), its "
-                               "queries be at least 1, its focus_restarts at least 0, its focus_share in "
-                               "(0, 1] (a fraction of the survivors) and its square_runs at least 1.")
+        if not 0 <= focus <= 1 or queries < 1 or focus_restarts < 0 or not 0 < focus_share <= 1 or square_runs < 1:
+            raise RobenchError(
+                "fast's focus must lie in [0, 1] (a fraction of the clean margin), its "
+                "queries be at least 1, its focus_restarts at least 0, its focus_share in "
+                "(0, 1] (a fraction of the survivors) and its square_runs at least 1."
+            )
         # named apart from AutoAttack's official members, so a stored outcome says whose attack broke it
-        self.members = {"robench-apgd-ce": APGD("ce", iters=iters),
-                        "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice,
-                                               restarts=restarts)}
+        self.members = {
+            "robench-apgd-ce": APGD("ce", iters=iters),
+            "robench-apgd-t": APGD(iters=iters, targeted=True, targets=targets, choice=choice, restarts=restarts),
+        }
         self.iters, self.targets, self.choice, self.restarts = iters, targets, choice, restarts
         self.focus, self.queries, self.focus_restarts, self.focus_share = focus, queries, focus_restarts, focus_share
         self.square_runs, self.square = square_runs, square
-        self.retry = APGD(iters=iters, targeted=True, targets=targets, choice=choice,
-                          restarts=focus_restarts) if focus_restarts else None
+        self.retry = (
+            APGD(iters=iters, targeted=True, targets=targets, choice=choice, restarts=focus_restarts)
+            if focus_restarts
+            else None
+        )
 
     def _square(self, batch_size: int):
         from .autoattack import AutoAttack
@@ -244,8 +285,16 @@ class Fast(Attack):
     @classmethod
     def spec_of(cls, budget: dict) -> str:
         t = budget["members"]["robench-apgd-t"]
-        opts = [] if (t["iters"], t["targets"], t["choice"], t["restarts"]) == (100, 3, "malt", 1) else [
-            f"iters={t['iters']}", f"targets={t['targets']}", f"choice={t['choice']}", f"restarts={t['restarts']}"]
+        opts = (
+            []
+            if (t["iters"], t["targets"], t["choice"], t["restarts"]) == (100, 3, "malt", 1)
+            else [
+                f"iters={t['iters']}",
+                f"targets={t['targets']}",
+                f"choice={t['choice']}",
+                f"restarts={t['restarts']}",
+            ]
+        )
         f = budget.get("focus") or {"below_clean_margin": 0.0}  # stored before the focus stage: none
         if (f["below_clean_margin"], f.get("queries")) != (0.4, 5000):
             opts += [f"focus={f['below_clean_margin']!r}"] + ([f"queries={f['queries']}"] if "queries" in f else [])
@@ -274,11 +323,12 @@ class Fast(Attack):
             with torch.no_grad():
                 clean = closeness(model(x[remaining]), y[remaining])
             ratio = closest[remaining] / clean
-            order = torch.argsort(ratio, stable=True)[:math.ceil(self.focus_share * len(remaining))]
+            order = torch.argsort(ratio, stable=True)[: math.ceil(self.focus_share * len(remaining))]
             near = remaining[order[ratio[order] < self.focus].sort().values]  # in batch order, as before the cap
             if len(near) and self.retry:  # random starts the first targeted run did not draw
-                xa = self.retry.run_at_once(model, x[near], y[near], idx[near.cpu()], eps, norm,
-                                            example_seed(seed, "fast-focus"))
+                xa = self.retry.run_at_once(
+                    model, x[near], y[near], idx[near.cpu()], eps, norm, example_seed(seed, "fast-focus")
+                )
                 near = self._keep(model, x, y, near, xa, "robench-apgd-t", x_adv, broken_by)
             if len(near):
                 flags = self._square_stage(model, x, y, idx, near, eps, norm, seed, x_adv, broken_by)
@@ -290,8 +340,16 @@ class Fast(Attack):
         flags the official implementation raised."""
         rows, flags = near.repeat(self.square_runs), []
         if self.square == "robench":
-            xa = robench_square(model, x[rows], y[rows], eps, norm, self.queries, SQUARE_P_INIT,
-                                example_seed(seed, "fast-square", idx[near.cpu()].tolist()))
+            xa = robench_square(
+                model,
+                x[rows],
+                y[rows],
+                eps,
+                norm,
+                self.queries,
+                SQUARE_P_INIT,
+                example_seed(seed, "fast-square", idx[near.cpu()].tolist()),
+            )
         else:
             out = self._square(len(rows)).run(model, x[rows], y[rows], idx[rows.cpu()], eps, norm, seed)
             flags, xa = out.flags, out.x_adv

@@ -6,6 +6,7 @@ reset before it runs), so the per-example outcomes equal a direct pyautoattack r
 robench also knows which member broke each example. AutoAttack's checks (randomness, softmax outputs,
 zero gradients ...) are captured as flags instead of lost in a log.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,8 +55,13 @@ def _captured_warnings():
 class AutoAttack(Attack):
     """``version``: standard, plus or rand; ``members``: a subset run with the version's settings."""
 
-    def __init__(self, version: str = "standard", members: tuple[str, ...] | None = None,
-                 batch_size: int = 250, queries: int | None = None):
+    def __init__(
+        self,
+        version: str = "standard",
+        members: tuple[str, ...] | None = None,
+        batch_size: int = 250,
+        queries: int | None = None,
+    ):
         if version not in VERSIONS:
             raise unknown("AutoAttack version", version, VERSIONS)
         for m in members or ():
@@ -66,24 +72,33 @@ class AutoAttack(Attack):
         if queries is not None and (self.members != ("square",) or int(queries) < 1):
             raise RobenchError("Only square on its own takes a query budget, e.g. square(queries=1000).")
         self.queries = int(queries) if queries is not None else None
-        self.name = ("autoattack" if version == "standard" and members is None else
-                     f"autoattack:{version}" if members is None else "+".join(self.members))
+        self.name = (
+            "autoattack"
+            if version == "standard" and members is None
+            else f"autoattack:{version}"
+            if members is None
+            else "+".join(self.members)
+        )
 
     @classmethod
-    def from_spec(cls, name: str, opts: dict, spec: str, batch_size: int = 250, **context) -> "AutoAttack":
+    def from_spec(cls, name: str, opts: dict, spec: str, batch_size: int = 250, **context) -> AutoAttack:
         low = name.lower()
         if low in MEMBERS:
             if opts and (low != "square" or set(opts) != {"queries"}):
-                raise RobenchError(f"{low} runs at AutoAttack's official budget and takes no options"
-                                   + (" but queries=N." if low == "square" else "."))
+                raise RobenchError(
+                    f"{low} runs at AutoAttack's official budget and takes no options"
+                    + (" but queries=N." if low == "square" else ".")
+                )
             check_types(opts, cls, f'Attack "{spec}"')
             if opts and opts["queries"] < 1:
                 raise RobenchError(f'Attack "{spec}": queries must be at least 1.')
-            return cls("plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,), batch_size=batch_size,
-                       **opts)
+            return cls(
+                "plus" if low in ("apgd-dlr", "fab") else "standard", members=(low,), batch_size=batch_size, **opts
+            )
         if opts:
-            raise RobenchError("AutoAttack runs at its official budget and takes no options; "
-                               "use pgd(...) for a custom budget.")
+            raise RobenchError(
+                "AutoAttack runs at its official budget and takes no options; use pgd(...) for a custom budget."
+            )
         return cls(low.partition(":")[2] or "standard", batch_size=batch_size)
 
     @classmethod
@@ -113,15 +128,22 @@ class AutoAttack(Attack):
         sub = {
             "apgd-ce": {"iters": adv.apgd.n_iter, "restarts": adv.apgd.n_restarts, "eot": adv.apgd.eot_iter},
             "apgd-dlr": {"iters": adv.apgd.n_iter, "restarts": adv.apgd.n_restarts, "eot": adv.apgd.eot_iter},
-            "apgd-t": {"iters": adv.apgd_targeted.n_iter, "targets": adv.apgd_targeted.n_target_classes,
-                       "restarts": adv.apgd_targeted.n_restarts},
+            "apgd-t": {
+                "iters": adv.apgd_targeted.n_iter,
+                "targets": adv.apgd_targeted.n_target_classes,
+                "restarts": adv.apgd_targeted.n_restarts,
+            },
             "fab": {"iters": adv.fab.n_iter, "restarts": adv.fab.n_restarts},
             "fab-t": {"iters": adv.fab.n_iter, "targets": adv.fab.n_target_classes, "restarts": 1},
-            "square": {"queries": adv.square.n_queries, "p_init": adv.square.p_init,
-                       "restarts": adv.square.n_restarts},
+            "square": {"queries": adv.square.n_queries, "p_init": adv.square.p_init, "restarts": adv.square.n_restarts},
         }
-        return {"name": self.name, "version": self.version, "members": {m: sub[m] for m in self.members},
-                "batch_size": self.batch_size, "implementation": f"pyautoattack {pyautoattack.__version__}"}
+        return {
+            "name": self.name,
+            "version": self.version,
+            "members": {m: sub[m] for m in self.members},
+            "batch_size": self.batch_size,
+            "implementation": f"pyautoattack {pyautoattack.__version__}",
+        }
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         if norm not in ("Linf", "L2"):
@@ -136,7 +158,16 @@ class AutoAttack(Attack):
                 if len(remaining) == 0:
                     break
                 report_stage(f"{self.name}: {member}", len(remaining), len(x))
-                parts = (self.name, member, eps, norm, seed, self.batch_size, self.queries, idx[remaining.cpu()].tolist())
+                parts = (
+                    self.name,
+                    member,
+                    eps,
+                    norm,
+                    seed,
+                    self.batch_size,
+                    self.queries,
+                    idx[remaining.cpu()].tolist(),
+                )
                 kept = saved.load(parts) if saved is not None else None
                 if kept is not None and not _fits(kept, len(remaining), x):
                     kept = None  # not what this member leaves on these examples (a damaged or forged stage)
@@ -160,6 +191,11 @@ def _fits(stage, n: int, x: torch.Tensor) -> bool:
     """Whether a stored stage is one member's result on ``n`` examples like ``x``: a boolean hit per example
     and one adversarial input per hit."""
     hit, xa = (stage.get("hit"), stage.get("x")) if isinstance(stage, dict) else (None, None)
-    return (isinstance(hit, torch.Tensor) and hit.dtype == torch.bool and tuple(hit.shape) == (n,) and
-            isinstance(xa, torch.Tensor) and xa.is_floating_point() and
-            tuple(xa.shape) == (int(hit.sum()), *x.shape[1:]))
+    return (
+        isinstance(hit, torch.Tensor)
+        and hit.dtype == torch.bool
+        and tuple(hit.shape) == (n,)
+        and isinstance(xa, torch.Tensor)
+        and xa.is_floating_point()
+        and tuple(xa.shape) == (int(hit.sum()), *x.shape[1:])
+    )

@@ -5,6 +5,7 @@ robust, their dataset indices (for per-example seeding) and one eps; it returns 
 inputs. It never decides success: the engine projects every candidate into the eps ball and [0, 1] and
 re-checks it with an fp32 forward pass, so no attack can over-report.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -36,12 +37,13 @@ class Attack(ABC):
         """The full budget: every setting that changes the result (steps, step size, restarts, queries...)."""
 
     @abstractmethod
-    def run(self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str,
-            seed: int) -> AttackOutput:
+    def run(
+        self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str, seed: int
+    ) -> AttackOutput:
         """Candidate adversarial examples for ``x`` (shape preserved)."""
 
     @classmethod
-    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> "Attack":
+    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> Attack:
         """The attack a spec names (``name(opts)``); ``context`` holds what the caller knows (the --pgd-*
         flags, the batch size), which each class reads or ignores. A wrong type is one sentence; an unknown
         option raises TypeError, which the registry words."""

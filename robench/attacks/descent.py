@@ -9,10 +9,11 @@ is misclassified and its adversarial point is kept; without, every step runs and
 Hooks and losses get ``live``, the positions in the batch still being attacked, so per-example state
 (targets, momentum, seeds) stays aligned as examples leave.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +64,9 @@ def target_classes(model, x: torch.Tensor, y: torch.Tensor, k: int, choice: str,
     xg = x.detach().clone().requires_grad_(True)
     z = model(xg)
     classes = z.shape[1]
-    grads = torch.stack([torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < classes - 1)[0].flatten(1)
-                         for c in range(classes)], 1)  # (batch, classes, inputs)
+    grads = torch.stack(
+        [torch.autograd.grad(z[:, c].sum(), xg, retain_graph=c < classes - 1)[0].flatten(1) for c in range(classes)], 1
+    )  # (batch, classes, inputs)
     rows = torch.arange(len(x), device=x.device)
     diff = grads[rows, y][:, None] - grads
     dual = get_norm(norm).dual(diff)
@@ -125,8 +127,9 @@ class Ascent:
     precision: str = "fp32"
     cycles: bool = False  # with ``stop``: drop an example whose iterate repeats an earlier one (see run)
 
-    def run(self, model, x: torch.Tensor, start: torch.Tensor,
-            stop: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def run(
+        self, model, x: torch.Tensor, start: torch.Tensor, stop: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(fooled mask or None, adversarial points) from ``x + start``. With ``stop`` (the labels) an
         example stops at its first misclassified iterate (the final one included); the others end at the
         last iterate.
@@ -172,7 +175,7 @@ class Ascent:
             delta = ascend(xl, delta, self.grad(g, live) if self.grad else g, self.alpha, self.eps, norm)
             if track is not None:
                 h = _fingerprint(delta)
-                cycled = (track[max(0, step + 1 - CYCLE_WINDOW): step + 1, live] == h).all(2).any(0)
+                cycled = (track[max(0, step + 1 - CYCLE_WINDOW) : step + 1, live] == h).all(2).any(0)
                 track[step + 1, live] = h
                 if cycled.any():
                     keep = ~cycled

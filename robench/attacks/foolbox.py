@@ -1,4 +1,5 @@
 """Any Foolbox 3 attack by class name: ``fb:NAME`` or ``fb:NAME(key=value, ...)``."""
+
 from __future__ import annotations
 
 import inspect
@@ -12,9 +13,18 @@ from .registry import ATTACKS
 _DISTANCES = {"linf": "Linf", "l2": "L2", "l1": "L1", "l0": "L0"}
 # Foolbox attacks that never read a gradient: decision-based (Boundary, HopSkipJump, Pointwise), the genetic
 # GenAttack, and the noise, blur, contrast and search attacks
-GRADIENT_FREE = ("BoundaryAttack", "HopSkipJumpAttack", "PointwiseAttack", "GenAttack", "GaussianBlurAttack",
-                 "SaltAndPepperNoiseAttack", "BinarizationRefinementAttack", "DatasetAttack", "InversionAttack",
-                 "SpatialAttack")
+GRADIENT_FREE = (
+    "BoundaryAttack",
+    "HopSkipJumpAttack",
+    "PointwiseAttack",
+    "GenAttack",
+    "GaussianBlurAttack",
+    "SaltAndPepperNoiseAttack",
+    "BinarizationRefinementAttack",
+    "DatasetAttack",
+    "InversionAttack",
+    "SpatialAttack",
+)
 
 
 def gradient_free(cls_name: str) -> bool:
@@ -45,21 +55,25 @@ class FoolboxAttack(Attack):
         for k, v in options.items():
             default = sig.parameters[k].default
             if not _same_kind(v, default):
-                raise RobenchError(f"fb:{cls_name} option {k} must be {_kind(default)} like its default "
-                                   f"{default!r}, not {v!r}."[:400])
+                raise RobenchError(
+                    f"fb:{cls_name} option {k} must be {_kind(default)} like its default {default!r}, not {v!r}."[:400]
+                )
         try:
             self.attack = cls(**options)
         except (TypeError, ValueError) as e:
             raise RobenchError(f"fb:{cls_name} rejected its options ({e}).") from None
         self.cls_name, self.options = cls_name, options
         self.name = f"fb:{cls_name}"
-        defaults = {k: p.default for k, p in sig.parameters.items()
-                    if p.default is not inspect.Parameter.empty and _plain(p.default)}
+        defaults = {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and _plain(p.default)
+        }
         self._budget = {**defaults, **options}
         self.norm = _norm_of(self.attack)
 
     @classmethod
-    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> "FoolboxAttack":
+    def from_spec(cls, name: str, opts: dict, spec: str, **context) -> FoolboxAttack:
         return cls(name[3:], opts)  # Foolbox's own signature checks the options
 
     @classmethod
@@ -74,8 +88,12 @@ class FoolboxAttack(Attack):
     def budget(self) -> dict:
         import foolbox
 
-        return {"name": self.name, **{k: v for k, v in self._budget.items()}, "norm": self.norm,
-                "implementation": f"foolbox {foolbox.__version__}"}
+        return {
+            "name": self.name,
+            **{k: v for k, v in self._budget.items()},
+            "norm": self.norm,
+            "implementation": f"foolbox {foolbox.__version__}",
+        }
 
     def check_norm(self, norm: str) -> None:
         if self.norm and self.norm != norm:
@@ -111,7 +129,8 @@ def _same_kind(value, default) -> bool:
 
 def _kind(default) -> str:
     return {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(
-        type(default), "a plain value")
+        type(default), "a plain value"
+    )
 
 
 def _plain(v) -> bool:

@@ -6,6 +6,7 @@ bf16 autocast (faster on GPUs and bf16-capable CPUs; an example counts as fooled
 agrees, and the engine re-checks every final verdict in fp32 again). Success counts at any iterate: an
 example leaves the batch the moment it is misclassified, and its adversarial point is kept.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,9 +23,19 @@ from .registry import ATTACKS
 class PGD(Attack):
     name = "pgd"
 
-    def __init__(self, steps: int = 20, restarts: int = 1, step_size: float | None = None,
-                 rel_step_size: float = 2.5, loss: str = "ce", random_start: bool = True,
-                 targeted: bool = False, targets: int = 9, precision: str = "fp32", cycles: bool = True):
+    def __init__(
+        self,
+        steps: int = 20,
+        restarts: int = 1,
+        step_size: float | None = None,
+        rel_step_size: float = 2.5,
+        loss: str = "ce",
+        random_start: bool = True,
+        targeted: bool = False,
+        targets: int = 9,
+        precision: str = "fp32",
+        cycles: bool = True,
+    ):
         if precision not in PRECISIONS:
             raise RobenchError(f'PGD precision "{precision}" is not one of {", ".join(PRECISIONS)}.')
         if loss not in LOSSES:
@@ -40,8 +51,15 @@ class PGD(Attack):
 
     def budget(self) -> dict:
         size = self.step_size if self.step_size is not None else f"{self.rel_step_size:g}*eps/steps"
-        b = {"name": self.name, "steps": self.steps, "restarts": self.restarts, "step_size": size,
-             "loss": self.loss, "random_start": self.random_start, "targeted": self.targeted}
+        b = {
+            "name": self.name,
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "step_size": size,
+            "loss": self.loss,
+            "random_start": self.random_start,
+            "targeted": self.targeted,
+        }
         if self.targeted:
             b["targets"] = self.targets
         if self.precision != "fp32":  # fp32 budgets stay as they were, so stored runs keep their keys
@@ -56,9 +74,15 @@ class PGD(Attack):
     @classmethod
     def spec_of(cls, budget: dict) -> str:
         size = budget["step_size"]
-        step = (f"rel_step_size={float(size.split('*')[0])!r}" if isinstance(size, str) else f"step_size={size!r}")
-        opts = [f"steps={budget['steps']}", f"restarts={budget['restarts']}", step, f"loss={budget['loss']}",
-                f"random_start={budget['random_start']}", f"targeted={budget['targeted']}"]
+        step = f"rel_step_size={float(size.split('*')[0])!r}" if isinstance(size, str) else f"step_size={size!r}"
+        opts = [
+            f"steps={budget['steps']}",
+            f"restarts={budget['restarts']}",
+            step,
+            f"loss={budget['loss']}",
+            f"random_start={budget['random_start']}",
+            f"targeted={budget['targeted']}",
+        ]
         if budget.get("targeted"):
             opts.append(f"targets={budget['targets']}")
         if budget.get("precision"):
@@ -77,13 +101,28 @@ class PGD(Attack):
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
         targets = target_classes(model, x, y, self.targets, "rank", norm) if self.targeted else None
-        return AttackOutput(rounds(x, targets, self.restarts, lambda live, target, r: self._one_run(
-            model, x[live], y[live], target, idx[live.cpu()], eps, norm, seed, r)))
+        return AttackOutput(
+            rounds(
+                x,
+                targets,
+                self.restarts,
+                lambda live, target, r: self._one_run(
+                    model, x[live], y[live], target, idx[live.cpu()], eps, norm, seed, r
+                ),
+            )
+        )
 
     def _one_run(self, model, x, y, target, idx, eps, norm, seed, restart):
         """One PGD run; returns (fooled mask, adversarial points) over the batch."""
-        ascent = Ascent(norm, eps, self.alpha(eps), self.steps, labels_loss(y, self.loss, target),
-                        precision=self.precision, cycles=self.cycles)
+        ascent = Ascent(
+            norm,
+            eps,
+            self.alpha(eps),
+            self.steps,
+            labels_loss(y, self.loss, target),
+            precision=self.precision,
+            cycles=self.cycles,
+        )
         return ascent.run(model, x, self._start(x, idx, eps, norm, seed, restart), stop=y)
 
 

@@ -6,6 +6,7 @@ names its spec answers to. A spec is ``name`` or ``name(key=value, ...)``: ``pgd
 itself from the options (``Attack.from_spec``; an unknown option is an error) and rebuilds the spec from a
 stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) is not an attack.
 """
+
 from __future__ import annotations
 
 from ..config import split_spec
@@ -22,6 +23,7 @@ class Registry:
 
     def register(self, *names: str, prefix: str | None = None):
         """Class decorator: ``cls`` builds the attacks of these names (and of any name starting ``prefix``)."""
+
         def add(cls):
             for name in names:
                 if name in self._names:
@@ -30,6 +32,7 @@ class Registry:
             if prefix:
                 self._prefixes[prefix] = cls
             return cls
+
         return add
 
     def names(self) -> list[str]:
@@ -50,8 +53,9 @@ class Registry:
         try:
             return cls.from_spec(name, opts, spec, **context)
         except TypeError as e:
-            raise RobenchError(f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'
-                               .replace("__init__() ", "")) from None
+            raise RobenchError(
+                f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")
+            ) from None
 
     def spec(self, budget: dict) -> str:
         """The spec that rebuilds the attack a stored budget describes (``create(spec).budget()`` gives the

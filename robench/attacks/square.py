@@ -26,6 +26,7 @@ examples attacked side by side see the same proposals. Here every example draws 
 proposals follow the same distribution as before, and copies of an example in one batch are independent
 runs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,9 @@ class _Draws:
 def _inside(lo_r, lo_c, rows, cols, h, w, device) -> torch.Tensor:
     """(m, 1, h, w): each example's rectangle of ``rows`` x ``cols`` pixels from (``lo_r``, ``lo_c``)."""
     r, c = torch.arange(h, device=device), torch.arange(w, device=device)
-    return (((r >= lo_r[:, None]) & (r < lo_r[:, None] + rows))[:, None, :, None]
-            & ((c >= lo_c[:, None]) & (c < lo_c[:, None] + cols))[:, None, None, :])
+    return ((r >= lo_r[:, None]) & (r < lo_r[:, None] + rows))[:, None, :, None] & (
+        (c >= lo_c[:, None]) & (c < lo_c[:, None] + cols)
+    )[:, None, None, :]
 
 
 def _bump(r: torch.Tensor, c: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -73,8 +75,7 @@ def _bump(r: torch.Tensor, c: torch.Tensor, rows: int, cols: int) -> torch.Tenso
     cr, cc = (rows - 1) / 2, (cols - 1) / 2
     ring = torch.maximum((r - cr).abs(), (c - cc).abs()).floor().long()
     outer = int(max(cr, cc))
-    weights = torch.tensor([sum(1 / j ** 2 for j in range(k + 1, outer + 2)) for k in range(outer + 1)],
-                           device=r.device)
+    weights = torch.tensor([sum(1 / j**2 for j in range(k + 1, outer + 2)) for k in range(outer + 1)], device=r.device)
     return weights[ring.clamp(0, outer)]
 
 
@@ -110,7 +111,7 @@ class _L2Search:
         tiles = _bump(r % t, col % t, t, t) * ((r < h // t * t) & (col < w // t * t))
         signs = draws.signs(n, c, h // t, w // t).repeat_interleave(t, 2).repeat_interleave(t, 3)
         d = torch.zeros_like(x)
-        d[:, :, :h // t * t, :w // t * t] = signs
+        d[:, :, : h // t * t, : w // t * t] = signs
         d = d * tiles
         return x + _scaled(d, eps)
 
@@ -120,12 +121,14 @@ class _L2Search:
         top, left = draws.ints(h - s + 1, m), draws.ints(w - s + 1, m)
         first = _inside(top, left, s, s, h, w, dev)
         both = first | _inside(draws.ints(h - s + 1, m), draws.ints(w - s + 1, m), s, s, h, w, dev)
-        left_over = (eps ** 2 - (d * ~both).flatten(1).pow(2).sum(1)).clamp_min(0)  # eps^2 minus the rest's
+        left_over = (eps**2 - (d * ~both).flatten(1).pow(2).sum(1)).clamp_min(0)  # eps^2 minus the rest's
         mass = ((d * both).pow(2).sum((2, 3)) + left_over[:, None] / c).sqrt()[:, :, None, None]  # (m, c, 1, 1)
         # a pair of opposite bumps in the first window, split down it or, at random, across it
         pairs = _pairs(s, dev, cur.dtype)[(draws.signs(m) > 0).long()]  # (m, s, s)
-        at = ((top[:, None] + torch.arange(s, device=dev))[:, :, None] * w
-              + (left[:, None] + torch.arange(s, device=dev))[:, None, :]).view(m, -1)
+        at = (
+            (top[:, None] + torch.arange(s, device=dev))[:, :, None] * w
+            + (left[:, None] + torch.arange(s, device=dev))[:, None, :]
+        ).view(m, -1)
         pair = torch.zeros(m, h * w, device=dev, dtype=cur.dtype).scatter_(1, at, pairs.view(m, -1))
         pair = pair.view(m, 1, h, w) * draws.signs(m, c, 1, 1)
         old = d * first
@@ -151,8 +154,16 @@ SEARCHES = {"Linf": _LinfSearch(), "L2": _L2Search()}
 
 
 @torch.no_grad()
-def square(model, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf", queries: int = 5000,
-           p_init: float = 0.8, seed: int = 0) -> torch.Tensor:
+def square(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    norm: str = "Linf",
+    queries: int = 5000,
+    p_init: float = 0.8,
+    seed: int = 0,
+) -> torch.Tensor:
     """The best point found for each example of ``x`` (N, C, H, W) within ``queries`` queries after the
     first: misclassified where the search succeeded, else the lowest margin reached."""
     name = get_norm(norm).name

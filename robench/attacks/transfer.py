@@ -4,6 +4,7 @@ of the input at each step). All steps always run (stopping once the surrogate is
 transfer examples), and every random draw comes from the example's own seed, so the crafted examples do
 not depend on the batch size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -36,9 +37,17 @@ class TransferAttack(Attack):
     """``pgd`` (random start, step 2.5*eps/steps), ``mifgsm`` (decay 1.0, step eps/steps) and ``difgsm``
     (diversity on, decay 0 unless given). ``decay`` > 0 adds momentum to any of them."""
 
-    def __init__(self, method: str = "mifgsm", steps: int = 10, rel_step_size: float | None = None,
-                 decay: float | None = None, random_start: bool | None = None, resize_rate: float = 0.9,
-                 diversity_prob: float = 0.5, loss: str = "ce"):
+    def __init__(
+        self,
+        method: str = "mifgsm",
+        steps: int = 10,
+        rel_step_size: float | None = None,
+        decay: float | None = None,
+        random_start: bool | None = None,
+        resize_rate: float = 0.9,
+        diversity_prob: float = 0.5,
+        loss: str = "ce",
+    ):
         if method not in METHODS:
             raise unknown("transfer attack", method, METHODS)
         if steps < 1:
@@ -56,37 +65,56 @@ class TransferAttack(Attack):
         self.resize_rate, self.diversity_prob = resize_rate, diversity_prob
 
     @classmethod
-    def from_spec(cls, name: str, opts: dict, spec: str, flags: dict | None = None, **context) -> "TransferAttack":
+    def from_spec(cls, name: str, opts: dict, spec: str, flags: dict | None = None, **context) -> TransferAttack:
         given = {k: v for k, v in (flags or {}).items() if v is not None}
         return cls(name.lower(), **{**given, **opts})
 
     @classmethod
     def spec_of(cls, budget: dict) -> str:
-        opts = {"steps": budget["steps"], "rel_step_size": float(budget["step_size"].split("*")[0]),
-                "decay": budget["decay"], "random_start": budget["random_start"], "loss": budget["loss"]}
+        opts = {
+            "steps": budget["steps"],
+            "rel_step_size": float(budget["step_size"].split("*")[0]),
+            "decay": budget["decay"],
+            "random_start": budget["random_start"],
+            "loss": budget["loss"],
+        }
         opts.update({k: budget[k] for k in ("resize_rate", "diversity_prob") if k in budget})
         return f"{budget['name']}({','.join(f'{k}={v!r}' for k, v in opts.items())})"
 
     def budget(self) -> dict:
-        b = {"name": self.method, "steps": self.steps, "step_size": f"{self.rel_step_size:g}*eps/steps",
-             "decay": self.decay, "random_start": self.random_start, "loss": self.loss}
+        b = {
+            "name": self.method,
+            "steps": self.steps,
+            "step_size": f"{self.rel_step_size:g}*eps/steps",
+            "decay": self.decay,
+            "random_start": self.random_start,
+            "loss": self.loss,
+        }
         if self.diverse:
             b.update(resize_rate=self.resize_rate, diversity_prob=self.diversity_prob)
         b["version"] = f"robench {__version__}"
         return b
 
-    def craft(self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str,
-              seed: int) -> torch.Tensor:
+    def craft(
+        self, model, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, eps: float, norm: str, seed: int
+    ) -> torch.Tensor:
         """Adversarial examples for ``x`` on ``model`` (the last iterate)."""
         ids = idx.tolist()
         if self.random_start:
             start = random_starts(x, eps, norm, [example_seed(seed, i, norm, "transfer-start") for i in ids])
         else:
             start = torch.zeros_like(x)
-        ascent = Ascent(norm, eps, self.rel_step_size * eps / self.steps, self.steps, labels_loss(y, self.loss),
-                        grad=self._momentum(x) if self.decay else None,
-                        inputs=(lambda xin, step, live: self._diversify(xin, [ids[i] for i in live.tolist()], seed,
-                                                                        step)) if self.diverse else None)
+        ascent = Ascent(
+            norm,
+            eps,
+            self.rel_step_size * eps / self.steps,
+            self.steps,
+            labels_loss(y, self.loss),
+            grad=self._momentum(x) if self.decay else None,
+            inputs=(lambda xin, step, live: self._diversify(xin, [ids[i] for i in live.tolist()], seed, step))
+            if self.diverse
+            else None,
+        )
         return ascent.run(model, x, start)[1]
 
     def run(self, model, x, y, idx, eps, norm, seed) -> AttackOutput:
@@ -100,6 +128,7 @@ class TransferAttack(Attack):
             g = g / g.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
             momentum[live] = self.decay * momentum[live] + g
             return momentum[live]
+
         return direction
 
     def _diversify(self, x: torch.Tensor, ids: list[int], seed: int, step: int) -> torch.Tensor:

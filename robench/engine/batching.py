@@ -1,4 +1,5 @@
 """Devices and batch sizes."""
+
 from __future__ import annotations
 
 import torch

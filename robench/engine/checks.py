@@ -6,6 +6,7 @@ an exact test at ``ALPHA`` on the per-example outcomes (McNemar for paired outco
 tolerated rate otherwise), so a single lucky example never raises a flag. ``sanity`` adds the checks that
 need attacks of their own.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,23 +42,42 @@ def probe(model, x: torch.Tensor, y: torch.Tensor, name: str) -> list[dict]:
     with torch.no_grad():
         z1, z2 = model(x), model(x)
     probs = bool(z1.min() >= 0 and z1.max() <= 1 and torch.allclose(z1.sum(1), torch.ones_like(z1[:, 0]), atol=1e-4))
-    out.append(finding("probabilities", probs,
-                      f"{name} returns probabilities (outputs in [0, 1] summing to 1); the softmax flattens the "
-                      "gradients attacks follow." if probs else f"{name} returns logits."))
+    out.append(
+        finding(
+            "probabilities",
+            probs,
+            f"{name} returns probabilities (outputs in [0, 1] summing to 1); the softmax flattens the "
+            "gradients attacks follow."
+            if probs
+            else f"{name} returns logits.",
+        )
+    )
     spread = float((z1 - z2).abs().max())
     scale = 1e-4 * (1 + float(z1.abs().max()))
     rand = not math.isfinite(spread) or spread > scale
-    out.append(finding("randomized", rand,
-                      f"{name} is randomized at inference: two passes over the same {len(x)} inputs differ by up "
-                      f"to {spread:.3g}; attack it with EOT or report its randomness." if rand else
-                      f"{name} is deterministic: two passes over {len(x)} inputs agree."))
+    out.append(
+        finding(
+            "randomized",
+            rand,
+            f"{name} is randomized at inference: two passes over the same {len(x)} inputs differ by up "
+            f"to {spread:.3g}; attack it with EOT or report its randomness."
+            if rand
+            else f"{name} is deterministic: two passes over {len(x)} inputs agree.",
+        )
+    )
     _, g = margin_grad(model, x, y)
     dead = int(((g.flatten(1).abs().amax(1) == 0) | ~torch.isfinite(g.flatten(1)).all(1)).sum())
     many = dead / len(x) > ZERO_GRAD_SHARE
-    out.append(finding("zero-gradients", many,
-                      f"{name} has an all-zero (or non-finite) input gradient on {dead} of {len(x)} examples "
-                      f"({pct(dead, len(x))}): gradient attacks cannot move them (shattered gradients)." if many
-                      else f"{dead} of {len(x)} examples have an all-zero input gradient."))
+    out.append(
+        finding(
+            "zero-gradients",
+            many,
+            f"{name} has an all-zero (or non-finite) input gradient on {dead} of {len(x)} examples "
+            f"({pct(dead, len(x))}): gradient attacks cannot move them (shattered gradients)."
+            if many
+            else f"{dead} of {len(x)} examples have an all-zero input gradient.",
+        )
+    )
     return out
 
 
@@ -80,10 +100,17 @@ def ascent(model, x: torch.Tensor, y: torch.Tensor, norm: str, name: str, size: 
     n, rose = len(x), int((m2 > m).sum())
     p = binom_above(n - rose, n, 0.5)  # fewer than half rising, beyond noise
     flag = rose < n / 2 and p < ALPHA
-    return finding("gradient-ascent", flag,
-                   f"A step of {size:g} ({norm}) along {name}'s input gradient raised its logit margin on {rose} "
-                   f"of {n} examples (p={p:.2g})" + ("; the gradients attacks follow do not describe the model "
-                                                      "(masked or obfuscated gradients)." if flag else "."))
+    return finding(
+        "gradient-ascent",
+        flag,
+        f"A step of {size:g} ({norm}) along {name}'s input gradient raised its logit margin on {rose} "
+        f"of {n} examples (p={p:.2g})"
+        + (
+            "; the gradients attacks follow do not describe the model (masked or obfuscated gradients)."
+            if flag
+            else "."
+        ),
+    )
 
 
 def after_run(db: Store, model, sl: Slice, t, norm: str, dev) -> None:
@@ -116,16 +143,19 @@ def _robust_sets(db: Store, sha256: str, dataset: str, norm: str):
             continue  # the diagonal of a transfer matrix is a white-box attack with a transfer budget
         only_black = all(black_box(m) or m == "transfer" for m in members)
         oc = db.outcomes(int(run_id))
-        for (text, value) in json.loads(runs.loc[runs.run_id == run_id, "eps"].iloc[0]):
+        for text, value in json.loads(runs.loc[runs.run_id == run_id, "eps"].iloc[0]):
             o = oc[oc.eps == text]
             if only_black:
                 rob = dict(zip(o.idx.tolist(), o.robust.tolist()))
                 _and(black.setdefault(text, {}), rob)
                 names.setdefault(text, set()).update(
-                    [f"transfer:{s['model']}" for s in transfer[0]["sources"]] if transfer else members)
+                    [f"transfer:{s['model']}" for s in transfer[0]["sources"]] if transfer else members
+                )
             else:  # an example a black-box member of the cascade broke was left robust by the white-box ones
-                rob = {i: int(r or (isinstance(b, str) and black_box(b))) for i, r, b in
-                       zip(o.idx.tolist(), o.robust.tolist(), o.broken_by.tolist())}
+                rob = {
+                    i: int(r or (isinstance(b, str) and black_box(b)))
+                    for i, r, b in zip(o.idx.tolist(), o.robust.tolist(), o.broken_by.tolist())
+                }
                 _and(white.setdefault(text, {}), rob)
             key = attacks_json
             cur = by_budget.setdefault(key, {}).setdefault(text, (value, {}))
@@ -134,11 +164,12 @@ def _robust_sets(db: Store, sha256: str, dataset: str, norm: str):
 
 
 def _who(names: set[str]) -> str:
-    """"transfer from a, b" / "transfer from 11 models" and the black-box attacks, in words."""
+    """ "transfer from a, b" / "transfer from 11 models" and the black-box attacks, in words."""
     sources = sorted(n.split(":", 1)[1] for n in names if n.startswith("transfer:"))
     others = sorted(n for n in names if not n.startswith("transfer:"))
-    parts = ([f"transfer from {', '.join(sources) if len(sources) <= 3 else f'{len(sources)} models'}"]
-             if sources else []) + others
+    parts = (
+        [f"transfer from {', '.join(sources) if len(sources) <= 3 else f'{len(sources)} models'}"] if sources else []
+    ) + others
     return " and ".join(parts)
 
 
@@ -147,8 +178,9 @@ def _and(acc: dict[int, int], new: dict[int, int]) -> None:
         acc[i] = int(acc.get(i, 1) and r)
 
 
-def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
-                 extra_white: dict[str, dict[int, int]] | None = None) -> list[dict]:
+def cross_checks(
+    db: Store, sha256: str, dataset: str, norm: str, extra_white: dict[str, dict[int, int]] | None = None
+) -> list[dict]:
     """Transfer or black-box attacks beating white-box ones beyond noise (exact McNemar on the examples both
     attacked), and robust accuracy rising with eps under one attack budget; stored, replacing earlier ones.
     ``extra_white`` adds white-box outcomes not in the store ({eps: {idx: robust}}, from the checklist)."""
@@ -166,11 +198,17 @@ def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
         rw, rb = sum(w[i] for i in common), sum(b[i] for i in common)
         flag = only_w > only_b and p < ALPHA
         who = _who(names[eps])
-        checks.append(finding("transfer", flag,
-                             f"At eps {eps}, {who} broke {only_w} of {n} examples the white-box attacks left robust "
-                             f"(and missed {only_b} they broke): black-box robust accuracy {pct(rb, n)} against "
-                             f"white-box {pct(rw, n)}, McNemar p={p:.2g}"
-                             + ("; the white-box gradients are likely masked." if flag else "."), eps))
+        checks.append(
+            finding(
+                "transfer",
+                flag,
+                f"At eps {eps}, {who} broke {only_w} of {n} examples the white-box attacks left robust "
+                f"(and missed {only_b} they broke): black-box robust accuracy {pct(rb, n)} against "
+                f"white-box {pct(rw, n)}, McNemar p={p:.2g}"
+                + ("; the white-box gradients are likely masked." if flag else "."),
+                eps,
+            )
+        )
     for budget, per_eps in by_budget.items():
         ordered = sorted(per_eps.items(), key=lambda kv: kv[1][0])
         for (e1, (_, r1)), (e2, (_, r2)) in zip(ordered, ordered[1:]):
@@ -179,11 +217,17 @@ def cross_checks(db: Store, sha256: str, dataset: str, norm: str,
             down = sum(1 for i in common if r1[i] and not r2[i])
             p = mcnemar_exact(up, down)
             if up > down and p < ALPHA:
-                checks.append(finding("eps-monotone", True,
-                                     f"Robust accuracy rises from eps {e1} to eps {e2} under the same attack "
-                                     f"({pct(sum(r1[i] for i in common), len(common))} to "
-                                     f"{pct(sum(r2[i] for i in common), len(common))}, McNemar p={p:.2g}): the "
-                                     "attack fails where a smaller perturbation succeeded.", e2))
+                checks.append(
+                    finding(
+                        "eps-monotone",
+                        True,
+                        f"Robust accuracy rises from eps {e1} to eps {e2} under the same attack "
+                        f"({pct(sum(r1[i] for i in common), len(common))} to "
+                        f"{pct(sum(r2[i] for i in common), len(common))}, McNemar p={p:.2g}): the "
+                        "attack fails where a smaller perturbation succeeded.",
+                        e2,
+                    )
+                )
     db.clear_checks(sha256, dataset, norm, ["transfer"] + (["eps-monotone"] if by_budget else []))
     db.set_checks(sha256, dataset, norm, checks)
     return checks

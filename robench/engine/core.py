@@ -1,6 +1,7 @@
 """The engine's shared core: targets (a checkpoint or module to attack), data slices, attack mode, logit
 checks, query counting, one batch of a white-box cascade (attack_batch), run keys and fields, and the
 summary of a stored run. evaluate, transfer and sanity build on it and never on each other's insides."""
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ from ..attacks.base import Attack, report_stage
 from ..attacks.registry import black_box
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import FLAG_SEP, Eps, EvalConfig, check_eps_range, parse_eps
-from ..data import Split, dataset_info, load_split, select_indices
+from ..data import DatasetInfo, Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.fast import accelerate
 from ..norms import get_norm, project
@@ -42,9 +43,11 @@ def black_box_flags(broken: Counter, n: int, white_box: list[str]) -> list[str]:
     out = []
     for name, k in sorted(broken.items()):
         if black_box(name) and k / n > SQUARE_MARGIN and (p := binom_above(k, n, SQUARE_MARGIN)) < ALPHA:
-            out.append(f"{name} (black-box) broke {k} of {n} examples ({k / n:.1%}) that the white-box attacks "
-                       f"({', '.join(white_box)}) left robust, above AutoAttack's 0.2% margin (p={p:.2g}); the "
-                       "white-box gradients may be masked.")
+            out.append(
+                f"{name} (black-box) broke {k} of {n} examples ({k / n:.1%}) that the white-box attacks "
+                f"({', '.join(white_box)}) left robust, above AutoAttack's 0.2% margin (p={p:.2g}); the "
+                "white-box gradients may be masked."
+            )
     return out
 
 
@@ -102,27 +105,44 @@ def attack_mode(model: nn.Module):
 def check_logits(out: torch.Tensor, batch: int, num_classes: int, name: str) -> None:
     """The model must return finite logits of shape (batch, num_classes), not probabilities."""
     if out.dim() != 2 or out.shape[0] != batch:
-        raise RobenchError(f"{name} returns outputs of shape {tuple(out.shape)}; robench needs logits of "
-                           f"shape (batch, classes).")
+        raise RobenchError(
+            f"{name} returns outputs of shape {tuple(out.shape)}; robench needs logits of shape (batch, classes)."
+        )
     if out.shape[1] != num_classes:
-        raise RobenchError(f"{name} returns {out.shape[1]} outputs per example but the dataset has "
-                           f"{num_classes} classes; check --dataset.")
+        raise RobenchError(
+            f"{name} returns {out.shape[1]} outputs per example but the dataset has "
+            f"{num_classes} classes; check --dataset."
+        )
     if not torch.isfinite(out).all():
         raise RobenchError(f"{name} returns NaN or Inf outputs on clean inputs; it cannot be evaluated.")
-    if out.min() >= 0 and out.max() <= 1 and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device),
-                                                            atol=1e-4):
-        raise RobenchError(f"{name} returns probabilities (its outputs sum to 1), which hide gradients from "
-                           "attacks; remove the final softmax so that it returns logits.")
+    if (
+        out.min() >= 0
+        and out.max() <= 1
+        and torch.allclose(out.sum(1), torch.ones(len(out), device=out.device), atol=1e-4)
+    ):
+        raise RobenchError(
+            f"{name} returns probabilities (its outputs sum to 1), which hide gradients from "
+            "attacks; remove the final softmax so that it returns logits."
+        )
 
 
-def run_key(t: Target, sl: "Slice", cfg: EvalConfig, budgets: list[dict], batch_size: int) -> str:
+def run_key(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], batch_size: int) -> str:
     """What identifies a run: the model's weights, the data itself (a fingerprint of the examples read, not
     only the dataset's name and indices), the eps sweep, every attack's full budget and the batch size."""
-    payload = {"sha256": t.sha256, "dataset": sl.info.name, "split": cfg.split, "subset": cfg.subset,
-               "seed": cfg.seed, "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(),
-               "data": sl.data_sha256, "norm": cfg.norm,
-               "eps": [repr(e.value) for e in sl.eps], "attacks": budgets,
-               "batch_size": batch_size, "meta": {k: t.meta.get(k) for k in ("mean", "std")}}
+    payload = {
+        "sha256": t.sha256,
+        "dataset": sl.info.name,
+        "split": cfg.split,
+        "subset": cfg.subset,
+        "seed": cfg.seed,
+        "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(),
+        "data": sl.data_sha256,
+        "norm": cfg.norm,
+        "eps": [repr(e.value) for e in sl.eps],
+        "attacks": budgets,
+        "batch_size": batch_size,
+        "meta": {k: t.meta.get(k) for k in ("mean", "std")},
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -169,11 +189,18 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
                 hit = model(x_adv).argmax(1) != y[live]
             for j in hit.nonzero()[:, 0].tolist():
                 i = int(live[j])
-                broken_by[i] = (out.broken_by[j] if out.broken_by and out.broken_by[j] else attack.name)
+                broken_by[i] = out.broken_by[j] if out.broken_by and out.broken_by[j] else attack.name
             robust[live[hit]] = False
         for j in range(len(x)):
-            rows.append((eps.text, int(idx[j]), int(clean[j]), int(robust[j]),
-                         broken_by[j] if not robust[j] and clean[j] else None))
+            rows.append(
+                (
+                    eps.text,
+                    int(idx[j]),
+                    int(clean[j]),
+                    int(robust[j]),
+                    broken_by[j] if not robust[j] and clean[j] else None,
+                )
+            )
     return rows, flags, queries
 
 
@@ -181,7 +208,7 @@ def attack_batch(model, x, y, idx, eps_list: list[Eps], attacks: list[Attack], n
 class Slice:
     """What a model is evaluated on: the dataset, its split, the example indices and the eps sweep."""
 
-    info: object
+    info: DatasetInfo
     data: Split
     idx: torch.Tensor
     eps: list[Eps]
@@ -212,28 +239,50 @@ def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
     want = tuple(input_shape or ())
     if tuple(x0.shape[1:]) != tuple(sl.info.shape) or (want and tuple(want) != tuple(x0.shape[1:])):
         have = "x".join(map(str, x0.shape[1:]))
-        raise RobenchError(f"{name} takes inputs of shape {'x'.join(map(str, want or sl.info.shape))} but the "
-                           f"{sl.info.name} images are {have}; check --dataset.")
+        raise RobenchError(
+            f"{name} takes inputs of shape {'x'.join(map(str, want or sl.info.shape))} but the "
+            f"{sl.info.name} images are {have}; check --dataset."
+        )
     try:
         with torch.no_grad():
             out = model(x0.to(dev))
     except Exception as e:  # a model from a file may raise anything on inputs it was not made for
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = ("re-export it with a dynamic batch dimension (torch.export.Dim)" if "Guard failed" in first
-                else "check --dataset and the model's input channels")
-        raise RobenchError(f"{name} fails on the {sl.info.name} images of shape {'x'.join(map(str, x0.shape[1:]))} "
-                           f"({first[:200]}); {hint}.") from None
+        hint = (
+            "re-export it with a dynamic batch dimension (torch.export.Dim)"
+            if "Guard failed" in first
+            else "check --dataset and the model's input channels"
+        )
+        raise RobenchError(
+            f"{name} fails on the {sl.info.name} images of shape {'x'.join(map(str, x0.shape[1:]))} "
+            f"({first[:200]}); {hint}."
+        ) from None
     check_logits(out, len(x0), sl.info.num_classes, name)
 
 
 def run_fields(t: Target, sl: Slice, cfg: EvalConfig, budgets: list[dict], bs: int, dev) -> dict:
     """Everything a stored run records besides its outcomes."""
-    return {"model": t.name, "checkpoint": t.checkpoint, "sha256": t.sha256, "dataset": sl.info.name,
-            "split": cfg.split, "n": len(sl.idx), "subset": cfg.subset, "seed": cfg.seed, "norm": cfg.norm,
-            "data_sha256": sl.data_sha256,
-            "eps": [[e.text, e.value] for e in sl.eps], "attacks": budgets, "batch_size": bs, "device": str(dev),
-            "dtype": "float32", "robench_version": __version__, "torch_version": torch.__version__,
-            "model_meta": t.meta, "machine": machine(dev)}
+    return {
+        "model": t.name,
+        "checkpoint": t.checkpoint,
+        "sha256": t.sha256,
+        "dataset": sl.info.name,
+        "split": cfg.split,
+        "n": len(sl.idx),
+        "subset": cfg.subset,
+        "seed": cfg.seed,
+        "norm": cfg.norm,
+        "data_sha256": sl.data_sha256,
+        "eps": [[e.text, e.value] for e in sl.eps],
+        "attacks": budgets,
+        "batch_size": bs,
+        "device": str(dev),
+        "dtype": "float32",
+        "robench_version": __version__,
+        "torch_version": torch.__version__,
+        "model_meta": t.meta,
+        "machine": machine(dev),
+    }
 
 
 def machine(dev) -> str:
@@ -285,8 +334,16 @@ class SavedStages:
         self.db.save_stage(self.run_id, self._key(parts), buf.getvalue())
 
 
-def open_run(db: Store, key: str, fields: dict, force: bool, sl: Slice, t: Target, attacks: list[str],
-             notify: Callable[[dict], None]) -> tuple[int, str, list[int]]:
+def open_run(
+    db: Store,
+    key: str,
+    fields: dict,
+    force: bool,
+    sl: Slice,
+    t: Target,
+    attacks: list[str],
+    notify: Callable[[dict], None],
+) -> tuple[int, str, list[int]]:
     """Open the run ``key`` in the store (new, resumed where its stored batches end, or found finished) and
     announce it: (run_id, status, the example indices still to attack)."""
     run_id, status = db.open_run(key, fields, force=force)
@@ -296,14 +353,26 @@ def open_run(db: Store, key: str, fields: dict, force: bool, sl: Slice, t: Targe
     if done:  # a resumed run's progress counts what its stored batches left robust (at the largest eps)
         oc = db.outcomes(run_id)
         robust = int(oc.loc[(oc.eps == sl.eps[-1].text) & oc.idx.isin(list(done)), "robust"].sum())
-    notify({"event": "start", "model": t.name, "run_id": run_id, "store": str(db.path), "total": len(idx),
-            "done": len(done), "robust": robust, "attacks": attacks, "resumed": bool(done) and status != "done",
-            "cached": status == "done"})
+    notify(
+        {
+            "event": "start",
+            "model": t.name,
+            "run_id": run_id,
+            "store": str(db.path),
+            "total": len(idx),
+            "done": len(done),
+            "robust": robust,
+            "attacks": attacks,
+            "resumed": bool(done) and status != "done",
+            "cached": status == "done",
+        }
+    )
     return run_id, status, [i for i in idx if i not in done]
 
 
-def close_run(db: Store, run_id: int, t: Target, notify: Callable[[dict], None],
-              **columns) -> tuple[list[dict], pd.DataFrame]:
+def close_run(
+    db: Store, run_id: int, t: Target, notify: Callable[[dict], None], **columns
+) -> tuple[list[dict], pd.DataFrame]:
     """A finished run's summary rows and per-example outcomes (with ``columns`` added), announced."""
     summary, per_example = summarize(db, run_id)
     notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
@@ -352,22 +421,42 @@ def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
         r_lo, r_hi = wilson(k_rob, n)
         broken = Counter(o.broken_by.dropna())
         flags = list(run["flags"]) + black_box_flags(broken, n, white_box) + model_flags
-        rows.append({
-            "model": run["model"], "checkpoint": run["checkpoint"], "sha256": run["sha256"],
-            "arch": run["model_meta"].get("arch"), "activation": run["model_meta"].get("activation"),
-            "dataset": run["dataset"], "split": run["split"], "norm": run["norm"], "eps": text,
-            "eps_value": value, "attacks": "+".join(names) or "none", "n": n,
-            "clean_acc": 100 * k_clean / n if n else float("nan"), "clean_ci_low": 100 * c_lo,
-            "clean_ci_high": 100 * c_hi,
-            "robust_acc": 100 * k_rob / n if n else float("nan"), "robust_ci_low": 100 * r_lo,
-            "robust_ci_high": 100 * r_hi,
-            "broken_by": json.dumps(dict(sorted(broken.items()))), "flags": FLAG_SEP.join(flags),
-            "attack_flags": FLAG_SEP.join(attack_flags),
-            "queries": json.dumps(queries, sort_keys=True),
-            "budget": json.dumps(run["attacks"], sort_keys=True), "seed": run["seed"], "subset": run["subset"],
-            "batch_size": run["batch_size"], "device": run["device"], "dtype": run["dtype"],
-            "wall_time_s": round(run["wall_time"], 3), "robench_version": run["robench_version"],
-            "torch_version": run["torch_version"], "machine": run.get("machine") or "",
-            "origin": run.get("origin") or "", "run_id": run_id,
-        })
+        rows.append(
+            {
+                "model": run["model"],
+                "checkpoint": run["checkpoint"],
+                "sha256": run["sha256"],
+                "arch": run["model_meta"].get("arch"),
+                "activation": run["model_meta"].get("activation"),
+                "dataset": run["dataset"],
+                "split": run["split"],
+                "norm": run["norm"],
+                "eps": text,
+                "eps_value": value,
+                "attacks": "+".join(names) or "none",
+                "n": n,
+                "clean_acc": 100 * k_clean / n if n else float("nan"),
+                "clean_ci_low": 100 * c_lo,
+                "clean_ci_high": 100 * c_hi,
+                "robust_acc": 100 * k_rob / n if n else float("nan"),
+                "robust_ci_low": 100 * r_lo,
+                "robust_ci_high": 100 * r_hi,
+                "broken_by": json.dumps(dict(sorted(broken.items()))),
+                "flags": FLAG_SEP.join(flags),
+                "attack_flags": FLAG_SEP.join(attack_flags),
+                "queries": json.dumps(queries, sort_keys=True),
+                "budget": json.dumps(run["attacks"], sort_keys=True),
+                "seed": run["seed"],
+                "subset": run["subset"],
+                "batch_size": run["batch_size"],
+                "device": run["device"],
+                "dtype": run["dtype"],
+                "wall_time_s": round(run["wall_time"], 3),
+                "robench_version": run["robench_version"],
+                "torch_version": run["torch_version"],
+                "machine": run.get("machine") or "",
+                "origin": run.get("origin") or "",
+                "run_id": run_id,
+            }
+        )
     return rows, oc

@@ -9,6 +9,7 @@ batch. Every example's attack is seeded by the example alone, so the outcomes eq
 The backend is nccl when the evaluation runs on CUDA (each process on its ``LOCAL_RANK`` GPU) and gloo on
 the CPU. Without torchrun, ``current()`` is a one-process stand-in that does nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -100,4 +101,4 @@ def _get() -> Torchrun:
 def shard(chunk: list[int], rank: int, world: int) -> list[int]:
     """This rank's part of a group of examples: contiguous, at most ceil(len/world) each."""
     per = -(-len(chunk) // world)
-    return chunk[rank * per:(rank + 1) * per]
+    return chunk[rank * per : (rank + 1) * per]

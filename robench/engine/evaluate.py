@@ -6,6 +6,7 @@ still robust (a perturbation that works at eps also works at any larger eps, so 
 smaller eps is not attacked again). Every candidate from an attack is projected into the eps ball and
 [0, 1] and re-checked with an fp32 forward pass before it counts.
 """
+
 from __future__ import annotations
 
 import time
@@ -24,14 +25,25 @@ from ..data import Split
 from ..errors import RobenchError
 from ..store import Store
 from . import distributed
-from .checks import after_run
-from .core import (SavedStages, as_target, attack_batch, attack_mode, check_model, close_run, data_slice, open_run,
-                   run_fields, run_key)
 from .batching import auto_batch_size, parse_batch_size, resolve_device
+from .checks import after_run
+from .core import (
+    SavedStages,
+    as_target,
+    attack_batch,
+    attack_mode,
+    check_model,
+    close_run,
+    data_slice,
+    open_run,
+    run_fields,
+    run_key,
+)
 
 
-def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
-             cached_only: bool = False) -> pd.DataFrame | None:
+def evaluate(
+    cfg: EvalConfig, progress: Callable[[dict], None] | None = None, cached_only: bool = False
+) -> pd.DataFrame | None:
     """Evaluate ``cfg.checkpoints`` (paths, Checkpoint objects or nn.Modules) with the checked settings
     ``cfg``. One row per model x eps; the per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame
     keyed by run_id). With ``cached_only``, return None unless every run is already finished in the store
@@ -77,13 +89,22 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     return None
                 run_id = status = todo = None
                 if group.main:
-                    run_id, status, todo = open_run(db, key, run_fields(t, sl, cfg, budgets, bs, dev), cfg.force,
-                                                    sl, t, [a.name for a in atk] or ["none"], notify)
+                    run_id, status, todo = open_run(
+                        db,
+                        key,
+                        run_fields(t, sl, cfg, budgets, bs, dev),
+                        cfg.force,
+                        sl,
+                        t,
+                        [a.name for a in atk] or ["none"],
+                        notify,
+                    )
                 run_id, status, todo = group.broadcast((run_id, status, todo))
                 step = bs * group.world
                 for start in range(0, len(todo), step):
-                    b = torch.tensor(distributed.shard(todo[start: start + step], group.rank, group.world),
-                                     dtype=torch.long)
+                    b = torch.tensor(
+                        distributed.shard(todo[start : start + step], group.rank, group.world), dtype=torch.long
+                    )
                     tic = time.perf_counter()
                     part = ([], [], {})
                     if len(b):
@@ -91,9 +112,18 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                         done_before = len(idx) - len(todo) + start
 
                         def stage(name, robust, attacked, t=t, run_id=run_id, done_before=done_before):
-                            notify({"event": "stage", "model": t.name, "run_id": run_id, "stage": name,
-                                    "robust": robust, "attacked": attacked, "done": done_before,
-                                    "total": len(idx)})
+                            notify(
+                                {
+                                    "event": "stage",
+                                    "model": t.name,
+                                    "run_id": run_id,
+                                    "stage": name,
+                                    "robust": robust,
+                                    "attacked": attacked,
+                                    "done": done_before,
+                                    "total": len(idx),
+                                }
+                            )
 
                         token = STAGE_HOOK.set(stage if group.main else None)
                         kept = SAVED_STAGES.set(SavedStages(db, run_id) if group.world == 1 else None)
@@ -106,12 +136,21 @@ def evaluate(cfg: EvalConfig, progress: Callable[[dict], None] | None = None,
                     if group.main:
                         batch_rows = [r for p in parts for r in p[0]]
                         flags = list(dict.fromkeys(f for p in parts for f in p[1]))
-                        queries = {a: {i: v for p in parts for i, v in p[2].get(a, {}).items()}
-                                   for a in dict.fromkeys(a for p in parts for a in p[2])}
+                        queries = {
+                            a: {i: v for p in parts for i, v in p[2].get(a, {}).items()}
+                            for a in dict.fromkeys(a for p in parts for a in p[2])
+                        }
                         db.add_batch(run_id, batch_rows, flags, time.perf_counter() - tic, queries)
-                        notify({"event": "batch", "model": t.name, "run_id": run_id,
-                                "done": len(idx) - len(todo) + min(start + step, len(todo)), "total": len(idx),
-                                "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text)})
+                        notify(
+                            {
+                                "event": "batch",
+                                "model": t.name,
+                                "run_id": run_id,
+                                "done": len(idx) - len(todo) + min(start + step, len(todo)),
+                                "total": len(idx),
+                                "robust": sum(r[3] for r in batch_rows if r[0] == eps_list[-1].text),
+                            }
+                        )
                 if group.main and status != "done":
                     db.finish(run_id)
             if not group.main:

@@ -1,5 +1,6 @@
 """Several evaluations in one call: one after the other, or spread over worker processes (``--jobs``),
 whose progress is relayed to the caller and which are all stopped at once on a failure or a signal."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,7 +18,9 @@ from . import distributed
 from .evaluate import evaluate
 
 
-def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+def evaluate_many(
+    tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[dict], None] | None = None
+) -> pd.DataFrame:
     """Several evaluations (each its checked settings), one after the other, or with ``jobs`` > 1
     as checkpoint x task units spread over that many processes (each with its share of the CPU threads).
     The results do not depend on ``jobs``: every example's attack is seeded by the example alone."""
@@ -34,13 +37,23 @@ def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[di
         notify = progress or (lambda event: None)
         frames = [evaluate(u, cached_only=True) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
-        notify({"event": "plan", "total": len(units), "stored": len(units) - len(todo), "jobs": jobs,
-                "waiting": [f"{_name(units[i].checkpoints[0])}: {'+'.join(map(str, units[i].attacks))}"
-                            for i in todo]})
+        notify(
+            {
+                "event": "plan",
+                "total": len(units),
+                "stored": len(units) - len(todo),
+                "jobs": jobs,
+                "waiting": [f"{_name(units[i].checkpoints[0])}: {'+'.join(map(str, units[i].attacks))}" for i in todo],
+            }
+        )
         ctx = mp.get_context("spawn")
         events = ctx.Queue()  # the workers' progress (start, stage, batch, end of each run), shown as it comes
-        pool = cf.ProcessPoolExecutor(min(jobs, max(1, len(todo))), mp_context=ctx, initializer=_worker_init,
-                                      initargs=(threads, os.getpid(), events))
+        pool = cf.ProcessPoolExecutor(
+            min(jobs, max(1, len(todo))),
+            mp_context=ctx,
+            initializer=_worker_init,
+            initargs=(threads, os.getpid(), events),
+        )
         try:
             futures = {pool.submit(_unit, units[i]): i for i in todo}
             pending, done = set(futures), 0
@@ -50,8 +63,15 @@ def evaluate_many(tasks: list[EvalConfig], jobs: int = 1, progress: Callable[[di
                 for fut in finished:
                     i, done = futures[fut], done + 1
                     frames[i], seconds = fut.result()
-                    notify({"event": "unit", "done": done, "total": len(todo), "seconds": seconds,
-                            "rows": frames[i].to_dict(orient="records")})
+                    notify(
+                        {
+                            "event": "unit",
+                            "done": done,
+                            "total": len(todo),
+                            "seconds": seconds,
+                            "rows": frames[i].to_dict(orient="records"),
+                        }
+                    )
         except BaseException:
             _relay(events, notify)
             # a failure, Ctrl-C or SIGTERM stops every worker now (each batch they finished is stored)
@@ -106,6 +126,10 @@ def _worker_init(threads: int, parent: int, events=None) -> None:
 
 def _unit(cfg: EvalConfig) -> tuple[pd.DataFrame, float]:
     tic = time.perf_counter()
-    send = (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "stage", "batch", "end") else None) if _EVENTS else None
+    send = (
+        (lambda ev: _EVENTS.put(ev) if ev.get("event") in ("start", "stage", "batch", "end") else None)
+        if _EVENTS
+        else None
+    )
     df = evaluate(cfg, progress=send)
     return df, time.perf_counter() - tic

@@ -10,6 +10,7 @@ white-box attacks left.
 "Beyond noise" is an exact test at ``ALPHA`` on the per-example outcomes (McNemar for paired outcomes,
 binomial against a tolerated rate otherwise), so a single lucky example never raises a flag.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..attacks.autoattack import AutoAttack
 from ..attacks.apgd import Fast
+from ..attacks.autoattack import AutoAttack
 from ..attacks.pgd import PGD
 from ..attacks.registry import create_attack
 from ..config import Eps, EvalConfig
@@ -49,15 +50,24 @@ def white_box(attack: str | None, pgd: dict | None, bs: int, strong_steps: int |
     opts = {k: v for k, v in (pgd or {}).items() if v is not None}
     if attack in (None, "pgd"):
         base = PGD(**opts)
-        strong = PGD(**{**opts, "steps": strong_steps or 5 * base.steps,
-                        "restarts": max(strong_restarts, base.restarts)})
+        strong = PGD(
+            **{**opts, "steps": strong_steps or 5 * base.steps, "restarts": max(strong_restarts, base.restarts)}
+        )
         return base, strong, PGD(**{**opts, "loss": "dlr" if base.loss != "dlr" else "ce"})
     base = create_attack(attack, batch_size=bs)
     if not isinstance(base, Fast):
         raise RobenchError(f'The checklist attacks with pgd or fast, not "{attack}".')
-    return (Fast(iters=base.iters, targets=base.targets, choice=base.choice, restarts=base.restarts, focus=0.0),
-            Fast(iters=strong_steps or 5 * base.iters, targets=max(9, base.targets), choice=base.choice,
-                 restarts=base.restarts, focus=0.0), None)
+    return (
+        Fast(iters=base.iters, targets=base.targets, choice=base.choice, restarts=base.restarts, focus=0.0),
+        Fast(
+            iters=strong_steps or 5 * base.iters,
+            targets=max(9, base.targets),
+            choice=base.choice,
+            restarts=base.restarts,
+            focus=0.0,
+        ),
+        None,
+    )
 
 
 def _words(atk, short: bool = False) -> str:
@@ -68,9 +78,21 @@ def _words(atk, short: bool = False) -> str:
     return f"{atk.iters} iterations x {atk.targets} targets"
 
 
-def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict | None = None,
-              strong_steps: int | None = None, strong_restarts: int = 3, square_queries: int = 1000,
-              progress: Callable[[dict], None] | None = None, attack: str | None = None) -> tuple[list[dict], dict]:
+def checklist(
+    model,
+    sl: Slice,
+    t,
+    norm: str,
+    dev,
+    bs: int,
+    seed: int,
+    pgd: dict | None = None,
+    strong_steps: int | None = None,
+    strong_restarts: int = 3,
+    square_queries: int = 1000,
+    progress: Callable[[dict], None] | None = None,
+    attack: str | None = None,
+) -> tuple[list[dict], dict]:
     """Every check on one model and slice (``sl.eps[-1]`` is the budget under test), and the white-box
     outcomes at that eps for cross_checks ({eps: {idx: robust}}): the probes; the attack under test (PGD,
     or ``attack="fast"``) at eps/4, eps/2, eps, 2 eps and the large eps, each attacked on its own; its
@@ -86,8 +108,11 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
     apgd = AutoAttack("standard", members=("apgd-ce", "apgd-t"), batch_size=bs)
     apgd_ce = AutoAttack("standard", members=("apgd-ce",), batch_size=bs)
     big = large_eps(norm, math.prod(sl.info.shape))
-    grid = sorted({Eps(eps.value * f, f"{eps.value * f:.6g}") for f in (0.25, 0.5, 2.0) if eps.value * f < big.value}
-                  | {eps, big}, key=lambda e: e.value)
+    grid = sorted(
+        {Eps(eps.value * f, f"{eps.value * f:.6g}") for f in (0.25, 0.5, 2.0) if eps.value * f < big.value}
+        | {eps, big},
+        key=lambda e: e.value,
+    )
     idx = sl.idx
     x_all, y_all = sl.data.batch(idx)
     checks: list[dict] = []
@@ -102,11 +127,20 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
             res = {}
             pick = torch.arange(len(idx)) if subset is None else subset
             for s in range(0, len(pick), bs):
-                b = pick[s: s + bs]
+                b = pick[s : s + bs]
                 rows, _, _ = attack_batch(fast, x_all[b].to(dev), y_all[b].to(dev), idx[b], [e], [atk], norm, seed)
                 res.update({r[1]: r[3] for r in rows})
-            notify({"event": "check", "model": t.name, "attack": atk.name, "eps": e.text,
-                    "robust": sum(res.values()), "n": len(res), "seconds": time.perf_counter() - tic})
+            notify(
+                {
+                    "event": "check",
+                    "model": t.name,
+                    "attack": atk.name,
+                    "eps": e.text,
+                    "robust": sum(res.values()),
+                    "n": len(res),
+                    "seconds": time.perf_counter() - tic,
+                }
+            )
             return res
 
         for e in grid:
@@ -114,8 +148,10 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
         strong_res = run(eps, strong)
         # a second loss, as AutoAttack pairs cross-entropy with DLR (fast does so itself)
         other_res = run(eps, other) if other is not None else outcomes[eps.text]
-        left = torch.tensor([j for j, i in enumerate(idx.tolist())
-                             if strong_res[i] and outcomes[eps.text][i] and other_res[i]], dtype=torch.long)
+        left = torch.tensor(
+            [j for j, i in enumerate(idx.tolist()) if strong_res[i] and outcomes[eps.text][i] and other_res[i]],
+            dtype=torch.long,
+        )
         # the official APGD-CE, whose step size starts at 2 eps and halves where progress stalls, on what the
         # attack under test left robust with every budget and loss
         schedule_res = run(eps, apgd_ce, left) if len(left) else {}
@@ -133,59 +169,101 @@ def checklist(model, sl: Slice, t, norm: str, dev, bs: int, seed: int, pgd: dict
         down = sum(1 for i in ra if ra[i] and not rb[i])
         p = mcnemar_exact(up, down)
         flag = up > down and p < ALPHA
-        checks.append(finding("eps-sweep", flag,
-                             f"{name} robust accuracy {pct(sum(ra.values()), n)} at eps {a.text} and "
-                             f"{pct(sum(rb.values()), n)} at eps {b.text} (n={n}, each attacked on its own; "
-                             f"McNemar p={p:.2g})" + ("; it rises with eps, so the attack is failing." if flag else "."),
-                             b.text, **{key: budget}))
+        checks.append(
+            finding(
+                "eps-sweep",
+                flag,
+                f"{name} robust accuracy {pct(sum(ra.values()), n)} at eps {a.text} and "
+                f"{pct(sum(rb.values()), n)} at eps {b.text} (n={n}, each attacked on its own; "
+                f"McNemar p={p:.2g})" + ("; it rises with eps, so the attack is failing." if flag else "."),
+                b.text,
+                **{key: budget},
+            )
+        )
     k = sum(outcomes[big.text].values())
     classes = sl.info.num_classes
     p = binom_above(k, n, 1 / classes)
     lo, hi = wilson(k, n)
     flag = k / n > 1 / classes and p < ALPHA
-    checks.append(finding("large-eps", flag,
-                         f"At {norm} eps {big.text}, which reaches mid-grey from any image, {name} leaves "
-                         f"{pct(k, n)} [{100 * lo:.1f}, {100 * hi:.1f}] robust (n={n}; chance is {100 / classes:.1f}%"
-                         f", p={p:.2g})" + ("; an unbounded attack should reach chance, so the attack is failing."
-                                            if flag else "."), big.text, **{key: budget}))
+    checks.append(
+        finding(
+            "large-eps",
+            flag,
+            f"At {norm} eps {big.text}, which reaches mid-grey from any image, {name} leaves "
+            f"{pct(k, n)} [{100 * lo:.1f}, {100 * hi:.1f}] robust (n={n}; chance is {100 / classes:.1f}%"
+            f", p={p:.2g})" + ("; an unbounded attack should reach chance, so the attack is failing." if flag else "."),
+            big.text,
+            **{key: budget},
+        )
+    )
     r0, r1 = outcomes[eps.text], strong_res
     extra = sum(1 for i in r0 if r0[i] and not r1[i])
     back = sum(1 for i in r0 if r1[i] and not r0[i])
     p = mcnemar_exact(extra, back)
     drop = 100 * (sum(r0.values()) - sum(r1.values())) / n
     flag = drop > TOLERANCE and extra > back and p < ALPHA
-    checks.append(finding("convergence", flag,
-                         f"{name} with {_words(strong)}: {pct(sum(r1.values()), n)} "
-                         f"robust against {pct(sum(r0.values()), n)} with {_words(base, short=True)} at eps "
-                         f"{eps.text} (n={n}, change {-drop:+.1f} points, McNemar p={p:.2g})"
-                         + ("; the default budget had not converged." if flag else "."), eps.text,
-                         **{key: budget}, strong=strong.budget()))
+    checks.append(
+        finding(
+            "convergence",
+            flag,
+            f"{name} with {_words(strong)}: {pct(sum(r1.values()), n)} "
+            f"robust against {pct(sum(r0.values()), n)} with {_words(base, short=True)} at eps "
+            f"{eps.text} (n={n}, change {-drop:+.1f} points, McNemar p={p:.2g})"
+            + ("; the default budget had not converged." if flag else "."),
+            eps.text,
+            **{key: budget},
+            strong=strong.budget(),
+        )
+    )
     white = {eps.text: {i: int(r0[i] and r1[i] and other_res[i]) for i in r0}}  # for cross_checks
     k = sum(1 - v for v in schedule_res.values())  # broken by APGD-CE, robust to every run of the attack
     p = binom_above(k, n, TOLERANCE / 100)
     flag = 100 * k / n > TOLERANCE and p < ALPHA
-    runs_words = (f"{name} ({_words(base, short=True)} and {_words(strong, short=True)} {base.loss}, "
-                  f"{base.steps} {other.loss})" if other is not None else
-                  f"{name} ({_words(base)}, then {_words(strong)})")
+    runs_words = (
+        f"{name} ({_words(base, short=True)} and {_words(strong, short=True)} {base.loss}, {base.steps} {other.loss})"
+        if other is not None
+        else f"{name} ({_words(base)}, then {_words(strong)})"
+    )
     iters = apgd_ce.budget()["members"]["apgd-ce"]["iters"]
-    checks.append(finding("step-size", flag,
-                         f"APGD-CE ({iters} iterations, its step size starting at 2 eps and halving where progress "
-                         f"stalls) broke {k} of the {len(schedule_res)} examples {runs_words} left robust at eps "
-                         f"{eps.text} ({pct(k, n)} of n={n}; tolerated {TOLERANCE:g} point, p={p:.2g})"
-                         + (f"; {name} stalls on this model, so its robust accuracy overstates robustness: report "
-                            "AutoAttack." if flag else "."), eps.text, **{key: budget}, apgd=apgd_ce.budget()))
-    white_words = (f"PGD ({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss})"
-                   if other is not None else f"{name} ({_words(base)}, then {_words(strong)})")
+    checks.append(
+        finding(
+            "step-size",
+            flag,
+            f"APGD-CE ({iters} iterations, its step size starting at 2 eps and halving where progress "
+            f"stalls) broke {k} of the {len(schedule_res)} examples {runs_words} left robust at eps "
+            f"{eps.text} ({pct(k, n)} of n={n}; tolerated {TOLERANCE:g} point, p={p:.2g})"
+            + (
+                f"; {name} stalls on this model, so its robust accuracy overstates robustness: report AutoAttack."
+                if flag
+                else "."
+            ),
+            eps.text,
+            **{key: budget},
+            apgd=apgd_ce.budget(),
+        )
+    )
+    white_words = (
+        f"PGD ({base.loss} and {other.loss}, {strong.steps} x {strong.restarts} {strong.loss})"
+        if other is not None
+        else f"{name} ({_words(base)}, then {_words(strong)})"
+    )
     broke = sum(1 - v for v in square_res.values())
     k = sum(apgd_res.values())  # broken by Square, robust to APGD-CE and APGD-T
     p = binom_above(k, n, SQUARE_MARGIN)
     flag = k / n > SQUARE_MARGIN and p < ALPHA
-    checks.append(finding("square", flag,
-                         f"Square ({square_queries} queries) broke {broke} of the {len(square_res)} examples that "
-                         f"{white_words} left robust at eps {eps.text}; {k} of them also resist APGD-CE and APGD-T ({pct(k, n)} of n={n}; "
-                         f"AutoAttack's margin 0.2%, p={p:.2g})"
-                         + ("; a black-box attack beating white-box ones points to masked gradients." if flag else "."),
-                         eps.text, square=square.budget(), apgd=apgd.budget()))
+    checks.append(
+        finding(
+            "square",
+            flag,
+            f"Square ({square_queries} queries) broke {broke} of the {len(square_res)} examples that "
+            f"{white_words} left robust at eps {eps.text}; {k} of them also resist APGD-CE and APGD-T ({pct(k, n)} of n={n}; "
+            f"AutoAttack's margin 0.2%, p={p:.2g})"
+            + ("; a black-box attack beating white-box ones points to masked gradients." if flag else "."),
+            eps.text,
+            square=square.budget(),
+            apgd=apgd.budget(),
+        )
+    )
     return checks, white
 
 
@@ -195,8 +273,14 @@ def _one_attack(attacks: list[str]) -> str:
     return attacks[0]
 
 
-def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, square_queries: int,
-           progress: Callable[[dict], None] | None = None) -> dict:
+def sanity(
+    t,
+    cfg: EvalConfig,
+    strong_steps: int | None,
+    strong_restarts: int,
+    square_queries: int,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
     """The checklist on target ``t`` with the checked settings ``cfg`` (the largest eps is the one under
     test), stored with their evidence together with the store's cross-run checks."""
     import pandas as pd
@@ -214,9 +298,21 @@ def sanity(t, cfg: EvalConfig, strong_steps: int | None, strong_restarts: int, s
         if z.dim() != 2 or z.shape[1] != sl.info.num_classes:  # wrong shapes are an error, not a finding
             check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
         bs = parse_batch_size(cfg.batch_size) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
-    found, white = checklist(model, sl, t, cfg.norm, dev, bs, cfg.seed, pgd=cfg.pgd_options(), strong_steps=strong_steps,
-                             strong_restarts=strong_restarts, square_queries=square_queries, progress=progress,
-                             attack=_one_attack(cfg.attacks))
+    found, white = checklist(
+        model,
+        sl,
+        t,
+        cfg.norm,
+        dev,
+        bs,
+        cfg.seed,
+        pgd=cfg.pgd_options(),
+        strong_steps=strong_steps,
+        strong_restarts=strong_restarts,
+        square_queries=square_queries,
+        progress=progress,
+        attack=_one_attack(cfg.attacks),
+    )
     with Store(cfg.store) as db:
         db.set_checks(t.sha256, sl.info.name, cfg.norm, found)
         found += cross_checks(db, t.sha256, sl.info.name, cfg.norm, extra_white=white)

@@ -5,6 +5,7 @@ and seed), so N targets cost one crafting and a rerun none. Each source x target
 with per-example outcomes, like any evaluation: an example counts as robust at an eps only if the target
 classifies it right clean and under the transfer examples of that eps and every smaller one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,20 +18,38 @@ import pandas as pd
 import torch
 
 from ..attacks.transfer import Ensemble, TransferAttack
-from ..files import atomic_path
 from ..config import EvalConfig
 from ..errors import RobenchError
+from ..files import atomic_path
 from ..norms import project
 from ..stats import wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
 from .checks import after_run
-from .core import (Slice, Target, as_target, attack_mode, check_model, close_run, data_slice, open_run, run_fields,
-                   run_key)
+from .core import (
+    Slice,
+    Target,
+    as_target,
+    attack_mode,
+    check_model,
+    close_run,
+    data_slice,
+    open_run,
+    run_fields,
+    run_key,
+)
 
 
-def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensemble: bool = False,
-             all_pairs: bool = False, progress: Callable[[dict], None] | None = None) -> pd.DataFrame:
+def transfer(
+    sources,
+    targets,
+    cfg: EvalConfig,
+    *,
+    attack: TransferAttack,
+    ensemble: bool = False,
+    all_pairs: bool = False,
+    progress: Callable[[dict], None] | None = None,
+) -> pd.DataFrame:
     """The source x target matrix under the checked settings ``cfg``, one row per (source, target, eps) with
     clean and robust accuracy and the attack success rate over clean-correct examples, each with n and a
     Wilson interval. With ``all_pairs`` the checkpoints in ``sources`` are every source and every target (the
@@ -80,19 +99,34 @@ def transfer(sources, targets, cfg: EvalConfig, *, attack: TransferAttack, ensem
             surrogate = Ensemble([m.model for m in members]) if len(members) > 1 else members[0].model
             label = " + ".join(m.name for m in members)
             sources_meta = [{"model": m.name, "sha256": m.sha256, "checkpoint": m.checkpoint} for m in members]
-            budget = {"name": "transfer", "attack": attack.budget(), "sources": sources_meta,
-                      "ensemble": len(members) > 1}
+            budget = {
+                "name": "transfer",
+                "attack": attack.budget(),
+                "sources": sources_meta,
+                "ensemble": len(members) > 1,
+            }
             adv = None  # crafted lazily: only when some target's run is not already in the store
             for t in tgt_list:
                 bs = bs_given or auto_batch_size(t.model.to(dev), sl.info.shape, dev, len(sl.idx))
                 run_id = None
-                run_id, status, todo = open_run(db, run_key(t, sl, cfg, [budget], bs),
-                                                run_fields(t, sl, cfg, [budget], bs, dev), cfg.force, sl, t,
-                                                [f"transfer from {label}"], notify)
+                run_id, status, todo = open_run(
+                    db,
+                    run_key(t, sl, cfg, [budget], bs),
+                    run_fields(t, sl, cfg, [budget], bs, dev),
+                    cfg.force,
+                    sl,
+                    t,
+                    [f"transfer from {label}"],
+                    notify,
+                )
                 if status != "done":
                     if adv is None:
-                        adv = {e.text: craft_cached(surrogate, members, attack, sl, e, norm, split, seed, bs, dev,
-                                                    cache, notify, label) for e in sl.eps}
+                        adv = {
+                            e.text: craft_cached(
+                                surrogate, members, attack, sl, e, norm, split, seed, bs, dev, cache, notify, label
+                            )
+                            for e in sl.eps
+                        }
                     _score(db, run_id, t, sl, todo, adv, norm, bs, dev, label, notify)
                     db.finish(run_id)
                     checked[t.sha256] = t
@@ -129,8 +163,10 @@ def _same_dataset(models: list[Target], dataset: str | None) -> None:
     (first, ds), *rest = [(t, dataset_info(d).name) for t, d in named]
     for t, other in rest:
         if other != ds:
-            raise RobenchError(f"Sources and targets must share a dataset: {first.checkpoint or first.name} is "
-                               f"{ds} but {t.checkpoint or t.name} is {other}.")
+            raise RobenchError(
+                f"Sources and targets must share a dataset: {first.checkpoint or first.name} is "
+                f"{ds} but {t.checkpoint or t.name} is {other}."
+            )
 
 
 def _same_inputs(models: list[Target], slices: dict, dev) -> None:
@@ -139,22 +175,44 @@ def _same_inputs(models: list[Target], slices: dict, dev) -> None:
         ds = slices[id(t)].info.name
         shape = t.meta.get("input_shape")
         if shape and tuple(shape) != tuple(slices[id(t)].info.shape):
-            raise RobenchError(f"{t.checkpoint or t.name} takes inputs of shape {tuple(shape)}, not the "
-                               f"{tuple(slices[id(t)].info.shape)} of {ds}; sources and targets must share it.")
+            raise RobenchError(
+                f"{t.checkpoint or t.name} takes inputs of shape {tuple(shape)}, not the "
+                f"{tuple(slices[id(t)].info.shape)} of {ds}; sources and targets must share it."
+            )
         with attack_mode(t.model.to(dev)):
             check_model(t.model, slices[id(t)], dev, t.checkpoint or t.name, t.meta.get("input_shape"))
 
 
-def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, norm: str, split: str,
-              seed: int) -> str:
-    payload = {"sources": sorted(m.sha256 for m in members), "attack": attack.budget(), "eps": repr(eps.value),
-               "norm": norm, "dataset": sl.info.name, "split": split, "seed": seed,
-               "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(), "data": sl.data_sha256}
+def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, norm: str, split: str, seed: int) -> str:
+    payload = {
+        "sources": sorted(m.sha256 for m in members),
+        "attack": attack.budget(),
+        "eps": repr(eps.value),
+        "norm": norm,
+        "dataset": sl.info.name,
+        "split": split,
+        "seed": seed,
+        "examples": hashlib.sha256(sl.idx.numpy().tobytes()).hexdigest(),
+        "data": sl.data_sha256,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def craft_cached(surrogate, members, attack: TransferAttack, sl: Slice, eps, norm: str, split: str, seed: int,
-                 bs: int, dev, cache: Path, notify, label: str) -> torch.Tensor:
+def craft_cached(
+    surrogate,
+    members,
+    attack: TransferAttack,
+    sl: Slice,
+    eps,
+    norm: str,
+    split: str,
+    seed: int,
+    bs: int,
+    dev,
+    cache: Path,
+    notify,
+    label: str,
+) -> torch.Tensor:
     """The adversarial examples crafted on ``surrogate`` for the slice at ``eps``: read from the cache, or
     crafted batch by batch and written there atomically (safetensors, with the indices they belong to)."""
     from safetensors.torch import load_file, save_file
@@ -173,41 +231,92 @@ def craft_cached(surrogate, members, attack: TransferAttack, sl: Slice, eps, nor
     out = []
     with attack_mode(surrogate.to(dev)) as fast:
         for start in range(0, len(sl.idx), bs):
-            b = sl.idx[start: start + bs]
+            b = sl.idx[start : start + bs]
             x, y = sl.data.batch(b)
             out.append(attack.craft(fast, x.to(dev), y.to(dev), b, eps.value, norm, seed).cpu())
     surrogate.to("cpu")
     x_adv = torch.cat(out).contiguous()
     cache.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file({"x_adv": x_adv, "idx": sl.idx.clone().contiguous()}, str(tmp),
-                  metadata={"attack": json.dumps(attack.budget(), sort_keys=True), "eps": eps.text, "norm": norm,
-                            "sources": label})
-    notify({"event": "craft", "source": label, "eps": eps.text, "cached": False, "path": str(path),
-            "seconds": time.perf_counter() - tic})
+        save_file(
+            {"x_adv": x_adv, "idx": sl.idx.clone().contiguous()},
+            str(tmp),
+            metadata={
+                "attack": json.dumps(attack.budget(), sort_keys=True),
+                "eps": eps.text,
+                "norm": norm,
+                "sources": label,
+            },
+        )
+    notify(
+        {
+            "event": "craft",
+            "source": label,
+            "eps": eps.text,
+            "cached": False,
+            "path": str(path),
+            "seconds": time.perf_counter() - tic,
+        }
+    )
     return x_adv
 
 
-def _score(db: Store, run_id: int, t: Target, sl: Slice, todo: list[int], adv: dict[str, torch.Tensor], norm: str,
-           bs: int, dev, label: str, notify) -> None:
+def _score(
+    db: Store,
+    run_id: int,
+    t: Target,
+    sl: Slice,
+    todo: list[int],
+    adv: dict[str, torch.Tensor],
+    norm: str,
+    bs: int,
+    dev,
+    label: str,
+    notify,
+) -> None:
     """The target's clean and robust outcomes on the crafted examples ``todo`` (those the store does not hold
     yet), committed batch by batch."""
     pos = {i: j for j, i in enumerate(sl.idx.tolist())}
     with attack_mode(t.model.to(dev)) as model, torch.no_grad():
         for start in range(0, len(todo), bs):
-            b = torch.tensor(todo[start: start + bs], dtype=torch.long)
+            b = torch.tensor(todo[start : start + bs], dtype=torch.long)
             tic = time.perf_counter()
             x, y = sl.data.batch(b)
-            rows, robust = score_batch(model, x.to(dev), y.to(dev), b, {
-                e.text: adv[e.text][[pos[i] for i in b.tolist()]] for e in sl.eps}, sl.eps, norm, label)
-            db.add_batch(run_id, rows, [], time.perf_counter() - tic, {"transfer": {int(i): (1, 2 * len(sl.eps)) for i in b}})
-            notify({"event": "batch", "model": t.name, "run_id": run_id,
-                    "done": len(sl.idx) - len(todo) + start + len(b), "total": len(sl.idx),
-                    "robust": int(robust.sum())})
+            rows, robust = score_batch(
+                model,
+                x.to(dev),
+                y.to(dev),
+                b,
+                {e.text: adv[e.text][[pos[i] for i in b.tolist()]] for e in sl.eps},
+                sl.eps,
+                norm,
+                label,
+            )
+            db.add_batch(
+                run_id, rows, [], time.perf_counter() - tic, {"transfer": {int(i): (1, 2 * len(sl.eps)) for i in b}}
+            )
+            notify(
+                {
+                    "event": "batch",
+                    "model": t.name,
+                    "run_id": run_id,
+                    "done": len(sl.idx) - len(todo) + start + len(b),
+                    "total": len(sl.idx),
+                    "robust": int(robust.sum()),
+                }
+            )
 
 
-def score_batch(model, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, adv: dict[str, torch.Tensor], eps_list,
-                norm: str, label: str) -> tuple[list[tuple], torch.Tensor]:
+def score_batch(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    b: torch.Tensor,
+    adv: dict[str, torch.Tensor],
+    eps_list,
+    norm: str,
+    label: str,
+) -> tuple[list[tuple], torch.Tensor]:
     """One batch of a target under transfer examples (``adv``: eps text -> the batch's crafted examples):
     the outcome rows (eps, idx, clean, robust, broken_by) and the robust flags at the largest eps. An example
     counts as robust at an eps only if the target is right clean and at that eps and every smaller one."""
@@ -217,8 +326,10 @@ def score_batch(model, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor, adv: d
         for e in eps_list:  # ascending: an example fooled at a smaller eps stays fooled
             xa = project(x, adv[e.text].to(x.device, torch.float32), e.value, norm)
             robust = robust & (model(xa).argmax(1) == y)
-            rows += [(e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
-                     for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())]
+            rows += [
+                (e.text, int(i), int(c), int(r), f"transfer:{label}" if c and not r else None)
+                for i, c, r in zip(b.tolist(), clean.tolist(), robust.tolist())
+            ]
     return rows, robust
 
 
@@ -227,5 +338,9 @@ def _success(o: pd.DataFrame) -> dict:
     k_clean = int(o.clean.sum())
     fooled = k_clean - int(o.robust.sum())
     lo, hi = wilson(fooled, k_clean)
-    return {"success_rate": 100 * fooled / k_clean if k_clean else float("nan"), "success_n": k_clean,
-            "success_ci_low": 100 * lo, "success_ci_high": 100 * hi}
+    return {
+        "success_rate": 100 * fooled / k_clean if k_clean else float("nan"),
+        "success_n": k_clean,
+        "success_ci_low": 100 * lo,
+        "success_ci_high": 100 * hi,
+    }

@@ -10,6 +10,7 @@ Learned activations take ``share``:
 Architectures never build activations themselves: they call an :class:`ActivationFactory` once per
 activation site with the number of channels at that site.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -71,8 +72,11 @@ class Activation(nn.Module):
 
     def extra_repr(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.opts.items())
-        return f"share={self.share}" + (f", channels={self.channels}" if self.channels else "") + (
-            f", {opts}" if opts else "")
+        return (
+            f"share={self.share}"
+            + (f", channels={self.channels}" if self.channels else "")
+            + (f", {opts}" if opts else "")
+        )
 
 
 # ----------------------------------------------------------------------------------- fixed functions
@@ -248,8 +252,23 @@ class APL(Activation):
 
 ACTIVATIONS: dict[str, type[Activation]] = {
     c.name: c
-    for c in (ReLU, LeakyReLU, PReLU, ELU, PELU, SiLU, PSiLU, GELU, Softplus, PSoftplus, Tanh, Sigmoid,
-              SPLASH, PSSiLU, APL)
+    for c in (
+        ReLU,
+        LeakyReLU,
+        PReLU,
+        ELU,
+        PELU,
+        SiLU,
+        PSiLU,
+        GELU,
+        Softplus,
+        PSoftplus,
+        Tanh,
+        Sigmoid,
+        SPLASH,
+        PSSiLU,
+        APL,
+    )
 }
 ALIASES = {"swish": "silu", "lrelu": "leaky_relu"}
 
@@ -371,10 +390,15 @@ def describe_activations() -> list[dict]:
     rows = []
     for name, cls in ACTIVATIONS.items():
         aliases = [a for a, n in ALIASES.items() if n == name]
-        rows.append({
-            "name": name, "aliases": aliases, "formula": cls.formula, "learned": list(cls.learned),
-            "options": dict(cls.options), "share": cls.default_share if cls.learned else "-",
-            "grounded": cls.grounded,
-        })
+        rows.append(
+            {
+                "name": name,
+                "aliases": aliases,
+                "formula": cls.formula,
+                "learned": list(cls.learned),
+                "options": dict(cls.options),
+                "share": cls.default_share if cls.learned else "-",
+                "grounded": cls.grounded,
+            }
+        )
     return rows
-

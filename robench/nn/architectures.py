@@ -6,6 +6,7 @@ model as in RobustBench. The weights of ``net`` have exactly the key layout of t
 (normalize.mean, normalize.std), so a saved state dict keeps it. ``--arch path/to/file.py:Class`` builds the
 user's own class (robench imports it: the user's code runs, by the user's choice).
 """
+
 from __future__ import annotations
 
 import re
@@ -62,10 +63,17 @@ def lenet5(act: Factory, num_classes: int, in_channels: int, input_size: int, **
     pad = 2 if input_size == 28 else 0
     side = ((input_size + 2 * pad - 4) // 2 - 4) // 2
     return nn.Sequential(
-        *_conv_bn_act(act, in_channels, 6, 5, pad=pad), nn.MaxPool2d(2),
-        *_conv_bn_act(act, 6, 16, 5, pad=0), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(16 * side * side, 120), nn.BatchNorm1d(120), act(120),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), act(84),
+        *_conv_bn_act(act, in_channels, 6, 5, pad=pad),
+        nn.MaxPool2d(2),
+        *_conv_bn_act(act, 6, 16, 5, pad=0),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * side * side, 120),
+        nn.BatchNorm1d(120),
+        act(120),
+        nn.Linear(120, 84),
+        nn.BatchNorm1d(84),
+        act(84),
         nn.Linear(84, num_classes),
     )
 
@@ -75,12 +83,17 @@ def allcnn(act: Factory, num_classes: int, in_channels: int, width: int = 96, **
     """All-CNN-C (Springenberg et al. 2015) with batch norm; `width` scales 96/192."""
     w1, w2 = width, 2 * width
     return nn.Sequential(
-        *_conv_bn_act(act, in_channels, w1, 3), *_conv_bn_act(act, w1, w1, 3),
+        *_conv_bn_act(act, in_channels, w1, 3),
+        *_conv_bn_act(act, w1, w1, 3),
         *_conv_bn_act(act, w1, w1, 3, stride=2),
-        *_conv_bn_act(act, w1, w2, 3), *_conv_bn_act(act, w2, w2, 3),
+        *_conv_bn_act(act, w1, w2, 3),
+        *_conv_bn_act(act, w2, w2, 3),
         *_conv_bn_act(act, w2, w2, 3, stride=2),
-        *_conv_bn_act(act, w2, w2, 3, pad=0), *_conv_bn_act(act, w2, w2, 1),
-        nn.Conv2d(w2, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        *_conv_bn_act(act, w2, w2, 3, pad=0),
+        *_conv_bn_act(act, w2, w2, 1),
+        nn.Conv2d(w2, num_classes, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -88,12 +101,21 @@ def allcnn(act: Factory, num_classes: int, in_channels: int, width: int = 96, **
 def nin(act: Factory, num_classes: int, in_channels: int, **_) -> nn.Module:
     """Network-in-Network (Lin et al. 2014) with batch norm."""
     return nn.Sequential(
-        *_conv_bn_act(act, in_channels, 192, 5), *_conv_bn_act(act, 192, 160, 1),
-        *_conv_bn_act(act, 160, 96, 1), nn.MaxPool2d(3, 2, 1), nn.Dropout(0.5),
-        *_conv_bn_act(act, 96, 192, 5), *_conv_bn_act(act, 192, 192, 1),
-        *_conv_bn_act(act, 192, 192, 1), nn.AvgPool2d(3, 2, 1), nn.Dropout(0.5),
-        *_conv_bn_act(act, 192, 192, 3), *_conv_bn_act(act, 192, 192, 1),
-        nn.Conv2d(192, num_classes, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        *_conv_bn_act(act, in_channels, 192, 5),
+        *_conv_bn_act(act, 192, 160, 1),
+        *_conv_bn_act(act, 160, 96, 1),
+        nn.MaxPool2d(3, 2, 1),
+        nn.Dropout(0.5),
+        *_conv_bn_act(act, 96, 192, 5),
+        *_conv_bn_act(act, 192, 192, 1),
+        *_conv_bn_act(act, 192, 192, 1),
+        nn.AvgPool2d(3, 2, 1),
+        nn.Dropout(0.5),
+        *_conv_bn_act(act, 192, 192, 3),
+        *_conv_bn_act(act, 192, 192, 1),
+        nn.Conv2d(192, num_classes, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
     )
 
 
@@ -206,8 +228,9 @@ class WideBlock(nn.Module):
 class NetworkBlock(nn.Module):
     def __init__(self, act: Factory, n: int, cin: int, cout: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*[WideBlock(act, cin if i == 0 else cout, cout, stride if i == 0 else 1)
-                                     for i in range(n)])
+        self.layer = nn.Sequential(
+            *[WideBlock(act, cin if i == 0 else cout, cout, stride if i == 0 else 1) for i in range(n)]
+        )
 
     def forward(self, x):
         return self.layer(x)
@@ -219,8 +242,10 @@ class WideResNet(nn.Module):
         if (depth - 4) % 6:
             raise RobenchError(f"A WideResNet needs depth 6n+4 (16, 22, 28, 34, 40 ...), not {depth}.")
         if depth > 1000 or not 1 <= width <= 64:  # RobustBench's largest is WRN-106-16
-            raise RobenchError(f"A WideResNet of depth {depth} and width {width} is beyond what robench builds "
-                               "(depth up to 1000, width 1 to 64); check the architecture name.")
+            raise RobenchError(
+                f"A WideResNet of depth {depth} and width {width} is beyond what robench builds "
+                "(depth up to 1000, width 1 to 64); check the architecture name."
+            )
         n = (depth - 4) // 6
         ch = [16, 16 * width, 32 * width, 64 * width]
         self.conv1 = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
@@ -248,8 +273,10 @@ def _torchvision(name: str):
         if in_channels != 3:
             raise RobenchError(f"torchvision's {name} takes 3-channel images, not {in_channels}.")
         if getattr(act, "share", "layer") == "channel":
-            raise RobenchError(f"torchvision's {name} reuses one activation module at sites of different "
-                               "widths, so share=channel is not supported there; use share=layer.")
+            raise RobenchError(
+                f"torchvision's {name} reuses one activation module at sites of different "
+                "widths, so share=channel is not supported there; use share=layer."
+            )
         model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
         targets = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU)
         for parent in list(model.modules()):
@@ -270,19 +297,30 @@ class ArchInfo:
     input: str  # the inputs it was designed for
 
 
-ARCHITECTURES: dict[str, ArchInfo] = {a.name: a for a in (
-    ArchInfo("lenet5", lenet5, "LeNet-5 with batch norm (conv 6-16, fc 120-84)", "28x28 or 32x32"),
-    ArchInfo("allcnn", allcnn, "All-CNN-C with batch norm (96/192 channels)", "any, >= 28x28"),
-    ArchInfo("nin", nin, "Network-in-Network with batch norm", "any, >= 28x28"),
-    ArchInfo("resnet20", lambda act, **kw: CifarResNet(act, depth=20, **_only(kw)),
-             "CIFAR ResNet-20 (16/32/64, 3 blocks per stage)", "32x32 (any)"),
-    ArchInfo("preact_resnet18", lambda act, **kw: PreActResNet18(act, **_only(kw)),
-             "PreAct ResNet-18", "32x32 (any)"),
-    ArchInfo("wrn-D-W", lambda act, **kw: WideResNet(act, **_only(kw)),
-             "WideResNet depth D, width W (RobustBench key layout), e.g. wrn-28-10", "32x32"),
-    *(ArchInfo(n, _torchvision(n), f"torchvision {n}, activations replaced", "224x224 RGB")
-      for n in TORCHVISION),
-)}
+ARCHITECTURES: dict[str, ArchInfo] = {
+    a.name: a
+    for a in (
+        ArchInfo("lenet5", lenet5, "LeNet-5 with batch norm (conv 6-16, fc 120-84)", "28x28 or 32x32"),
+        ArchInfo("allcnn", allcnn, "All-CNN-C with batch norm (96/192 channels)", "any, >= 28x28"),
+        ArchInfo("nin", nin, "Network-in-Network with batch norm", "any, >= 28x28"),
+        ArchInfo(
+            "resnet20",
+            lambda act, **kw: CifarResNet(act, depth=20, **_only(kw)),
+            "CIFAR ResNet-20 (16/32/64, 3 blocks per stage)",
+            "32x32 (any)",
+        ),
+        ArchInfo(
+            "preact_resnet18", lambda act, **kw: PreActResNet18(act, **_only(kw)), "PreAct ResNet-18", "32x32 (any)"
+        ),
+        ArchInfo(
+            "wrn-D-W",
+            lambda act, **kw: WideResNet(act, **_only(kw)),
+            "WideResNet depth D, width W (RobustBench key layout), e.g. wrn-28-10",
+            "32x32",
+        ),
+        *(ArchInfo(n, _torchvision(n), f"torchvision {n}, activations replaced", "224x224 RGB") for n in TORCHVISION),
+    )
+}
 
 
 def _only(kw: dict) -> dict:
@@ -305,8 +343,9 @@ def _import_class(arch: str):
     target, _, rest = arch.strip().rpartition(":")
     cls_name, options = split_spec(rest, "architecture")
     if not target or not cls_name.isidentifier():
-        raise RobenchError(f'Architecture "{arch}" is not an import path; write path/to/file.py:Class or '
-                           "package.module:Class.")
+        raise RobenchError(
+            f'Architecture "{arch}" is not an import path; write path/to/file.py:Class or package.module:Class.'
+        )
     try:
         if target not in _IMPORTED:
             if target.endswith(".py"):
@@ -322,8 +361,10 @@ def _import_class(arch: str):
     except RobenchError:
         raise
     except Exception as e:  # the user's own code failed to import: say where, in one sentence
-        raise RobenchError(f"Importing {target} for --arch {arch} failed ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0][:160] if str(e) else 'no message'}).") from None
+        raise RobenchError(
+            f"Importing {target} for --arch {arch} failed ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else 'no message'})."
+        ) from None
     cls = getattr(_IMPORTED[target], cls_name, None)
     if not callable(cls):
         raise RobenchError(f"{target} defines no class {cls_name} (named by --arch {arch}).")
@@ -343,14 +384,19 @@ def _user_arch(arch: str) -> ArchInfo:
             params = inspect.signature(cls).parameters
         except (TypeError, ValueError):
             params = {}
-        kw = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels),
-                                ("input_size", input_size)) if k in params}
+        kw = {
+            k: v
+            for k, v in (("num_classes", num_classes), ("in_channels", in_channels), ("input_size", input_size))
+            if k in params
+        }
         slot = next((k for k in ("act_layer", "activation") if k in params), None)
         if slot:
             kw[slot] = act
         elif act.spec.name != "relu":
-            raise RobenchError(f"{arch} takes no act_layer (or activation) argument, so robench cannot build it "
-                               f"with the activation {act.spec}; add one, or leave --activation out.")
+            raise RobenchError(
+                f"{arch} takes no act_layer (or activation) argument, so robench cannot build it "
+                f"with the activation {act.spec}; add one, or leave --activation out."
+            )
         net = cls(**{**kw, **options})
         if not isinstance(net, nn.Module):
             raise RobenchError(f"{arch} built a {type(net).__name__}, not a torch.nn.Module.")
@@ -372,8 +418,17 @@ def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
     return ARCHITECTURES[name], {}
 
 
-def create_model(arch: str, activation="relu", num_classes: int | None = None, in_channels: int | None = None,
-                 input_size: int | None = None, mean=None, std=None, *, dataset: str | None = None) -> Normalized:
+def create_model(
+    arch: str,
+    activation="relu",
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_size: int | None = None,
+    mean=None,
+    std=None,
+    *,
+    dataset: str | None = None,
+) -> Normalized:
     """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory).
 
     ``dataset`` (say "fashion-mnist") fills the number of classes, input channels and size and the

@@ -1,38 +1,37 @@
 """Faster stand-ins for layers at attack time, for models in eval mode with frozen parameters.
 
 `accelerate(model, device)` returns the same network (parameters and buffers shared, not copied) with
-four kinds of layer replaced where they pay on the CPU (measured on the shipped LeNet-5, batch 250, runs
-interleaved: one attack step takes 31 ms natively, 22 ms with the first versions of these layers and 13 ms
-with the row taps and the pair pool below):
+four kinds of layer replaced where oneDNN's own kernels are slow on the CPU (docs/performance.md has what
+each one gains, and on which machine it was measured):
 
 - ``Conv2d`` with stride 1 and at most 12 output channels, or a single input channel: the gradient with
   respect to the input is computed as a forward convolution with the flipped, transposed kernel instead
-  of oneDNN's backward-data kernel, which is 2-8x slower for so few channels (LeNet's 1->6 first layer).
+  of oneDNN's backward-data kernel, which is slow for so few channels (LeNet's 1->6 first layer).
   With a single input channel that convolution has a single output channel, which oneDNN pads to a block
-  of 16, so it runs as one-row kernels (one output channel per kernel row) and a shifted sum of the rows:
-  2x faster again, and 1.8-10x faster than the native kernel from 6 to 128 output channels. The forward
+  of 16, so it runs as one-row kernels (one output channel per kernel row) and a shifted sum of the rows,
+  which avoids the padding. The forward
   pass is untouched; the input gradient equals the native one up to float rounding.
 - ``MaxPool2d`` with kernel = stride and no padding. When no gradient is taken (clean passes, re-checks,
   Square's queries) the window maximum is taken as elementwise maxima of strided views (first over the
-  window's rows, then over its columns), 5-13x faster than PyTorch's NCHW kernel and the same values
+  window's rows, then over its columns), the same values as PyTorch's NCHW kernel
   (NaN wins, as in PyTorch; of a +0/-0 tie either may come out, which no later layer can tell apart).
   With gradients, 2x2 windows run as a tournament of three comparisons that sends the gradient to the
-  element PyTorch's kernel picks (the first maximum in row-major order), 1.4x faster forward and
-  backward; other windows run PyTorch's kernel. Only a window holding NaN may send its gradient to
+  element PyTorch's kernel picks (the first maximum in row-major order); other windows run PyTorch's
+  kernel. Only a window holding NaN may send its gradient to
   another element than PyTorch does (its output, and so the loss, is NaN either way).
 - ``BatchNorm2d`` in eval mode: PyTorch's forward, and as input gradient one multiplication by the
-  per-channel scale it applies, 2-3x faster than the general batch-norm backward on large inputs.
+  per-channel scale it applies, instead of the general batch-norm backward, on large inputs.
 - ``SPLASH``: its sum of hinges is a chain of about 30 elementwise operations, each a pass over the whole
   batch's activations. The stand-in runs the same operations on slices of the batch that stay in cache,
   and computes the input gradient itself in the order autograd would, so value and gradient are both
-  bit-identical; on the SPLASH ResNet-20 one attack step is about 2x faster and a clean pass 3x
-  (benchmarks/layers.py).
+  bit-identical (benchmarks/layers.py times it against the module).
 
 So the accelerated model's forward pass is bit-identical to the original's: clean accuracy and every
 final verdict are unchanged, and only the attack's search direction can differ, at the level of float
 rounding (as it does between two CPUs). On CUDA the model is returned as it is: cuDNN has none of these
 problems.
 """
+
 from __future__ import annotations
 
 import copy
@@ -44,7 +43,7 @@ from torch import nn
 
 from .activations import SPLASH
 
-SMALL_NORM = 2 ** 17  # below this many elements PyTorch's batch-norm backward beats a Python-level one
+SMALL_NORM = 2**17  # below this many elements PyTorch's batch-norm backward beats a Python-level one
 SMALL_CONV = 12  # at most this many output channels: the flipped forward convolution wins (benchmarks)
 SLICE = 1 << 16  # elements per slice of an elementwise chain: its temporaries stay in a core's L2 cache
 
@@ -68,7 +67,7 @@ class WindowMaxPool(nn.Module):
         n, c, h, w = x.shape
         k, ho, wo = self.k, h // self.k, w // self.k
         if (h, w) != (ho * k, wo * k):
-            x = x[:, :, :ho * k, :wo * k]
+            x = x[:, :, : ho * k, : wo * k]
         rows = reduce(torch.maximum, x.reshape(n, c, ho, k, wo * k).unbind(3))  # over the window's rows
         return reduce(torch.maximum, rows.reshape(n, c, ho, wo, k).unbind(4))  # then over its columns
 
@@ -82,7 +81,7 @@ class _PairPool(torch.autograd.Function):
     def forward(ctx, x):
         n, c, h, w = x.shape
         ho, wo = h // 2, w // 2
-        v = x[:, :, :2 * ho, :2 * wo].reshape(n, c, ho, 2, wo, 2)
+        v = x[:, :, : 2 * ho, : 2 * wo].reshape(n, c, ho, 2, wo, 2)
         a, b, c_, d = v[:, :, :, 0, :, 0], v[:, :, :, 0, :, 1], v[:, :, :, 1, :, 0], v[:, :, :, 1, :, 1]
         top, bottom = torch.maximum(a, b), torch.maximum(c_, d)
         ctx.save_for_backward(b > a, d > c_, bottom > top)
@@ -98,7 +97,7 @@ class _PairPool(torch.autograd.Function):
         g_top = g - g_bottom
         g_b, g_d = g_top * right_top, g_bottom * right_bottom
         out = g.new_zeros(n, c, h, w) if (h, w) != (2 * ho, 2 * wo) else g.new_empty(n, c, h, w)
-        v = out[:, :, :2 * ho, :2 * wo].view(n, c, ho, 2, wo, 2)
+        v = out[:, :, : 2 * ho, : 2 * wo].view(n, c, ho, 2, wo, 2)
         v[:, :, :, 0, :, 0] = g_top - g_b
         v[:, :, :, 0, :, 1] = g_b
         v[:, :, :, 1, :, 0] = g_bottom - g_d
@@ -131,7 +130,7 @@ def row_taps(grad: torch.Tensor, flipped: torch.Tensor, pad: tuple[int, int]) ->
     k_h = flipped.shape[2]
     rows = F.conv2d(grad, flipped[0].transpose(0, 1).unsqueeze(2), None, 1, pad)  # [n, k_h, h + k_h - 1, w]
     h = rows.shape[2] - k_h + 1
-    return reduce(torch.add, (rows[:, a, a:a + h] for a in range(k_h))).unsqueeze(1)
+    return reduce(torch.add, (rows[:, a, a : a + h] for a in range(k_h))).unsqueeze(1)
 
 
 class _AffineGrad(torch.autograd.Function):
@@ -152,8 +151,8 @@ class _AffineGrad(torch.autograd.Function):
 
 class FrozenBatchNorm(nn.Module):
     """A ``BatchNorm2d`` in eval mode whose input gradient is one multiplication by its per-channel scale
-    instead of PyTorch's general batch-norm backward (2-3x faster from about 10^5 elements on; below
-    ``SMALL_NORM`` the native one runs)."""
+    instead of PyTorch's general batch-norm backward; below ``SMALL_NORM`` elements, where that pays less
+    than the Python call costs, the native one runs."""
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
         super().__init__()
@@ -161,8 +160,12 @@ class FrozenBatchNorm(nn.Module):
 
     def forward(self, x):
         bn = self.bn
-        if (bn.training or x.numel() < SMALL_NORM or not (x.requires_grad and torch.is_grad_enabled())
-                or any(p.requires_grad for p in bn.parameters())):
+        if (
+            bn.training
+            or x.numel() < SMALL_NORM
+            or not (x.requires_grad and torch.is_grad_enabled())
+            or any(p.requires_grad for p in bn.parameters())
+        ):
             return bn(x)
         return _AffineGrad.apply(x, bn)
 
@@ -171,8 +174,7 @@ class FastSPLASH(nn.Module):
     """A frozen ``SPLASH``: the same chain of operations per element (hinge by hinge, in its order) and,
     as input gradient, the sum autograd forms from that chain (its terms in the order the engine adds
     them), both run over slices of the batch small enough for their temporaries to stay in cache and
-    with few temporaries. Bit-identical to the module in value and input gradient, and 2-4x faster at
-    attack-sized batches. Trainable slopes, or an input whose dtype differs from the slopes', run the
+    with few temporaries. Bit-identical to the module in value and input gradient. Trainable slopes, or an input whose dtype differs from the slopes', run the
     module itself; only a NaN or infinite input or gradient can make the two gradients differ."""
 
     def __init__(self, act: SPLASH):
@@ -254,9 +256,16 @@ def _poolable(m: nn.Module) -> bool:
 
     def one(v):
         return v if isinstance(v, int) else v[0] if len(set(v)) == 1 else None
+
     k, s = one(m.kernel_size), one(m.stride if m.stride is not None else m.kernel_size)
-    return (k is not None and k == s and one(m.padding) == 0
-            and one(m.dilation) == 1 and not m.ceil_mode and not m.return_indices)
+    return (
+        k is not None
+        and k == s
+        and one(m.padding) == 0
+        and one(m.dilation) == 1
+        and not m.ceil_mode
+        and not m.return_indices
+    )
 
 
 def _normable(m: nn.Module) -> bool:
@@ -267,9 +276,13 @@ def _flippable(m: nn.Module) -> bool:
     if type(m) is not nn.Conv2d or m.padding_mode != "zeros" or isinstance(m.padding, str):
         return False
     k = m.kernel_size
-    return (m.stride == (1, 1) and m.dilation == (1, 1) and m.groups == 1
-            and (m.out_channels <= SMALL_CONV or (m.in_channels == 1 and k[0] > 1))
-            and all(p <= kk - 1 for p, kk in zip(m.padding, k)))
+    return (
+        m.stride == (1, 1)
+        and m.dilation == (1, 1)
+        and m.groups == 1
+        and (m.out_channels <= SMALL_CONV or (m.in_channels == 1 and k[0] > 1))
+        and all(p <= kk - 1 for p, kk in zip(m.padding, k))
+    )
 
 
 def swap(m: nn.Module, skip: tuple[type, ...] = ()) -> nn.Module | None:

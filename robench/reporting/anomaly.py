@@ -2,14 +2,15 @@
 significantly below it at the largest eps. The section lays every white-box attack run on those models at
 both eps side by side (PGD-20, longer PGD with restarts, APGD-DLR, AutoAttack, best known) and says, from
 the numbers, whether the lead survives the strongest attack and how far PGD-20 overstates robustness."""
+
 from __future__ import annotations
 
 import json
 
 import pandas as pd
 
-from ..text import md
 from ..stats import compare_outcomes, holm, wilson
+from ..text import md
 from .groups import comparable, compared, eps_value, reference
 
 ALPHA = 0.05
@@ -22,8 +23,9 @@ def attack_label(budget_json: str) -> str:
         name = a["name"]
         if name == "pgd":
             loss = "" if a.get("loss", "ce") == "ce" else f" ({a['loss']})"
-            parts.append(f"PGD-{a.get('steps')}" + (f" x {a['restarts']} restarts" if a.get("restarts", 1) > 1 else "")
-                         + loss)
+            parts.append(
+                f"PGD-{a.get('steps')}" + (f" x {a['restarts']} restarts" if a.get("restarts", 1) > 1 else "") + loss
+            )
         elif name.startswith("autoattack"):
             parts.append("AutoAttack" + ("" if a.get("version", "standard") == "standard" else f" ({a['version']})"))
         else:
@@ -40,8 +42,11 @@ def flipped(g, eps: str) -> tuple[str, list] | None:
     far = later[-1]
 
     def significant(at: str, sign: int) -> set[str]:
-        rows = {mb.sha256: compare_outcomes(mb.by_eps[at]["pgd"], reference(g, mb).by_eps[at]["pgd"])
-                for mb in compared(g) if "pgd" in mb.by_eps.get(at, {}) and "pgd" in reference(g, mb).by_eps.get(at, {})}
+        rows = {
+            mb.sha256: compare_outcomes(mb.by_eps[at]["pgd"], reference(g, mb).by_eps[at]["pgd"])
+            for mb in compared(g)
+            if "pgd" in mb.by_eps.get(at, {}) and "pgd" in reference(g, mb).by_eps.get(at, {})
+        }
         adj = holm([c["p"] for c in rows.values()])
         return {k for (k, c), p in zip(rows.items(), adj) if p < ALPHA and sign * c["diff"] > 0}
 
@@ -68,14 +73,24 @@ def section(res: pd.DataFrame, g, eps: str) -> list[str]:
         if r not in refs:
             refs.append(r)
     shown = refs + members
-    attacked = res[res.sha256.isin([mb.sha256 for mb in shown]) & res.eps.isin([eps, far])
-                   & ~res.kind.isin(["clean", "transfer"]) & (res.attacks != "transfer")]
+    attacked = res[
+        res.sha256.isin([mb.sha256 for mb in shown])
+        & res.eps.isin([eps, far])
+        & ~res.kind.isin(["clean", "transfer"])
+        & (res.attacks != "transfer")
+    ]
     labels = sorted({attack_label(b) for b in attacked.budget})
-    lines = ["", f"### Does the lead at eps {md(eps)} survive stronger attacks? (eps {md(eps)} and {md(far)})", "",
-             f"Under PGD, {', '.join(mb.label for mb in members)} {'lead' if len(members) > 1 else 'leads'} ReLU at "
-             f"eps {md(eps)} but {'fall' if len(members) > 1 else 'falls'} significantly below it at eps {md(far)}. Every white-box attack run on these models at both budgets, robust accuracy in % "
-             "[95% interval] (n); best known is the per-example worst case over all of them (transfer included):", "",
-             "| Model | eps | " + " | ".join(labels) + " | Best known |", "|---" * (len(labels) + 3) + "|"]
+    lines = [
+        "",
+        f"### Does the lead at eps {md(eps)} survive stronger attacks? (eps {md(eps)} and {md(far)})",
+        "",
+        f"Under PGD, {', '.join(mb.label for mb in members)} {'lead' if len(members) > 1 else 'leads'} ReLU at "
+        f"eps {md(eps)} but {'fall' if len(members) > 1 else 'falls'} significantly below it at eps {md(far)}. Every white-box attack run on these models at both budgets, robust accuracy in % "
+        "[95% interval] (n); best known is the per-example worst case over all of them (transfer included):",
+        "",
+        "| Model | eps | " + " | ".join(labels) + " | Best known |",
+        "|---" * (len(labels) + 3) + "|",
+    ]
     for mb in shown:
         for e in (eps, far):
             runs = attacked[(attacked.sha256 == mb.sha256) & (attacked.eps == e)]
@@ -112,12 +127,16 @@ def _findings(g, members: list, eps: str, far: str, covered: dict) -> list[str]:
         if a and b and comparable(mb, ref, eps):
             c = compare_outcomes(a, b)
             holds = "holds" if c["low"] > 0 else "does not hold" if c["high"] < 0 else "is not significant"
-            out.append(f"{mb.label}: at eps {md(eps)} its lead over ReLU {holds} under the strongest attacks: best known "
-                       f"{c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] (exact McNemar p={c['p']:.3g}, "
-                       f"n={c['n']:,}).")
+            out.append(
+                f"{mb.label}: at eps {md(eps)} its lead over ReLU {holds} under the strongest attacks: best known "
+                f"{c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] (exact McNemar p={c['p']:.3g}, "
+                f"n={c['n']:,})."
+            )
         if not {mb.sha256, ref.sha256} <= covered.keys():
-            out.append(f"{mb.label}: at eps {md(far)} only the PGD sweep has run on it or on its ReLU so far, so how "
-                       "much the sweep overstates their robustness there is not yet measured.")
+            out.append(
+                f"{mb.label}: at eps {md(far)} only the PGD sweep has run on it or on its ReLU so far, so how "
+                "much the sweep overstates their robustness there is not yet measured."
+            )
             continue
         gaps = []
         for m in (mb, ref):
@@ -130,8 +149,14 @@ def _findings(g, members: list, eps: str, far: str, covered: dict) -> list[str]:
         if gaps:
             a, b = mb.by_eps[far].get("best_known"), ref.by_eps[far].get("best_known")
             c = compare_outcomes(a, b) if a and b and comparable(mb, ref, far) else None
-            tail = (f"; in best known accuracy it is {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] "
-                    f"against ReLU (n={c['n']:,})" if c else "")
-            out.append(f"{mb.label}: at eps {md(far)}, the PGD sweep overstates robust accuracy compared with the worst "
-                       f"case over all attacks: {', '.join(gaps)}{tail}.")
+            tail = (
+                f"; in best known accuracy it is {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] "
+                f"against ReLU (n={c['n']:,})"
+                if c
+                else ""
+            )
+            out.append(
+                f"{mb.label}: at eps {md(far)}, the PGD sweep overstates robust accuracy compared with the worst "
+                f"case over all attacks: {', '.join(gaps)}{tail}."
+            )
     return out

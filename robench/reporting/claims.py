@@ -7,13 +7,14 @@ between training runs); with one pair, Newcombe's paired interval on the shared 
 the sampling of test examples only). The shape claims relate each checkpoint's learned activation, read
 from its own parameters, to its robust accuracy (Spearman's rank correlation), and compare the learned
 shapes of the same activation and seed under adversarial and standard training."""
+
 from __future__ import annotations
 
 import copy
 import math
 
-from ..text import md
 from ..stats import compare_outcomes, t_interval
+from ..text import md
 from .groups import eps_value, report_checkpoint
 
 MIN_EFFECT = 1.0  # points: a gain smaller than this is not a gain a reader would act on
@@ -55,15 +56,33 @@ def effect(g, activation: str, reference: str, metric: str, eps: str | None) -> 
     if not seeds:
         return None
     ns = sorted({len(set(a[s]) & set(b[s])) for s in seeds})
-    out = {"seeds": seeds, "n": ns, "a": sum(_acc(a[s]) for s in seeds) / len(seeds),
-           "b": sum(_acc(b[s]) for s in seeds) / len(seeds)}
+    out = {
+        "seeds": seeds,
+        "n": ns,
+        "a": sum(_acc(a[s]) for s in seeds) / len(seeds),
+        "b": sum(_acc(b[s]) for s in seeds) / len(seeds),
+    }
     if len(seeds) > 1:
         diff, low, high, p = t_interval([_acc(a[s]) - _acc(b[s]) for s in seeds])
-        return {**out, "diff": diff, "low": low, "high": high, "p": p, "test": "t-test",
-                "basis": f"{len(seeds)} training runs each, seed-paired t-interval"}
+        return {
+            **out,
+            "diff": diff,
+            "low": low,
+            "high": high,
+            "p": p,
+            "test": "t-test",
+            "basis": f"{len(seeds)} training runs each, seed-paired t-interval",
+        }
     c = compare_outcomes(a[seeds[0]], b[seeds[0]])
-    return {**out, "diff": c["diff"], "low": c["low"], "high": c["high"], "p": c["p"], "test": "exact McNemar",
-            "basis": "one training run each: paired interval over test examples only"}
+    return {
+        **out,
+        "diff": c["diff"],
+        "low": c["low"],
+        "high": c["high"],
+        "p": c["p"],
+        "test": "exact McNemar",
+        "basis": "one training run each: paired interval over test examples only",
+    }
 
 
 def verdict(low: float, high: float, p: float = 0.0, minimum: float = MIN_EFFECT) -> str:
@@ -93,8 +112,13 @@ def _n(e: dict) -> str:
 def _row(claim: str, setting: str, e: dict | None, missing: str) -> dict:
     if e is None:
         return {"claim": claim, "setting": setting, "effect": "-", "basis": missing, "verdict": "not yet measured"}
-    return {"claim": claim, "setting": setting, "effect": f"{_ci(e)} ({e['a']:.1f}% vs {e['b']:.1f}%)",
-            "basis": f"{e['basis']}; {_n(e)}; {e['test']} p={e['p']:.3g}", "verdict": verdict(e["low"], e["high"], e["p"])}
+    return {
+        "claim": claim,
+        "setting": setting,
+        "effect": f"{_ci(e)} ({e['a']:.1f}% vs {e['b']:.1f}%)",
+        "basis": f"{e['basis']}; {_n(e)}; {e['test']} p={e['p']:.3g}",
+        "verdict": verdict(e["low"], e["high"], e["p"]),
+    }
 
 
 def _acts(g) -> set[str]:
@@ -102,8 +126,7 @@ def _acts(g) -> set[str]:
 
 
 def _eps_with(g, metric: str, *acts: str) -> list[str]:
-    found = [{e for mb in g.members if mb.activation == a for e, s in mb.by_eps.items() if s.get(metric)}
-             for a in acts]
+    found = [{e for mb in g.members if mb.activation == a for e, s in mb.by_eps.items() if s.get(metric)} for a in acts]
     return sorted(set.intersection(*found), key=eps_value) if found else []
 
 
@@ -136,8 +159,10 @@ def shape_stats(model) -> dict | None:
 
         x, y = f(1e-3)
         negs.append(float(y[x < 0].mean()))
-        peak = [float(((yy[2:] - 2 * yy[1:-1] + yy[:-2]).abs() / h ** 2).max()) for h, (_, yy) in
-                ((h, f(h)) for h in (1e-2, 1e-3))]
+        peak = [
+            float(((yy[2:] - 2 * yy[1:-1] + yy[:-2]).abs() / h**2).max())
+            for h, (_, yy) in ((h, f(h)) for h in (1e-2, 1e-3))
+        ]
         curvs.append(KINK if peak[1] > 3 * peak[0] + 1e-6 else peak[1])
     learned = any(p.numel() for act in acts for p in act.parameters())
     return {"negative_output": sum(negs) / len(negs), "curvature": sum(curvs) / len(curvs), "learned": learned}
@@ -165,15 +190,28 @@ def _spearman(xs: list[float], ys: list[float]) -> tuple[float, float]:
 
 def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: str) -> dict:
     if len(pairs) < 4 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
-        return {"claim": claim, "setting": setting, "effect": "-",
-                "basis": f"{len(pairs)} checkpoint{'s' * (len(pairs) != 1)} with {what}: too few to correlate",
-                "verdict": "not yet measured"}
+        return {
+            "claim": claim,
+            "setting": setting,
+            "effect": "-",
+            "basis": f"{len(pairs)} checkpoint{'s' * (len(pairs) != 1)} with {what}: too few to correlate",
+            "verdict": "not yet measured",
+        }
     rho, p = _spearman([x for x, _ in pairs], [y for _, y in pairs])
-    v = ("supported" if rho > 0 and p < 0.05 else "not supported (significant the other way)" if rho < 0 and p < 0.05
-         else "inconclusive at this n")
-    return {"claim": claim, "setting": setting, "effect": f"Spearman rho {rho:+.2f}, p={p:.3g}",
-            "basis": f"{len(pairs)} checkpoints ({what}); checkpoints of one activation are not independent",
-            "verdict": v}
+    v = (
+        "supported"
+        if rho > 0 and p < 0.05
+        else "not supported (significant the other way)"
+        if rho < 0 and p < 0.05
+        else "inconclusive at this n"
+    )
+    return {
+        "claim": claim,
+        "setting": setting,
+        "effect": f"Spearman rho {rho:+.2f}, p={p:.3g}",
+        "basis": f"{len(pairs)} checkpoints ({what}); checkpoints of one activation are not independent",
+        "verdict": v,
+    }
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -184,8 +222,14 @@ def claim_rows(found: list) -> list[dict]:
     # SPLASH: clean accuracy, then white-box and black-box robustness
     for g in with_relu:
         if "splash" in _acts(g):
-            rows.append(_row("SPLASH improves clean accuracy over ReLU", g.md_title,
-                             effect(g, "splash", "relu", "clean", None), "no clean accuracy"))
+            rows.append(
+                _row(
+                    "SPLASH improves clean accuracy over ReLU",
+                    g.md_title,
+                    effect(g, "splash", "relu", "clean", None),
+                    "no clean accuracy",
+                )
+            )
     white = "SPLASH is more robust than ReLU to white-box attacks (AutoAttack)"
     for g in (g for g in with_relu if "splash" in _acts(g)):
         eps_list = _eps_with(g, "autoattack", "splash", "relu")
@@ -197,23 +241,47 @@ def claim_rows(found: list) -> list[dict]:
             rows.append(_row(white, f"{g.md_title}, attacked at eps {md(eps)}", e, ""))
             shown += 1
         if not shown:
-            rows.append(_row(white, g.md_title, None, "no AutoAttack run on both" if not eps_list else
-                             f"AutoAttack only at eps {md(', '.join(eps_list))}, where both are at 0%"))
+            rows.append(
+                _row(
+                    white,
+                    g.md_title,
+                    None,
+                    "no AutoAttack run on both"
+                    if not eps_list
+                    else f"AutoAttack only at eps {md(', '.join(eps_list))}, where both are at 0%",
+                )
+            )
     for g in (g for g in with_relu if "splash" in _acts(g)):
         for eps in _eps_with(g, "transfer", "splash", "relu"):
-            rows.append(_row("SPLASH is more robust than ReLU to black-box (transfer) attacks",
-                             f"{g.md_title}, attacked at eps {md(eps)}", effect(g, "splash", "relu", "transfer", eps), ""))
+            rows.append(
+                _row(
+                    "SPLASH is more robust than ReLU to black-box (transfer) attacks",
+                    f"{g.md_title}, attacked at eps {md(eps)}",
+                    effect(g, "splash", "relu", "transfer", eps),
+                    "",
+                )
+            )
     # Dai et al.: smooth PAFs under adversarial training, PSSiLU most
     for g in (g for g in with_relu if _adversarial(g)):
         for act in ("pssilu", "psoftplus"):
             if act in _acts(g):
-                rows.append(_row(f"Under adversarial training, {NAMES[act]} gives higher robust accuracy "
-                                 "(AutoAttack) than ReLU", f"{g.md_title}, attacked at eps {md(g.train_eps)}",
-                                 effect(g, act, "relu", "autoattack", g.train_eps), "no AutoAttack run on both"))
+                rows.append(
+                    _row(
+                        f"Under adversarial training, {NAMES[act]} gives higher robust accuracy (AutoAttack) than ReLU",
+                        f"{g.md_title}, attacked at eps {md(g.train_eps)}",
+                        effect(g, act, "relu", "autoattack", g.train_eps),
+                        "no AutoAttack run on both",
+                    )
+                )
         if {"pssilu", "psoftplus"} <= _acts(g):
             e = effect(g, "pssilu", "psoftplus", "autoattack", g.train_eps)
-            row = _row("Under adversarial training, PSSiLU gives the most robust accuracy of the smooth PAFs "
-                       "(PSSiLU minus PSoftplus)", f"{g.md_title}, attacked at eps {md(g.train_eps)}", e, "no AutoAttack run on both")
+            row = _row(
+                "Under adversarial training, PSSiLU gives the most robust accuracy of the smooth PAFs "
+                "(PSSiLU minus PSoftplus)",
+                f"{g.md_title}, attacked at eps {md(g.train_eps)}",
+                e,
+                "no AutoAttack run on both",
+            )
             rank = _rank(g, "pssilu", "autoattack", g.train_eps)
             if rank:
                 row["setting"] += f"; PSSiLU ranks {rank[0]} of {rank[1]} activations by mean AutoAttack accuracy"
@@ -222,22 +290,41 @@ def claim_rows(found: list) -> list[dict]:
     adversarial = [g for g in found if _adversarial(g)]
     shapes = {id(g): member_shapes(g) for g in found}
     for g in adversarial:
-        robust = {mb.sha256: _acc(mb.by_eps[g.train_eps]["autoattack"]) for mb in g.members
-                  if mb.by_eps.get(g.train_eps, {}).get("autoattack")}
-        ns = sorted({len(mb.by_eps[g.train_eps]["autoattack"]) for mb in g.members
-                     if mb.by_eps.get(g.train_eps, {}).get("autoattack")})
+        robust = {
+            mb.sha256: _acc(mb.by_eps[g.train_eps]["autoattack"])
+            for mb in g.members
+            if mb.by_eps.get(g.train_eps, {}).get("autoattack")
+        }
+        ns = sorted(
+            {
+                len(mb.by_eps[g.train_eps]["autoattack"])
+                for mb in g.members
+                if mb.by_eps.get(g.train_eps, {}).get("autoattack")
+            }
+        )
         on = f"; AutoAttack on n = {ns[0]:,}" + (f" to {ns[-1]:,}" if len(ns) > 1 else "") if ns else ""
         st = shapes[id(g)]
         neg = [(st[s]["negative_output"], r) for s, r in robust.items() if s in st]
         smooth = [(st[s]["curvature"], r) for s, r in robust.items() if s in st and st[s]["curvature"] != KINK]
-        rows.append(_corr_row("Positive outputs on negative inputs go with higher robust accuracy (AutoAttack)",
-                              f"{g.md_title}, attacked at eps {md(g.train_eps)}", neg, "mean activation output on [-4, 0)" + on))
-        rows.append(_corr_row("Higher finite curvature goes with higher robust accuracy (AutoAttack)",
-                              f"{g.md_title}, attacked at eps {md(g.train_eps)}", smooth,
-                              "largest absolute f'' of the smooth activations" + on))
+        rows.append(
+            _corr_row(
+                "Positive outputs on negative inputs go with higher robust accuracy (AutoAttack)",
+                f"{g.md_title}, attacked at eps {md(g.train_eps)}",
+                neg,
+                "mean activation output on [-4, 0)" + on,
+            )
+        )
+        rows.append(
+            _corr_row(
+                "Higher finite curvature goes with higher robust accuracy (AutoAttack)",
+                f"{g.md_title}, attacked at eps {md(g.train_eps)}",
+                smooth,
+                "largest absolute f'' of the smooth activations" + on,
+            )
+        )
     for g in adversarial:
         for std in found:
-            if (std.method == "standard" and std.arch == g.arch and std.dataset == g.dataset):
+            if std.method == "standard" and std.arch == g.arch and std.dataset == g.dataset:
                 rows += _movement_rows(g, std, shapes[id(g)], shapes[id(std)])
     return rows
 
@@ -257,30 +344,50 @@ def _rank(g, activation: str, metric: str, eps: str) -> tuple[int, int] | None:
 def _movement_rows(adv, std, adv_shapes: dict, std_shapes: dict) -> list[dict]:
     """Learned parametric activations under adversarial minus standard training, paired by activation and
     seed: the change of the mean negative-input output and of the (finite) curvature."""
+
     def by_key(g, shapes):
-        return {(mb.activation, 0 if mb.seed is None else mb.seed): shapes[mb.sha256] for mb in g.members
-                if mb.sha256 in shapes and shapes[mb.sha256]["learned"]}
+        return {
+            (mb.activation, 0 if mb.seed is None else mb.seed): shapes[mb.sha256]
+            for mb in g.members
+            if mb.sha256 in shapes and shapes[mb.sha256]["learned"]
+        }
 
     a, s = by_key(adv, adv_shapes), by_key(std, std_shapes)
     keys = sorted(set(a) & set(s))
     setting = f"{adv.md_title} vs standard training"
     claim = "Adversarially trained PAFs move toward {}"
     rows = []
-    for prop, what in (("negative_output", "positive outputs on negative inputs (mean output on [-4, 0))"),
-                       ("curvature", "higher finite curvature (largest absolute f'')")):
+    for prop, what in (
+        ("negative_output", "positive outputs on negative inputs (mean output on [-4, 0))"),
+        ("curvature", "higher finite curvature (largest absolute f'')"),
+    ):
         diffs = [a[k][prop] - s[k][prop] for k in keys if KINK not in (a[k][prop], s[k][prop])]
         acts = sorted({k[0] for k in keys if KINK not in (a[k][prop], s[k][prop])})
         if len(diffs) < 2:
-            rows.append({"claim": claim.format(what), "setting": setting, "effect": "-",
-                         "basis": f"{len(diffs)} paired training runs of parametric smooth activations",
-                         "verdict": "not yet measured"})
+            rows.append(
+                {
+                    "claim": claim.format(what),
+                    "setting": setting,
+                    "effect": "-",
+                    "basis": f"{len(diffs)} paired training runs of parametric smooth activations",
+                    "verdict": "not yet measured",
+                }
+            )
             continue
         d, lo, hi, p = t_interval(diffs)
-        rows.append({"claim": claim.format(what), "setting": setting,
-                     "effect": f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3g}",
-                     "basis": f"{len(diffs)} runs paired by activation and seed ({', '.join(acts)}), t-interval",
-                     "verdict": "supported" if lo > 0 else "not supported (significant the other way)" if hi < 0
-                     else "inconclusive at this n"})
+        rows.append(
+            {
+                "claim": claim.format(what),
+                "setting": setting,
+                "effect": f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}], p={p:.3g}",
+                "basis": f"{len(diffs)} runs paired by activation and seed ({', '.join(acts)}), t-interval",
+                "verdict": "supported"
+                if lo > 0
+                else "not supported (significant the other way)"
+                if hi < 0
+                else "inconclusive at this n",
+            }
+        )
     return rows
 
 
@@ -289,15 +396,21 @@ def section(found: list) -> list[str]:
     rows = claim_rows(found)
     if not rows:
         return []
-    lines = ["", "## The papers' claims", "",
-             f"Each claim of {SPLASH} and {DAI} that these models can test. Effects are in points against "
-             "ReLU (or as stated), with 95% intervals: over training seeds where each activation has several "
-             "(a Student-t interval over the seed-paired differences), otherwise over test examples only. "
-             "Robust accuracy is official AutoAttack (standard). The verdict follows from the interval: "
-             f"**supported** when it lies above 0 (with p < 0.05); **not supported** when it lies below 0 or below "
-             f"+{MIN_EFFECT:g} point (it rules out a gain worth acting on); otherwise **inconclusive at this n**. Shape claims use "
-             "Spearman's rank correlation (p < 0.05) or a t-interval over paired training runs.", "",
-             "| Claim | Setting | Measured effect [95% CI] | Basis | Verdict |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## The papers' claims",
+        "",
+        f"Each claim of {SPLASH} and {DAI} that these models can test. Effects are in points against "
+        "ReLU (or as stated), with 95% intervals: over training seeds where each activation has several "
+        "(a Student-t interval over the seed-paired differences), otherwise over test examples only. "
+        "Robust accuracy is official AutoAttack (standard). The verdict follows from the interval: "
+        f"**supported** when it lies above 0 (with p < 0.05); **not supported** when it lies below 0 or below "
+        f"+{MIN_EFFECT:g} point (it rules out a gain worth acting on); otherwise **inconclusive at this n**. Shape claims use "
+        "Spearman's rank correlation (p < 0.05) or a t-interval over paired training runs.",
+        "",
+        "| Claim | Setting | Measured effect [95% CI] | Basis | Verdict |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | {r['basis']} | **{r['verdict']}** |")
     return lines

@@ -3,6 +3,7 @@ dataset, norm, architecture, training method and training eps), accuracies with 
 change against the ReLU member with paired intervals and exact McNemar p-values from per-example outcomes,
 robust accuracy against eps, the learned activation shapes, the gradient-masking flags and a plain summary.
 Deterministic: the same store gives the same Markdown and the same PNG bytes."""
+
 from __future__ import annotations
 
 import copy
@@ -15,13 +16,29 @@ from ..stats import compare_outcomes, holm, wilson
 from ..text import md
 from .anomaly import section as anomaly_section
 from .claims import section as claims_section
-from .groups import (Group, Member, best_known, comparable, compared, comparison_eps, eps_value, groups, reference,
-                     report_checkpoint, set_aside)
+from .groups import (
+    Group,
+    Member,
+    best_known,
+    comparable,
+    compared,
+    comparison_eps,
+    eps_value,
+    groups,
+    reference,
+    report_checkpoint,
+    set_aside,
+)
 from .leaderboard import METRICS
 from .seeds import section as seed_section
 
-LABELS = {"clean": "Clean", "pgd": "PGD", "autoattack": "AutoAttack", "transfer": "Transfer",
-          "best_known": "Best known"}
+LABELS = {
+    "clean": "Clean",
+    "pgd": "PGD",
+    "autoattack": "AutoAttack",
+    "transfer": "Transfer",
+    "best_known": "Best known",
+}
 ALPHA = 0.05
 
 
@@ -78,8 +95,17 @@ def curve_series(g: Group) -> tuple[str, list[dict]]:
             k, n = sum(d.values()), len(d)
             lo, hi = wilson(k, n)
             acc.append(100 * k / n), low.append(100 * lo), high.append(100 * hi)
-        series.append({"label": mb.label, "activation": mb.activation, "eps": [p[0] for p in pts], "acc": acc,
-                       "low": low, "high": high, "ref": mb.activation == "relu"})
+        series.append(
+            {
+                "label": mb.label,
+                "activation": mb.activation,
+                "eps": [p[0] for p in pts],
+                "acc": acc,
+                "low": low,
+                "high": high,
+                "ref": mb.activation == "relu",
+            }
+        )
     return metric, series
 
 
@@ -117,12 +143,18 @@ def shape_panels(g: Group) -> list[dict]:
                         else:
                             y = act(t)
                         return np.round(y.numpy(), 9)
+
                 if len(acts) == 1:  # one network-wide activation: a colour per training run
                     label = f"seed {mb.seed}" if several else act_name
                     curves.append((label, fn, {"linestyle": "-", "color_index": k}))
                 else:  # a colour per layer, a line style per training run
-                    curves.append((f"layer {j + 1}" if k == 0 else None, fn,
-                                   {"linestyle": styles[k % len(styles)], "color_index": j}))
+                    curves.append(
+                        (
+                            f"layer {j + 1}" if k == 0 else None,
+                            fn,
+                            {"linestyle": styles[k % len(styles)], "color_index": j},
+                        )
+                    )
         title = act_name if not several else f"{act_name} ({len(members)} training runs)"
         panel = {"title": title if several else members[0].label, "curves": curves}
         if missing:
@@ -141,19 +173,27 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         hi, lo = max(known, key=known.get), min(known, key=known.get)
         ns = sorted({len(v) for v in best.values() if v})
         if max(known.values()) == 0:
-            lines.append(f"Every model is at 0% best known robust accuracy at {md(g.norm)} eps {md(eps)}: whatever the "
-                         "activation, these models have no robustness at this budget.")
+            lines.append(
+                f"Every model is at 0% best known robust accuracy at {md(g.norm)} eps {md(eps)}: whatever the "
+                "activation, these models have no robustness at this budget."
+            )
         elif len(known) == 1:
-            lines.append(f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy is {known[hi]:.1f}% ({hi}), on n = "
-                         f"{ns[0]} examples" + (", the only member with AutoAttack at this eps." if aside else "."))
+            lines.append(
+                f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy is {known[hi]:.1f}% ({hi}), on n = "
+                f"{ns[0]} examples" + (", the only member with AutoAttack at this eps." if aside else ".")
+            )
         else:
-            lines.append(f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
-                         f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples"
-                         + (" (the members with AutoAttack at this eps)." if aside else "."))
+            lines.append(
+                f"At {md(g.norm)} eps {md(eps)}, best known robust accuracy runs from {known[lo]:.1f}% ({lo}) to "
+                f"{known[hi]:.1f}% ({hi}), on n = {', '.join(map(str, ns))} examples"
+                + (" (the members with AutoAttack at this eps)." if aside else ".")
+            )
     if aside:
-        lines.append(f"Not yet attacked with AutoAttack at this eps: {', '.join(aside)}. Their best known accuracy "
-                     "rests on weaker attacks only (marked †): it is left out of the sentence above, and compared "
-                     "with ReLU only where the ReLU model lacks AutoAttack too.")
+        lines.append(
+            f"Not yet attacked with AutoAttack at this eps: {', '.join(aside)}. Their best known accuracy "
+            "rests on weaker attacks only (marked †): it is left out of the sentence above, and compared "
+            "with ReLU only where the ReLU model lacks AutoAttack too."
+        )
     if not compared(g):
         lines.append("There is no ReLU member, so no change against ReLU is computed.")
     for metric in ("best_known", "pgd", "clean"):
@@ -161,36 +201,54 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         if not rows or (metric == "best_known" and known and max(known.values()) == 0):
             continue
         sig = [(k, c) for k, c in rows.items() if c["significant"]]
-        name = {"best_known": "best known robust accuracy", "pgd": "PGD robust accuracy",
-                "clean": "clean accuracy"}[metric]
+        name = {"best_known": "best known robust accuracy", "pgd": "PGD robust accuracy", "clean": "clean accuracy"}[
+            metric
+        ]
         width = max(c["high"] - c["low"] for c in rows.values()) / 2
         acts = {mb.activation for mb in compared(g) if mb.label in rows}
         # with training-seed replicates each comparison is one checkpoint against the ReLU of its seed
-        what = "activations" if len(acts) == len(rows) else \
-            f"checkpoints ({len(acts)} activation{'s' * (len(acts) != 1)}, each checkpoint against the ReLU checkpoint of " \
+        what = (
+            "activations"
+            if len(acts) == len(rows)
+            else f"checkpoints ({len(acts)} activation{'s' * (len(acts) != 1)}, each checkpoint against the ReLU checkpoint of "
             "its training seed)"
+        )
         if sig:
             parts = ", ".join(f"{k} {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}]" for k, c in sig)
-            lines.append(f"In {name}, {len(sig)} of {len(rows)} {what} differ from ReLU significantly "
-                         f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA}): {parts}.")
+            lines.append(
+                f"In {name}, {len(sig)} of {len(rows)} {what} differ from ReLU significantly "
+                f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA}): {parts}."
+            )
         else:
-            lines.append(f"In {name}, none of the {len(rows)} {what} differs from ReLU significantly (Holm-adjusted "
-                         f"exact McNemar, alpha {ALPHA}); the 95% intervals of the differences reach up to "
-                         f"±{width:.1f} points, so smaller differences are not ruled out.")
+            lines.append(
+                f"In {name}, none of the {len(rows)} {what} differs from ReLU significantly (Holm-adjusted "
+                f"exact McNemar, alpha {ALPHA}); the 95% intervals of the differences reach up to "
+                f"±{width:.1f} points, so smaller differences are not ruled out."
+            )
     pgd, aa = dl.get("pgd", {}), dl.get("autoattack", {})
-    unconfirmed = [(k, aa[k]) for k, c in pgd.items() if c["significant"] and c["diff"] > 0 and k in aa
-                   and not aa[k]["significant"]]
+    unconfirmed = [
+        (k, aa[k])
+        for k, c in pgd.items()
+        if c["significant"] and c["diff"] > 0 and k in aa and not aa[k]["significant"]
+    ]
     if unconfirmed:
-        lines.append("AutoAttack does not confirm the PGD lead of " + ", ".join(
-            f"{k} ({c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] on n={c['n']})" for k, c in unconfirmed)
-            + ": either the lead shrinks under the stronger attack or this n cannot show it.")
+        lines.append(
+            "AutoAttack does not confirm the PGD lead of "
+            + ", ".join(
+                f"{k} ({c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}] on n={c['n']})"
+                for k, c in unconfirmed
+            )
+            + ": either the lead shrinks under the stronger attack or this n cannot show it."
+        )
     lines += _far_eps(g, eps)
     lines += _transfer_sentence(g, eps)
     flagged = [mb.label for mb in g.members if mb.unreliable]
     if flagged:
-        lines.append(f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
-                     "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
-                     "attacks.")
+        lines.append(
+            f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
+            "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
+            "attacks."
+        )
     lines.append(_seed_sentence(g))
     return lines
 
@@ -202,12 +260,16 @@ def _seed_sentence(g: Group) -> str:
         runs.setdefault(mb.activation, set()).add(mb.seed if mb.seed is not None else mb.sha256)
     counts = sorted({len(v) for v in runs.values()})
     if counts == [1]:
-        return ("Each activation was trained once, so the intervals cover the sampling of test examples only, "
-                "not the variation between training runs: a difference here describes these checkpoints, not "
-                "yet the activations in general.")
+        return (
+            "Each activation was trained once, so the intervals cover the sampling of test examples only, "
+            "not the variation between training runs: a difference here describes these checkpoints, not "
+            "yet the activations in general."
+        )
     many = "; ".join(f"{md(act)}: {len(v)}" for act, v in sorted(runs.items()))
-    return (f"Training runs per activation ({many}): each interval above compares single checkpoints, so it "
-            "covers the sampling of test examples only, not the variation between training runs.")
+    return (
+        f"Training runs per activation ({many}): each interval above compares single checkpoints, so it "
+        "covers the sampling of test examples only, not the variation between training runs."
+    )
 
 
 def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
@@ -219,9 +281,11 @@ def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
         return []
     mine = checks[checks.check.isin(CHECKLIST) & (checks.dataset == g.dataset) & (checks.norm == g.norm)]
     ran = [mb for mb in g.members if mb.sha256 in set(mine.sha256)]
-    text = (f"The full gradient-masking checklist (`robench sanity`: the attack under test at several eps and a "
-            f"stronger budget, APGD-CE's step-size schedule, Square on what they leave) has examined "
-            f"{'all ' if len(ran) == len(g.members) else ''}{len(ran)} of the {len(g.members)} members")
+    text = (
+        f"The full gradient-masking checklist (`robench sanity`: the attack under test at several eps and a "
+        f"stronger budget, APGD-CE's step-size schedule, Square on what they leave) has examined "
+        f"{'all ' if len(ran) == len(g.members) else ''}{len(ran)} of the {len(g.members)} members"
+    )
     if not ran:
         return [text + "; the flags above come from the checks every evaluation runs."]
     flagged = {mb.label: sorted(set(mine[(mine.sha256 == mb.sha256) & (mine.status == "flag")].check)) for mb in ran}
@@ -229,28 +293,42 @@ def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
     listed = "" if len(ran) == len(g.members) else f" ({', '.join(mb.label for mb in ran)})"
     if not flagged:
         return [text + listed + "; every check passed on each."]
-    return [text + listed + "; it flags " + "; ".join(f"{k} on {md(', '.join(v))}" for k, v in flagged.items())
-            + " (see the flags), and every other check passed."]
+    return [
+        text
+        + listed
+        + "; it flags "
+        + "; ".join(f"{k} on {md(', '.join(v))}" for k, v in flagged.items())
+        + " (see the flags), and every other check passed."
+    ]
 
 
 def _transfer_sentence(g: Group, eps: str) -> list[str]:
     """Where transfer results exist: their range, and whether any model is more robust to white-box attacks
     than to transfer (a sign of masked gradients) or, as expected, less."""
-    pairs = {mb.label: (mb.by_eps[eps]["transfer"], mb.by_eps[eps].get("best_known")) for mb in g.members
-             if "transfer" in mb.by_eps.get(eps, {})}
+    pairs = {
+        mb.label: (mb.by_eps[eps]["transfer"], mb.by_eps[eps].get("best_known"))
+        for mb in g.members
+        if "transfer" in mb.by_eps.get(eps, {})
+    }
     if not pairs:
         return []
     acc = {k: 100 * sum(t.values()) / len(t) for k, (t, _) in pairs.items()}
     lo, hi = min(acc, key=acc.get), max(acc, key=acc.get)
     tests = {k: compare_outcomes(t, w) for k, (t, w) in pairs.items() if w}
     above = [k for k, c in tests.items() if c["diff"] < 0 and c["p"] < ALPHA]
-    text = (f"Transfer attacks from the other members leave {acc[lo]:.1f}% ({lo}) to {acc[hi]:.1f}% ({hi}) robust "
-            f"at eps {md(eps)}")
+    text = (
+        f"Transfer attacks from the other members leave {acc[lo]:.1f}% ({lo}) to {acc[hi]:.1f}% ({hi}) robust "
+        f"at eps {md(eps)}"
+    )
     if above:
-        return [text + f"; {', '.join(above)} fall lower under transfer than under white-box attacks, a sign of "
-                       "masked gradients."]
-    return [text + "; no model is significantly less robust to transfer than to white-box attacks, so the "
-                   "transfer results show no sign of gradient masking."]
+        return [
+            text + f"; {', '.join(above)} fall lower under transfer than under white-box attacks, a sign of "
+            "masked gradients."
+        ]
+    return [
+        text + "; no model is significantly less robust to transfer than to white-box attacks, so the "
+        "transfer results show no sign of gradient masking."
+    ]
 
 
 def _far_eps(g: Group, eps: str) -> list[str]:
@@ -260,8 +338,11 @@ def _far_eps(g: Group, eps: str) -> list[str]:
     if not compared(g) or not later:
         return []
     far = later[-1]
-    rows = {mb.label: compare_outcomes(mb.by_eps[far]["pgd"], reference(g, mb).by_eps[far]["pgd"])
-            for mb in compared(g) if "pgd" in mb.by_eps.get(far, {}) and "pgd" in reference(g, mb).by_eps.get(far, {})}
+    rows = {
+        mb.label: compare_outcomes(mb.by_eps[far]["pgd"], reference(g, mb).by_eps[far]["pgd"])
+        for mb in compared(g)
+        if "pgd" in mb.by_eps.get(far, {}) and "pgd" in reference(g, mb).by_eps.get(far, {})
+    }
     if not rows:
         return []
     adj = dict(zip(rows, holm([c["p"] for c in rows.values()])))
@@ -269,13 +350,16 @@ def _far_eps(g: Group, eps: str) -> list[str]:
     better = [(k, c) for k, c in rows.items() if adj[k] < ALPHA and c["diff"] > 0]
     relus = [mb.by_eps[far]["pgd"] for mb in g.members if mb.activation == "relu" and "pgd" in mb.by_eps.get(far, {})]
     base = sum(100 * sum(d.values()) / len(d) for d in relus) / len(relus)
-    text = (f"At the largest eps measured, {md(far)}, ReLU keeps {base:.1f}% under PGD"
-            + (f" (mean of {len(relus)} training runs)" if len(relus) > 1 else ""))
+    text = f"At the largest eps measured, {md(far)}, ReLU keeps {base:.1f}% under PGD" + (
+        f" (mean of {len(relus)} training runs)" if len(relus) > 1 else ""
+    )
     if not worse and not better:
         return [text + "; no activation differs from it significantly there."]
     parts = [f"{k} {c['diff']:+.1f} points" for k, c in worse + better]
-    return [text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {md(eps)} "
-                   "does not carry over to larger budgets unless these agree."]
+    return [
+        text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {md(eps)} "
+        "does not carry over to larger budgets unless these agree."
+    ]
 
 
 def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
@@ -283,15 +367,21 @@ def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
     ``eps``; the diagonal (a model attacked with examples crafted on itself) is white-box. Per pair, the run
     with the most examples."""
     shas = {mb.sha256: mb.label for mb in g.members}
-    t = res[(res.attacks == "transfer") & (res.eps == eps) & res.sha256.isin(list(shas)) & (res.dataset == g.dataset)
-            & (res.norm == g.norm)]
+    t = res[
+        (res.attacks == "transfer")
+        & (res.eps == eps)
+        & res.sha256.isin(list(shas))
+        & (res.dataset == g.dataset)
+        & (res.norm == g.norm)
+    ]
     if t.empty:
         return pd.DataFrame()
     t = t.sort_values(["n", "run_id"]).groupby(["sources", "sha256"], sort=True).tail(1)
     m = t.assign(target=t.sha256.map(shas)).pivot(index="sources", columns="target", values="robust_acc")
     order = [mb.label for mb in g.members if mb.label in m.columns]
     rows = [r for r in (mb.model_id for mb in g.members) if r in m.index] + sorted(
-        r for r in m.index if r not in {mb.model_id for mb in g.members})
+        r for r in m.index if r not in {mb.model_id for mb in g.members}
+    )
     labels = {mb.model_id: mb.label for mb in g.members}  # rows named as the columns are
     return m.loc[rows, order].rename(index=lambda r: labels.get(r, r))
 
@@ -306,8 +396,9 @@ def first_runs(matrix: pd.DataFrame, g: Group) -> pd.DataFrame:
     return matrix.loc[[r for r in matrix.index if r not in later], [c for c in matrix.columns if c not in later]]
 
 
-def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
-           sets: dict | None = None) -> tuple[str, list[Path], dict]:
+def report(
+    res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None, sets: dict | None = None
+) -> tuple[str, list[Path], dict]:
     """The report's Markdown and figures (written into ``folder``), and its parts for the web site (``sets``:
     ``model_outcome_sets(res)`` where the caller has them):
     {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
@@ -315,13 +406,16 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
     from .plots import activation_shapes, eps_curves, heatmap
 
     folder = Path(folder)
-    lines = ["# Activation comparison", "",
-             "Written by `robench leaderboard` from the results store. Each group holds models that differ only in "
-             "their activation. Accuracies are in %, with Wilson 95% intervals in brackets. Changes are against the "
-             "ReLU member, in points, on the same test examples: Newcombe's paired 95% interval and the exact "
-             "McNemar p-value from the per-example outcomes; **bold** marks a change significant at alpha 0.05 "
-             "after Holm's adjustment for the number of activations compared. \"Best known\" is, per example, the "
-             "worst case over every attack run."]
+    lines = [
+        "# Activation comparison",
+        "",
+        "Written by `robench leaderboard` from the results store. Each group holds models that differ only in "
+        "their activation. Accuracies are in %, with Wilson 95% intervals in brackets. Changes are against the "
+        "ReLU member, in points, on the same test examples: Newcombe's paired 95% interval and the exact "
+        "McNemar p-value from the per-example outcomes; **bold** marks a change significant at alpha 0.05 "
+        "after Holm's adjustment for the number of activations compared. \"Best known\" is, per example, the "
+        "worst case over every attack run.",
+    ]
     files: list[Path] = []
     found = groups(res, sets)
     if not found:
@@ -336,9 +430,13 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
         lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
-        lines += ["", f"### Accuracy at {md(g.norm)} eps {md(eps)}", "",
-                  "| Activation | Model | " + " | ".join(head) + " | Flags |",
-                  "|---" * (len(METRICS) + 3) + "|"]
+        lines += [
+            "",
+            f"### Accuracy at {md(g.norm)} eps {md(eps)}",
+            "",
+            "| Activation | Model | " + " | ".join(head) + " | Flags |",
+            "|---" * (len(METRICS) + 3) + "|",
+        ]
         notes: list[str] = []
         aside = {m.label for m in set_aside(g, eps)}
         for mb in g.members:
@@ -354,26 +452,42 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
         if notes:
             lines += [""] + [f"[{i}] {md(n)}  " for i, n in enumerate(notes, 1)]
         if aside:
-            lines += ["", "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
-                          "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
-                          "AutoAttack too."]
+            lines += [
+                "",
+                "† No AutoAttack at this eps, where other members have it: this best known accuracy rests "
+                "on weaker attacks only, and is compared with ReLU only where the ReLU model lacks "
+                "AutoAttack too.",
+            ]
         part["transfer"] = whole = transfer_matrix(res, g, eps)
         matrix = first_runs(whole, g)
         if matrix.empty:
             lines += ["", "Transfer: no transfer results are in the store for this group yet (`robench transfer`)."]
         else:
-            fig = heatmap(folder / f"{g.slug}-transfer.png", matrix.values.tolist(), list(matrix.index),
-                          list(matrix.columns), f"Transfer at {md(g.norm)} eps {md(eps)}: robust accuracy of the target, %",
-                          "robust accuracy, %")
+            fig = heatmap(
+                folder / f"{g.slug}-transfer.png",
+                matrix.values.tolist(),
+                list(matrix.index),
+                list(matrix.columns),
+                f"Transfer at {md(g.norm)} eps {md(eps)}: robust accuracy of the target, %",
+                "robust accuracy, %",
+            )
             files.append(fig)
-            lines += ["", f"### Transfer at {md(g.norm)} eps {md(eps)}", "", f"![Transfer matrix]({fig.name})", "",
-                      "Rows are the surrogates the examples were crafted on, columns the models attacked; a model "
-                      "attacked with its own examples is white-box. The Transfer column above is the worst case "
-                      "over every other source. Transfer accuracy below white-box accuracy would point to masked "
-                      "gradients (see the flags)."]
+            lines += [
+                "",
+                f"### Transfer at {md(g.norm)} eps {md(eps)}",
+                "",
+                f"![Transfer matrix]({fig.name})",
+                "",
+                "Rows are the surrogates the examples were crafted on, columns the models attacked; a model "
+                "attacked with its own examples is white-box. The Transfer column above is the worst case "
+                "over every other source. Transfer accuracy below white-box accuracy would point to masked "
+                "gradients (see the flags).",
+            ]
             if matrix.shape != whole.shape:
-                lines[-1] += (" The matrix shows the first training runs (seed 0); each later seed's models are "
-                              "attacked from the other models of their own seed, in their Transfer column.")
+                lines[-1] += (
+                    " The matrix shows the first training runs (seed 0); each later seed's models are "
+                    "attacked from the other models of their own seed, in their Transfer column."
+                )
         lines += seed_section(g, eps)
         lines += anomaly_section(res, g, eps)
         if dl:
@@ -385,22 +499,42 @@ def report(res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None,
             for mb in compared(g):
                 lines.append(f"| {mb.label} | " + " | ".join(_delta(dl[m].get(mb.label)) for m in shown) + " |")
         metric, series = curve_series(g)
-        curve = eps_curves(folder / f"{g.slug}-eps.png", series, f"{g.title}: {LABELS[metric]} vs eps", g.norm,
-                           f"{LABELS[metric]} robust accuracy, %")
-        shapes = activation_shapes(folder / f"{g.slug}-activations.png", shape_panels(g),
-                                   f"Learned activations: {g.title}")
+        curve = eps_curves(
+            folder / f"{g.slug}-eps.png",
+            series,
+            f"{g.title}: {LABELS[metric]} vs eps",
+            g.norm,
+            f"{LABELS[metric]} robust accuracy, %",
+        )
+        shapes = activation_shapes(
+            folder / f"{g.slug}-activations.png", shape_panels(g), f"Learned activations: {g.title}"
+        )
         files += [curve, shapes]
         part["figures"] = [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
-        n_curve = sorted({len(d) for mb in g.members for e, d in
-                          ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d})
-        lines += ["", f"### {LABELS[metric]} robust accuracy against eps", "",
-                  f"![{LABELS[metric]} robust accuracy against eps]({curve.name})", "",
-                  f"n = {', '.join(map(str, n_curve))} per point; eps 0 is clean accuracy on the same examples; "
-                  "one panel per activation, each against ReLU (black, dashed); shaded bands are 95% intervals.",
-                  "", "### Learned activation shapes", "", f"![Learned activations]({shapes.name})", "",
-                  "Each activation instance of each checkpoint, drawn from its own learned parameters over "
-                  "[-4, 4]; ReLU dashed." + (" One panel per activation; with several training runs, the line "
-                                             "style marks the seed (solid, dash-dot, dotted in seed order)."
-                                             if any(mb.seed not in (None, 0) for mb in g.members) else "")]
+        n_curve = sorted(
+            {len(d) for mb in g.members for e, d in ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d}
+        )
+        lines += [
+            "",
+            f"### {LABELS[metric]} robust accuracy against eps",
+            "",
+            f"![{LABELS[metric]} robust accuracy against eps]({curve.name})",
+            "",
+            f"n = {', '.join(map(str, n_curve))} per point; eps 0 is clean accuracy on the same examples; "
+            "one panel per activation, each against ReLU (black, dashed); shaded bands are 95% intervals.",
+            "",
+            "### Learned activation shapes",
+            "",
+            f"![Learned activations]({shapes.name})",
+            "",
+            "Each activation instance of each checkpoint, drawn from its own learned parameters over "
+            "[-4, 4]; ReLU dashed."
+            + (
+                " One panel per activation; with several training runs, the line "
+                "style marks the seed (solid, dash-dot, dotted in seed order)."
+                if any(mb.seed not in (None, 0) for mb in g.members)
+                else ""
+            ),
+        ]
     text = parts["intro"] + parts["claims"] + [line for part in parts["groups"] for line in part["lines"]]
     return "\n".join(text) + "\n", files, parts

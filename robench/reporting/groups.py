@@ -1,6 +1,7 @@
 """Groups of models that differ only in their activation (same dataset, norm, architecture, training method
 and training eps), built from the results store's rows, and which ReLU member each model is compared with.
 The report's sections (compare, seeds, claims, anomaly) all read these."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -91,13 +92,27 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
         last = m.sort_values("run_id").iloc[-1]
         meta = last["meta"]
         recipe = meta.get("recipe") or {}
-        key = (dataset, norm, meta.get("arch", "?"), meta.get("training_method", ""),
-               str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "")
+        key = (
+            dataset,
+            norm,
+            meta.get("arch", "?"),
+            meta.get("training_method", ""),
+            str(recipe.get("eps") or "") if meta.get("training_method") not in (None, "", "standard") else "",
+        )
         group = found.setdefault(key, Group(*key))
         by_eps = {eps: sets[(dataset, norm, sha, eps)] for eps in sorted(m["eps"].unique())}
-        group.members.append(Member(sha, last["model_id"], meta.get("activation", "?"),
-                                    last["checkpoint"] or "", by_eps, run_flags(m), ranking_flags(m),
-                                    seed=recipe.get("seed")))
+        group.members.append(
+            Member(
+                sha,
+                last["model_id"],
+                meta.get("activation", "?"),
+                last["checkpoint"] or "",
+                by_eps,
+                run_flags(m),
+                ranking_flags(m),
+                seed=recipe.get("seed"),
+            )
+        )
     out = []
     for key in sorted(found):
         g = found[key]
@@ -161,5 +176,3 @@ def reference(g: Group, mb: Member) -> Member | None:
 def compared(g: Group) -> list[Member]:
     """The members compared against ReLU: every non-ReLU member, when the group has a ReLU member."""
     return [mb for mb in g.members if mb.activation != "relu"] if reference(g, g.members[0]) else []
-
-

@@ -1,6 +1,7 @@
 """RobustBench-style leaderboards from the results store: one CSV per (dataset, norm), one model_info JSON
 per model with RobustBench's field names, and a Markdown page. Deterministic: the same store gives
 byte-identical files."""
+
 from __future__ import annotations
 
 import json
@@ -11,16 +12,48 @@ import pandas as pd
 from ..config import FLAG_SEP, split_flags
 from ..data import dataset_info
 from ..engine.core import summarize
-from ..store import Store
 from ..stats import wilson
+from ..store import Store
 from ..text import http_link, md, visible
 from .names import computed_by, csv_name, shown_meta, unique_ids
 
-COLUMNS = ["rank", "model_id", "name", "activation", "architecture", "training_method", "clean_acc",
-           "autoattack_acc", "pgd_acc", "transfer_acc", "best_known_acc", "unreliable", "additional_data",
-           "venue", "dataset", "norm", "eps", "n", "clean_n", "clean_ci95", "autoattack_n", "autoattack_ci95",
-           "pgd_n", "pgd_ci95", "transfer_n", "transfer_ci95", "transfer_from", "best_known_ci95", "best_known_by", "budget", "flags", "computed_by", "sha256",
-           "checkpoint", "config"]
+COLUMNS = [
+    "rank",
+    "model_id",
+    "name",
+    "activation",
+    "architecture",
+    "training_method",
+    "clean_acc",
+    "autoattack_acc",
+    "pgd_acc",
+    "transfer_acc",
+    "best_known_acc",
+    "unreliable",
+    "additional_data",
+    "venue",
+    "dataset",
+    "norm",
+    "eps",
+    "n",
+    "clean_n",
+    "clean_ci95",
+    "autoattack_n",
+    "autoattack_ci95",
+    "pgd_n",
+    "pgd_ci95",
+    "transfer_n",
+    "transfer_ci95",
+    "transfer_from",
+    "best_known_ci95",
+    "best_known_by",
+    "budget",
+    "flags",
+    "computed_by",
+    "sha256",
+    "checkpoint",
+    "config",
+]
 EXTRA = ["number_forward_passes", "link", "authors", "paper"]  # in model_info, not in the CSV
 METRICS = ("clean", "pgd", "autoattack", "transfer", "best_known")
 
@@ -56,13 +89,22 @@ def results(db: Store) -> pd.DataFrame:
                 deterministic[model] = status == ["ok"] if status else None
             for r in summary:
                 o = oc[oc.eps == r["eps"]]
-                rows.append({**r, "model": visible(r["model"]), "checkpoint": visible(r["checkpoint"] or ""),
-                             "flags": visible(r["flags"]), "attack_flags": visible(r["attack_flags"]),
-                             "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
-                             "deterministic": deterministic[model],
-                             "meta": meta, "eps_list": eps_list, "sources": visible(_sources(run["attacks"])),
-                             "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
-                             "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist()))})
+                rows.append(
+                    {
+                        **r,
+                        "model": visible(r["model"]),
+                        "checkpoint": visible(r["checkpoint"] or ""),
+                        "flags": visible(r["flags"]),
+                        "attack_flags": visible(r["attack_flags"]),
+                        "kind": attack_kind(r["attacks"].split("+"), run["attacks"], run["sha256"]),
+                        "deterministic": deterministic[model],
+                        "meta": meta,
+                        "eps_list": eps_list,
+                        "sources": visible(_sources(run["attacks"])),
+                        "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
+                        "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist())),
+                    }
+                )
     unique_ids(rows)
     return pd.DataFrame(rows)
 
@@ -112,7 +154,9 @@ def _pick(runs: pd.DataFrame, kind: str) -> dict | None:
     None. For PGD, the eps sweep comes first (the run over the most eps): a longer PGD run at one or two
     eps, say 100 steps with restarts against a suspected anomaly, feeds the best known accuracy but does not
     replace the sweep's attack in the PGD column, so every model's PGD column holds the same budget."""
-    r = runs[runs.kind == kind].assign(_sweep=lambda d: d["eps_list"].map(len) if kind == "pgd" and "eps_list" in d else 0)
+    r = runs[runs.kind == kind].assign(
+        _sweep=lambda d: d["eps_list"].map(len) if kind == "pgd" and "eps_list" in d else 0
+    )
     r = r.sort_values(["_sweep", "n", "run_id"])
     return _continued(r) if len(r) else None
 
@@ -137,19 +181,27 @@ def _budget_summary(budget_json: str) -> str:
     for a in json.loads(budget_json):
         if a["name"].startswith("autoattack"):
             members = a.get("members", {})
-            inner = ", ".join(f"{k} " + "x".join(str(v[f]) for f in ("targets", "iters", "queries") if f in v)
-                              for k, v in members.items())
+            inner = ", ".join(
+                f"{k} " + "x".join(str(v[f]) for f in ("targets", "iters", "queries") if f in v)
+                for k, v in members.items()
+            )
             parts.append(f"{a['name']} ({inner})" if inner else a["name"])
         elif a["name"] in ("pgd", "fgsm"):
-            parts.append(f"{a['name']} {a.get('steps', 1)} steps x {a.get('restarts', 1)} restarts, "
-                         f"step {a.get('step_size')}, {a.get('loss', 'ce')}")
+            parts.append(
+                f"{a['name']} {a.get('steps', 1)} steps x {a.get('restarts', 1)} restarts, "
+                f"step {a.get('step_size')}, {a.get('loss', 'ce')}"
+            )
         elif a["name"] == "transfer":
             t = a["attack"]
-            parts.append(f"transfer {t['name']} {t['steps']} steps (decay {t['decay']}) from "
-                         + " + ".join(s["model"] for s in a["sources"]))
+            parts.append(
+                f"transfer {t['name']} {t['steps']} steps (decay {t['decay']}) from "
+                + " + ".join(s["model"] for s in a["sources"])
+            )
         else:
-            parts.append(a["name"] + (f"({', '.join(f'{k}={v}' for k, v in sorted(a.items()) if k != 'name')})"
-                                      if len(a) > 1 else ""))
+            parts.append(
+                a["name"]
+                + (f"({', '.join(f'{k}={v}' for k, v in sorted(a.items()) if k != 'name')})" if len(a) > 1 else "")
+            )
     return " + ".join(parts)
 
 
@@ -176,8 +228,12 @@ def leaderboards(res: pd.DataFrame, sets: dict | None = None) -> dict[tuple[str,
         df = pd.DataFrame(rows)
         # by best known robust accuracy, whatever attacks it rests on: a model without AutoAttack is not
         # pushed below standard-trained models at 0%; the tables mark its row instead (weaker_attacks_only)
-        df = df.sort_values(["eps_value", "best_known_acc", "clean_acc", "model_id"],
-                            ascending=[True, False, False, True], kind="mergesort", na_position="last")
+        df = df.sort_values(
+            ["eps_value", "best_known_acc", "clean_acc", "model_id"],
+            ascending=[True, False, False, True],
+            kind="mergesort",
+            na_position="last",
+        )
         df["rank"] = df.groupby("eps_value").cumcount() + 1
         out[(dataset, norm)] = df[COLUMNS + EXTRA].reset_index(drop=True)
     return out
@@ -213,29 +269,52 @@ def _row(m: pd.DataFrame, dataset: str, norm: str, eps: str, eps_value: float, s
     last = m.sort_values("run_id").iloc[-1]
     meta = last["meta"]
     (clean, clean_n, clean_ci), (aa, aa_n, aa_ci), (pgd, pgd_n, pgd_ci), (tr, tr_n, tr_ci), (best, n, best_ci) = (
-        _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "transfer", "best_known"))
+        _acc(sets.get(k)) for k in ("clean", "autoattack", "pgd", "transfer", "best_known")
+    )
     attacked = m[m.kind != "clean"]
     flags = run_flags(m)
     return {
-        "model_id": last["model_id"], "name": last["model"], "activation": meta.get("activation", ""),
-        "architecture": meta.get("arch", ""), "training_method": meta.get("training_method", ""),
-        "clean_acc": clean, "autoattack_acc": aa, "pgd_acc": pgd, "transfer_acc": tr, "best_known_acc": best,
-        "unreliable": bool(ranking_flags(m)), "additional_data": bool(meta.get("additional_data", False)),
+        "model_id": last["model_id"],
+        "name": last["model"],
+        "activation": meta.get("activation", ""),
+        "architecture": meta.get("arch", ""),
+        "training_method": meta.get("training_method", ""),
+        "clean_acc": clean,
+        "autoattack_acc": aa,
+        "pgd_acc": pgd,
+        "transfer_acc": tr,
+        "best_known_acc": best,
+        "unreliable": bool(ranking_flags(m)),
+        "additional_data": bool(meta.get("additional_data", False)),
         "venue": meta.get("venue") or ("robench zoo" if meta.get("zoo_group") else ""),
-        "dataset": dataset, "norm": norm, "eps": eps, "eps_value": eps_value, "n": n,
-        "clean_n": clean_n, "clean_ci95": clean_ci, "autoattack_n": aa_n, "autoattack_ci95": aa_ci,
-        "pgd_n": pgd_n, "pgd_ci95": pgd_ci, "transfer_n": tr_n, "transfer_ci95": tr_ci,
-        "transfer_from": "; ".join(sorted(set(m.loc[m.kind == "transfer", "sources"]))), "best_known_ci95": best_ci,
+        "dataset": dataset,
+        "norm": norm,
+        "eps": eps,
+        "eps_value": eps_value,
+        "n": n,
+        "clean_n": clean_n,
+        "clean_ci95": clean_ci,
+        "autoattack_n": aa_n,
+        "autoattack_ci95": aa_ci,
+        "pgd_n": pgd_n,
+        "pgd_ci95": pgd_ci,
+        "transfer_n": tr_n,
+        "transfer_ci95": tr_ci,
+        "transfer_from": "; ".join(sorted(set(m.loc[m.kind == "transfer", "sources"]))),
+        "best_known_ci95": best_ci,
         "best_known_by": " + ".join(sorted(set(attacked["attacks"]))),
         "budget": " | ".join(_budget_summary(b) for b in sorted(set(attacked["budget"]))),
-        "flags": FLAG_SEP.join(flags), "computed_by": " | ".join(sorted(set(map(computed_by, m.to_dict("records"))))),
-        "sha256": last["sha256"], "checkpoint": last["checkpoint"] or "",
+        "flags": FLAG_SEP.join(flags),
+        "computed_by": " | ".join(sorted(set(map(computed_by, m.to_dict("records"))))),
+        "sha256": last["sha256"],
+        "checkpoint": last["checkpoint"] or "",
         "config": json.dumps(run_config(m), sort_keys=True),
         # RobustBench's field: one pass gives a deterministic model's prediction; for a model the store found
         # randomized, or never checked, the store cannot say how many passes its prediction needs
         "number_forward_passes": 1 if m["deterministic"].eq(True).all() else None,
         # from the checkpoint's metadata or its model card (robench.metadata.DESCRIPTIVE)
-        "link": http_link(meta.get("link")), "paper": meta.get("paper") or "",
+        "link": http_link(meta.get("link")),
+        "paper": meta.get("paper") or "",
         "authors": ", ".join(a) if isinstance(a := meta.get("authors") or "", list) else a,
     }
 
@@ -250,9 +329,12 @@ def run_config(m: pd.DataFrame) -> dict:
     for _, r in m.sort_values("run_id").iterrows():
         if r["attacks"] == "transfer":
             continue  # made by `robench transfer` with other models; `robench check` re-runs evaluations
-        spec = {"n": int(r["n"]), "eps": r["eps_list"], "attacks": [spec_from_budget(b) for b in
-                                                                   json.loads(r["budget"])] or ["none"],
-                "batch_size": int(r["batch_size"])}
+        spec = {
+            "n": int(r["n"]),
+            "eps": r["eps_list"],
+            "attacks": [spec_from_budget(b) for b in json.loads(r["budget"])] or ["none"],
+            "batch_size": int(r["batch_size"]),
+        }
         if r["subset"] != first["subset"]:  # a chunk of a longer evaluation (--subset from:K)
             spec["subset"] = r["subset"]
         if spec not in runs:
@@ -263,15 +345,25 @@ def run_config(m: pd.DataFrame) -> dict:
 def model_info(row: pd.Series) -> dict:
     """RobustBench's model_info fields (same names and types), then robench's own."""
     info = {
-        "link": row["link"], "name": row["name"], "authors": row["authors"], "additional_data": bool(row["additional_data"]),
+        "link": row["link"],
+        "name": row["name"],
+        "authors": row["authors"],
+        "additional_data": bool(row["additional_data"]),
         "number_forward_passes": None if pd.isna(row["number_forward_passes"]) else int(row["number_forward_passes"]),
-        "dataset": row["dataset"], "venue": row["venue"],
-        "architecture": row["architecture"], "eps": row["eps"], "clean_acc": _s(row["clean_acc"]),
-        "reported": "", "autoattack_acc": _s(row["autoattack_acc"]), "external": _s(row["best_known_acc"]),
-        "footnote": row["flags"], "unreliable": bool(row["unreliable"]),
+        "dataset": row["dataset"],
+        "venue": row["venue"],
+        "architecture": row["architecture"],
+        "eps": row["eps"],
+        "clean_acc": _s(row["clean_acc"]),
+        "reported": "",
+        "autoattack_acc": _s(row["autoattack_acc"]),
+        "external": _s(row["best_known_acc"]),
+        "footnote": row["flags"],
+        "unreliable": bool(row["unreliable"]),
     }
-    info["robench"] = {k: _plain(v) for k, v in row.items() if k in COLUMNS
-                       and k not in ("name", "dataset", "eps", "architecture")}
+    info["robench"] = {
+        k: _plain(v) for k, v in row.items() if k in COLUMNS and k not in ("name", "dataset", "eps", "architecture")
+    }
     info["robench"]["paper"] = row["paper"]
     return info
 
@@ -333,18 +425,24 @@ def cell(row, metric: str, digits: int = 2) -> str:
     return f"{m[0]:.{digits}f} {m[2]} n={m[1]}" if m else "-"
 
 
-WEAKER_NOTE = ("† No AutoAttack result at this eps: the best known accuracy rests on weaker attacks only, so it may "
-               "overstate robustness.")
+WEAKER_NOTE = (
+    "† No AutoAttack result at this eps: the best known accuracy rests on weaker attacks only, so it may "
+    "overstate robustness."
+)
 
 
 def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = None) -> str:
     """The leaderboards in Markdown: per (dataset, norm), a table for every eps that has an AutoAttack result
     (every eps when none has); the CSV holds every eps."""
-    lines = ["# Leaderboards", "", "Written by `robench leaderboard` from the results store. Accuracies in %, each with its Wilson 95% "
-             "interval and its number of test examples n; ranked by best known robust accuracy (per example, the "
-             "worst case over every attack run). The CSV files add the attack budgets, the configuration and the "
-             "checkpoint sha256; index.html is the same leaderboard as a web page. The first table is the headline "
-             "budget, the eps at which the most models have AutoAttack; the others follow in eps order."]
+    lines = [
+        "# Leaderboards",
+        "",
+        "Written by `robench leaderboard` from the results store. Accuracies in %, each with its Wilson 95% "
+        "interval and its number of test examples n; ranked by best known robust accuracy (per example, the "
+        "worst case over every attack run). The CSV files add the attack budgets, the configuration and the "
+        "checkpoint sha256; index.html is the same leaderboard as a web page. The first table is the headline "
+        "budget, the eps at which the most models have AutoAttack; the others follow in eps order.",
+    ]
     if report:
         lines += ["", f"The activation comparison is in [{report}]({report})."]
     for (dataset, norm), df in boards.items():
@@ -352,18 +450,28 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
         others = [e for e in dict.fromkeys(df.eps) if e not in shown]
         for eps in shown:
             block = df[df.eps == eps]
-            lines += ["", f"## {md(dataset)}, {md(norm)}, eps {md(eps)}", "",
-                      "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Transfer "
-                      "| Best known | Unreliable |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"## {md(dataset)}, {md(norm)}, eps {md(eps)}",
+                "",
+                "| Rank | Model | Activation | Architecture | Training | Clean | AutoAttack | PGD | Transfer "
+                "| Best known | Unreliable |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
             for r in block.itertuples():
                 best = cell(r, "best_known") + (" †" if weaker_attacks_only(r) else "")
-                lines.append(f"| {r.rank} | {md(r.model_id)} | {md(r.activation)} | {md(r.architecture)} | "
-                             f"{md(r.training_method)} | "
-                             + " | ".join(cell(r, m) for m in ("clean", "autoattack", "pgd", "transfer"))
-                             + f" | {best} | {'yes' if r.unreliable else 'no'} |")
+                lines.append(
+                    f"| {r.rank} | {md(r.model_id)} | {md(r.activation)} | {md(r.architecture)} | "
+                    f"{md(r.training_method)} | "
+                    + " | ".join(cell(r, m) for m in ("clean", "autoattack", "pgd", "transfer"))
+                    + f" | {best} | {'yes' if r.unreliable else 'no'} |"
+                )
             if any(weaker_attacks_only(r) for r in block.itertuples()):
                 lines += ["", WEAKER_NOTE]
         if others:
-            lines += ["", f"Results at {md(norm)} eps {md(', '.join(others))} are in [{md(csv_name(dataset, norm))}]"
-                          f"({csv_name(dataset, norm)})."]
+            lines += [
+                "",
+                f"Results at {md(norm)} eps {md(', '.join(others))} are in [{md(csv_name(dataset, norm))}]"
+                f"({csv_name(dataset, norm)}).",
+            ]
     return "\n".join(lines) + "\n"

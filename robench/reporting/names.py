@@ -1,6 +1,7 @@
 """What the published pages and commands call a model and its files: ids, file names, and the text shown of a
 stranger's metadata and of a run's provenance (who computed it; whether it was imported). Every file name
 is made of safe characters and bounded (``text.bounded_name``), whatever a store or an archive carries."""
+
 from __future__ import annotations
 
 import json
@@ -33,6 +34,7 @@ def info_path(dataset: str, norm: str, mid: str) -> str:
 def shown_meta(meta: dict) -> dict:
     """A run's model metadata as the pages show it: every string with its control and bidi characters made
     visible (``text.visible``), the link kept only when it is http(s)."""
+
     def show(v):
         if isinstance(v, str):
             return visible(v)

@@ -1,5 +1,6 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed) and saved
 as PNG without a timestamp or version, so the same data gives the same bytes."""
+
 from __future__ import annotations
 
 import functools
@@ -30,6 +31,7 @@ def _save(fig, path: Path) -> Path:
 def _as_written(draw):
     """Every text of the figure ``draw`` makes is drawn as written: a name with ``$`` in it is never read as
     mathtext (which would fail on a stranger's malformed formula or typeset what it did not say)."""
+
     @functools.wraps(draw)
     def wrapped(*args, **kwargs):
         import matplotlib
@@ -69,13 +71,29 @@ def eps_curves(path: Path, series: list[dict], title: str, norm: str, ylabel: st
         ax = fig.add_subplot(rows, cols, k + 1, sharey=axes[0] if axes else None)
         axes.append(ax)
         for j, s in enumerate(refs):
-            ax.plot(s["eps"], s["acc"], color="black", linestyle="--", linewidth=1.2, marker="o", markersize=2.5,
-                    label="ReLU" if j == 0 else None, alpha=0.9 if j == 0 else 0.55)
+            ax.plot(
+                s["eps"],
+                s["acc"],
+                color="black",
+                linestyle="--",
+                linewidth=1.2,
+                marker="o",
+                markersize=2.5,
+                label="ReLU" if j == 0 else None,
+                alpha=0.9 if j == 0 else 0.55,
+            )
             ax.fill_between(s["eps"], s["low"], s["high"], color="black", alpha=0.06, linewidth=0)
         colors = _colors(max(len(own), 1))
         for j, s in enumerate(own):
-            ax.plot(s["eps"], s["acc"], color=colors[j], linewidth=1.5, marker="o", markersize=2.5,
-                    label=s["label"] if len(own) > 1 else act)
+            ax.plot(
+                s["eps"],
+                s["acc"],
+                color=colors[j],
+                linewidth=1.5,
+                marker="o",
+                markersize=2.5,
+                label=s["label"] if len(own) > 1 else act,
+            )
             ax.fill_between(s["eps"], s["low"], s["high"], color=colors[j], alpha=0.12, linewidth=0)
         ax.set_title(act, fontsize=9)
         ax.set_ylim(-2, 102)
@@ -124,8 +142,7 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
 
 
 @_as_written
-def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[str], title: str,
-            label: str) -> Path:
+def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[str], title: str, label: str) -> Path:
     """A matrix of percentages (NaN where not measured) with each cell written in it; rows are sources,
     columns targets. The colour scale spans the data (a group between 68 and 81% is not one shade)."""
     data = np.array(values, dtype=float)
@@ -143,8 +160,15 @@ def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[s
     for i in range(len(rows)):
         for j in range(len(cols)):
             if not np.isnan(data[i, j]):
-                ax.text(j, i, f"{data[i, j]:.1f}", ha="center", va="center", fontsize=7,
-                        color="white" if data[i, j] < (lo + hi) / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{data[i, j]:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if data[i, j] < (lo + hi) / 2 else "black",
+                )
     fig.colorbar(im, ax=ax, label=label)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -1,16 +1,17 @@
 """Writing what robench publishes: the leaderboard folder (CSVs, model_info JSON, README.md, report.md and
 its figures, the web site) and results tables, each file atomically, never over a file robench did not write."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ..files import atomic_path
 from ..errors import RobenchError
+from ..files import atomic_path
 from ..store import Store
 from .compare import report as compare_report
-from .names import csv_name, info_path
 from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, model_outcome_sets, results
+from .names import csv_name, info_path
 from .site import write_site
 
 OUTPUT_MARKER = ".robench-leaderboard"  # in every folder robench leaderboard writes: it may rewrite its files
@@ -27,9 +28,11 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
     boards = leaderboards(res, sets)
     if not boards:
         if db.version < 3:
-            raise RobenchError(f"The store {db.path} was written before robench recorded which data each run "
-                               "read, so none of its runs is trusted; run `robench eval` on it once to migrate it "
-                               "and recompute them.")
+            raise RobenchError(
+                f"The store {db.path} was written before robench recorded which data each run "
+                "read, so none of its runs is trusted; run `robench eval` on it once to migrate it "
+                "and recompute them."
+            )
         raise RobenchError(f"The store {db.path} holds no finished runs; run `robench eval` first.")
     written = []
 
@@ -49,8 +52,10 @@ def write_leaderboard(store: str | Path | None, out: Path, report: bool = True) 
         for mid, rows in df.groupby("model_id", sort=True):
             at_std = rows[rows.eps == std]
             row = (at_std if len(at_std) else rows).iloc[0]
-            write(out / info_path(dataset, norm, mid),
-                  json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n")
+            write(
+                out / info_path(dataset, norm, mid),
+                json.dumps(model_info(row), indent=2, sort_keys=False, default=str) + "\n",
+            )
     parts = None
     if report:
         text, figures, parts = compare_report(res, out, checks, sets)
@@ -67,8 +72,10 @@ def _check_output_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RobenchError(f"{out} is a file, not a folder; pass --out with a folder for the leaderboard.")
     if out.is_dir() and not (out / OUTPUT_MARKER).is_file() and any(out.iterdir()):
-        raise RobenchError(f"{out} holds files that robench did not write, which a leaderboard would overwrite; "
-                           "pass --out with a new or empty folder.")
+        raise RobenchError(
+            f"{out} holds files that robench did not write, which a leaderboard would overwrite; "
+            "pass --out with a new or empty folder."
+        )
 
 
 def check_table_path(path) -> Path:

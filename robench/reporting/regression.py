@@ -2,6 +2,7 @@
 by metric. A metric fails when it drops by more than the tolerance and the drop is significant: an exact
 McNemar test on the per-example outcomes when the baseline's are in the store, a Fisher exact test on the
 counts otherwise."""
+
 from __future__ import annotations
 
 import json
@@ -13,20 +14,30 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoints import Checkpoint, load_checkpoint
-from ..files import atomic_path
 from ..config import EvalConfig, parse_eps
 from ..engine.jobs import evaluate_many
 from ..errors import RobenchError
+from ..files import atomic_path
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 from ..store import Store, store_path
 from .leaderboard import COLUMNS, METRICS, outcome_sets, results
 from .names import model_id, origin_text
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
-N_COLUMN = {"clean": "clean_n", "pgd": "pgd_n", "autoattack": "autoattack_n", "transfer": "transfer_n",
-            "best_known": "n"}
-ACC_COLUMN = {"clean": "clean_acc", "pgd": "pgd_acc", "autoattack": "autoattack_acc", "transfer": "transfer_acc",
-              "best_known": "best_known_acc"}
+N_COLUMN = {
+    "clean": "clean_n",
+    "pgd": "pgd_n",
+    "autoattack": "autoattack_n",
+    "transfer": "transfer_n",
+    "best_known": "n",
+}
+ACC_COLUMN = {
+    "clean": "clean_acc",
+    "pgd": "pgd_acc",
+    "autoattack": "autoattack_acc",
+    "transfer": "transfer_acc",
+    "best_known": "best_known_acc",
+}
 
 
 def read_baseline(path: str | Path) -> pd.DataFrame:
@@ -40,16 +51,20 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
         raise RobenchError(f"{path} is not a readable CSV ({str(e).splitlines()[0]}).") from None
     missing = [c for c in NEEDED if c not in df.columns]
     if missing:
-        raise RobenchError(f"{path} is not a robench leaderboard CSV (no {', '.join(missing)} column); "
-                           "write one with `robench leaderboard`.")
+        raise RobenchError(
+            f"{path} is not a robench leaderboard CSV (no {', '.join(missing)} column); "
+            "write one with `robench leaderboard`."
+        )
     if df.empty:
         raise RobenchError(f"{path} has no models.")
     for eps in df["eps"]:
         try:
             parse_eps(eps if isinstance(eps, str) else "nan")
         except RobenchError:
-            raise RobenchError(f"{path} has a row whose eps is {str(eps)[:20]!r}, not a budget such as 0.1 or "
-                               "8/255; regenerate it with `robench leaderboard`.") from None
+            raise RobenchError(
+                f"{path} has a row whose eps is {str(eps)[:20]!r}, not a budget such as 0.1 or "
+                "8/255; regenerate it with `robench leaderboard`."
+            ) from None
     df["checkpoint"] = df["checkpoint"].fillna("")
     return df[[c for c in COLUMNS if c in df.columns]]
 
@@ -57,17 +72,28 @@ def read_baseline(path: str | Path) -> pd.DataFrame:
 def runs_of(rows: pd.DataFrame) -> tuple[dict, list[dict]]:
     """The data slice and the distinct runs (n, eps, attack specs, batch size) behind a model's rows."""
     runs, first = [], None
-    bad = RobenchError("The baseline's config column is not a robench run configuration; regenerate it with "
-                       "`robench leaderboard`.")
+    bad = RobenchError(
+        "The baseline's config column is not a robench run configuration; regenerate it with `robench leaderboard`."
+    )
     for text in rows["config"]:
         try:
             cfg = json.loads(text)
         except (TypeError, ValueError, RecursionError):
             raise bad from None
-        if not isinstance(cfg, dict) or not all(k in cfg for k in ("split", "subset", "seed")) or not isinstance(
-                cfg.get("runs"), list) or not cfg["runs"] or not all(
-                isinstance(r, dict) and isinstance(r.get("n"), int) and isinstance(r.get("eps"), list)
-                and isinstance(r.get("attacks"), list) and "batch_size" in r for r in cfg["runs"]):
+        if (
+            not isinstance(cfg, dict)
+            or not all(k in cfg for k in ("split", "subset", "seed"))
+            or not isinstance(cfg.get("runs"), list)
+            or not cfg["runs"]
+            or not all(
+                isinstance(r, dict)
+                and isinstance(r.get("n"), int)
+                and isinstance(r.get("eps"), list)
+                and isinstance(r.get("attacks"), list)
+                and "batch_size" in r
+                for r in cfg["runs"]
+            )
+        ):
             raise bad
         first = first or cfg
         runs += [r for r in cfg["runs"] if r not in runs]
@@ -78,20 +104,35 @@ def _baseline_sets(base: pd.DataFrame | None, row: pd.Series) -> dict:
     """Per-example outcomes of the baseline row from the store, when the store holds exactly its runs."""
     if base is None or base.empty:
         return {}
-    m = base[(base.sha256 == row["sha256"]) & (base.eps == row["eps"]) & (base.dataset == row["dataset"])
-             & (base.norm == row["norm"])]
+    m = base[
+        (base.sha256 == row["sha256"])
+        & (base.eps == row["eps"])
+        & (base.dataset == row["dataset"])
+        & (base.norm == row["norm"])
+    ]
     if m.empty:
         return {}
     sets = outcome_sets(m)
     for metric, d in sets.items():  # the store must hold what the CSV reports, or it is not the baseline's
         acc = row.get(ACC_COLUMN[metric], math.nan)
-        if not d or math.isnan(acc) or len(d) != row[N_COLUMN[metric]] or round(100 * sum(d.values()) / len(d), 2) != acc:
+        if (
+            not d
+            or math.isnan(acc)
+            or len(d) != row[N_COLUMN[metric]]
+            or round(100 * sum(d.values()) / len(d), 2) != acc
+        ):
             return {}
     return sets
 
 
-def compare(baseline: pd.DataFrame, now: pd.DataFrame, mapping: dict[str, str], base: pd.DataFrame | None,
-            tolerance: float = 1.0, alpha: float = 0.05) -> pd.DataFrame:
+def compare(
+    baseline: pd.DataFrame,
+    now: pd.DataFrame,
+    mapping: dict[str, str],
+    base: pd.DataFrame | None,
+    tolerance: float = 1.0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
     """One row per baseline model x eps x metric: baseline, now, change in points with its 95% interval, p,
     test and verdict. ``now`` is ``results()`` of the fresh runs; ``mapping`` maps each fresh sha256 to the
     baseline model id it stands for."""
@@ -115,26 +156,53 @@ def compare(baseline: pd.DataFrame, now: pd.DataFrame, mapping: dict[str, str], 
             else:
                 k0 = round(acc0 * n0 / 100)
                 d, lo, hi = unpaired_diff_ci(k0, n0, k1, n1)
-                change, low, high, p, test = 100 * d, 100 * lo, 100 * hi, fisher_exact(k0, n0, k1, n1), "unpaired (Fisher)"
+                change, low, high, p, test = (
+                    100 * d,
+                    100 * lo,
+                    100 * hi,
+                    fisher_exact(k0, n0, k1, n1),
+                    "unpaired (Fisher)",
+                )
             drop = change < -tolerance and p < alpha
-            out.append({"model_id": row["model_id"], "eps": row["eps"], "metric": metric,
-                        "checkpoint": "same" if shas[0] == row["sha256"] else "changed",
-                        "baseline": acc0, "baseline_n": n0, "now": round(100 * k1 / n1, 2), "now_n": n1,
-                        "change": round(change, 2), "ci95": f"[{low:+.2f}, {high:+.2f}]", "p": p, "test": test,
-                        "verdict": "fail" if drop else "pass"})
+            out.append(
+                {
+                    "model_id": row["model_id"],
+                    "eps": row["eps"],
+                    "metric": metric,
+                    "checkpoint": "same" if shas[0] == row["sha256"] else "changed",
+                    "baseline": acc0,
+                    "baseline_n": n0,
+                    "now": round(100 * k1 / n1, 2),
+                    "now_n": n1,
+                    "change": round(change, 2),
+                    "ci95": f"[{low:+.2f}, {high:+.2f}]",
+                    "p": p,
+                    "test": test,
+                    "verdict": "fail" if drop else "pass",
+                }
+            )
     return pd.DataFrame(out)
 
 
 def junit_xml(table: pd.DataFrame, tolerance: float, alpha: float) -> str:
     """JUnit XML: one test case per model x eps x metric, a failure for each significant drop."""
-    suite = ET.Element("testsuite", name="robench check", tests=str(len(table)),
-                       failures=str(int((table.verdict == "fail").sum())) if len(table) else "0")
+    suite = ET.Element(
+        "testsuite",
+        name="robench check",
+        tests=str(len(table)),
+        failures=str(int((table.verdict == "fail").sum())) if len(table) else "0",
+    )
     for r in table.itertuples():
         case = ET.SubElement(suite, "testcase", classname=f"robench.{r.model_id}", name=f"{r.metric} at eps {r.eps}")
         if r.verdict == "fail":
-            ET.SubElement(case, "failure", message=(
-                f"{r.metric} fell from {r.baseline:.2f}% to {r.now:.2f}% ({r.change:+.2f} points {r.ci95}, "
-                f"p={r.p:.3g}, {r.test}); the tolerance is {tolerance} points at alpha {alpha}"))
+            ET.SubElement(
+                case,
+                "failure",
+                message=(
+                    f"{r.metric} fell from {r.baseline:.2f}% to {r.now:.2f}% ({r.change:+.2f} points {r.ci95}, "
+                    f"p={r.p:.3g}, {r.test}); the tolerance is {tolerance} points at alpha {alpha}"
+                ),
+            )
     ET.indent(suite)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
@@ -145,9 +213,21 @@ def stand_in(spec: str, autoattack: str) -> str:
     return "fast" if autoattack == "fast" and spec in ("autoattack", "autoattack:standard") else spec
 
 
-def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: float, alpha: float,
-              store: str | Path | None, device: str, data_dir: str | None, trust: bool, junit: str | Path | None,
-              json_out: str | Path | None, progress=None, autoattack: str = "fast") -> dict:
+def run_check(
+    baseline: str | Path,
+    checkpoints: list | None,
+    *,
+    tolerance: float,
+    alpha: float,
+    store: str | Path | None,
+    device: str,
+    data_dir: str | None,
+    trust: bool,
+    junit: str | Path | None,
+    json_out: str | Path | None,
+    progress=None,
+    autoattack: str = "fast",
+) -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
     own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` (the default) the
     baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack
@@ -169,8 +249,10 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
         for mid, rows in base_csv.groupby("model_id", sort=True):
             path = rows.iloc[0]["checkpoint"]
             if not path or not Path(path).exists():
-                raise RobenchError(f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
-                                   "not exist here; name the checkpoints to check.")
+                raise RobenchError(
+                    f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
+                    "not exist here; name the checkpoints to check."
+                )
             models[mid] = load_checkpoint(path, trust=trust)
     with tempfile.TemporaryDirectory() as tmp:
         tasks = []
@@ -178,12 +260,20 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
             rows = base_csv[base_csv.model_id == mid]
             data, runs = runs_of(rows)
             for run in runs:
-                cfg = EvalConfig.checked(dict(dataset=rows.iloc[0]["dataset"], norm=rows.iloc[0]["norm"],
-                                              data_dir=data_dir, n=run["n"], eps=run["eps"],
-                                              attacks=[stand_in(a, autoattack) for a in run["attacks"]],
-                                              batch_size=run["batch_size"], device=device,
-                                              store=str(Path(tmp) / "check.sqlite"),
-                                              **{**data, "subset": run.get("subset", data["subset"])}))
+                cfg = EvalConfig.checked(
+                    dict(
+                        dataset=rows.iloc[0]["dataset"],
+                        norm=rows.iloc[0]["norm"],
+                        data_dir=data_dir,
+                        n=run["n"],
+                        eps=run["eps"],
+                        attacks=[stand_in(a, autoattack) for a in run["attacks"]],
+                        batch_size=run["batch_size"],
+                        device=device,
+                        store=str(Path(tmp) / "check.sqlite"),
+                        **{**data, "subset": run.get("subset", data["subset"])},
+                    )
+                )
                 cfg.checkpoints = [ck]
                 tasks.append(cfg)
         evaluate_many(tasks, progress=progress)
@@ -198,18 +288,37 @@ def run_check(baseline: str | Path, checkpoints: list | None, *, tolerance: floa
     mapping = {ck.sha256: mid for mid, ck in models.items()}
     table = compare(base_csv, now, mapping, base, tolerance, alpha)
     if table.empty:
-        raise RobenchError(f"Nothing of {baseline} could be compared: the re-evaluation gave no row at the "
-                           "baseline's eps and metrics; regenerate the baseline with `robench leaderboard`.")
+        raise RobenchError(
+            f"Nothing of {baseline} could be compared: the re-evaluation gave no row at the "
+            "baseline's eps and metrics; regenerate the baseline with `robench leaderboard`."
+        )
     provenance = baseline_provenance(base, set(mapping))
     if junit:
         _write_report(junit, junit_xml(table, tolerance, alpha))
     if json_out:
-        _write_report(json_out, json.dumps({"baseline": str(baseline), "tolerance": tolerance, "alpha": alpha,
-                                            "autoattack": autoattack, "baseline_provenance": provenance,
-                                            "failed": bool((table.verdict == "fail").any()),
-                                            "rows": table.to_dict(orient="records")}, indent=2) + "\n")
-    return {"table": table, "failed": bool((table.verdict == "fail").any()), "provenance": provenance,
-            "models": {mid: ck.sha256 for mid, ck in models.items()}, "autoattack": autoattack}
+        _write_report(
+            json_out,
+            json.dumps(
+                {
+                    "baseline": str(baseline),
+                    "tolerance": tolerance,
+                    "alpha": alpha,
+                    "autoattack": autoattack,
+                    "baseline_provenance": provenance,
+                    "failed": bool((table.verdict == "fail").any()),
+                    "rows": table.to_dict(orient="records"),
+                },
+                indent=2,
+            )
+            + "\n",
+        )
+    return {
+        "table": table,
+        "failed": bool((table.verdict == "fail").any()),
+        "provenance": provenance,
+        "models": {mid: ck.sha256 for mid, ck in models.items()},
+        "autoattack": autoattack,
+    }
 
 
 def _write_report(path, text: str) -> None:

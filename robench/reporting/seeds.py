@@ -2,12 +2,13 @@
 mean and spread over its seeds, and its difference from ReLU paired by seed, with a Student-t interval
 over the seed-paired differences (so the interval includes the variation between training runs) and
 each seed's exact McNemar test beside it (the sampling of test examples within one pair of runs)."""
+
 from __future__ import annotations
 
 import math
 
-from ..text import md
 from ..stats import compare_outcomes, t_interval
+from ..text import md
 from .groups import best_known
 
 SEED_METRICS = ("clean", "autoattack", "transfer", "best_known")
@@ -59,17 +60,24 @@ def section(g, eps: str) -> list[str]:
     rows = seed_rows(g, eps)
     if not any(len(r["seeds"]) > 1 for r in rows):
         return []
-    lines = ["", f"### Between training runs at {md(g.norm)} eps {md(eps)}", "",
-             "Per activation: accuracy in % as mean ± sample SD over its training seeds; against ReLU, the "
-             "mean of the seed-paired differences in points with a Student-t 95% interval over the seeds (it "
-             "includes the variation between training runs) and its p-value, then each seed's exact McNemar "
-             "p-value on the shared test examples.", "",
-             "| Metric | Activation | Seeds | Mean ± SD | Change vs ReLU [95% CI], p | Per-seed McNemar p |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"### Between training runs at {md(g.norm)} eps {md(eps)}",
+        "",
+        "Per activation: accuracy in % as mean ± sample SD over its training seeds; against ReLU, the "
+        "mean of the seed-paired differences in points with a Student-t 95% interval over the seeds (it "
+        "includes the variation between training runs) and its p-value, then each seed's exact McNemar "
+        "p-value on the shared test examples.",
+        "",
+        "| Metric | Activation | Seeds | Mean ± SD | Change vs ReLU [95% CI], p | Per-seed McNemar p |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         spread = f"{r['mean']:.1f} ± {r['sd']:.1f}" if r["sd"] == r["sd"] else f"{r['mean']:.1f}"
-        change = (f"{r['diff']:+.1f} [{_num(r['low'])}, {_num(r['high'])}], p={r['p']:.3g}" if "diff" in r else "-")
+        change = f"{r['diff']:+.1f} [{_num(r['low'])}, {_num(r['high'])}], p={r['p']:.3g}" if "diff" in r else "-"
         per = ", ".join(f"{p:.2g}" for p in r.get("mcnemar", [])) or "-"
-        lines.append(f"| {LABELS[r['metric']]} | {md(r['activation'])} | {', '.join(map(str, r['seeds']))} | {spread} | "
-                     f"{change} | {per} |")
+        lines.append(
+            f"| {LABELS[r['metric']]} | {md(r['activation'])} | {', '.join(map(str, r['seeds']))} | {spread} | "
+            f"{change} | {per} |"
+        )
     return lines

@@ -4,6 +4,7 @@ with its full budget, its figures, its row and column of the transfer matrix, it
 and one page per activation comparison (the report's own section). Jinja2 templates and one small script and
 style sheet shipped in the package: it works opened from disk, offline. The figures are the report's own
 files; nothing is computed twice. Deterministic: the same store gives the same bytes."""
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,27 @@ from .groups import CheckpointChanged, report_checkpoint
 from .leaderboard import headline_eps, measured, weaker_attacks_only
 from .names import computed_by, csv_name, info_path, safe_name
 
-METRIC_LABELS = [{"key": "clean", "name": "Clean"}, {"key": "autoattack", "name": "AutoAttack"},
-                 {"key": "pgd", "name": "PGD"}, {"key": "transfer", "name": "Transfer"},
-                 {"key": "best_known", "name": "Best known"}]
+METRIC_LABELS = [
+    {"key": "clean", "name": "Clean"},
+    {"key": "autoattack", "name": "AutoAttack"},
+    {"key": "pgd", "name": "PGD"},
+    {"key": "transfer", "name": "Transfer"},
+    {"key": "best_known", "name": "Best known"},
+]
 STATIC = ("site.css", "site.js")
 
 
 def _env():
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-    return Environment(loader=PackageLoader("robench.reporting", "templates"), autoescape=select_autoescape(["html"]),
-                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return Environment(
+        loader=PackageLoader("robench.reporting", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
 
 
 def _markdown(lines: list[str], figures_prefix: str = ""):
@@ -70,8 +81,15 @@ def _cells(row) -> list[dict]:
     for m in METRIC_LABELS:
         got = measured(row, m["key"])
         acc, n, ci = got if got else (None, 0, "")
-        out.append({"acc": f"{acc:.2f}" if got else "", "ci": ci, "n": n, "value": f"{acc:.2f}" if got else "",
-                    "weaker": m["key"] == "best_known" and weaker_attacks_only(row)})
+        out.append(
+            {
+                "acc": f"{acc:.2f}" if got else "",
+                "ci": ci,
+                "n": n,
+                "value": f"{acc:.2f}" if got else "",
+                "weaker": m["key"] == "best_known" and weaker_attacks_only(row),
+            }
+        )
     return out
 
 
@@ -90,28 +108,44 @@ def _learned(checkpoint: str, sha256: str):
     except CheckpointChanged as e:
         return f"{str(e).rstrip('.')}, so its parameters are not shown."
     except Exception as e:  # an untrusted pickle, a damaged file: the page says so instead of failing
-        return f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
+        return (
+            f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
+        )
 
     def fmt(v):
         return ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
 
-    return [{"module": a["module"], "activation": a["activation"], "share": a["share"],
-             "params": "; ".join(f"{k} = {fmt(v)}" for k, v in a["values"].items())}
-            for a in checkpoint_info(ckpt)["activations"]]
+    return [
+        {
+            "module": a["module"],
+            "activation": a["activation"],
+            "share": a["share"],
+            "params": "; ".join(f"{k} = {fmt(v)}" for k, v in a["values"].items()),
+        }
+        for a in checkpoint_info(ckpt)["activations"]
+    ]
 
 
 def _runs(res: pd.DataFrame) -> list[dict]:
     out = []
     for _, r in res.sort_values(["run_id", "eps_value"]).iterrows():
         budget = json.loads(r["budget"])
-        out.append({
-            "run_id": int(r["run_id"]), "attacks": r["attacks"], "eps": r["eps"], "n": int(r["n"]),
-            "clean": f"{r['clean_acc']:.2f} [{r['clean_ci_low']:.2f}, {r['clean_ci_high']:.2f}]",
-            "robust": f"{r['robust_acc']:.2f} [{r['robust_ci_low']:.2f}, {r['robust_ci_high']:.2f}]"
-            if r["attacks"] != "none" else "-",
-            "budget": "\n".join(json.dumps(b, sort_keys=True) for b in budget) or "-",
-            "setting": f"{r['split']} split, {r['subset']} subset, seed {r['seed']}, batch {r['batch_size']}, "
-                       f"{r['dtype']}", "computed_by": computed_by(r)})
+        out.append(
+            {
+                "run_id": int(r["run_id"]),
+                "attacks": r["attacks"],
+                "eps": r["eps"],
+                "n": int(r["n"]),
+                "clean": f"{r['clean_acc']:.2f} [{r['clean_ci_low']:.2f}, {r['clean_ci_high']:.2f}]",
+                "robust": f"{r['robust_acc']:.2f} [{r['robust_ci_low']:.2f}, {r['robust_ci_high']:.2f}]"
+                if r["attacks"] != "none"
+                else "-",
+                "budget": "\n".join(json.dumps(b, sort_keys=True) for b in budget) or "-",
+                "setting": f"{r['split']} split, {r['subset']} subset, seed {r['seed']}, batch {r['batch_size']}, "
+                f"{r['dtype']}",
+                "computed_by": computed_by(r),
+            }
+        )
     return out
 
 
@@ -141,8 +175,16 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
         for mb in g.members:
             member_of[(g.dataset, g.norm, mb.sha256)] = (part, mb)
         members = [{"label": mb.label, "href": "../" + _model_path(g.dataset, g.norm, mb.model_id)} for mb in g.members]
-        groups.append({"slug": g.slug, "title": g.title, "short": f"{g.arch} {g.method or ''}".strip(),
-                       "n": len(g.members), "members": members, "part": part})
+        groups.append(
+            {
+                "slug": g.slug,
+                "title": g.title,
+                "short": f"{g.arch} {g.method or ''}".strip(),
+                "n": len(g.members),
+                "members": members,
+                "part": part,
+            }
+        )
     common = {"groups": groups, "metric_labels": METRIC_LABELS}
 
     tables, options = [], {"architecture": set(), "training": set(), "activation": set()}
@@ -154,23 +196,52 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 options["architecture"].add(r["architecture"])
                 options["training"].add(r["training_method"])
                 options["activation"].add(r["activation"])
-                rows.append({"rank": int(r["rank"]), "model_id": r["model_id"],
-                             "href": _model_path(dataset, norm, r["model_id"]), "activation": r["activation"],
-                             "architecture": r["architecture"], "training": r["training_method"],
-                             "cells": _cells(r), "unreliable": bool(r["unreliable"]), "flags": r["flags"],
-                             "search": " ".join([r["model_id"], r["activation"], r["architecture"],
-                                                 r["training_method"], r["flags"]]).lower()})
+                rows.append(
+                    {
+                        "rank": int(r["rank"]),
+                        "model_id": r["model_id"],
+                        "href": _model_path(dataset, norm, r["model_id"]),
+                        "activation": r["activation"],
+                        "architecture": r["architecture"],
+                        "training": r["training_method"],
+                        "cells": _cells(r),
+                        "unreliable": bool(r["unreliable"]),
+                        "flags": r["flags"],
+                        "search": " ".join(
+                            [r["model_id"], r["activation"], r["architecture"], r["training_method"], r["flags"]]
+                        ).lower(),
+                    }
+                )
             with_aa = int((df[df.eps == eps].autoattack_n > 0).sum())
-            tables.append({"id": safe_name(dataset, norm, "eps", eps).lower(), "title": f"{dataset}, {norm}, eps {eps}",
-                           "open": eps == top, "with_aa": with_aa, "rows": rows})
+            tables.append(
+                {
+                    "id": safe_name(dataset, norm, "eps", eps).lower(),
+                    "title": f"{dataset}, {norm}, eps {eps}",
+                    "open": eps == top,
+                    "with_aa": with_aa,
+                    "rows": rows,
+                }
+            )
     claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
-    write(out / "index.html", env.get_template("index.html").render(
-        root="", tables=tables, options={k: sorted(v) for k, v in options.items()}, claims=claims,
-        csvs=[csv_name(d, n) for d, n in boards], **common))
+    write(
+        out / "index.html",
+        env.get_template("index.html").render(
+            root="",
+            tables=tables,
+            options={k: sorted(v) for k, v in options.items()},
+            claims=claims,
+            csvs=[csv_name(d, n) for d, n in boards],
+            **common,
+        ),
+    )
 
     for group in groups:
-        write(out / "groups" / f"{group['slug']}.html", env.get_template("group.html").render(
-            root="../", group=group, body=_markdown(group["part"]["lines"], "../"), **common))
+        write(
+            out / "groups" / f"{group['slug']}.html",
+            env.get_template("group.html").render(
+                root="../", group=group, body=_markdown(group["part"]["lines"], "../"), **common
+            ),
+        )
 
     model_page = env.get_template("model.html")
     for (dataset, norm), df in boards.items():
@@ -180,25 +251,57 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
             mine = res[(res.sha256 == sha) & (res.dataset == dataset) & (res.norm == norm)]
             meta = mine.sort_values("run_id").iloc[-1]["meta"]
             recipe = meta.get("recipe")
-            card = {"model_id": mid, "dataset": dataset, "norm": norm, "checkpoint": first["checkpoint"],
-                    "sha256": sha, "architecture": first["architecture"], "activation": meta.get("activation", ""),
-                    "training": first["training_method"], "paper": first["paper"], "link": http_link(first["link"]),
-                    "authors": first["authors"], "venue": first["venue"],
-                    "recipe": json.dumps(recipe, indent=2, sort_keys=True) if recipe else "",
-                    "csv": csv_name(dataset, norm), "info": info_path(dataset, norm, mid)}
+            card = {
+                "model_id": mid,
+                "dataset": dataset,
+                "norm": norm,
+                "checkpoint": first["checkpoint"],
+                "sha256": sha,
+                "architecture": first["architecture"],
+                "activation": meta.get("activation", ""),
+                "training": first["training_method"],
+                "paper": first["paper"],
+                "link": http_link(first["link"]),
+                "authors": first["authors"],
+                "venue": first["venue"],
+                "recipe": json.dumps(recipe, indent=2, sort_keys=True) if recipe else "",
+                "csv": csv_name(dataset, norm),
+                "info": info_path(dataset, norm, mid),
+            }
             part, mb = member_of.get((dataset, norm, sha), (None, None))
-            figures = [{"file": Path(f).name, "alt": alt, "caption": f"{alt}: {part['group'].title}"}
-                       for f, alt in part["figures"]] if part else []
+            figures = (
+                [
+                    {"file": Path(f).name, "alt": alt, "caption": f"{alt}: {part['group'].title}"}
+                    for f, alt in part["figures"]
+                ]
+                if part
+                else []
+            )
             model_checks = checks[(checks.sha256 == sha) & (checks.dataset == dataset) & (checks.norm == norm)]
-            write(out / _model_path(dataset, norm, mid), model_page.render(
-                root="../../../", card=card, learned=_learned(first["checkpoint"], sha),
-                rows=[{"eps": r["eps"], "rank": int(r["rank"]), "cells": _cells(r)}
-                      for _, r in rows.iterrows()],
-                flags=first["flags"], runs=_runs(mine), figures=figures,
-                transfer=_transfer(part, mb.label) if part else None,
-                checks=[{"check": c["check"], "eps": c["eps"], "status": c["status"], "evidence": c["evidence"],
-                         "budget": c["budget"] if c["budget"] != "{}" else "-"} for _, c in model_checks.iterrows()],
-                **common))
+            write(
+                out / _model_path(dataset, norm, mid),
+                model_page.render(
+                    root="../../../",
+                    card=card,
+                    learned=_learned(first["checkpoint"], sha),
+                    rows=[{"eps": r["eps"], "rank": int(r["rank"]), "cells": _cells(r)} for _, r in rows.iterrows()],
+                    flags=first["flags"],
+                    runs=_runs(mine),
+                    figures=figures,
+                    transfer=_transfer(part, mb.label) if part else None,
+                    checks=[
+                        {
+                            "check": c["check"],
+                            "eps": c["eps"],
+                            "status": c["status"],
+                            "evidence": c["evidence"],
+                            "budget": c["budget"] if c["budget"] != "{}" else "-",
+                        }
+                        for _, c in model_checks.iterrows()
+                    ],
+                    **common,
+                ),
+            )
 
     for name in STATIC:
         write(out / "static" / name, resources.files("robench.reporting").joinpath("static", name).read_text())

@@ -5,13 +5,14 @@ A held-out slice at the end of the training split is the validation set. The ret
 the whole recipe, the per-epoch history and the final validation clean and PGD accuracy, so a saved
 checkpoint says how it was made.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -81,7 +82,7 @@ def _augment(x: torch.Tensor, kinds: str, g: torch.Generator) -> torch.Tensor:
         pad, (h, w) = max(1, x.shape[-1] // 8), x.shape[-2:]
         xp = F.pad(x, (pad, pad, pad, pad))
         off = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=g).tolist()
-        x = torch.stack([xp[i, :, a:a + h, b:b + w] for i, (a, b) in enumerate(off)])
+        x = torch.stack([xp[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(off)])
     return x
 
 
@@ -99,9 +100,12 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     act = {id(p) for m in activation_modules(model) for p in m.parameters()}
     decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in act]
     rest = [p for p in model.parameters() if not (p.ndim >= 2 and id(p) not in act)]
-    return torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                            {"params": rest, "weight_decay": 0.0}],
-                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
 
 
 def _adversarial(model, x, y, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
@@ -112,15 +116,17 @@ def _adversarial(model, x, y, cfg: TrainConfig, g: torch.Generator) -> torch.Ten
     if cfg.method == "trades":  # maximise KL(f(x') || f(x)) from a small Gaussian start
         with torch.no_grad():
             p_clean = F.softmax(model(x), 1)
-        start = ((x + 0.001 * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1) - x)
+        start = (x + 0.001 * torch.randn(x.shape, generator=g).to(x.device)).clamp(0, 1) - x
 
         def loss(z, live):
             return F.kl_div(F.log_softmax(z, 1), p_clean[live], reduction="none").sum(1)
+
         _, x_adv = Ascent(cfg.norm, eps, alpha, cfg.steps, loss).run(model, x, start)
     else:
         steps = 1 if cfg.method == "fast-at" else cfg.steps
         _, x_adv = Ascent(cfg.norm, eps, alpha, steps, labels_loss(y, "ce")).run(
-            model, x, random_starts(x, eps, cfg.norm, g))
+            model, x, random_starts(x, eps, cfg.norm, g)
+        )
     model.train()
     return x_adv
 
@@ -154,21 +160,32 @@ def validate(model, split, val_idx, cfg: TrainConfig, device) -> dict:
     clean = _clean_correct(model, split, val_idx, device, batch)
     eps = parse_eps(cfg.eps)
     pgd = PGD(steps=cfg.val_pgd_steps)
-    pgd_idx = val_idx[:cfg.val_pgd_n]
+    pgd_idx = val_idx[: cfg.val_pgd_n]
     robust = 0
     for chunk in pgd_idx.split(batch):
         x, y = split.batch(chunk)
         rows, _, _ = attack_batch(model, x.to(device), y.to(device), chunk, [eps], [pgd], cfg.norm, cfg.seed)
         robust += sum(r[3] for r in rows)
-    return {"n": len(val_idx), "clean_acc": round(100 * clean / len(val_idx), 2),
-            "pgd": {"n": len(pgd_idx), "acc": round(100 * robust / len(pgd_idx), 2), "norm": cfg.norm,
-                    "eps": eps.text, "budget": pgd.budget(), "seed": cfg.seed}}
+    return {
+        "n": len(val_idx),
+        "clean_acc": round(100 * clean / len(val_idx), 2),
+        "pgd": {
+            "n": len(pgd_idx),
+            "acc": round(100 * robust / len(pgd_idx), 2),
+            "norm": cfg.norm,
+            "eps": eps.text,
+            "budget": pgd.budget(),
+            "seed": cfg.seed,
+        },
+    }
 
 
 def _slices(n_total: int, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.val_size >= n_total:
-        raise RobenchError(f"The validation slice ({cfg.val_size} images) must be smaller than the training "
-                           f"split ({n_total}); lower val-size.")
+        raise RobenchError(
+            f"The validation slice ({cfg.val_size} images) must be smaller than the training "
+            f"split ({n_total}); lower val-size."
+        )
     stop = n_total - cfg.val_size
     if cfg.train_images:
         stop = min(stop, int(cfg.train_images))
@@ -185,13 +202,28 @@ def fit(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> tup
     train_idx, val_idx = _slices(len(split), cfg)
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
-    model = create_model(cfg.arch, cfg.activation, num_classes=info.num_classes, in_channels=info.shape[0],
-                         input_size=info.shape[-1], mean=info.mean, std=info.std).to(device)
+    model = create_model(
+        cfg.arch,
+        cfg.activation,
+        num_classes=info.num_classes,
+        in_channels=info.shape[0],
+        input_size=info.shape[-1],
+        mean=info.mean,
+        std=info.std,
+    ).to(device)
     opt = _optimizer(model, cfg)
     per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     total, step, history, started = cfg.epochs * per_epoch, 0, [], time.time()
-    emit({"event": "start", "epochs": cfg.epochs, "batches": per_epoch, "device": str(device),
-          "train": len(train_idx), "val": len(val_idx)})
+    emit(
+        {
+            "event": "start",
+            "epochs": cfg.epochs,
+            "batches": per_epoch,
+            "device": str(device),
+            "train": len(train_idx),
+            "val": len(val_idx),
+        }
+    )
     for epoch in range(1, cfg.epochs + 1):
         t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
         order = train_idx[torch.randperm(len(train_idx), generator=g)]
@@ -206,8 +238,10 @@ def fit(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> tup
             loss, z = _loss(model, x, y, x_adv, cfg)
             full = loss + activation_penalty(model)
             if not torch.isfinite(full):
-                raise Diverged(f"Training diverged: the loss became {full.item()} at epoch {epoch}, step {b}; "
-                               "nothing was saved (try a lower --lr).")
+                raise Diverged(
+                    f"Training diverged: the loss became {full.item()} at epoch {epoch}, step {b}; "
+                    "nothing was saved (try a lower --lr)."
+                )
             opt.zero_grad(set_to_none=True)
             full.backward()
             clip_activation_gradients(model)
@@ -218,41 +252,82 @@ def fit(cfg: TrainConfig, progress: Callable[[dict], None] | None = None) -> tup
             seen += len(y)
             emit({"event": "batch", "epoch": epoch, "batch": b, "batches": per_epoch, "loss": loss.item()})
         val = validate(model, split, val_idx, cfg, device)
-        history.append({"epoch": epoch, "loss": round(loss_sum / seen, 4),
-                        "train_acc": round(100 * correct / seen, 2), "val_clean_acc": val["clean_acc"],
-                        "val_pgd_acc": val["pgd"]["acc"], "lr": round(opt.param_groups[0]["lr"], 6),
-                        "seconds": round(time.time() - t0, 1)})
-        emit({"event": "epoch", **history[-1], "epochs": cfg.epochs,
-              "train_kind": "clean" if cfg.method == "standard" else "adversarial"})
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": round(loss_sum / seen, 4),
+                "train_acc": round(100 * correct / seen, 2),
+                "val_clean_acc": val["clean_acc"],
+                "val_pgd_acc": val["pgd"]["acc"],
+                "lr": round(opt.param_groups[0]["lr"], 6),
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
+        emit(
+            {
+                "event": "epoch",
+                **history[-1],
+                "epochs": cfg.epochs,
+                "train_kind": "clean" if cfg.method == "standard" else "adversarial",
+            }
+        )
     model.eval()
     return model, _meta(model, cfg, val, history, time.time() - started, device, train_idx, val_idx)
 
 
 def _meta(model, cfg, val, history, seconds, device, train_idx, val_idx) -> dict:
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("data_dir", "device", "name", "arch",
-                                                                   "activation", "dataset")}
+    recipe = {
+        k: v for k, v in asdict(cfg).items() if k not in ("data_dir", "device", "name", "arch", "activation", "dataset")
+    }
     if cfg.method == "standard":
         for k in ("norm", "eps", "steps", "step_size", "trades_beta"):
             recipe.pop(k)
     else:
-        recipe["attack"] = {"steps": 1 if cfg.method == "fast-at" else cfg.steps, "step_size": cfg.step_size,
-                            "step_size_value": round(step_size(cfg), 8), "loss": "kl" if cfg.method ==
-                            "trades" else "ce", "start": "gaussian 0.001" if cfg.method == "trades" else
-                            "uniform", "batch_norm": "eval mode while crafting"}
+        recipe["attack"] = {
+            "steps": 1 if cfg.method == "fast-at" else cfg.steps,
+            "step_size": cfg.step_size,
+            "step_size_value": round(step_size(cfg), 8),
+            "loss": "kl" if cfg.method == "trades" else "ce",
+            "start": "gaussian 0.001" if cfg.method == "trades" else "uniform",
+            "batch_norm": "eval mode while crafting",
+        }
         if cfg.method != "trades":
             recipe.pop("trades_beta")
-    recipe["optimizer"] = {"name": "sgd", "lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov,
-                           "weight_decay": cfg.weight_decay, "decay_on": "conv/linear weights"}
+    recipe["optimizer"] = {
+        "name": "sgd",
+        "lr": cfg.lr,
+        "momentum": cfg.momentum,
+        "nesterov": cfg.nesterov,
+        "weight_decay": cfg.weight_decay,
+        "decay_on": "conv/linear weights",
+    }
     acts = activation_modules(model)
     recipe["activation_training"] = {
         "penalty": sorted({f"{m.name}: {m.penalty_formula.format(**m.opts)}" for m in acts if m.penalty() is not None}),
         "grad_clip": sorted({f"{m.name}.{p} <= {v}" for m in acts for p, v in m.grad_clip.items()}),
-        "learned": sorted({f"{m.name}.{p}" for m in acts for p in m.learned})}
-    recipe["data"] = {"split": "train", "train_indices": f"0:{len(train_idx)}",
-                      "val_indices": f"{int(val_idx[0])}:{int(val_idx[-1]) + 1}"}
-    recipe["trained"] = {"seconds": round(seconds, 1), "device": str(device), "torch": str(torch.__version__),
-                         "robench": __version__, "threads": torch.get_num_threads(),
-                         "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        "learned": sorted({f"{m.name}.{p}" for m in acts for p in m.learned}),
+    }
+    recipe["data"] = {
+        "split": "train",
+        "train_indices": f"0:{len(train_idx)}",
+        "val_indices": f"{int(val_idx[0])}:{int(val_idx[-1]) + 1}",
+    }
+    recipe["trained"] = {
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "torch": str(torch.__version__),
+        "robench": __version__,
+        "threads": torch.get_num_threads(),
+        "finished": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
     name = cfg.name or f"{cfg.arch}-{cfg.activation}-{cfg.method}"
-    return model_meta(cfg.arch, cfg.activation, cfg.dataset, name=name, training_method=cfg.method,
-                      recipe=recipe, validation=val, history=history)
+    return model_meta(
+        cfg.arch,
+        cfg.activation,
+        cfg.dataset,
+        name=name,
+        training_method=cfg.method,
+        recipe=recipe,
+        validation=val,
+        history=history,
+    )

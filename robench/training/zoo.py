@@ -1,16 +1,17 @@
 """The checkpoint zoo: groups of recipes that differ only in the activation, read from a TOML file, trained
 member by member (a finished member is kept unless asked to overwrite), and described in a Markdown table."""
+
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..files import atomic_path
 from ..config import TrainConfig, check_counts, check_keys, check_types, read_toml
 from ..errors import RobenchError
+from ..files import atomic_path
 from ..nn.activations import parse_activation
 from .train import fit
 
@@ -46,11 +47,17 @@ def read_zoo(path: str | Path) -> list[Member]:
         if not isinstance(acts, list) or not acts:
             raise RobenchError(f'{path}: group "{name}" needs a non-empty list of activations.')
         seeds = group.pop("seeds", None)
-        if seeds is not None and ("seed" in group or not isinstance(seeds, list) or not seeds
-                                  or not all(type(s) is int and 0 <= s < 2**31 for s in seeds)
-                                  or len(set(seeds)) != len(seeds)):
-            raise RobenchError(f'{path}: group "{name}" needs either one seed or a list of distinct '
-                               "whole-number seeds between 0 and 2**31 - 1.")
+        if seeds is not None and (
+            "seed" in group
+            or not isinstance(seeds, list)
+            or not seeds
+            or not all(type(s) is int and 0 <= s < 2**31 for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise RobenchError(
+                f'{path}: group "{name}" needs either one seed or a list of distinct '
+                "whole-number seeds between 0 and 2**31 - 1."
+            )
         recipe = check_keys(group, TrainConfig, f'{path} group "{name}"')
         check_types(recipe, TrainConfig, f'{path} group "{name}"', skip=("eps", "step_size"))
         check_counts(recipe, f'{path} group "{name}"')
@@ -61,8 +68,13 @@ def read_zoo(path: str | Path) -> list[Member]:
     return members
 
 
-def build_zoo(path: str | Path, folder: str | Path | None = None, overwrite: bool = False,
-              only: list[str] | None = None, progress: Callable[[dict], None] | None = None) -> list[dict]:
+def build_zoo(
+    path: str | Path,
+    folder: str | Path | None = None,
+    overwrite: bool = False,
+    only: list[str] | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Train every member missing from ``folder`` (all of them with ``overwrite``); ``only`` picks
     members by file name or group. Returns one row per member: file, group, status."""
     path = Path(path)
@@ -89,23 +101,36 @@ def zoo_rows(folder: str | Path) -> list[dict]:
     for f in sorted(Path(folder).glob("*.safetensors")) + sorted(Path(folder).glob("*.pt")):
         ck = load_checkpoint(f)
         meta, recipe, val = ck.meta, ck.meta.get("recipe", {}), ck.meta.get("validation", {})
-        rows.append({"file": f.name, "group": meta.get("zoo_group", ""), "arch": meta["arch"],
-                     "activation": meta["activation"], "method": meta.get("training_method", ""),
-                     "eps": recipe.get("eps", "-"), "epochs": recipe.get("epochs", ""),
-                     "val_clean": val.get("clean_acc"), "val_pgd": val.get("pgd", {}).get("acc"),
-                     "params": sum(p.numel() for p in ck.model.parameters()),
-                     "size_kb": round(f.stat().st_size / 1024), "train_s": recipe.get("trained", {}).get("seconds"),
-                     "sha256": ck.sha256[:12]})
+        rows.append(
+            {
+                "file": f.name,
+                "group": meta.get("zoo_group", ""),
+                "arch": meta["arch"],
+                "activation": meta["activation"],
+                "method": meta.get("training_method", ""),
+                "eps": recipe.get("eps", "-"),
+                "epochs": recipe.get("epochs", ""),
+                "val_clean": val.get("clean_acc"),
+                "val_pgd": val.get("pgd", {}).get("acc"),
+                "params": sum(p.numel() for p in ck.model.parameters()),
+                "size_kb": round(f.stat().st_size / 1024),
+                "train_s": recipe.get("trained", {}).get("seconds"),
+                "sha256": ck.sha256[:12],
+            }
+        )
     return sorted(rows, key=lambda r: (r["group"], r["file"]))
 
 
 def zoo_markdown(rows: list[dict]) -> str:
-    head = ("| file | arch | activation | method | eps | epochs | val clean % | val PGD % | params | size KB "
-            "| train s |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| file | arch | activation | method | eps | epochs | val clean % | val PGD % | params | size KB "
+        "| train s |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
     return head + "".join(
         f"| {r['file']} | {r['arch']} | {r['activation']} | {r['method']} | {r['eps']} | {r['epochs']} | "
         f"{r['val_clean']:.2f} | {r['val_pgd']:.2f} | {r['params']:,} | {r['size_kb']} | {r['train_s']} |\n"
-        for r in rows)
+        for r in rows
+    )
 
 
 ZOO_MARKERS = ("<!-- zoo table: written by robench train --zoo -->", "<!-- end zoo table -->")
