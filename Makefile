@@ -1,10 +1,11 @@
-# robench: `make install` sets up .venv, the embedded dataset and a browser for the page tests; `make test` runs the test suite.
+# robench: `make install` sets up .venv, the embedded dataset and a browser for the page tests; `make test` runs the
+# test suite; `make docs` builds the documentation site into site/; `make lint` runs ruff and mypy.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 SUDO   := $(shell [ "$$(id -u)" != 0 ] && command -v sudo)
 
-.PHONY: install test data browser checkpoints leaderboard study clean
+.PHONY: install test quick lint docs data browser checkpoints leaderboard study clean
 
 install: $(VENV)/.installed data browser
 
@@ -33,6 +34,28 @@ browser:
 
 test: install
 	$(PY) -m pytest
+
+# The tests not marked slow: about a minute.
+quick: install
+	$(PY) -m pytest -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The documentation site: its own venv (mkdocs-material wants a newer `requests` than torchattacks allows, and
+# mkdocstrings reads the source without importing torch), the generated pages brought up to date, then a strict build.
+DOCS_VENV ?= .venv-docs
+docs: install $(DOCS_VENV)/.installed
+	$(PY) docs/generate.py --only cli
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict --quiet
+	@echo "Built $$(find site -name '*.html' | wc -l) pages into site/; open site/index.html"
+
+$(DOCS_VENV)/.installed: docs/requirements.txt
+	python3 -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install -q --no-cache-dir -r docs/requirements.txt
+	touch $@
 
 # Rebuild the shipped zoo from scratch with the recipes in checkpoints/zoo.toml (see checkpoints/README.md
 # for how long it takes); the table in checkpoints/README.md is rewritten from the new files.
@@ -78,4 +101,4 @@ study: install
 	  RESULTS=results/study.jsonl.gz IMPORT=no SEEDS=yes TRANSFER_N=1000 RESNET_TRANSFER_N=1000
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(DOCS_VENV) site .pytest_cache

@@ -426,6 +426,7 @@ def verify_table(runs: list[dict]) -> Table:
             )
     skipped = [r for r in runs if not r["rerun"] and not r["note"].startswith("not re-computed")]
     # (the note of a skipped run says why: unfinished, not selected, no checkpoint file)
-    t.caption = f"{len(skipped)} other runs were not sampled or cannot be re-computed here." if skipped else None
+    other = "1 other run was" if len(skipped) == 1 else f"{len(skipped)} other runs were"
+    t.caption = f"{other} not sampled or cannot be re-computed here." if skipped else None
     t.caption_justify = "left"
     return t
