@@ -127,6 +127,9 @@ def run_page(page: Path) -> list[list[str]]:
             PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
             COLUMNS=str(EXAMPLE_WIDTH),
             PYTHONHASHSEED="0",
+            # one torch thread: a sum over two threads rounds differently from one (training losses move in
+            # the fourth digit), so the outputs would depend on the machine's core count
+            OMP_NUM_THREADS="1",
         )
         for block in blocks(page.read_text()):
             for example in block.examples:

@@ -1,8 +1,16 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite in two worker processes (pytest-xdist): one torch thread each, as two on two
+    # cores would fight over them, and the tables drawn at robench's own width, not at the terminal's that
+    # xdist hands its workers in COLUMNS. Set before torch and robench are imported, and inherited by the
+    # commands the tests start.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.pop("COLUMNS", None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
