@@ -44,7 +44,7 @@ def pages() -> list[Path]:
 
 def cli_reference() -> str:
     """The CLI reference: each command's help screen as ``robench CMD --help`` prints it."""
-    import click
+    import typer
     import typer.main
 
     from robench.cli import app
@@ -59,10 +59,10 @@ def cli_reference() -> str:
         "code 2; `robench --debug ...` shows the traceback instead.",
         "",
     ]
-    with click.Context(root, info_name="robench", terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
+    with typer.Context(root, info_name="robench", terminal_width=WIDTH, max_content_width=WIDTH) as ctx:
         parts += ["```text", ctx.get_help(), "```", ""]
         for name, command in root.commands.items():
-            with click.Context(
+            with typer.Context(
                 command, info_name=name, parent=ctx, terminal_width=WIDTH, max_content_width=WIDTH
             ) as sub:
                 parts += [f"## robench {name}", "", "```text", sub.get_help(), "```", ""]
