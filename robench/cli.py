@@ -34,6 +34,7 @@ from .cli_output import (
     safe,
     track,
     transfer_tables,
+    unpaired_warning,
     verify_table,
 )
 from .config import split_flags
@@ -676,8 +677,8 @@ def check(
     store: Path | None = typer.Option(
         None,
         "--store",
-        help="Store holding the baseline's per-example outcomes "
-        "(paired test) [default: $ROBENCH_STORE or results/robench.sqlite].",
+        help="Store holding the baseline's per-example outcomes for a paired test; without them there, the "
+        "results/ archive beside the baseline CSV is read [default: $ROBENCH_STORE or results/robench.sqlite].",
     ),
     device: Device = None,
     data_dir: DataDir = None,
@@ -714,7 +715,10 @@ def check(
     if not quiet:  # --quiet keeps the verdict (and the failures) without the table
         out.print(check_table(res["table"], baseline, tolerance, alpha))
     if res["provenance"]:
-        out.print(clean("The baseline's outcomes in the store: " + "; ".join(res["provenance"]) + "."), markup=False)
+        where = f"read from {res['outcomes_from']}, beside the baseline" if res["outcomes_from"] else "in the store"
+        out.print(clean(f"The baseline's outcomes {where}: " + "; ".join(res["provenance"]) + "."), markup=False)
+    if res["unpaired"]:
+        out.print(clean(unpaired_warning(res)), markup=False)
     if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
         out.print("The autoattack rows were re-run with robench's fast, not AutoAttack itself (--autoattack official).")
     failed = res["table"][res["table"].verdict == "fail"]

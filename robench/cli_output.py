@@ -363,6 +363,20 @@ def leaderboard_tables(boards: dict) -> None:
             out.print(t)
 
 
+def unpaired_warning(res: dict) -> str:
+    """What `robench check` says when some comparisons could not be paired example by example."""
+    n, total = res["unpaired"], len(res["table"])
+    if res["archive_beside"]:
+        why = f"neither the store nor {res['archive_beside']} holds the baseline's per-example outcomes for them"
+    else:
+        why = "the store holds no per-example outcomes of the baseline for them, and no results/ lies beside it"
+    return (
+        f"Warning: {n} of {total} comparisons are unpaired (Fisher's test on the counts): {why}. Such a test "
+        "misses drops that the paired one finds; pass --store with the store that computed the baseline, or "
+        "keep its exported results/ beside the CSV."
+    )
+
+
 def check_table(table, baseline, tolerance: float, alpha: float) -> Table:
     """robench check's comparison, model by model."""
     t = Table(

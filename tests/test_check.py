@@ -82,10 +82,11 @@ def test_a_weakened_checkpoint_fails_with_exit_1(baseline):
 
 
 @requires_fmnist
-def test_without_the_baselines_outcomes_the_counts_are_compared(baseline):
+def test_without_the_baselines_outcomes_the_counts_are_compared_and_it_says_so(baseline):
     r = cli("check", "--baseline", baseline, "--store", "elsewhere.sqlite", "--json", "c.json")
     assert r.exit_code == 0, r.output
     assert {r["test"] for r in json.loads(Path("c.json").read_text())["rows"]} == {"unpaired (Fisher)"}
+    assert "Warning: 6 of 6 comparisons are unpaired" in " ".join(r.output.split())
     _weaken()
     r = cli("check", "--baseline", baseline, "weak.safetensors", "--store", "elsewhere.sqlite")
     assert r.exit_code == 1
@@ -179,3 +180,24 @@ def test_autoattack_rows_are_rechecked_with_fast_unless_told_official(tmp_path, 
     assert r.exit_code == 1 and "lenet5-relu-pgd-at (autoattack)" in r.output
     r = cli("check", "--baseline", base, "--autoattack", "best", "--store", "base.sqlite")
     assert r.exit_code == 2 and "--autoattack is fast or official" in r.output
+
+
+@requires_fmnist
+def test_the_results_exported_beside_a_leaderboard_pair_the_test_without_a_store(baseline):
+    """A committed leaderboard carries its per-example outcomes in results/ beside the CSV (as `make
+    leaderboard` exports them): a fresh clone's `check`, with no store, reads them and pairs its test."""
+    robench.api.export_results("base.sqlite", "lb/results")
+    Path("base.sqlite").rename("moved-away.sqlite")
+    r = cli("check", "--baseline", baseline, "--store", "fresh.sqlite", "--json", "c.json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(Path("c.json").read_text())
+    assert {row["test"] for row in out["rows"]} == {"paired (McNemar)"}
+    assert out["baseline_outcomes_from"] == "lb/results"
+    text = " ".join(r.output.split())
+    assert "read from lb/results, beside the baseline" in text and "Warning" not in text
+    assert not Path("fresh.sqlite").exists()  # the archive is read through a temporary store
+    _weaken()
+    r = cli("check", "--baseline", baseline, "weak.safetensors", "--store", "fresh.sqlite", "--json", "c.json")
+    assert r.exit_code == 1
+    pgd = [row for row in json.loads(Path("c.json").read_text())["rows"] if row["metric"] == "pgd"]
+    assert pgd and {row["test"] for row in pgd} == {"paired (McNemar)"}

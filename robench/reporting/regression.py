@@ -1,7 +1,8 @@
 """`robench check`: compare a fresh evaluation with a committed leaderboard CSV, model by model and metric
 by metric. A metric fails when it drops by more than the tolerance and the drop is significant: an exact
-McNemar test on the per-example outcomes when the baseline's are in the store, a Fisher exact test on the
-counts otherwise."""
+McNemar test on the baseline's per-example outcomes, found in the store or, failing that, in the archive
+beside the baseline CSV (the ``results/`` of a committed leaderboard); a Fisher exact test on the counts
+otherwise, which the result says."""
 
 from __future__ import annotations
 
@@ -285,6 +286,11 @@ def run_check(
     if store_path(store).exists():
         with Store(store, readonly=True) as db:
             base = results(db)
+    wanted = set(base_csv[base_csv.model_id.isin(list(models))].sha256)
+    beside = _archive_beside(baseline)
+    outcomes_from = None
+    if (base is None or not wanted <= set(base.sha256)) and beside is not None:
+        base, outcomes_from = _outcomes_from_archive(beside), str(beside)
     mapping = {ck.sha256: mid for mid, ck in models.items()}
     table = compare(base_csv, now, mapping, base, tolerance, alpha)
     if table.empty:
@@ -305,6 +311,7 @@ def run_check(
                     "alpha": alpha,
                     "autoattack": autoattack,
                     "baseline_provenance": provenance,
+                    "baseline_outcomes_from": outcomes_from,
                     "failed": bool((table.verdict == "fail").any()),
                     "rows": table.to_dict(orient="records"),
                 },
@@ -316,6 +323,9 @@ def run_check(
         "table": table,
         "failed": bool((table.verdict == "fail").any()),
         "provenance": provenance,
+        "outcomes_from": outcomes_from,
+        "unpaired": int((table.test != "paired (McNemar)").sum()),
+        "archive_beside": str(beside) if beside is not None else None,
         "models": {mid: ck.sha256 for mid, ck in models.items()},
         "autoattack": autoattack,
     }
@@ -330,6 +340,28 @@ def _write_report(path, text: str) -> None:
             tmp.write_text(text)
     except OSError as e:
         raise RobenchError(f"Cannot write {path} ({e.strerror}).") from None
+
+
+def _archive_beside(baseline: str | Path) -> Path | None:
+    """The per-example outcomes `robench leaderboard` and `robench export` leave beside a committed leaderboard:
+    a ``results/`` folder archive (or ``results.jsonl.gz``) next to the baseline CSV."""
+    folder = Path(baseline).parent
+    for candidate in (folder / "results", folder / "results.jsonl.gz"):
+        if (candidate / "order.txt").is_file() or candidate.is_file():
+            return candidate
+    return None
+
+
+def _outcomes_from_archive(archive: Path) -> pd.DataFrame:
+    """The baseline's results read from an archive, through a temporary store: the archive is checked field
+    by field like any import, and nothing of the user's is written."""
+    from ..archive import import_results
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp) / "baseline.sqlite"
+        import_results(archive, store)
+        with Store(store, readonly=True) as db:
+            return results(db)
 
 
 def baseline_provenance(base: pd.DataFrame | None, shas: set[str]) -> list[str]:
