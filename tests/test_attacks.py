@@ -178,7 +178,7 @@ def test_foolbox_attack_through_robench_records_its_budget(trained):
     "spec,fragment",
     [
         ("pgdd", "did you mean pgd"),
-        ("pgd(stepz=3)", "unknown option"),
+        ("pgd(stepz=3)", 'has no option "stepz"; did you mean steps'),
         ("fb:LinfPGDD", "Unknown Foolbox attack"),
         ("fb:LinfPGD(stepz=3)", "has no option stepz"),
         ("autoattack:turbo", "Unknown attack \"autoattack:turbo\"; did you mean autoattack"),
@@ -224,7 +224,7 @@ def test_fgsm_refuses_options_it_does_not_have():
     from robench.errors import RobenchError
 
     assert create_attack("fgsm(loss=dlr)").loss == "dlr"
-    with pytest.raises(RobenchError, match="unknown option"):
+    with pytest.raises(RobenchError, match='has no option "steps"; its options are loss'):
         create_attack("fgsm(steps=50)")
 
 
@@ -282,7 +282,7 @@ def test_an_attack_registers_where_it_is_defined():
 
     assert reg.create("noise(scale=0.5)").scale == 0.5
     assert reg.spec(reg.create("NOISE").budget()) == "noise"
-    with pytest.raises(RobenchError, match="unknown option"):
+    with pytest.raises(RobenchError, match='has no option "sigma"; its options are scale'):
         reg.create("noise(sigma=2)")
     with pytest.raises(RobenchError, match="must be a finite number"):
         reg.create("noise(scale='big')")

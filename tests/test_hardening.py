@@ -195,7 +195,7 @@ CASES = [
     ("eps NaN", E + ["--eps", "nan"], "finite number"),
     ("unknown norm", E + ["--norm", "L3"], 'Unknown norm "L3"'),
     ("unknown attack", E + ["--attack", "pgdd"], 'Unknown attack "pgdd"; did you mean pgd'),
-    ("unknown attack option", E + ["--attack", "pgd(stepz=3)"], "unknown option"),
+    ("unknown attack option", E + ["--attack", "pgd(stepz=3)"], 'has no option "stepz"; did you mean steps'),
     ("bad attack option value", E + ["--attack", "pgd(steps=0)"], "at least one step"),
     ("unclosed attack options", E + ["--attack", "pgd(steps=3"], 'unclosed "("'),
     ("unknown Foolbox attack", E + ["--attack", "fb:NoSuchAttack"], 'Unknown Foolbox attack "NoSuchAttack"'),

@@ -131,7 +131,7 @@ def test_sources_and_targets_must_share_a_dataset(tmp_path):
     assert r.exit_code == 2 and "must share a dataset" in r.output and "Traceback" not in r.output
     for bad, words in (
         (["--attack", "cw"], "cw"),
-        (["--attack", "mifgsm(step=3)"], "unknown option"),
+        (["--attack", "mifgsm(step=3)"], 'has no option "step"; did you mean steps'),
         (["--diversity-prob", "2"], "diversity-prob"),
     ):
         r = CliRunner().invoke(

@@ -10,7 +10,15 @@ stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) 
 from __future__ import annotations
 
 from ..config import split_spec
-from ..errors import RobenchError, unknown
+from ..errors import RobenchError, closest, unknown
+
+
+def _options(cls) -> list[str]:
+    """The keyword options an attack class takes, read from its constructor."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 class Registry:
@@ -53,9 +61,15 @@ class Registry:
         try:
             return cls.from_spec(name, opts, spec, **context)
         except TypeError as e:
-            raise RobenchError(
-                f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")
-            ) from None
+            options = sorted(_options(cls))
+            bad = next((k for k in opts if f"'{k}'" in str(e)), None)
+            if bad is None or bad in options:  # an option of the family that this member fixes (fgsm's steps)
+                raise RobenchError(
+                    f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")
+                ) from None
+            near = closest(bad, options)
+            hint = f"did you mean {' or '.join(near)}?" if near else f"its options are {', '.join(options)}."
+            raise RobenchError(f'{self.kind.capitalize()} "{spec}" has no option "{bad}"; {hint}') from None
 
     def spec(self, budget: dict) -> str:
         """The spec that rebuilds the attack a stored budget describes (``create(spec).budget()`` gives the
