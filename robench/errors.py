@@ -111,9 +111,13 @@ def closest(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
     return difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.5)
 
 
-def unknown(kind: str, name: str, choices: Iterable[str]) -> RobenchError:
-    """'unknown activation "reluu"; did you mean relu?' with the closest valid names."""
+def suggest(name: str, choices: Iterable[str], otherwise: str = "choose one of") -> str:
+    """'did you mean relu?' with the closest valid names, or all of them after ``otherwise``."""
     choices = sorted(set(choices))
     near = closest(name, choices)
-    hint = f"did you mean {' or '.join(near)}?" if near else f"choose one of {', '.join(choices)}."
-    return RobenchError(f'Unknown {kind} "{name}"; {hint}')
+    return f"did you mean {' or '.join(near)}?" if near else f"{otherwise} {', '.join(choices)}."
+
+
+def unknown(kind: str, name: str, choices: Iterable[str]) -> RobenchError:
+    """'unknown activation "reluu"; did you mean relu?' with the closest valid names."""
+    return RobenchError(f'Unknown {kind} "{name}"; {suggest(name, choices)}')

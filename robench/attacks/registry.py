@@ -10,7 +10,7 @@ stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) 
 from __future__ import annotations
 
 from ..config import split_spec
-from ..errors import RobenchError, closest, unknown
+from ..errors import RobenchError, suggest, unknown
 
 
 def _options(cls) -> list[str]:
@@ -61,14 +61,13 @@ class Registry:
         try:
             return cls.from_spec(name, opts, spec, **context)
         except TypeError as e:
-            options = sorted(_options(cls))
+            options = _options(cls)
             bad = next((k for k in opts if f"'{k}'" in str(e)), None)
             if bad is None or bad in options:  # an option of the family that this member fixes (fgsm's steps)
                 raise RobenchError(
                     f'{self.kind.capitalize()} "{spec}" got an unknown option ({e}).'.replace("__init__() ", "")
                 ) from None
-            near = closest(bad, options)
-            hint = f"did you mean {' or '.join(near)}?" if near else f"its options are {', '.join(options)}."
+            hint = suggest(bad, options, "its options are")
             raise RobenchError(f'{self.kind.capitalize()} "{spec}" has no option "{bad}"; {hint}') from None
 
     def spec(self, budget: dict) -> str:
