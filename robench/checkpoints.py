@@ -35,7 +35,8 @@ from .files import atomic_path, sha256_file
 from .metadata import check_meta, describe, parse_meta
 from .metadata import model_card as _model_card
 from .nn.activations import activation_modules, parse_activation
-from .nn.architectures import Normalized, create_model, is_import_path
+from .nn.architectures import Normalized, create_model, is_import_path, takes_activation
+from .nn.detect import detect_activation
 
 FORMAT_VERSION = 1
 MAX_PARAMS = 10**9  # a model robench builds: up to a billion parameters (4 GB in float32)
@@ -86,6 +87,8 @@ def save_checkpoint(model: nn.Module, path: str | Path, meta: dict) -> Path:
     net = model.net if isinstance(model, Normalized) else model
     # plain JSON types only, so a .pt loads with weights_only (torch.__version__, for one, is not a str)
     meta = json.loads(json.dumps({**meta, "robench_version": __version__}, default=str))
+    if is_import_path(str(meta["arch"])) and not takes_activation(meta["arch"]):
+        meta["activation"] = detect_activation(net) or "unknown"  # the user's class applies its own
     # the model's own normalization is what the loaded model must apply: none when it has none, whatever
     # the dataset's defaults in ``meta`` say, so that load(save(model)) returns the same logits
     meta.pop("mean", None), meta.pop("std", None)
@@ -293,8 +296,10 @@ def _load_weights(model: Normalized, sd: dict, path: Path, meta: dict) -> None:
 def _build(meta: dict, path: Path) -> Normalized:
     check_meta(meta, f"The metadata of {path}")
     shape = meta.get("input_shape") or [3, 32, 32]
+    user = is_import_path(str(meta["arch"]))
     build = dict(
-        activation=meta.get("activation", "relu"),
+        # the user's class is built with --activation only where it takes one; else as its code is written
+        activation=meta.get("activation") if not user or takes_activation(meta["arch"]) else None,
         num_classes=int(meta["num_classes"]),
         in_channels=int(shape[0]),
         input_size=int(shape[-1]),
@@ -343,7 +348,6 @@ def _foreign_meta(path: Path, overrides: dict, kind: str) -> dict:
         meta["dataset"] = info.name
         meta.setdefault("num_classes", info.num_classes)
         meta.setdefault("input_shape", list(info.shape))
-    meta.setdefault("activation", "relu")
     meta["source_format"] = kind
     return meta
 
@@ -433,7 +437,37 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str, code_ok: bool 
         )
     model = _build(meta, path)
     _load_weights(model, sd, path, meta)
+    if is_import_path(str(meta["arch"])):
+        meta["activation"] = _activation_label(model.net, meta, path, built=takes_activation(meta["arch"]))
+    else:
+        meta.setdefault("activation", "relu")  # what robench built
     return Checkpoint(model, meta, "", format=kind)
+
+
+def _activation_label(net: nn.Module, meta: dict, path: Path, built: bool = False) -> str:
+    """The activation a model of someone else's code applies, read from its forward pass; where it cannot be
+    read, the one the user or the card names; else "unknown", never a guess. ``built``: robench built it with
+    the named activation (the class takes one as an argument)."""
+    given = meta.get("activation")
+    if given and built:
+        return str(given)
+    seen = detect_activation(net)
+    if seen is None:
+        return str(given) if given else "unknown"
+    if given and _same_activation(str(given), seen) is False:
+        raise RobenchError(
+            f"{path} is a {meta.get('arch')} whose forward pass applies {seen}, but --activation (or its card) "
+            f"says {given}; leave --activation out, or name the activation it applies."
+        )
+    return seen
+
+
+def _same_activation(given: str, seen: str) -> bool:
+    try:
+        name = parse_activation(given).name
+    except RobenchError:
+        name = given.split(":")[0].strip().lower()
+    return name == seen
 
 
 def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
@@ -459,6 +493,7 @@ def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
         )
     if isinstance(obj, nn.Module):
         meta = _foreign_meta(path, overrides, "pickled-module")
+        meta["activation"] = _activation_label(obj, meta, path)
         return Checkpoint(_wrap_module(obj, meta), meta, "", format="pickled-module")
     sd = _find_state_dict(obj)
     if sd is None:
@@ -498,6 +533,7 @@ def _load_exported(path: Path, trust: bool, overrides: dict) -> Checkpoint:
     program = load_exported(path, trust)
     meta = _foreign_meta(path, overrides, "exported-program")
     meta["arch"] = meta.get("arch") or "exported"
+    meta["activation"] = _activation_label(program.module(), meta, path)
     return Checkpoint(_wrap_module(_Exported(program.module()), meta), meta, "", format="exported-program")
 
 

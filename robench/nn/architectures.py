@@ -390,9 +390,9 @@ def _user_arch(arch: str) -> ArchInfo:
             if k in params
         }
         slot = next((k for k in ("act_layer", "activation") if k in params), None)
-        if slot:
+        if slot and act is not None:
             kw[slot] = act
-        elif act.spec.name != "relu":
+        elif act is not None and not slot and act.spec.name != "relu":
             raise RobenchError(
                 f"{arch} takes no act_layer (or activation) argument, so robench cannot build it "
                 f"with the activation {act.spec}; add one, or leave --activation out."
@@ -403,6 +403,19 @@ def _user_arch(arch: str) -> ArchInfo:
         return net
 
     return ArchInfo(arch, build, f"{cls.__name__}, your own class ({arch})", "yours")
+
+
+def takes_activation(arch: str) -> bool:
+    """Whether the user's class ``arch`` takes the activation as an argument (``act_layer`` or
+    ``activation``), so that robench builds it with the one asked for."""
+    import inspect
+
+    cls, _ = _import_class(arch)
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return "act_layer" in params or "activation" in params
 
 
 def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
@@ -420,7 +433,7 @@ def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
 
 def create_model(
     arch: str,
-    activation="relu",
+    activation: str | ActivationFactory | None = "relu",
     num_classes: int | None = None,
     in_channels: int | None = None,
     input_size: int | None = None,
@@ -429,7 +442,8 @@ def create_model(
     *,
     dataset: str | None = None,
 ) -> Normalized:
-    """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory).
+    """Build ``arch`` with every activation site made by ``activation`` (a spec string or factory; None
+    builds the user's own class with the activation its code chooses).
 
     ``dataset`` (say "fashion-mnist") fills the number of classes, input channels and size and the
     normalisation from that dataset; arguments given explicitly win. Without it: 10 classes, 3 x 32 x 32
@@ -445,7 +459,10 @@ def create_model(
         std = list(info_.std) if std is None else std
     num_classes, in_channels, input_size = num_classes or 10, in_channels or 3, input_size or 32
     info, extra = resolve_arch(arch)
-    act = activation if isinstance(activation, ActivationFactory) else ActivationFactory(activation)
+    if activation is None and is_import_path(arch):
+        act = None  # the user's class as it is written, with its own activation
+    else:
+        act = activation if isinstance(activation, ActivationFactory) else ActivationFactory(activation or "relu")
     net = info.build(act, num_classes=num_classes, in_channels=in_channels, input_size=input_size, **extra)
     return Normalized(net, mean, std)
 
