@@ -85,6 +85,10 @@ def load(path: str | Path, trust: bool = False, **overrides) -> Checkpoint:
 
 def is_main() -> bool:
     """False in the torchrun processes other than rank 0, which work but print and write nothing."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: no need to import torch to know it
+        return True
     from .engine.distributed import is_main as main
 
     return main()
@@ -102,12 +106,13 @@ def evaluate(checkpoints, *, config: str | Path | None = None, progress=None, **
     checkpoint x run tasks over processes; ``progress`` is called with each progress event."""
     options["progress"] = progress
     from .config import load_suite
-    from .engine.jobs import evaluate_many
 
     progress = options.pop("progress", None)
     given = {k: v for k, v in options.items() if v is not None}
     runs = load_suite(config) if config else [{}]
-    cfgs = [_eval_config({**run, **given}, checkpoints) for run in runs]
+    cfgs = [_eval_config({**run, **given}, checkpoints) for run in runs]  # typos end here, before torch loads
+    from .engine.jobs import evaluate_many
+
     out = cfgs[0].out
     if out:
         from .reporting.publish import check_table_path
@@ -308,6 +313,9 @@ def check(
     device: str = "auto",
     data_dir: str | None = None,
     trust: bool = False,
+    arch: str | None = None,
+    activation: str | None = None,
+    dataset: str | None = None,
     junit: str | Path | None = None,
     json_out: str | Path | None = None,
     progress=None,
@@ -320,7 +328,8 @@ def check(
     standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses under one
     AutoAttack break in two thousand, about as many as AutoAttack run again with another seed, and finds four
     times as many AutoAttack misses: see docs/performance.md), or with the official code when
-    ``autoattack="official"``."""
+    ``autoattack="official"``. ``arch``, ``activation`` and ``dataset`` describe plain state dicts, as for
+    `evaluate`."""
     from .errors import RobenchError
     from .reporting.regression import run_check
 
@@ -336,6 +345,7 @@ def check(
         device=device,
         data_dir=data_dir,
         trust=trust,
+        overrides={"arch": arch, "activation": activation, "dataset": dataset},
         junit=junit,
         json_out=json_out,
         progress=progress,

@@ -60,6 +60,43 @@ def parse_eps(text: str | float | Eps) -> Eps:
     return Eps(value, raw)
 
 
+LOSSES = ("ce", "dlr", "margin")  # the losses robench's gradient attacks ascend
+
+
+def parse_batch_size(value) -> int | None:
+    """``auto`` -> None, else a positive int."""
+    if value in (None, "auto"):
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise TypeError
+        v = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise RobenchError(f'--batch-size must be "auto" or a positive whole number, not "{value}".') from None
+    if v < 1:
+        raise RobenchError(f"--batch-size must be at least 1, not {v}.")
+    return v
+
+
+def check_device_name(device: str | None) -> None:
+    """A device as torch names one (auto, cpu, cuda, cuda:N, mps, ...); whether it exists here is for torch."""
+    import re
+
+    if device not in (None, "", "auto") and not re.fullmatch(r"(cpu|cuda|mps|xpu|hip|meta)(:\d+)?", str(device)):
+        raise RobenchError(f'Unknown device "{device}"; use auto, cpu, cuda, cuda:N or mps.')
+
+
+def check_subset(subset: str) -> None:
+    """first, random or from:K."""
+    if subset in ("first", "random"):
+        return
+    if str(subset).startswith("from:"):
+        if not str(subset)[5:].isdigit():
+            raise RobenchError(f"--subset {subset} needs a whole number of examples to skip, such as from:1000.")
+        return
+    raise unknown("subset rule", subset, ["first", "random", "from:K"])
+
+
 def parse_norm(norm: str) -> str:
     from .norms import get_norm  # torch, imported when a norm is read (not by `robench --help`)
 
@@ -121,8 +158,22 @@ class EvalConfig:
         check_types(settings, cls, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
         check_counts(settings, "evaluation options")
         cfg = cls(**settings)
+        cfg.precheck()
         cfg.norm = parse_norm(cfg.norm)
         return cfg
+
+    def precheck(self) -> None:
+        """The values a typo spoils, checked before torch is imported (seconds on a cold start): each eps, the
+        batch size, the device's name, the subset rule, the PGD loss and each attack spec's syntax."""
+        for e in self.eps or []:
+            parse_eps(e)
+        parse_batch_size(self.batch_size)
+        check_device_name(self.device)
+        check_subset(self.subset)
+        if self.pgd_loss not in LOSSES:
+            raise RobenchError(f'PGD loss "{self.pgd_loss}" is not one of {", ".join(LOSSES)}.')
+        for a in self.attacks or []:
+            split_spec(a)
 
     def eps_values(self) -> list[Eps]:
         """The eps sweep as given (empty: the dataset's standard budget), each parsed."""

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import check_subset
 from .errors import RobenchError, unknown
 
 SYSTEM_DIR = Path("/usr/share/datasets")
@@ -132,21 +133,15 @@ def select_indices(total: int, n: int | None, seed: int | None = None, subset: s
     from:1000`` is examples 1000 to 1999)."""
     if n is None or n <= 0:
         n = total
-    start = 0
-    if subset.startswith("from:"):
-        k = subset[5:]
-        if not k.isdigit():
-            raise RobenchError(f"--subset {subset} needs a whole number of examples to skip, such as from:1000.")
-        start = int(k)
+    check_subset(subset)
+    start = int(subset[5:]) if subset.startswith("from:") else 0
     if start + n > total:
         where = f"examples {start} to {start + n - 1}" if start else f"n={n} examples"
         raise RobenchError(f"Asked for {where} but the split has only {total}; use --n {total - start} or less.")
     if subset == "first" or subset.startswith("from:"):
         return torch.arange(start, start + n)
-    if subset == "random":
-        g = torch.Generator().manual_seed(int(seed or 0))
-        return torch.randperm(total, generator=g)[:n].sort().values
-    raise unknown("subset rule", subset, ["first", "random", "from:K"])
+    g = torch.Generator().manual_seed(int(seed or 0))
+    return torch.randperm(total, generator=g)[:n].sort().values
 
 
 # ------------------------------------------------------------------------------------------ readers

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from ..norms import Norm, ascend, get_norm
 
-LOSSES = ("ce", "dlr", "margin")
 PRECISIONS = ("fp32", "bf16")  # bf16: attack steps under autocast, every success confirmed in fp32
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from .._version import __version__
+from ..config import LOSSES
 from ..errors import RobenchError
 from ..norms import random_starts
 from .base import Attack, AttackOutput, example_seed
-from .descent import LOSSES, PRECISIONS, Ascent, labels_loss, rounds, target_classes
+from .descent import PRECISIONS, Ascent, labels_loss, rounds, target_classes
 from .registry import ATTACKS
 
 

@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._version import __version__
+from ..config import LOSSES
 from ..errors import RobenchError, unknown
 from ..norms import random_starts
 from .base import Attack, AttackOutput, example_seed
-from .descent import LOSSES, Ascent, labels_loss
+from .descent import Ascent, labels_loss
 from .registry import TRANSFER
 
 METHODS = ("pgd", "mifgsm", "difgsm")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..config import check_device_name, parse_batch_size
 from ..errors import RobenchError
+
+__all__ = ["resolve_device", "auto_batch_size", "parse_batch_size"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -15,6 +18,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    check_device_name(device)
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -48,18 +52,3 @@ def auto_batch_size(model, shape, device: torch.device, n: int, limit: int = 409
     if best == 0:
         raise RobenchError("Not even a batch of 32 fits in GPU memory; pass a smaller --batch-size.")
     return max(1, min(n, best // 2 if best >= 64 else best))  # leave room for the attack's own tensors
-
-
-def parse_batch_size(value) -> int | None:
-    """``auto`` -> None, else a positive int."""
-    if value in (None, "auto"):
-        return None
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise TypeError
-        v = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise RobenchError(f'--batch-size must be "auto" or a positive whole number, not "{value}".') from None
-    if v < 1:
-        raise RobenchError(f"--batch-size must be at least 1, not {v}.")
-    return v
