@@ -130,6 +130,8 @@ def run_page(page: Path) -> list[list[str]]:
             # one torch thread: a sum over two threads rounds differently from one (training losses move in
             # the fourth digit), so the outputs would depend on the machine's core count
             OMP_NUM_THREADS="1",
+            # the bars' final state, as a terminal shows it: plain progress lines come as time passes
+            ROBENCH_PROGRESS="bars",
         )
         for block in blocks(page.read_text()):
             for example in block.examples:

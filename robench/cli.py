@@ -20,8 +20,6 @@ from . import api
 from ._version import __version__
 from .cli_output import (
     WHERE,
-    EvalProgress,
-    TrainProgress,
     check_table,
     clean,
     err,
@@ -30,6 +28,7 @@ from .cli_output import (
     interrupted,
     leaderboard_tables,
     out,
+    reran_lines,
     results_table,
     safe,
     track,
@@ -37,6 +36,7 @@ from .cli_output import (
     unpaired_warning,
     verify_table,
 )
+from .cli_progress import EvalProgress, TrainProgress
 from .config import split_flags
 from .errors import CLI, RobenchError
 from .text import visible
@@ -113,20 +113,39 @@ def _root(
 
 
 # Options that several commands share, each written once (as sqlite-utils' shared option groups): the
-# checkpoint options, the data slice and the run settings. `_settings` turns them into robench.api's keywords.
-Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="Allow checkpoints that need arbitrary unpickling.")]
+# model options (every command that loads checkpoints takes all four: MODEL_OPTIONS), the data slice and the
+# run settings. `_settings` turns them into robench.api's keywords.
+Trust = Annotated[
+    bool,
+    typer.Option(
+        "--trust-checkpoint",
+        help="Allow checkpoints that need arbitrary unpickling, and code that a file's own metadata names.",
+    ),
+]
 ARCH_HELP = (
     "or your own class: path/to/file.py:Class or package.module:Class, with options as Class(width=8); "
     "robench imports it, which runs your code"
 )
 Arch = Annotated[
     str | None,
-    typer.Option("--arch", help="Architecture of a plain state dict (see `robench models`), " + ARCH_HELP + "."),
+    typer.Option(
+        "--arch",
+        help="Architecture of a plain state dict (see `robench models`), " + ARCH_HELP + ": naming it here says "
+        "the code is yours (a card or a baseline that names code is not imported unless you name it here).",
+    ),
 ]
 Activation = Annotated[
-    str | None, typer.Option("--activation", help="Activation spec of a plain state dict, e.g. splash:share=channel.")
+    str | None,
+    typer.Option(
+        "--activation",
+        help="Activation spec of a plain state dict, e.g. splash:share=channel [default: read from your class's "
+        "forward pass, else relu for robench's architectures].",
+    ),
 ]
-Dataset = Annotated[str | None, typer.Option("--dataset", help="Dataset (default: from the checkpoint).")]
+Dataset = Annotated[
+    str | None, typer.Option("--dataset", help="Dataset the model takes and is tested on [default: the checkpoint's].")
+]
+MODEL_OPTIONS = ("--arch", "--activation", "--dataset", "--trust-checkpoint")
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding the dataset.")]
 Examples = Annotated[
     int | None,
@@ -325,6 +344,8 @@ def transfer(
     out_file: Table_ = None,
     force: Force = False,
     trust: Trust = False,
+    arch: Arch = None,
+    activation: Activation = None,
     quiet: Quiet = False,
 ):
     """Black-box transfer: craft adversarial examples on surrogates, score them on targets (a source x target
@@ -350,6 +371,8 @@ def transfer(
         batch_size=batch_size,
         device=device,
         store=store,
+        arch=arch,
+        activation=activation,
         out_file=out_file,
     )
     srcs, tgts = [str(c) for c in source or []], [str(c) for c in target or []]
@@ -692,10 +715,14 @@ def check(
         "fast or official.",
     ),
     trust: Trust = False,
+    arch: Arch = None,
+    activation: Activation = None,
+    dataset: Dataset = None,
     quiet: Quiet = False,
 ):
     """Re-evaluate checkpoints as the baseline recorded them; exit 1 on a significant drop (the CI gate)."""
     ckpts = [str(c) for c in checkpoints] if checkpoints else None
+    WHERE["discarded"] = "robench check"  # for the Ctrl-C message
     kw = dict(
         tolerance=tolerance,
         alpha=alpha,
@@ -703,6 +730,9 @@ def check(
         device=device or "auto",
         data_dir=str(data_dir) if data_dir else None,
         trust=trust,
+        arch=arch,
+        activation=activation,
+        dataset=dataset,
         junit=junit,
         json_out=json_out,
         autoattack=autoattack,
@@ -714,13 +744,13 @@ def check(
             res = api.check(baseline, ckpts, progress=prog.update, **kw)
     if not quiet:  # --quiet keeps the verdict (and the failures) without the table
         out.print(check_table(res["table"], baseline, tolerance, alpha))
-    if res["provenance"]:
+    if res["provenance"] and res["unpaired"] < len(res["table"]):  # where the paired outcomes came from
         where = f"read from {res['outcomes_from']}, beside the baseline" if res["outcomes_from"] else "in the store"
         out.print(clean(f"The baseline's outcomes {where}: " + "; ".join(res["provenance"]) + "."), markup=False)
     if res["unpaired"]:
         out.print(clean(unpaired_warning(res)), markup=False)
-    if res["autoattack"] == "fast" and (res["table"].metric == "autoattack").any():
-        out.print("The autoattack rows were re-run with robench's fast, not AutoAttack itself (--autoattack official).")
+    for line in reran_lines(res["reran"]):
+        out.print(clean(line), markup=False)
     failed = res["table"][res["table"].verdict == "fail"]
     if len(failed):
         out.print(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from rich.console import Console
 from rich.markup import escape
@@ -57,6 +56,16 @@ def interrupted() -> str:
     # a run with every example stored is whole in the store, though not yet closed (transfer closes its
     # runs after the whole matrix): only the others stopped part-way
     runs = [w for w in listed if w.get("done", 0) < w.get("total", 1) or w.get("stage")]
+    if WHERE.get("discarded"):  # `robench check` re-evaluates in a temporary store, deleted as it stops
+        at = "; ".join(
+            f"{clean(w['model'])} at {w['done']} of {w['total']} examples"
+            + (f", during {clean(w['stage'])}" if w.get("stage") else "")
+            for w in runs
+        )
+        return (
+            f"Interrupted{': ' + at if at else ''}. {WHERE['discarded']} keeps nothing of a stopped "
+            "re-evaluation (it runs in a temporary store), so the same command starts it over."
+        )
     if not runs:
         if WHERE.get("ended") or listed:
             return (
@@ -67,7 +76,14 @@ def interrupted() -> str:
     where = "; ".join(
         f"{clean(w['model'])} stopped at {w['done']} of {w['total']} examples (run {w['run_id']}"
         + (
-            f", during {w['stage']}: that batch reruns, keeping the AutoAttack members that finished on it"
+            (
+                f", during {clean(w['stage'])}: that batch reruns"
+                + (
+                    ", keeping the AutoAttack members that finished on it"
+                    if w["stage"].startswith("autoattack")
+                    else ""
+                )
+            )
             if w.get("stage")
             else ""
         )
@@ -82,44 +98,6 @@ def interrupted() -> str:
 
 def num(v) -> str:
     return "-" if v != v else f"{v:.2f}"
-
-
-class TrainProgress:
-    """A bar per epoch (batches, running loss) and a line per finished epoch."""
-
-    def update(self, ev: dict):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        if ev["event"] == "member":
-            err.print(f"[bold]{ev['file']}[/] ({ev['group']})")
-        elif ev["event"] == "start":
-            self.epochs = ev["epochs"]
-            err.print(f"Training on {ev['train']} images, validating on {ev['val']}, device {ev['device']}")
-            self.progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=err,
-                transient=True,
-            )
-            self.progress.start()
-            self.task = None
-        elif ev["event"] == "batch":
-            if self.task is None:
-                self.task = self.progress.add_task(f"epoch {ev['epoch']}/{self.epochs}", total=ev["batches"], loss="-")
-            self.progress.update(self.task, completed=ev["batch"], loss=f"{ev['loss']:.3f}")
-        elif ev["event"] == "epoch":
-            self.progress.remove_task(self.task)
-            self.task = None
-            err.print(
-                f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "
-                f"({ev['train_kind']})  val clean {ev['val_clean_acc']:.2f}%  val PGD {ev['val_pgd_acc']:.2f}%"
-                f"  {ev['seconds']:.0f} s"
-            )
-            if ev["epoch"] == ev["epochs"]:
-                self.progress.stop()
 
 
 def pct(acc, lo, hi) -> str:
@@ -149,111 +127,6 @@ def results_table(df) -> Table:
     t.caption = "\n".join(f"\\[{i}] {esc(n)}" for i, n in enumerate(notes, 1)) or None
     t.caption_justify = "left"
     return t
-
-
-class EvalProgress:
-    """One rich progress bar per checkpoint x attack set: examples done, robust so far, the attack (or
-    cascade member) running now on how many of the batch's examples, time elapsed, and an ETA from
-    robench's own rate over this run (rich's estimate looks back 30 s only, so a batch that takes longer
-    never got one)."""
-
-    def __init__(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[robust]}"),
-            TextColumn("{task.fields[stage]}"),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[eta]}"),
-            console=err,
-            transient=False,
-        )
-        self.tasks, self.robust, self.word, self.clock = {}, {}, {}, {}
-
-    def __enter__(self):
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self.progress.__exit__(*exc)
-
-    def update(self, ev: dict):
-        track(ev)
-        if ev["event"] == "unit":  # a finished checkpoint x run from a worker process (--jobs)
-            last = ev["rows"][-1]
-            self.progress.console.print(
-                f"[{ev['done']}/{ev['total']}] {clean(last['model'])}: {last['attacks']} "
-                f"(n={last['n']})  {headline(last)}  {ev['seconds']:.0f} s",
-                markup=False,
-            )
-            return
-        if ev["event"] == "plan":  # a suite spread over worker processes: every task's state, up front
-            self.progress.console.print(
-                f"{ev['total']} tasks: {ev['stored']} already in the store, {len(ev['waiting'])} to run on "
-                f"{ev['jobs']} workers"
-                + (
-                    ": " + "; ".join(clean(w) for w in ev["waiting"][:12]) + (" ..." if len(ev["waiting"]) > 12 else "")
-                    if ev["waiting"]
-                    else "."
-                ),
-                markup=False,
-            )
-            return
-        if ev["event"] == "craft":
-            how = "read from the cache" if ev["cached"] else f"crafted in {ev['seconds']:.1f} s"
-            self.progress.console.print(
-                f"Transfer examples from {clean(ev['source'])} at eps {ev['eps']}: {how}", markup=False
-            )
-            return
-        if ev["event"] == "check":
-            self.progress.console.print(
-                f"{clean(ev['model'])}: {ev['attack']} at eps {ev['eps']}: {ev['robust']}/{ev['n']}"
-                f" robust  {ev['seconds']:.0f} s",
-                markup=False,
-            )
-            return
-        rid = ev["run_id"]
-        if ev["event"] == "start":
-            note = " (from store)" if ev["cached"] else " (resumed)" if ev["resumed"] else ""
-            self.robust[rid] = ev.get("robust", 0)
-            self.word[rid] = "clean" if clean_only(ev["attacks"]) else "robust"
-            self.clock[rid] = (time.monotonic(), ev["done"], ev["total"])
-            shown = f"{self.word[rid]} {self.robust[rid]}" if ev["done"] else f"{self.word[rid]} -"
-            self.tasks[rid] = self.progress.add_task(
-                esc(f"{ev['model']}: {'+'.join(ev['attacks'])}{note}"),
-                total=ev["total"],
-                completed=ev["done"],
-                robust=shown,
-                stage="",
-                eta="" if ev["cached"] else "ETA after a batch",
-            )
-        elif ev["event"] == "stage":
-            self.progress.update(self.tasks[rid], stage=esc(f"{ev['stage']} on {ev['robust']} of {ev['attacked']}"))
-        elif ev["event"] == "batch":
-            self.robust[rid] += ev["robust"]
-            self.progress.update(
-                self.tasks[rid],
-                completed=ev["done"],
-                robust=f"{self.word[rid]} {self.robust[rid]}",
-                eta=eta(self.clock[rid], ev["done"]),
-            )
-        elif ev["event"] == "end":
-            last = ev["rows"][-1] if ev["rows"] else None
-            if last:
-                self.progress.update(self.tasks[rid], completed=last["n"], robust=headline(last), stage="", eta="")
-
-
-def eta(clock: tuple[float, int, int], done: int) -> str:
-    """Time left at the rate of this run so far in this process (examples per second since it started)."""
-    start, done0, total = clock
-    rate = (done - done0) / max(time.monotonic() - start, 1e-9)
-    if rate <= 0 or done >= total:
-        return ""
-    left = int((total - done) / rate)
-    return f"ETA {left // 3600}:{left % 3600 // 60:02d}:{left % 60:02d}"
 
 
 def clean_only(attacks: str | list[str]) -> bool:
@@ -375,6 +248,26 @@ def unpaired_warning(res: dict) -> str:
         "misses drops that the paired one finds; pass --store with the store that computed the baseline, or "
         "keep its exported results/ beside the CSV."
     )
+
+
+def reran_lines(plan: list[dict]) -> list[str]:
+    """What `robench check` re-ran for each model, what it compared, and why anything differs from the
+    baseline's runs."""
+    lines, models = [], list(dict.fromkeys(p["model_id"] for p in plan))
+    for mid in models:
+        runs = [p for p in plan if p["model_id"] == mid]
+        done = "; ".join(
+            f"{p['attacks']} on n={p['n']} at eps {', '.join(p['eps'])}"
+            + (f" for the baseline's {p['baseline_attacks']} ({p['why']})" if p["why"] else "")
+            for p in runs
+        )
+        compared = runs[0].get("compared") or []
+        line = f"Re-ran {mid}: {done}. Compared: {', '.join(compared) or 'nothing'}"
+        missing = runs[0].get("not_compared")
+        if missing:
+            line += f"; not compared: {', '.join(missing)}, which no re-run gives"
+        lines.append(line + ".")
+    return lines
 
 
 def check_table(table, baseline, tolerance: float, alpha: float) -> Table:

@@ -142,13 +142,14 @@ def test_the_stop_message_names_only_the_runs_stopped_part_way():
 
 
 def test_progress_of_a_clean_only_run_says_clean_not_robust():
-    from robench.cli_output import EvalProgress, headline
+    from robench.cli_output import headline
+    from robench.cli_progress import EvalProgress
 
     assert headline({"attacks": "none", "clean_acc": 81.1, "robust_acc": 81.1, "eps": "0.1"}) == "clean 81.1%"
     assert (
         headline({"attacks": "pgd", "clean_acc": 81.1, "robust_acc": 70.0, "eps": "0.1"}) == "robust 70.0% at eps 0.1"
     )
-    with EvalProgress() as prog:
+    with EvalProgress(plain=False) as prog:
         for attacks, word in ((["none"], "clean"), (["pgd"], "robust")):
             rid = len(prog.tasks) + 1
             prog.update(
@@ -164,7 +165,7 @@ def test_progress_of_a_clean_only_run_says_clean_not_robust():
                 }
             )
             prog.update({"event": "batch", "run_id": rid, "done": 4, "robust": 3})
-            assert prog.progress.tasks[-1].fields["robust"] == f"{word} 3"
+            assert prog.progress.tasks[-1].fields["robust"] == f"{word} 75.0%"  # in %, as the end result reads
 
 
 def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_path):
@@ -178,7 +179,8 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
 
     from robench.attacks.base import Attack, AttackOutput, report_stage
     from robench.attacks.registry import ATTACKS
-    from robench.cli_output import WHERE, EvalProgress, interrupted
+    from robench.cli_output import WHERE, interrupted
+    from robench.cli_progress import EvalProgress
 
     if "slow-cascade" not in ATTACKS._names:
 
@@ -222,7 +224,7 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
     ]
     assert [e["robust"] for e in events if e["event"] == "stage"][:3] == [5, 5, 5]
     WHERE.clear()
-    with EvalProgress() as prog:
+    with EvalProgress(plain=False) as prog:
         for e in events:
             prog.update(e)
             fields = prog.progress.tasks[-1].fields
@@ -245,7 +247,7 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
     start = next(e for e in events if e["event"] == "start")
     robust = 5
     assert start["done"] == 5 and start["robust"] == robust
-    with EvalProgress() as prog:
+    with EvalProgress(plain=False) as prog:
         prog.update({**start, "cached": False, "resumed": True})
-        assert prog.progress.tasks[-1].fields["robust"] == f"robust {robust}"
+        assert prog.progress.tasks[-1].fields["robust"] == f"robust {100 * robust / 5:.1f}%"
     WHERE.clear()

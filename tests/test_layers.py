@@ -21,7 +21,7 @@ LAYERS = [
     ["robench.training"],
     ["robench.reporting", "robench.archive", "robench.archive_check"],
     ["robench.api"],
-    ["robench.cli_output", "robench.cli", "robench.__main__"],
+    ["robench.cli_output", "robench.cli_progress", "robench.cli", "robench.__main__"],
     ["robench"],  # the package itself: its __init__ gathers the public API
 ]
 ROOT = Path(robench.__file__).parent

@@ -21,7 +21,7 @@ from ..errors import RobenchError
 from ..files import atomic_path
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 from ..store import Store, store_path
-from .leaderboard import COLUMNS, METRICS, outcome_sets, results
+from .leaderboard import COLUMNS, METRICS, attack_kind, outcome_sets, results
 from .names import model_id, origin_text
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
@@ -214,6 +214,31 @@ def stand_in(spec: str, autoattack: str) -> str:
     return "fast" if autoattack == "fast" and spec in ("autoattack", "autoattack:standard") else spec
 
 
+def _planned(mid: str, sha256: str, run: dict, autoattack: str) -> dict:
+    """One baseline run as check re-runs it: the attacks run now, the baseline's, and why they differ."""
+    now = [stand_in(a, autoattack) for a in run["attacks"]]
+    swapped = [a for a, b in zip(run["attacks"], now) if a != b]
+
+    def names(specs):  # as the results name a run's attacks: pgd+fast, without each one's options
+        return "+".join(a.split("(")[0] for a in specs) or "none"
+
+    return {
+        "model_id": mid,
+        "sha256": sha256,
+        "attacks": names(now),
+        "baseline_attacks": names(run["attacks"]),
+        "specs": now,
+        "kind": attack_kind([a.split("(")[0] for a in run["attacks"]]),
+        "n": run["n"],
+        "eps": [str(e) for e in run["eps"]],
+        "why": (
+            f"robench's fast in place of {', '.join(swapped)}, about 5x quicker; --autoattack official runs it"
+            if swapped
+            else ""
+        ),
+    }
+
+
 def run_check(
     baseline: str | Path,
     checkpoints: list | None,
@@ -225,6 +250,7 @@ def run_check(
     data_dir: str | None,
     trust: bool,
     junit: str | Path | None,
+    overrides: dict | None = None,
     json_out: str | Path | None,
     progress=None,
     autoattack: str = "fast",
@@ -239,7 +265,7 @@ def run_check(
     models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
     if checkpoints:
         for c in checkpoints:
-            ck = load_checkpoint(c, trust=trust)
+            ck = load_checkpoint(c, trust=trust, **(overrides or {}))
             hit = base_csv[base_csv.sha256 == ck.sha256]
             if hit.empty:
                 hit = base_csv[(base_csv.model_id == model_id(ck.meta, ck.name)) | (base_csv.name == ck.name)]
@@ -254,13 +280,14 @@ def run_check(
                     f"{baseline} records the checkpoint of {mid} as {path or 'unknown'}, which does "
                     "not exist here; name the checkpoints to check."
                 )
-            models[mid] = load_checkpoint(path, trust=trust)
+            models[mid] = load_checkpoint(path, trust=trust, **(overrides or {}))
     with tempfile.TemporaryDirectory() as tmp:
-        tasks = []
+        tasks, plan = [], []
         for mid, ck in models.items():
             rows = base_csv[base_csv.model_id == mid]
             data, runs = runs_of(rows)
             for run in runs:
+                plan.append(_planned(mid, ck.sha256, run, autoattack))
                 cfg = EvalConfig.checked(
                     dict(
                         dataset=rows.iloc[0]["dataset"],
@@ -280,8 +307,9 @@ def run_check(
         evaluate_many(tasks, progress=progress)
         with Store(Path(tmp) / "check.sqlite", readonly=True) as db:
             now = results(db)
-        if len(now):  # fast stands in for the baseline's AutoAttack
-            now.loc[now.attacks == "fast", "kind"] = "autoattack"
+        if len(now):  # a run measures what the baseline's run measured (fast standing in for AutoAttack)
+            kinds = {(p["sha256"], p["attacks"]): p["kind"] for p in plan}
+            now["kind"] = [kinds.get((r.sha256, r.attacks), r.kind) for r in now.itertuples()]
     base = None
     if store_path(store).exists():
         with Store(store, readonly=True) as db:
@@ -299,6 +327,15 @@ def run_check(
             "baseline's eps and metrics; regenerate the baseline with `robench leaderboard`."
         )
     provenance = baseline_provenance(base, set(mapping))
+    for p in plan:
+        got = table[table.model_id == p["model_id"]]
+        p["compared"] = [m for m in METRICS if m in set(got.metric)]
+    for mid in models:
+        rows = base_csv[base_csv.model_id == mid]
+        got = set(table[table.model_id == mid].metric)
+        wanted_metrics = [m for m in METRICS if (rows[N_COLUMN[m]].fillna(0) > 0).any() and m not in got]
+        if wanted_metrics and plan:
+            next(p for p in plan if p["model_id"] == mid)["not_compared"] = wanted_metrics
     if junit:
         _write_report(junit, junit_xml(table, tolerance, alpha))
     if json_out:
@@ -312,6 +349,7 @@ def run_check(
                     "autoattack": autoattack,
                     "baseline_provenance": provenance,
                     "baseline_outcomes_from": outcomes_from,
+                    "reran": plan,
                     "failed": bool((table.verdict == "fail").any()),
                     "rows": table.to_dict(orient="records"),
                 },
@@ -327,6 +365,7 @@ def run_check(
         "unpaired": int((table.test != "paired (McNemar)").sum()),
         "archive_beside": str(beside) if beside is not None else None,
         "models": {mid: ck.sha256 for mid, ck in models.items()},
+        "reran": plan,
         "autoattack": autoattack,
     }
 
