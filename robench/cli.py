@@ -417,29 +417,31 @@ def sanity(
 ):
     """Run the gradient-masking checklist (Carlini et al. 2019, AutoAttack's checks) on one checkpoint;
     exit 1 when a check flags it."""
-    res = api.sanity(
-        str(checkpoint),
-        strong_steps=strong_steps,
-        strong_restarts=strong_restarts,
-        square_queries=square_queries,
-        **_settings(
-            trust,
-            eps=[eps] if eps else None,
-            dataset=dataset,
-            data_dir=data_dir,
-            n=n,
-            seed=seed,
-            norm=norm,
-            attacks=[attack],
-            pgd_steps=pgd_steps,
-            pgd_restarts=pgd_restarts,
-            batch_size=batch_size,
-            device=device,
-            store=store,
-            arch=arch,
-            activation=activation,
-        ),
-    )
+    with EvalProgress() as prog:
+        res = api.sanity(
+            str(checkpoint),
+            strong_steps=strong_steps,
+            strong_restarts=strong_restarts,
+            square_queries=square_queries,
+            progress=prog.update,
+            **_settings(
+                trust,
+                eps=[eps] if eps else None,
+                dataset=dataset,
+                data_dir=data_dir,
+                n=n,
+                seed=seed,
+                norm=norm,
+                attacks=[attack],
+                pgd_steps=pgd_steps,
+                pgd_restarts=pgd_restarts,
+                batch_size=batch_size,
+                device=device,
+                store=store,
+                arch=arch,
+                activation=activation,
+            ),
+        )
     t = Table("check", "eps", "result", "evidence", title=f"Gradient-masking checks for {esc(res['model'])}")
     for r in res["checks"].itertuples():
         t.add_row(

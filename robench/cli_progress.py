@@ -46,7 +46,7 @@ class EvalProgress:
         )
         self.tasks, self.robust, self.word, self.clock = {}, {}, {}, {}
         self.state: dict = {}  # plain mode: run id -> what its next line says
-        self.last = time.monotonic()
+        self.last = self.began = time.monotonic()
         self._stop = None
 
     def __enter__(self):
@@ -71,9 +71,11 @@ class EvalProgress:
 
     def _heartbeat(self):
         while not self._stop.wait(1.0):
-            if self.state and time.monotonic() - self.last >= PLAIN_EVERY:
-                rid = list(self.state)[-1]
-                self._say(self._line(rid))
+            quiet = time.monotonic() - self.last
+            if quiet >= PLAIN_EVERY and self.state:
+                self._say(self._line(list(self.state)[-1]))
+            elif quiet >= PLAIN_EVERY:  # between runs (the checklist's checks): say the work goes on
+                self._say(f"... still working ({int(time.monotonic() - self.began)} s so far)")
 
     def _line(self, rid) -> str:
         st = self.state[rid]
