@@ -21,7 +21,7 @@ from torch import nn
 from .._version import __version__
 from ..attacks.base import Attack, report_stage
 from ..attacks.registry import black_box
-from ..checkpoints import Checkpoint, load_checkpoint
+from ..checkpoints import Checkpoint, checkpoint_info, load_checkpoint
 from ..config import FLAG_SEP, Eps, EvalConfig, check_eps_range, parse_eps
 from ..data import DatasetInfo, Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
@@ -81,7 +81,9 @@ def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
         return Target(item.eval(), f"model{i}", None, h.hexdigest(), {})
     ck = item if isinstance(item, Checkpoint) else load_checkpoint(item, trust=trust, **overrides)
-    return Target(ck.model, ck.name, str(ck.path) if ck.path else None, ck.sha256, ck.meta)
+    # the learned activation parameters go into the store with the run, so its pages need not find the file
+    meta = {**ck.meta, "learned": checkpoint_info(ck)["activations"]}
+    return Target(ck.model, ck.name, str(ck.path) if ck.path else None, ck.sha256, meta)
 
 
 @contextmanager
