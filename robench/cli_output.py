@@ -183,12 +183,15 @@ def transfer_tables(df) -> None:
     """One source x target matrix per eps: robust accuracy with its interval and the attack success rate."""
     for eps_text, block in df.groupby("eps", sort=False):
         targets = list(dict.fromkeys(block.target))
+        # more than two targets: columns by number, named in the caption, so that no name is cut to "lenet5…"
+        numbered = len(targets) > 2
         t = Table(
-            "source \\ target",
-            *map(esc, targets),
             title=f"Transfer: robust accuracy % [95% CI] and attack success "
             f"rate at {block.norm.iloc[0]} eps {eps_text} (n={block.n.iloc[0]})",
         )
+        t.add_column("source \\ target", overflow="fold")
+        for i, name in enumerate(targets, 1):
+            t.add_column(f"[{i}]" if numbered else esc(name), overflow="fold")
         for src, rows in block.groupby("source", sort=False):
             cells = {
                 r.target: (
@@ -197,17 +200,20 @@ def transfer_tables(df) -> None:
                 )
                 for r in rows.itertuples()
             }
-            t.add_row(safe(src), *[safe(cells.get(x, "-")) for x in targets])
+            label = f"[{targets.index(src) + 1}] {src}" if numbered and src in targets else src
+            t.add_row(safe(label), *[safe(cells.get(x, "-")) for x in targets])
         t.caption = f"Attack: {json.loads(block.budget.iloc[0])[0]['attack']['name']} " + ", ".join(
             f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version")
         )
+        if numbered:
+            t.caption = "Targets: " + "; ".join(f"\\[{i}] {esc(x)}" for i, x in enumerate(targets, 1)) + "\n" + t.caption
         t.caption_justify = "left"
         out.print(t)
 
 
 def leaderboard_tables(boards: dict) -> None:
     """Each leaderboard at each eps it shows."""
-    from .reporting.leaderboard import shown_eps, weaker_attacks_only
+    from .reporting.leaderboard import fewer_examples, fewer_note, shown_eps, weaker_attacks_only
 
     for (dataset, norm), df in boards.items():
         for eps in shown_eps(df):
@@ -219,10 +225,13 @@ def leaderboard_tables(boards: dict) -> None:
             t.caption = "Accuracies in %; best known is the per-example worst case."
             if any(weaker_attacks_only(r) for r in block.itertuples()):
                 t.caption += " † no AutoAttack at this eps: the best known rests on weaker attacks."
+            fewer = fewer_examples(block)
+            if fewer:
+                t.caption += " " + fewer_note(block)
             t.caption_justify = "left"
             for r in block.itertuples():
                 t.add_row(
-                    str(r.rank),
+                    f"{r.rank} ‡" if r.model_id in fewer else str(r.rank),
                     safe(r.model_id),
                     safe(r.training_method),
                     num(r.clean_acc),

@@ -53,7 +53,7 @@ def _member(act, seed, **by_eps):
         activation=act,
         checkpoint="",
         by_eps=by_eps,
-        flags=[],
+        flags={},
         label=f"m-{act}-{seed}",
         seed=seed,
     )

@@ -141,7 +141,7 @@ def test_best_known_with_autoattack_is_never_set_against_best_known_without():
     def member(act, seed, aa, pgd):
         s = {"clean": _right(90), "pgd": _right(pgd), "best_known": _right(60 if aa else pgd)}
         s.update({"autoattack": _right(60)} if aa else {})
-        return Member(f"{act}{seed}", f"m-{act}-{seed}", act, "", {"0.1": s}, [], label=f"{act}-{seed}", seed=seed)
+        return Member(f"{act}{seed}", f"m-{act}-{seed}", act, "", {"0.1": s}, {}, label=f"{act}-{seed}", seed=seed)
 
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
     g.members = [
@@ -170,7 +170,7 @@ def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagge
     from robench.reporting.groups import Group, Member
 
     g = Group("fashion-mnist", "Linf", "resnet20", "pgd-at", "0.1")
-    g.members = [Member(act, f"m-{act}", act, "", {}, [], label=act) for act in ("relu", "pssilu", "silu")]
+    g.members = [Member(act, f"m-{act}", act, "", {}, {}, label=act) for act in ("relu", "pssilu", "silu")]
 
     def check(sha, name, status="ok", dataset="fashion-mnist"):
         return {

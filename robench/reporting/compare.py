@@ -242,10 +242,10 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
         )
     lines += _far_eps(g, eps)
     lines += _transfer_sentence(g, eps)
-    flagged = [mb.label for mb in g.members if mb.unreliable]
+    flagged = [mb.label for mb in g.members if mb.unreliable.get(eps)]
     if flagged:
         lines.append(
-            f"Potentially unreliable (see the flags): {', '.join(flagged)}; their robust accuracy may be "
+            f"Potentially unreliable at eps {md(eps)} (see the flags): {', '.join(flagged)}; their robust accuracy may be "
             "overstated, so a lead of theirs is not evidence of robustness until it survives stronger "
             "attacks."
         )
@@ -441,7 +441,7 @@ def report(
         aside = {m.label for m in set_aside(g, eps)}
         for mb in g.members:
             marks = []
-            for f in mb.flags:
+            for f in mb.flags.get(eps, []):
                 if f not in notes:
                     notes.append(f)
                 marks.append(f"[{notes.index(f) + 1}]")
@@ -450,7 +450,7 @@ def report(
                 cells[-1] += " †"
             lines.append(f"| {mb.label} | {md(mb.model_id)} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
         if notes:
-            lines += [""] + [f"[{i}] {md(n)}  " for i, n in enumerate(notes, 1)]
+            lines += [""] + [f"[{i}] At eps {md(eps)}: {md(n)}  " for i, n in enumerate(notes, 1)]
         if aside:
             lines += [
                 "",

@@ -48,9 +48,10 @@ class Member:
     activation: str
     checkpoint: str
     by_eps: dict[str, dict[str, dict[int, int]]]  # eps -> metric -> {idx: right}
-    flags: list[str]
-    # the flags that speak of its ranked accuracy (leaderboard.ranking_flags)
-    unreliable: list[str] = field(default_factory=list)
+    # eps -> the flags of its rows at that eps: a flag belongs to the eps it was measured at
+    flags: dict[str, list[str]] = field(default_factory=dict)
+    # eps -> the flags that speak of its ranked accuracy there (leaderboard.ranking_flags)
+    unreliable: dict[str, list[str]] = field(default_factory=dict)
     label: str = ""  # its name in the report: the activation, or the model id where two share one (Markdown-escaped)
     seed: object = None  # the training seed its metadata records (None when it records none)
 
@@ -108,8 +109,8 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
                 meta.get("activation", "?"),
                 last["checkpoint"] or "",
                 by_eps,
-                run_flags(m),
-                ranking_flags(m),
+                {eps: run_flags(m[m.eps == eps]) for eps in by_eps},
+                {eps: ranking_flags(m[m.eps == eps]) for eps in by_eps},
                 seed=recipe.get("seed"),
             )
         )

@@ -411,6 +411,21 @@ def weaker_attacks_only(row) -> bool:
     return not row.autoattack_n and bool(row.best_known_by)
 
 
+def fewer_examples(block: pd.DataFrame) -> set[str]:
+    """The model ids of a board's rows (one eps) whose ranked accuracy rests on fewer examples than the most any
+    row has: their intervals are wider, so their rank is less certain than their neighbours'."""
+    top = block["n"].max() if len(block) else 0
+    return set(block.loc[block["n"] < top, "model_id"])
+
+
+def fewer_note(block: pd.DataFrame) -> str:
+    """The note under a board that marks rows with ``fewer_examples`` (‡)."""
+    return (
+        f"‡ Ranked on fewer examples than the {int(block['n'].max()):,} of the table's largest n: its interval "
+        "is wider, so its rank is less certain; ranks whose intervals overlap are not told apart by the data."
+    )
+
+
 def measured(row, metric: str) -> tuple[float, int, str] | None:
     """A row's (accuracy %, n, "[low, high]") for ``metric`` (a row of ``leaderboards``, as a Series or a
     namedtuple), or None when it was not measured."""
@@ -458,16 +473,19 @@ def markdown(boards: dict[tuple[str, str], pd.DataFrame], report: str | None = N
                 "| Best known | Unreliable |",
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
+            fewer = fewer_examples(block)
             for r in block.itertuples():
                 best = cell(r, "best_known") + (" †" if weaker_attacks_only(r) else "")
                 lines.append(
-                    f"| {r.rank} | {md(r.model_id)} | {md(r.activation)} | {md(r.architecture)} | "
+                    f"| {r.rank}{' ‡' if r.model_id in fewer else ''} | {md(r.model_id)} | {md(r.activation)} | {md(r.architecture)} | "
                     f"{md(r.training_method)} | "
                     + " | ".join(cell(r, m) for m in ("clean", "autoattack", "pgd", "transfer"))
                     + f" | {best} | {'yes' if r.unreliable else 'no'} |"
                 )
             if any(weaker_attacks_only(r) for r in block.itertuples()):
                 lines += ["", WEAKER_NOTE]
+            if fewer:
+                lines += ["", fewer_note(block)]
         if others:
             lines += [
                 "",

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..text import http_link, slug
 from .groups import CheckpointChanged, report_checkpoint
-from .leaderboard import headline_eps, measured, weaker_attacks_only
+from .leaderboard import fewer_examples, fewer_note, headline_eps, measured, weaker_attacks_only
 from .names import computed_by, csv_name, info_path, safe_name
 
 METRIC_LABELS = [
@@ -97,10 +97,30 @@ def _model_path(dataset: str, norm: str, mid: str) -> str:
     return f"models/{slug(dataset)}/{slug(norm)}/{mid}.html"
 
 
-def _learned(checkpoint: str, sha256: str):
-    """The learned activation parameters read from the checkpoint file, or a sentence saying why not."""
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return ", ".join(_fmt(x) for x in v)
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _learned(checkpoint: str, sha256: str, meta: dict | None = None):
+    """The learned activation parameters as the store recorded them with the run, or (runs stored before it
+    did) read from the checkpoint file, or a sentence saying why not."""
     from ..checkpoints import checkpoint_info
 
+    recorded = (meta or {}).get("learned")
+    if isinstance(recorded, list) and all(isinstance(a, dict) for a in recorded):
+        return [
+            {
+                "module": str(a.get("module", "?")),
+                "activation": str(a.get("activation", "?")),
+                "share": str(a.get("share", "?")),
+                "params": "; ".join(
+                    f"{k} = {_fmt(v)}" for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
+                ),
+            }
+            for a in recorded
+        ]
     if not checkpoint or not Path(checkpoint).is_file():
         return f"The checkpoint is not at {checkpoint or 'a known path'} here, so its learned parameters are not shown."
     try:
@@ -112,15 +132,12 @@ def _learned(checkpoint: str, sha256: str):
             f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
         )
 
-    def fmt(v):
-        return ", ".join(f"{x:.4g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
-
     return [
         {
             "module": a["module"],
             "activation": a["activation"],
             "share": a["share"],
-            "params": "; ".join(f"{k} = {fmt(v)}" for k, v in a["values"].items()),
+            "params": "; ".join(f"{k} = {_fmt(v)}" for k, v in a["values"].items()),
         }
         for a in checkpoint_info(ckpt)["activations"]
     ]
@@ -191,7 +208,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
     for (dataset, norm), df in boards.items():
         top = headline_eps(df)
         for eps in [top] + [e for e in dict.fromkeys(df.eps) if e != top]:  # the headline, then eps order
-            rows = []
+            rows, fewer = [], fewer_examples(df[df.eps == eps])
             for _, r in df[df.eps == eps].iterrows():
                 options["architecture"].add(r["architecture"])
                 options["training"].add(r["training_method"])
@@ -199,6 +216,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 rows.append(
                     {
                         "rank": int(r["rank"]),
+                        "fewer": r["model_id"] in fewer,
                         "model_id": r["model_id"],
                         "href": _model_path(dataset, norm, r["model_id"]),
                         "activation": r["activation"],
@@ -220,6 +238,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                     "open": eps == top,
                     "with_aa": with_aa,
                     "rows": rows,
+                    "fewer_note": fewer_note(df[df.eps == eps]) if fewer else "",
                 }
             )
     claims = _markdown(parts["claims"]) if parts and parts.get("claims") else ""
@@ -283,7 +302,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 model_page.render(
                     root="../../../",
                     card=card,
-                    learned=_learned(first["checkpoint"], sha),
+                    learned=_learned(first["checkpoint"], sha, meta),
                     rows=[{"eps": r["eps"], "rank": int(r["rank"]), "cells": _cells(r)} for _, r in rows.iterrows()],
                     flags=first["flags"],
                     runs=_runs(mine),
