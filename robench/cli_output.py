@@ -206,7 +206,9 @@ def transfer_tables(df) -> None:
             f"{k}={v}" for k, v in json.loads(block.budget.iloc[0])[0]["attack"].items() if k not in ("name", "version")
         )
         if numbered:
-            t.caption = "Targets: " + "; ".join(f"\\[{i}] {esc(x)}" for i, x in enumerate(targets, 1)) + "\n" + t.caption
+            t.caption = (
+                "Targets: " + "; ".join(f"\\[{i}] {esc(x)}" for i, x in enumerate(targets, 1)) + "\n" + t.caption
+            )
         t.caption_justify = "left"
         out.print(t)
 

@@ -165,14 +165,16 @@ def test_autoattack_rows_are_rechecked_with_fast_unless_told_official(tmp_path, 
     base = Path("lb/fashion-mnist_Linf.csv")
     r = cli("check", "--baseline", base, "--store", "base.sqlite", "--json", "c.json")
     assert r.exit_code == 0, r.output
-    assert "re-run with robench's fast" in r.output
+    text = " ".join(r.output.split())
+    assert "for the baseline's autoattack (robench's fast in place of autoattack" in text, text
+    assert "Compared: clean, autoattack, best_known." in text, text
     out = json.loads(Path("c.json").read_text())
     rows = pd.DataFrame(out["rows"])
     aa = rows[rows.metric == "autoattack"].iloc[0]
     assert out["autoattack"] == "fast" and aa.test == "paired (McNemar)" and aa.verdict == "pass"
     assert abs(aa.change) <= 100 / 20
     r = cli("check", "--baseline", base, "--autoattack", "official", "--store", "base.sqlite", "--json", "o.json")
-    assert r.exit_code == 0 and "re-run with robench's fast" not in r.output, r.output
+    assert r.exit_code == 0 and "in place of" not in r.output, r.output
     aa = pd.DataFrame(json.loads(Path("o.json").read_text())["rows"]).query("metric == 'autoattack'").iloc[0]
     assert aa.change == 0  # the official code with the baseline's seed and batches: the same outcomes
     _weaken()
@@ -180,6 +182,26 @@ def test_autoattack_rows_are_rechecked_with_fast_unless_told_official(tmp_path, 
     assert r.exit_code == 1 and "lenet5-relu-pgd-at (autoattack)" in r.output
     r = cli("check", "--baseline", base, "--autoattack", "best", "--store", "base.sqlite")
     assert r.exit_code == 2 and "--autoattack is fast or official" in r.output
+
+
+@requires_fmnist
+def test_a_cascade_with_autoattack_is_compared_on_autoattack_too(tmp_path, monkeypatch):
+    """A baseline run of pgd then autoattack is re-run as pgd+fast and compared on the autoattack metric (it
+    was compared on clean and best known only), and the output says what ran for which baseline run."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ZOO / "lenet5-relu-pgd-at.safetensors", "model.safetensors")
+    robench.evaluate(["model.safetensors"], n=20, eps=["0.1"], attacks=["pgd", "autoattack"], store="base.sqlite")
+    robench.api.leaderboard("base.sqlite", "lb", report=False)
+    r = cli("check", "--baseline", "lb/fashion-mnist_Linf.csv", "--store", "base.sqlite", "--json", "c.json")
+    assert r.exit_code == 0, r.output
+    rows = pd.DataFrame(json.loads(Path("c.json").read_text())["rows"])
+    assert sorted(rows.metric) == ["autoattack", "best_known", "clean"] and set(rows.test) == {"paired (McNemar)"}
+    text = " ".join(r.output.split())
+    assert (
+        "Re-ran lenet5-relu-pgd-at: pgd+fast on n=20 at eps 0.1 for the baseline's pgd+autoattack "
+        "(robench's fast in place of autoattack, about 5x quicker; --autoattack official runs it). "
+        "Compared: clean, autoattack, best_known." in text
+    ), text
 
 
 @requires_fmnist

@@ -251,3 +251,51 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
         prog.update({**start, "cached": False, "resumed": True})
         assert prog.progress.tasks[-1].fields["robust"] == f"robust {100 * robust / 5:.1f}%"
     WHERE.clear()
+
+
+def test_in_a_log_progress_is_plain_lines_at_least_every_few_seconds(monkeypatch, capsys):
+    """Output that is not a terminal (CI) gets plain lines: a run's start, its state after batches and,
+    in the middle of a long batch, the stage running, without waiting for the batch to end; then its end.
+    Mid-run accuracy is in %, as the end result reads."""
+    import time
+
+    from robench import cli_progress
+    from robench.cli_output import WHERE
+    from robench.cli_progress import EvalProgress
+
+    monkeypatch.setattr(cli_progress, "PLAIN_EVERY", 0.3)
+    start = {"event": "start", "run_id": 1, "model": "m", "attacks": ["pgd"], "total": 8, "done": 0}
+    with EvalProgress(plain=True) as prog:
+        prog.update({**start, "cached": False, "resumed": False})
+        time.sleep(0.2)
+        prog.update({"event": "batch", "run_id": 1, "done": 4, "total": 8, "robust": 3})
+        prog.update({"event": "stage", "run_id": 1, "stage": "autoattack: square", "robust": 3, "attacked": 4})
+        time.sleep(1.5)  # a long batch: the display speaks on its own
+        row = {"model": "m", "attacks": "pgd", "n": 8, "clean_acc": 87.5, "robust_acc": 62.5, "eps": "0.1"}
+        prog.update({"event": "end", "run_id": 1, "rows": [row]})
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "m: pgd: started, 0 of 8 examples done"
+    assert any(x.startswith("m: pgd: 4/8 examples, robust 75.0%") for x in lines), lines
+    assert any("robust 75.0%, autoattack: square on 3 of 4" in x for x in lines), lines
+    assert lines[-1].startswith("m: pgd: 8/8 examples, robust 62.5% at eps 0.1"), lines
+    WHERE.clear()
+
+
+def test_a_stopped_check_says_its_re_evaluation_is_not_kept():
+    """check runs in a temporary store, deleted as it stops: Ctrl-C must not promise a resume there, and a
+    stop during PGD does not speak of AutoAttack members."""
+    from robench.cli_output import WHERE, interrupted, track
+
+    WHERE.clear()
+    track({"event": "start", "run_id": 1, "model": "m", "store": "/tmp/x/check.sqlite", "done": 0, "total": 500})
+    track({"event": "stage", "run_id": 1, "stage": "pgd"})
+    msg = interrupted()
+    assert "AutoAttack" not in msg and "during pgd: that batch reruns" in msg
+    WHERE["discarded"] = "robench check"
+    msg = interrupted()
+    assert "check.sqlite" not in msg and "continue" not in msg, msg
+    assert msg == (
+        "Interrupted: m at 0 of 500 examples, during pgd. robench check keeps nothing of a stopped "
+        "re-evaluation (it runs in a temporary store), so the same command starts it over."
+    )
+    WHERE.clear()

@@ -335,3 +335,40 @@ def test_the_headline_eps_comes_first_and_alone_unfolded():
         ("fashion-mnist-linf-eps-0.05", False),
     ]
     assert "AutoAttack on 1 of 2" in html and "no AutoAttack at this eps" in html
+
+
+def test_a_flag_belongs_to_the_eps_it_was_measured_at():
+    """A finding at eps 0.2 does not make a member unreliable in the report's eps 0.1 comparison; at 0.2 it
+    does, and the sentence says which eps."""
+    from robench.reporting import compare
+    from robench.reporting.groups import Group, Member
+
+    s = {"clean": _right(90), "pgd": _right(70), "best_known": _right(70)}
+    finding = "square (black-box) broke 8 of 100 examples"
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    g.members = [
+        Member("r", "m-relu", "relu", "", {"0.1": s, "0.2": s}, {"0.2": [finding]}, {"0.2": [finding]}, label="relu"),
+        Member("t", "m-tanh", "tanh", "", {"0.1": s, "0.2": s}, {}, {}, label="tanh"),
+    ]
+    at = {eps: " ".join(compare.summary(g, eps, compare.deltas(g, eps))) for eps in ("0.1", "0.2")}
+    assert "unreliable" not in at["0.1"]
+    assert "Potentially unreliable at eps 0.2 (see the flags): relu;" in at["0.2"]
+
+
+def test_rows_ranked_on_fewer_examples_are_marked(tmp_path, monkeypatch):
+    """A row whose ranked accuracy rests on fewer examples than its neighbours' carries ‡, with a note, in
+    the Markdown and on the web page."""
+    monkeypatch.chdir(tmp_path)
+    write_mnist_like(Path("data/fashion-mnist"), n_test=40)
+    save_tiny("a.pt", "relu", seed=0, name="big")
+    save_tiny("b.pt", "relu", seed=1, name="small")
+    kw = dict(eps=["0.1"], attacks=["pgd"], store="s.sqlite")
+    robench.evaluate(["a.pt"], n=40, **kw)
+    robench.evaluate(["b.pt"], n=10, **kw)
+    robench.api.leaderboard("s.sqlite", "lb", report=False)
+    text = Path("lb/README.md").read_text()
+    rank = {line.split("|")[2].strip(): line.split("|")[1].strip() for line in text.splitlines() if "| relu |" in line}
+    assert rank["small"].endswith("‡") and not rank["big"].endswith("‡"), rank
+    assert "‡ Ranked on fewer examples than the 40 of the table's largest n" in text
+    page = Path("lb/index.html").read_text()
+    assert page.count("‡</span>") == 1 and "Ranked on fewer examples than the 40" in page

@@ -346,8 +346,10 @@ def _import_class(arch: str):
         raise RobenchError(
             f'Architecture "{arch}" is not an import path; write path/to/file.py:Class or package.module:Class.'
         )
+    # a file is known by where it is, not by how it was named: x.py of another folder is another module
+    key = str(Path(target).expanduser().resolve()) if target.endswith(".py") else target
     try:
-        if target not in _IMPORTED:
+        if key not in _IMPORTED:
             if target.endswith(".py"):
                 path = Path(target).expanduser()
                 if not path.is_file():
@@ -357,7 +359,7 @@ def _import_class(arch: str):
                 spec.loader.exec_module(module)
             else:
                 module = importlib.import_module(target)
-            _IMPORTED[target] = module
+            _IMPORTED[key] = module
     except RobenchError:
         raise
     except Exception as e:  # the user's own code failed to import: say where, in one sentence
@@ -365,7 +367,7 @@ def _import_class(arch: str):
             f"Importing {target} for --arch {arch} failed ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:160] if str(e) else 'no message'})."
         ) from None
-    cls = getattr(_IMPORTED[target], cls_name, None)
+    cls = getattr(_IMPORTED[key], cls_name, None)
     if not callable(cls):
         raise RobenchError(f"{target} defines no class {cls_name} (named by --arch {arch}).")
     return cls, options

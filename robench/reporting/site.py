@@ -116,7 +116,8 @@ def _learned(checkpoint: str, sha256: str, meta: dict | None = None):
                 "activation": str(a.get("activation", "?")),
                 "share": str(a.get("share", "?")),
                 "params": "; ".join(
-                    f"{k} = {_fmt(v)}" for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
+                    f"{k} = {_fmt(v)}"
+                    for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
                 ),
             }
             for a in recorded
