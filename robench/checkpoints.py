@@ -24,6 +24,7 @@ import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -297,7 +298,7 @@ def _build(meta: dict, path: Path) -> Normalized:
     check_meta(meta, f"The metadata of {path}")
     shape = meta.get("input_shape") or [3, 32, 32]
     user = is_import_path(str(meta["arch"]))
-    build = dict(
+    build: dict[str, Any] = dict(
         # the user's class is built with --activation only where it takes one; else as its code is written
         activation=meta.get("activation") if not user or takes_activation(meta["arch"]) else None,
         num_classes=int(meta["num_classes"]),

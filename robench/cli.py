@@ -584,7 +584,7 @@ def export_(
     or share."""
     res = api.export_results(str(store) if store else None, archive, unfinished)
     changed = f" ({res['written']} files written)" if Path(res["path"]).is_dir() else ""
-    what = ("unfinished run" + ("" if res["runs"] == 1 else "s")) if unfinished else "runs"
+    what = ("unfinished run" if unfinished else "run") + ("" if res["runs"] == 1 else "s")
     out.print(
         clean(f"Wrote {res['runs']} {what} and {res['checks']} model checks to {res['path']}{changed}"), markup=False
     )

@@ -44,7 +44,10 @@ class EvalProgress:
             transient=False,
             disable=self.plain,
         )
-        self.tasks, self.robust, self.word, self.clock = {}, {}, {}, {}
+        self.tasks: dict = {}
+        self.robust: dict = {}
+        self.word: dict = {}
+        self.clock: dict = {}
         self.state: dict = {}  # plain mode: run id -> what its next line says
         self.last = self.began = time.monotonic()
         self._stop = None
@@ -93,10 +96,10 @@ class EvalProgress:
     def print(self, text: str) -> None:
         if self.plain:
             self._say(text)
-        else:
-            if not self.progress.live.is_started:
-                self.progress.start()
+        elif self.progress.live.is_started:
             self.progress.console.print(text, markup=False)
+        else:  # no bar yet (the checklist's checks print lines only): no display to start and stop
+            err.print(text, markup=False)
 
     def update(self, ev: dict):
         track(ev)
@@ -202,7 +205,7 @@ class TrainProgress:
     """A bar per epoch (batches, running loss) and a line per finished epoch."""
 
     def update(self, ev: dict):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
         if ev["event"] == "member":
             err.print(f"[bold]{ev['file']}[/] ({ev['group']})")
@@ -219,13 +222,14 @@ class TrainProgress:
                 transient=True,
             )
             self.progress.start()
-            self.task = None
+            self.task: TaskID | None = None
         elif ev["event"] == "batch":
             if self.task is None:
                 self.task = self.progress.add_task(f"epoch {ev['epoch']}/{self.epochs}", total=ev["batches"], loss="-")
             self.progress.update(self.task, completed=ev["batch"], loss=f"{ev['loss']:.3f}")
         elif ev["event"] == "epoch":
-            self.progress.remove_task(self.task)
+            if self.task is not None:
+                self.progress.remove_task(self.task)
             self.task = None
             err.print(
                 f"epoch {ev['epoch']}/{ev['epochs']}  loss {ev['loss']:.4f}  train acc {ev['train_acc']:.2f}% "

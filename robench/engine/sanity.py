@@ -134,7 +134,7 @@ def checklist(
                 {
                     "event": "check",
                     "model": t.name,
-                    "attack": atk.name,
+                    "attack": _described(atk),
                     "eps": e.text,
                     "robust": sum(res.values()),
                     "n": len(res),
@@ -318,3 +318,14 @@ def sanity(
         found += cross_checks(db, t.sha256, sl.info.name, cfg.norm, extra_white=white)
     df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]
     return {"model": t.name, "sha256": t.sha256, "checks": df, "flagged": bool((df.status == "flag").any())}
+
+
+def _described(atk) -> str:
+    """An attack as a progress line names it: its name and the budget that tells two runs of it apart."""
+    b = atk.budget()
+    steps = f"{b['steps']} steps" if "steps" in b else ""
+    if steps and b.get("restarts", 1) > 1:
+        steps += f" x {b['restarts']}"
+    loss = f"{b['loss']} loss" if b.get("loss") not in (None, "ce") else ""
+    shown = ", ".join(p for p in (steps, loss) if p)
+    return f"{atk.name} ({shown})" if shown else atk.name
