@@ -59,7 +59,7 @@ def info(path: str | Path, trust: bool = False, store: str | Path | None = None,
     d = checkpoint_info(load_checkpoint(path, trust=trust, **overrides))
     d["runs"] = []
     if store_path(store).is_file():
-        from .reporting.names import computed_by, origin_text
+        from .results.names import computed_by, origin_text
 
         with Store(store, readonly=True) as db:
             runs = db.runs()
@@ -330,8 +330,8 @@ def check(
     times as many AutoAttack misses: see docs/performance.md), or with the official code when
     ``autoattack="official"``. ``arch``, ``activation`` and ``dataset`` describe plain state dicts, as for
     `evaluate`."""
+    from .engine.gate import run_check
     from .errors import RobenchError
-    from .reporting.regression import run_check
 
     if not 0 < alpha < 1 or tolerance < 0:
         raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from .archive_check import Bad, check_check, check_run
+from .archive_check import Bad, check_check, check_model, check_run
 from .errors import RobenchError
 from .files import sha256_file
 from .store import RUN_FIELDS, Store
@@ -94,17 +94,22 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
                 for i in map(int, db.runs("running")["run_id"].tolist())
                 if db.stored_examples(i)
             ]
-            checks = []
+            checks, models = [], []
         else:
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
             checks = db.checks().to_dict(orient="records")
+        shas = {r["sha256"] for r in runs}  # what the pages need of each model whose runs are written
+        models = [{"sha256": k, "record": v} for k, v in sorted(db.models().items()) if k in shas]
     if not folder:
-        _write(out, _gzipped([_line(r) for r in runs] + [_line({"check": c}) for c in checks]))
+        lines = [_line(r) for r in runs] + [_line({"check": c}) for c in checks]
+        _write(out, _gzipped(lines + [_line({"model_record": m}) for m in models]))
         return {"runs": len(runs), "checks": len(checks), "path": out, "written": 1}
     parts = {f"run-{r['key'][:16]}.jsonl.gz": [_line(r)] for r in runs}
     for c in checks:  # one file per model (sha256, dataset, norm): its checks are replaced together
         group = hashlib.sha256(repr((c["sha256"], c["dataset"], c["norm"])).encode()).hexdigest()[:16]
         parts.setdefault(f"checks-{group}.jsonl.gz", []).append(_line({"check": c}))
+    for m in models:  # one file per model record: written once, as the model's weights never change
+        parts[f"model-{m['sha256'][:16]}.jsonl.gz"] = [_line({"model_record": m})]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -152,7 +157,7 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     the stages of an unfinished run are dropped (its batch under way is recomputed here: work from elsewhere
     never decides an outcome). Returns {"added", "kept", "checks", "unfinished"}."""
     archive = Path(archive)
-    records, checks = _read_all(archive)
+    records, checks, models = _read_all(archive)
     if archive.is_dir() and (archive / ORDER).is_file():  # the exporting store's order; runs it lacks last
         try:
             with open(archive / ORDER, "rb") as f:  # 65 bytes a key: read no more than the runs need
@@ -164,19 +169,19 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     origin = {"archive": archive.name, "imported": round(time.time(), 3)}
     if archive.is_file():
         origin["sha256"] = sha256_file(archive)
-    return _add(records, checks, store, origin)
+    return _add(records, checks, models, store, origin)
 
 
-def _read_all(archive: Path) -> tuple[list, list]:
-    """The checked run records (with their outcome rows) and checks of an archive file or folder, one record
-    per run: two records of one run that disagree are refused."""
+def _read_all(archive: Path) -> tuple[list, list, list]:
+    """The checked run records (with their outcome rows), checks and model records of an archive file or
+    folder, one record per run: two records of one run that disagree are refused."""
     files = sorted(archive.glob("*.jsonl.gz")) if archive.is_dir() else [archive]
     if not files:
         raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
     records: dict[str, tuple] = {}
-    checks, size = [], 0
+    checks, models, size = [], [], 0
     for path in files:
-        r, c, n = _read(path, MAX_ARCHIVE - size)
+        r, c, m, n = _read(path, MAX_ARCHIVE - size)
         for rec, rows in r:
             same = records.get(rec["key"])
             if same is not None and _line(same[0]) != _line(rec):
@@ -186,12 +191,14 @@ def _read_all(archive: Path) -> tuple[list, list]:
                 )
             records[rec["key"]] = (rec, rows)
         checks += c
+        models += m
         size += n
-    return list(records.values()), checks
+    return list(records.values()), checks, models
 
 
-def _read(archive: Path, limit: int) -> tuple[list, list, int]:
-    """The checked run records (with their outcome rows) and checks of one archive file, and its size."""
+def _read(archive: Path, limit: int) -> tuple[list, list, list, int]:
+    """The checked run records (with their outcome rows), checks and model records of one archive file, and
+    its size."""
     try:
         with gzip.open(archive, "rb") as f:
             raw = f.read(limit + 1)
@@ -203,7 +210,7 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
         raise RobenchError(f"No such results archive: {archive}.") from None
     except (OSError, EOFError) as e:
         raise RobenchError(f"{archive} is not a readable results archive (gzipped JSON lines): {e}.") from None
-    records, checks = [], []
+    records, checks, models = [], [], []
     for n, text in enumerate(raw.decode("utf-8", "replace").splitlines(), 1):
         if not text.strip():
             continue
@@ -228,15 +235,18 @@ def _read(archive: Path, limit: int) -> tuple[list, list, int]:
             if "check" in rec:
                 checks.append(check_check(rec["check"]))
                 continue
+            if "model_record" in rec:  # (a run record has a "model" field: its name)
+                models.append(check_model(rec["model_record"]))
+                continue
             records.append((rec, check_run(rec)))
         except Bad as e:
             raise _bad(archive, n, str(e)) from None
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
-    return records, checks, len(raw)
+    return records, checks, models, len(raw)
 
 
-def _add(records: list, checks: list, store, origin: dict) -> dict:
+def _add(records: list, checks: list, models: list, store, origin: dict) -> dict:
     added = kept = unfinished = 0
     with Store(store) as db, db.transaction():  # all of it or, on any failure, nothing
         for rec, rows in records:
@@ -267,6 +277,8 @@ def _add(records: list, checks: list, store, origin: dict) -> dict:
             )
         for (sha, dataset, norm), cs in by_model.items():
             db.set_checks(sha, dataset, norm, cs, replace=False)
+        for m in models:  # like checks, a record only fills a gap: the store's own is kept
+            db.set_model(m["sha256"], m["record"])
     return {"added": added, "kept": kept, "checks": len(checks), "unfinished": unfinished}
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import re
 
+from .config import CURVE_POINTS
 from .errors import RobenchError
 
 MAX_INT = (1 << 63) - 1  # SQLite's INTEGER
@@ -255,3 +256,45 @@ def check_check(c) -> dict:
     except (ValueError, RecursionError):
         raise Bad("a check's budget is malformed") from None
     return c
+
+
+def _number(v, name: str) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise Bad(f"{name} is not a finite number")
+    return v
+
+
+def check_model(m) -> dict:
+    """One model record of an archive (what the pages show of a model's activations), checked; raises Bad."""
+    if not isinstance(m, dict) or set(m) != {"sha256", "record"} or not isinstance(m["record"], dict):
+        raise Bad("a malformed model record")
+    _hex64(m["sha256"], "a model record's sha256")
+    rec = m["record"]
+    if set(rec) - {"learned", "curves", "shape"}:
+        raise Bad("a model record has fields robench does not read")
+    learned, curves, shape = rec.get("learned", []), rec.get("curves", []), rec.get("shape")
+    if not isinstance(learned, list) or len(learned) > 1000 or not isinstance(curves, list) or len(curves) > 1000:
+        raise Bad("a model record's activations are malformed")
+    for a in learned:
+        if not isinstance(a, dict) or not isinstance(a.get("values"), dict) or len(a["values"]) > 100:
+            raise Bad("a model record's learned parameters are malformed")
+        for key in ("module", "activation", "share"):
+            _str(a.get(key), f"a model record's {key}", 200)
+        for k, v in a["values"].items():
+            _str(k, "a learned parameter's name", 100)
+            for x in v if isinstance(v, list) and len(v) <= 100_000 else [v]:
+                _number(x, f"learned parameter {k}")
+    for c in curves:
+        if not isinstance(c, list) or len(c) != CURVE_POINTS:
+            raise Bad(f"a model record's curve does not have {CURVE_POINTS} points")
+        for y in c:
+            _number(y, "a point of a curve")
+    if shape is not None:
+        if not isinstance(shape, dict) or set(shape) != {"negative_output", "curvature", "kink", "learned"}:
+            raise Bad("a model record's shape is malformed")
+        _number(shape["negative_output"], "a shape's negative output")
+        if shape["curvature"] is not None:
+            _number(shape["curvature"], "a shape's curvature")
+        if not isinstance(shape["kink"], bool) or not isinstance(shape["learned"], bool):
+            raise Bad("a model record's shape is malformed")
+    return m

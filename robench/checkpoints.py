@@ -35,9 +35,10 @@ from .errors import RobenchError
 from .files import atomic_path, sha256_file
 from .metadata import check_meta, describe, parse_meta
 from .metadata import model_card as _model_card
-from .nn.activations import activation_modules, parse_activation
+from .nn.activations import parse_activation
 from .nn.architectures import Normalized, create_model, is_import_path, takes_activation
 from .nn.detect import detect_activation
+from .nn.shapes import learned_values
 
 FORMAT_VERSION = 1
 MAX_PARAMS = 10**9  # a model robench builds: up to a billion parameters (4 GB in float32)
@@ -542,13 +543,7 @@ def _load_exported(path: Path, trust: bool, overrides: dict) -> Checkpoint:
 def checkpoint_info(ckpt: Checkpoint) -> dict:
     """What `robench info` shows: metadata, parameter count and learned activation parameters."""
     params = {id(p): p for p in ckpt.model.parameters()}
-    acts = []
-    names = {id(m): n for n, m in ckpt.model.named_modules()}
-    for m in activation_modules(ckpt.model):
-        if m.learned:
-            acts.append(
-                {"module": names.get(id(m), "?"), "activation": m.name, "share": m.share, "values": m.learned_values()}
-            )
+    acts = learned_values(ckpt.model)
     return {
         "path": str(ckpt.path),
         "sha256": ckpt.sha256,

@@ -61,6 +61,9 @@ def parse_eps(text: str | float | Eps) -> Eps:
 
 
 LOSSES = ("ce", "dlr", "margin")  # the losses robench's gradient attacks ascend
+# an activation's shape is read, recorded and drawn over [-SHAPE_RANGE, SHAPE_RANGE], a curve at CURVE_POINTS points
+SHAPE_RANGE = 4.0
+CURVE_POINTS = 401
 
 
 def parse_batch_size(value) -> int | None:

@@ -9,7 +9,9 @@ Schema 2 adds ``checks`` (gradient-masking diagnostics per model, with their evi
 which is part of its key: runs stored before it cannot say which data they came from, so migration marks
 them ``stale`` (kept, never read as results, recomputed by the next evaluation). Schema 4 adds provenance:
 ``runs.machine`` (the machine that computed the run) and ``runs.origin`` (JSON naming the archive a run was
-imported from and when; empty for a run computed in this store). An older store is migrated
+imported from and when; empty for a run computed in this store). Schema 5 adds ``models``: what a model's
+pages need from its checkpoint (learned activation parameters, curves, shape), recorded when it is
+evaluated, so that reports are drawn from the store alone. An older store is migrated
 in place when opened for writing, after a copy of it is kept beside it; a store from a newer robench is
 refused and never written. Reading (``readonly``) works on a read-only file system too.
 
@@ -31,7 +33,7 @@ import pandas as pd
 
 from .errors import RobenchError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DEFAULT_STORE = Path("results") / "robench.sqlite"
 
 SCHEMA = """
@@ -75,6 +77,11 @@ CREATE TABLE IF NOT EXISTS checks (
     budget TEXT NOT NULL DEFAULT '{}',
     created REAL NOT NULL,
     PRIMARY KEY (sha256, dataset, norm, check_name, eps)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS models (
+    sha256 TEXT PRIMARY KEY,
+    record TEXT NOT NULL,
+    created REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS attack_stats (
     run_id INTEGER NOT NULL REFERENCES runs(run_id),
@@ -165,7 +172,7 @@ class Store:
         """A store without robench's schema is either new (no tables yet, or robench's own half-created
         ones) or another program's database, which robench never writes into."""
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        ours = {"meta", "runs", "outcomes", "run_flags", "checks", "attack_stats", "sqlite_sequence"}
+        ours = {"meta", "runs", "outcomes", "run_flags", "checks", "models", "attack_stats", "sqlite_sequence"}
         if names - ours:
             raise RobenchError(
                 f"{self.path} is an SQLite database of another program, not a robench store; "
@@ -440,6 +447,22 @@ class Store:
                 params.append(v)
         q = f"SELECT {cols} FROM checks" + (" WHERE " + " AND ".join(where) if where else "")
         return pd.read_sql_query(q + " ORDER BY sha256, check_name, eps", self.conn, params=params)
+
+    def set_model(self, sha256: str, record: dict) -> None:
+        """Keep what the pages need from a model (``nn.shapes.model_record``) under its sha256; the first
+        record stays (the record is a function of the weights, which the sha256 names)."""
+        self._write(
+            lambda: self.conn.execute(
+                "INSERT OR IGNORE INTO models VALUES (?, ?, ?)",
+                (sha256, json.dumps(record, sort_keys=True), time.time()),
+            )
+        )
+
+    def models(self) -> dict[str, dict]:
+        """Every model record, by sha256 (none in a store from before schema 5)."""
+        if self.version < 5:
+            return {}
+        return {sha: json.loads(rec) for sha, rec in self.conn.execute("SELECT sha256, record FROM models")}
 
     def finish(self, run_id: int) -> None:
         self._write(

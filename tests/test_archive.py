@@ -144,8 +144,12 @@ def test_a_malformed_archive_is_refused_before_anything_is_written(store, text, 
 
 
 def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, monkeypatch):
+    """The committed leaderboard is a function of its archive alone: imported into a store and rendered in a
+    folder with no checkpoint files (reporting reads the store only), it comes out byte for byte; and `make
+    leaderboard` on a fresh clone finds every evaluation of its suite in it."""
     archive = ROOT / "leaderboard" / "results"
-    monkeypatch.chdir(ROOT)  # the stored checkpoint paths are relative to the repository
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here: the pages must not need them
+    assert not Path("checkpoints").exists()
     api.import_results(archive, tmp_path / "s.sqlite")
     api.leaderboard(tmp_path / "s.sqlite", tmp_path / "lb")
     committed = ROOT / "leaderboard"
@@ -156,6 +160,8 @@ def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, 
         assert filecmp.cmp(tmp_path / "lb" / rel, committed / rel, shallow=False), rel
     # and `make leaderboard` on a fresh clone finds every evaluation of its suite there, so it changes nothing
     import dataclasses
+
+    monkeypatch.chdir(ROOT)  # the suite names its checkpoints relative to the repository
 
     from robench.api import _eval_config
     from robench.config import load_suite

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import robench
 from robench.cli import app
-from robench.reporting.regression import compare
+from robench.engine.gate import compare
 from robench.stats import fisher_exact, unpaired_diff_ci
 
 ZOO = Path(__file__).resolve().parent.parent / "checkpoints"

@@ -20,18 +20,31 @@ from robench.stats import compare_outcomes
 
 
 def test_shape_statistics_are_read_from_the_activation_itself():
-    relu = claims.shape_stats(torch.nn.Sequential(create_activation("relu")))
-    assert relu["negative_output"] == 0 and relu["curvature"] == math.inf and not relu["learned"]
-    soft = claims.shape_stats(torch.nn.Sequential(create_activation("softplus")))
+    """The shape the store records when a model is evaluated, read from the activation itself; the claims
+    read a kink as infinite curvature."""
+    from robench.nn.activations import activation_modules
+    from robench.nn.shapes import model_record
+
+    def shape(*mods):
+        return model_record(torch.nn.Sequential(*mods))["shape"]
+
+    relu = shape(create_activation("relu"))
+    assert relu["negative_output"] == 0 and relu["kink"] and relu["curvature"] is None and not relu["learned"]
+    soft = shape(create_activation("softplus"))
     area = quad(lambda x: math.log1p(math.exp(x)), -4, 0)[0] / 4
     assert soft["negative_output"] == pytest.approx(area, abs=2e-3)
-    assert soft["curvature"] == pytest.approx(0.25, abs=1e-3)  # max of sigmoid'
-    assert claims.shape_stats(torch.nn.Sequential(create_activation("tanh")))["curvature"] == pytest.approx(
-        4 / (3 * math.sqrt(3)), abs=1e-3
-    )
-    splash = claims.shape_stats(torch.nn.Sequential(create_activation("splash")))
-    assert splash["curvature"] == math.inf and splash["learned"]  # hinges are kinks
-    assert claims.shape_stats(torch.nn.Linear(2, 2)) is None
+    assert soft["curvature"] == pytest.approx(0.25, abs=1e-3) and not soft["kink"]  # max of sigmoid'
+    assert shape(create_activation("tanh"))["curvature"] == pytest.approx(4 / (3 * math.sqrt(3)), abs=1e-3)
+    splash = shape(create_activation("splash"))
+    assert splash["kink"] and splash["learned"]  # hinges are kinks
+    assert shape(torch.nn.Linear(2, 2)) is None
+    # a curve per activation instance, on the grid the report draws
+    record = model_record(torch.nn.Sequential(create_activation("relu"), create_activation("tanh")))
+    assert len(record["curves"]) == len(activation_modules(torch.nn.Sequential(create_activation("relu")))) + 1
+    assert record["curves"][0][0] == 0 and record["curves"][0][-1] == 4.0 and len(record["curves"][1]) == 401
+    g = type("G", (), {"members": [_member("splash", 0)]})()
+    g.members[0].record = {"shape": splash}
+    assert claims.member_shapes(g)["splash-0"]["curvature"] == claims.KINK
 
 
 def test_verdicts_follow_from_the_interval():

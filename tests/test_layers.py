@@ -9,7 +9,9 @@ from pathlib import Path
 import robench
 
 # Bottom to top. A module may import from its own layer or any layer below it. checkpoints sits above nn
-# (loading a checkpoint builds its architecture), and archive beside reporting (both read the store).
+# (loading a checkpoint builds its architecture). results (what a stored run means) and the archives (runs
+# to and from files) sit below the engine, which writes runs and drives the CI gate, and below reporting,
+# which reads them.
 LAYERS = [
     ["robench._version", "robench.errors", "robench.stats", "robench.norms", "robench.files", "robench.text"],
     ["robench.config"],
@@ -17,9 +19,10 @@ LAYERS = [
     ["robench.nn"],
     ["robench.checkpoints"],
     ["robench.attacks"],
+    ["robench.results", "robench.archive", "robench.archive_check"],
     ["robench.engine"],
     ["robench.training"],
-    ["robench.reporting", "robench.archive", "robench.archive_check"],
+    ["robench.reporting"],
     ["robench.api"],
     ["robench.cli_output", "robench.cli_progress", "robench.cli", "robench.__main__"],
     ["robench"],  # the package itself: its __init__ gathers the public API
@@ -84,6 +87,23 @@ def test_every_import_points_down_the_layers():
     assert not upward, "\n".join(upward)
 
 
+# What a page shows is a function of the store alone: reporting reads runs and what the store recorded
+# about each model, never a checkpoint file, an attack, a network or the engine.
+STORE_ONLY = {"robench.reporting": ("robench.engine", "robench.attacks", "robench.nn", "robench.checkpoints")}
+
+
+def test_reporting_reads_the_store_only():
+    reached = [
+        f"{m} imports {t}"
+        for m, targets in _graph().items()
+        for layer, banned in STORE_ONLY.items()
+        if m == layer or m.startswith(layer + ".")
+        for t in sorted(targets)
+        if any(t == b or t.startswith(b + ".") for b in banned)
+    ]
+    assert not reached, "\n".join(reached)
+
+
 def test_no_modules_import_each_other_round_a_cycle():
     graph = _graph()
     index, low, stack, on_stack, cycles, counter = {}, {}, [], set(), [], [0]
@@ -124,7 +144,7 @@ def test_the_layer_check_catches_an_upward_import(tmp_path):
     targets = _imports(fake, "robench.engine.evaluate")
     assert all(_layer(t) <= _layer("robench.engine.evaluate") for t in targets)
     src = tmp_path / "x.py"
-    src.write_text("def f():\n    from ..reporting.leaderboard import results\n")
+    src.write_text("def f():\n    from ..reporting.leaderboard import markdown\n")
     assert _imports(src, "robench.engine.x") == {"robench.reporting.leaderboard"}
     assert _layer("robench.reporting.leaderboard") > _layer("robench.engine.x")
 

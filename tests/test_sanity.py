@@ -234,7 +234,7 @@ def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
 def test_black_box_flag_in_a_cascade_needs_more_than_noise():
     from collections import Counter
 
-    from robench.engine.core import black_box_flags
+    from robench.results.runs import black_box_flags
 
     assert black_box_flags(Counter(square=1), 50, ["apgd-ce"]) == []  # one lucky example in fifty
     assert black_box_flags(Counter(square=4), 50, ["apgd-ce"])  # 8% against a 0.2% margin

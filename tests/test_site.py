@@ -227,11 +227,10 @@ def test_the_site_needs_nothing_from_the_network():
     assert sum(p.stat().st_size for p in Path("lb/static").iterdir()) < 20_000
 
 
-def test_the_report_reads_each_checkpoint_as_evaluated_and_says_when_it_changed():
-    """Model pages list the learned activation parameters the store recorded at evaluation, so a file
-    replaced afterwards changes nothing there; the report's shape figure and claims read them from the
-    checkpoint files, where a file replaced after its evaluation (another sha256) is said so and left out,
-    never shown as the evaluated model, also when the same process wrote a leaderboard from it before."""
+def test_the_report_draws_each_model_as_the_store_recorded_it():
+    """Model pages, the shape figure and the claims read the activations as the store recorded them when the
+    model was evaluated: replacing or deleting the checkpoint file afterwards changes nothing, and a model
+    with no record is said so in its panel."""
     from robench.reporting.claims import member_shapes
     from robench.reporting.compare import shape_panels
     from robench.reporting.groups import groups
@@ -244,16 +243,15 @@ def test_the_report_reads_each_checkpoint_as_evaluated_and_says_when_it_changed(
     robench.evaluate(["a.pt", "b.pt"], n=10, eps=["0.1"], attacks=["fgsm"], store="s.sqlite")
     page = Path("lb/models/fashion-mnist/Linf/tiny-a.html")
     robench.api.leaderboard("s.sqlite", "lb")
+    before = page.read_text()
+    assert "alpha = " in before
     with Store("s.sqlite", readonly=True) as db:
         (g,) = groups(results(db))
-    shas = {mb.activation: mb.sha256 for mb in g.members}
-    assert "has changed" not in page.read_text() and "alpha = " in page.read_text()
-    assert set(member_shapes(g)) == set(shas.values())
+    assert set(member_shapes(g)) == {mb.sha256 for mb in g.members}
     save_tiny("a.pt", "prelu", seed=1, name="tiny-a")  # other weights at the evaluated path
+    Path("b.pt").unlink()
     robench.api.leaderboard("s.sqlite", "lb")
-    assert "has changed" not in page.read_text() and "alpha = " in page.read_text()  # as evaluated
-    assert set(member_shapes(g)) == {shas["relu"]}
-    assert {p["title"]: p.get("note") for p in shape_panels(g)} == {
-        "relu": None,
-        "prelu": "checkpoint not found or changed",
-    }
+    assert page.read_text() == before
+    assert {p["title"]: p.get("note") for p in shape_panels(g)} == {"relu": None, "prelu": None}
+    g.members[0].record = None  # a model evaluated before the store kept records
+    assert "shape not recorded" in str([p.get("note") for p in shape_panels(g)])

@@ -17,9 +17,10 @@ import torch
 from ..attacks.descent import attack_loss
 from ..attacks.registry import black_box
 from ..norms import get_norm
+from ..results.runs import ALPHA
 from ..stats import binom_above, mcnemar_exact
 from ..store import Store
-from .core import ALPHA, Slice, attack_mode
+from .core import Slice, attack_mode
 
 ZERO_GRAD_SHARE = 0.05  # more than 5% of examples with an all-zero input gradient is "many"
 TOLERANCE = 1.0  # points: a stronger budget must lower robust accuracy by more than this to flag

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 import math
-from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,35 +19,15 @@ from torch import nn
 
 from .._version import __version__
 from ..attacks.base import Attack, report_stage
-from ..attacks.registry import black_box
-from ..checkpoints import Checkpoint, checkpoint_info, load_checkpoint
-from ..config import FLAG_SEP, Eps, EvalConfig, check_eps_range, parse_eps
+from ..checkpoints import Checkpoint, load_checkpoint
+from ..config import Eps, EvalConfig, check_eps_range, parse_eps
 from ..data import DatasetInfo, Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.fast import accelerate
+from ..nn.shapes import model_record
 from ..norms import get_norm, project
-from ..stats import binom_above, wilson
+from ..results.runs import summarize
 from ..store import Store
-
-SQUARE_MARGIN = 0.002  # AutoAttack's own rule: Square lowering robust accuracy by > 0.2 pt is suspicious
-ALPHA = 0.05
-
-
-def black_box_flags(broken: Counter, n: int, white_box: list[str]) -> list[str]:
-    """A black-box attack later in a cascade broke examples every white-box attack left robust: flagged
-    when that share is above AutoAttack's 0.2-point margin beyond sampling noise (one-sided exact binomial
-    test at 5%), so one lucky example in fifty is not a flag but a real masking pattern is."""
-    if not n or not white_box:
-        return []
-    out = []
-    for name, k in sorted(broken.items()):
-        if black_box(name) and k / n > SQUARE_MARGIN and (p := binom_above(k, n, SQUARE_MARGIN)) < ALPHA:
-            out.append(
-                f"{name} (black-box) broke {k} of {n} examples ({k / n:.1%}) that the white-box attacks "
-                f"({', '.join(white_box)}) left robust, above AutoAttack's 0.2% margin (p={p:.2g}); the "
-                "white-box gradients may be masked."
-            )
-    return out
 
 
 @dataclass
@@ -60,6 +39,7 @@ class Target:
     checkpoint: str | None
     sha256: str
     meta: dict
+    record: dict | None = None  # what the store keeps for the model's pages (nn.shapes.model_record)
 
 
 @dataclass(frozen=True)
@@ -73,17 +53,24 @@ class Named:
 def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
     if isinstance(item, Named):
         t = as_target(item.item, i, trust, overrides)
-        return Target(t.model, str(item.name), t.checkpoint, t.sha256, {**t.meta, "name": str(item.name)})
+        return Target(t.model, str(item.name), t.checkpoint, t.sha256, {**t.meta, "name": str(item.name)}, t.record)
     if isinstance(item, nn.Module):
         h = hashlib.sha256()
         for k, v in item.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {})
+        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {}, model_record(item))
     ck = item if isinstance(item, Checkpoint) else load_checkpoint(item, trust=trust, **overrides)
-    # the learned activation parameters go into the store with the run, so its pages need not find the file
-    meta = {**ck.meta, "learned": checkpoint_info(ck)["activations"]}
-    return Target(ck.model, ck.name, str(ck.path) if ck.path else None, ck.sha256, meta)
+    path = str(ck.path) if ck.path else None
+    return Target(ck.model, ck.name, path, ck.sha256, ck.meta, model_record(ck.model))
+
+
+def remember(db: Store | None, targets: list[Target]) -> None:
+    """Record in the store what the models' pages need from them (their activations' parameters, curves
+    and shapes), so that reports are drawn from the store alone."""
+    for t in targets:
+        if db is not None and t.record is not None:
+            db.set_model(t.sha256, t.record)
 
 
 @contextmanager
@@ -379,86 +366,3 @@ def close_run(
     summary, per_example = summarize(db, run_id)
     notify({"event": "end", "model": t.name, "run_id": run_id, "rows": summary})
     return summary, per_example.assign(run_id=run_id, model=t.name, **columns)
-
-
-def tested_attack(check_budget: str | None) -> str | None:
-    """The attack a stored check speaks of: the attack under test its budget names (the checklist's
-    step-size, convergence, eps-sweep and large-eps checks of PGD or fast, which find that attack falling
-    short on this model), or None for a check on the model itself (masked gradients, randomness,
-    probabilities, transfer)."""
-    try:
-        budget = json.loads(check_budget or "{}")
-    except (TypeError, ValueError, RecursionError):
-        return None
-    tested = (budget.get("pgd") or budget.get("attack")) if isinstance(budget, dict) else None
-    return tested.get("name") if isinstance(tested, dict) and isinstance(tested.get("name"), str) else None
-
-
-def concerns(check_budget: str | None, attacks: list[str]) -> bool:
-    """Whether a stored check speaks of a run with these attacks: a check on the model concerns every run,
-    one on an attack only the runs of that attack."""
-    tested = tested_attack(check_budget)
-    return tested is None or tested in attacks
-
-
-def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
-    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals."""
-    run = db.run(run_id)
-    oc = db.outcomes(run_id)
-    names = [a["name"] for a in run["attacks"]]
-    members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
-    white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
-    checks = db.checks(run["sha256"], run["dataset"], run["norm"])
-    flagged = checks[checks.status == "flag"]
-    model_flags = [ev for ev, b in zip(flagged.evidence, flagged.budget) if concerns(b, names)]
-    # of those, the checks that speak of an attack this run used rather than of the model
-    attack_flags = [ev for ev, b in zip(flagged.evidence, flagged.budget) if tested_attack(b) in names]
-    queries = db.queries(run_id)
-    rows = []
-    for text, value in run["eps"]:
-        o = oc[oc.eps == text]
-        n = len(o)
-        k_clean, k_rob = int(o.clean.sum()), int(o.robust.sum())
-        c_lo, c_hi = wilson(k_clean, n)
-        r_lo, r_hi = wilson(k_rob, n)
-        broken = Counter(o.broken_by.dropna())
-        flags = list(run["flags"]) + black_box_flags(broken, n, white_box) + model_flags
-        rows.append(
-            {
-                "model": run["model"],
-                "checkpoint": run["checkpoint"],
-                "sha256": run["sha256"],
-                "arch": run["model_meta"].get("arch"),
-                "activation": run["model_meta"].get("activation"),
-                "dataset": run["dataset"],
-                "split": run["split"],
-                "norm": run["norm"],
-                "eps": text,
-                "eps_value": value,
-                "attacks": "+".join(names) or "none",
-                "n": n,
-                "clean_acc": 100 * k_clean / n if n else float("nan"),
-                "clean_ci_low": 100 * c_lo,
-                "clean_ci_high": 100 * c_hi,
-                "robust_acc": 100 * k_rob / n if n else float("nan"),
-                "robust_ci_low": 100 * r_lo,
-                "robust_ci_high": 100 * r_hi,
-                "broken_by": json.dumps(dict(sorted(broken.items()))),
-                "flags": FLAG_SEP.join(flags),
-                "attack_flags": FLAG_SEP.join(attack_flags),
-                "queries": json.dumps(queries, sort_keys=True),
-                "budget": json.dumps(run["attacks"], sort_keys=True),
-                "seed": run["seed"],
-                "subset": run["subset"],
-                "batch_size": run["batch_size"],
-                "device": run["device"],
-                "dtype": run["dtype"],
-                "wall_time_s": round(run["wall_time"], 3),
-                "robench_version": run["robench_version"],
-                "torch_version": run["torch_version"],
-                "machine": run.get("machine") or "",
-                "origin": run.get("origin") or "",
-                "run_id": run_id,
-            }
-        )
-    return rows, oc

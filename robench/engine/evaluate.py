@@ -36,6 +36,7 @@ from .core import (
     close_run,
     data_slice,
     open_run,
+    remember,
     run_fields,
     run_key,
 )
@@ -71,6 +72,7 @@ def evaluate(
     group = distributed.current()
     dev = group.device(dev)
     db = Store(cfg.store) if group.main else None  # under torchrun only rank 0 touches the store
+    remember(db, targets)
     run_id = None
     try:
         for t, sl in zip(targets, slices):

@@ -26,14 +26,14 @@ from ..attacks.registry import create_attack
 from ..config import Eps, EvalConfig
 from ..errors import RobenchError
 from ..norms import get_norm
+from ..results.runs import ALPHA, SQUARE_MARGIN
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
 from .checks import TOLERANCE, ascent, cross_checks, finding, pct, probe
-from .core import ALPHA, SQUARE_MARGIN, Slice, attack_batch, attack_mode
+from .core import Slice, attack_batch, attack_mode, remember
 
 # -------------------------------------------------------------------------------------- the checklist
 # the checks only the checklist runs (every evaluation runs the probes and the transfer check too)
-CHECKLIST = ("gradient-ascent", "eps-sweep", "large-eps", "convergence", "step-size", "square")
 
 
 def large_eps(norm: str, dims: int) -> Eps:
@@ -314,6 +314,7 @@ def sanity(
         attack=_one_attack(cfg.attacks),
     )
     with Store(cfg.store) as db:
+        remember(db, [t])
         db.set_checks(t.sha256, sl.info.name, cfg.norm, found)
         found += cross_checks(db, t.sha256, sl.info.name, cfg.norm, extra_white=white)
     df = pd.DataFrame(found)[["check", "eps", "status", "evidence"]]

@@ -35,6 +35,7 @@ from .core import (
     close_run,
     data_slice,
     open_run,
+    remember,
     run_fields,
     run_key,
 )
@@ -89,6 +90,7 @@ def transfer(
     else:
         pairs = [([s], tgts) for s in srcs]
     db = Store(cfg.store)
+    remember(db, list(loaded.values()))
     cache = db.path.parent / "transfer-cache"
     rows, outcomes = [], []
     checked: dict[str, Target] = {}

@@ -10,18 +10,16 @@ shapes of the same activation and seed under adversarial and standard training."
 
 from __future__ import annotations
 
-import copy
 import math
 
 from ..stats import compare_outcomes, t_interval
 from ..text import md
-from .groups import eps_value, report_checkpoint
+from .groups import eps_value
 
 MIN_EFFECT = 1.0  # points: a gain smaller than this is not a gain a reader would act on
 SPLASH = "Tavakoli et al. 2021 (SPLASH)"
 DAI = "Dai et al. 2021 (PAFs)"
 NAMES = {"pssilu": "PSSiLU", "psoftplus": "PSoftplus"}
-SHAPE_RANGE = 4.0  # the shapes are read over [-4, 4], as the report draws them
 KINK = float("inf")
 
 
@@ -135,49 +133,15 @@ def _adversarial(g) -> bool:
 
 
 # ------------------------------------------------------------------------------------------- shapes
-def shape_stats(model) -> dict | None:
-    """The learned activation of a model, averaged over its activation instances (and channels), read
-    over [-4, 4] in float64: mean output on negative inputs, the largest |f''| (inf where the function has
-    a kink, i.e. where the second difference keeps growing as the step shrinks), and whether it learns
-    parameters. None when the model has no robench activation."""
-    import torch
-
-    from ..nn.activations import activation_modules
-
-    acts = activation_modules(model)
-    if not acts:
-        return None
-    negs, curvs = [], []
-    for act in acts:
-        act = copy.deepcopy(act).double()
-
-        def f(h: float):
-            x = torch.arange(-SHAPE_RANGE, SHAPE_RANGE + h / 2, h, dtype=torch.float64)
-            with torch.no_grad():
-                y = act(x.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1) if act.channels else act(x)
-            return x, y
-
-        x, y = f(1e-3)
-        negs.append(float(y[x < 0].mean()))
-        peak = [
-            float(((yy[2:] - 2 * yy[1:-1] + yy[:-2]).abs() / h**2).max())
-            for h, (_, yy) in ((h, f(h)) for h in (1e-2, 1e-3))
-        ]
-        curvs.append(KINK if peak[1] > 3 * peak[0] + 1e-6 else peak[1])
-    learned = any(p.numel() for act in acts for p in act.parameters())
-    return {"negative_output": sum(negs) / len(negs), "curvature": sum(curvs) / len(curvs), "learned": learned}
-
-
 def member_shapes(g) -> dict[str, dict]:
-    """sha256 -> shape_stats for each member whose checkpoint loads."""
+    """sha256 -> the shape of each member's learned activation, as the store recorded it when the model was
+    evaluated (``nn.shapes.shape_stats``; a kink as curvature KINK); members without a record are left
+    out, as in the shape figure."""
     out = {}
     for mb in g.members:
-        try:
-            stats = shape_stats(report_checkpoint(mb.checkpoint, mb.sha256).model)
-        except Exception:  # a moved, changed or untrusted checkpoint: left out, as in the shape figure
-            continue
-        if stats is not None:
-            out[mb.sha256] = stats
+        stats = (mb.record or {}).get("shape")
+        if isinstance(stats, dict):
+            out[mb.sha256] = {**stats, "curvature": KINK if stats.get("kink") else stats.get("curvature")}
     return out
 
 

@@ -6,10 +6,8 @@ Deterministic: the same store gives the same Markdown and the same PNG bytes."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..stats import compare_outcomes, holm, wilson
@@ -26,7 +24,6 @@ from .groups import (
     eps_value,
     groups,
     reference,
-    report_checkpoint,
     set_aside,
 )
 from .leaderboard import METRICS
@@ -111,11 +108,7 @@ def curve_series(g: Group) -> tuple[str, list[dict]]:
 
 def shape_panels(g: Group) -> list[dict]:
     """One panel per activation: each activation instance of each of its checkpoints as a function of x,
-    from the checkpoint's own parameters; colour by layer, line style by training seed."""
-    import torch
-
-    from ..nn.activations import activation_modules
-
+    as the store recorded it when the model was evaluated; colour by layer, line style by training seed."""
     styles = ["-", "-.", ":", (0, (5, 1)), (0, (1, 1))]
     by_act: dict[str, list[Member]] = {}
     for mb in g.members:
@@ -126,39 +119,26 @@ def shape_panels(g: Group) -> list[dict]:
         several = len(members) > 1
         curves, missing = [], []
         for k, mb in enumerate(members):
-            try:
-                model = report_checkpoint(mb.checkpoint, mb.sha256).model
-            except Exception:  # a moved, changed or untrusted checkpoint: the panel says so instead of failing
+            recorded = (mb.record or {}).get("curves")
+            if recorded is None:  # evaluated before the store kept curves: the panel says so
                 missing.append(mb.label)
                 continue
-            acts = activation_modules(model)
-            for j, act in enumerate(acts):
-                # in float64, rounded far below a pixel: float32 kernels differ in the last bit between CPUs
-                # (vector widths), and the committed plots are compared byte for byte
-                def fn(x, act=copy.deepcopy(act).double()):
-                    with torch.no_grad():
-                        t = torch.as_tensor(x, dtype=torch.float64)
-                        if act.channels:  # per-channel parameters: the mean over channels
-                            y = act(t.view(1, 1, -1).expand(1, act.channels, -1)).mean(1).view(-1)
-                        else:
-                            y = act(t)
-                        return np.round(y.numpy(), 9)
-
-                if len(acts) == 1:  # one network-wide activation: a colour per training run
+            for j, ys in enumerate(recorded):
+                if len(recorded) == 1:  # one network-wide activation: a colour per training run
                     label = f"seed {mb.seed}" if several else act_name
-                    curves.append((label, fn, {"linestyle": "-", "color_index": k}))
+                    curves.append((label, ys, {"linestyle": "-", "color_index": k}))
                 else:  # a colour per layer, a line style per training run
                     curves.append(
                         (
                             f"layer {j + 1}" if k == 0 else None,
-                            fn,
+                            ys,
                             {"linestyle": styles[k % len(styles)], "color_index": j},
                         )
                     )
         title = act_name if not several else f"{act_name} ({len(members)} training runs)"
         panel = {"title": title if several else members[0].label, "curves": curves}
         if missing:
-            panel["note"] = "checkpoint not found or changed"
+            panel["note"] = "shape not recorded: evaluate the checkpoint again"
         panels.append(panel)
     return panels
 
@@ -275,7 +255,7 @@ def _seed_sentence(g: Group) -> str:
 def _checklist_sentence(g: Group, checks: pd.DataFrame | None) -> list[str]:
     """Which members the full gradient-masking checklist (`robench sanity`) has examined, and what it flagged:
     from the checks stored for each member (its evidence is on the model's page)."""
-    from ..engine.sanity import CHECKLIST
+    from ..results.runs import CHECKLIST
 
     if checks is None:
         return []

@@ -5,40 +5,12 @@ The report's sections (compare, seeds, claims, anomaly) all read these."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import pandas as pd
 
-from ..errors import RobenchError
-from ..files import sha256_file
+from ..results.names import safe_name
 from ..text import md
 from .leaderboard import model_outcome_sets, ranking_flags, run_flags
-from .names import safe_name
-
-
-class CheckpointChanged(RobenchError):
-    """The file at an evaluated checkpoint's path is no longer the evaluated one."""
-
-
-def report_checkpoint(path: str, sha256: str | None = None):
-    """The checkpoint at ``path``, loaded once for all the figures, tables and pages of a report (keyed by the
-    file's content, so a changed file is read again). With ``sha256``, a file that is no longer the evaluated
-    one is refused."""
-    digest = sha256_file(path)
-    if sha256 is not None and digest != sha256:
-        raise CheckpointChanged(f"{path} has changed since it was evaluated (another sha256).")
-    return _loaded(str(Path(path).resolve()), digest)
-
-
-@lru_cache(maxsize=128)
-def _loaded(path: str, digest: str):
-    from ..checkpoints import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    if ckpt.sha256 != digest:  # rewritten in between: not kept (lru_cache keeps no exception)
-        raise RobenchError(f"{path} changed while it was read.")
-    return ckpt
 
 
 @dataclass
@@ -54,6 +26,8 @@ class Member:
     unreliable: dict[str, list[str]] = field(default_factory=dict)
     label: str = ""  # its name in the report: the activation, or the model id where two share one (Markdown-escaped)
     seed: object = None  # the training seed its metadata records (None when it records none)
+    # what the store recorded about its activations (learned parameters, curves, shape); None: not recorded
+    record: dict | None = None
 
 
 @dataclass
@@ -112,6 +86,7 @@ def groups(res: pd.DataFrame, sets: dict | None = None) -> list[Group]:
                 {eps: run_flags(m[m.eps == eps]) for eps in by_eps},
                 {eps: ranking_flags(m[m.eps == eps]) for eps in by_eps},
                 seed=recipe.get("seed"),
+                record=last.get("record"),
             )
         )
     out = []

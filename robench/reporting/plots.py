@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import CURVE_POINTS, SHAPE_RANGE
+
 DPI = 110
 
 
@@ -110,10 +112,11 @@ def eps_curves(path: Path, series: list[dict], title: str, norm: str, ylabel: st
 
 
 @_as_written
-def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4.0) -> Path:
-    """One panel per model ({title, curves: [(label, fn)]}): each of its activation instances drawn over
-    [-lim, lim] from the model's own learned parameters, ReLU dashed for reference."""
-    x = np.linspace(-lim, lim, 401)
+def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = SHAPE_RANGE) -> Path:
+    """One panel per model ({title, curves: [(label, fn or values, style)]}): each of its activation
+    instances drawn over [-lim, lim] at CURVE_POINTS points (recorded values are on that grid: nn.shapes.curve_x),
+    ReLU dashed for reference."""
+    x = np.linspace(-lim, lim, CURVE_POINTS)
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig = _figure(3.0 * cols, 2.6 * rows + 0.4)
@@ -127,7 +130,8 @@ def activation_shapes(path: Path, panels: list[dict], title: str, lim: float = 4
             label, fn = curve[0], curve[1]
             style = curve[2] if len(curve) > 2 else {}
             color = colors[style.get("color_index", i)]
-            ax.plot(x, fn(x), color=color, linewidth=1.3, label=label, linestyle=style.get("linestyle", "-"))
+            ys = fn(x) if callable(fn) else np.asarray(fn, dtype=float)  # recorded: on the same grid as x
+            ax.plot(x, ys, color=color, linewidth=1.3, label=label, linestyle=style.get("linestyle", "-"))
         ax.set_title(panel["title"], fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.grid(alpha=0.3)

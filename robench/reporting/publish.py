@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ..errors import RobenchError
 from ..files import atomic_path
+from ..results.names import csv_name, info_path
 from ..store import Store
 from .compare import report as compare_report
 from .leaderboard import COLUMNS, default_eps, leaderboards, markdown, model_info, model_outcome_sets, results
-from .names import csv_name, info_path
 from .site import write_site
 
 OUTPUT_MARKER = ".robench-leaderboard"  # in every folder robench leaderboard writes: it may rewrite its files

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..results.names import computed_by, csv_name, info_path, safe_name
 from ..text import http_link, slug
-from .groups import CheckpointChanged, report_checkpoint
 from .leaderboard import fewer_examples, fewer_note, headline_eps, measured, weaker_attacks_only
-from .names import computed_by, csv_name, info_path, safe_name
 
 METRIC_LABELS = [
     {"key": "clean", "name": "Clean"},
@@ -103,44 +102,23 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
-def _learned(checkpoint: str, sha256: str, meta: dict | None = None):
-    """The learned activation parameters as the store recorded them with the run, or (runs stored before it
-    did) read from the checkpoint file, or a sentence saying why not."""
-    from ..checkpoints import checkpoint_info
-
-    recorded = (meta or {}).get("learned")
-    if isinstance(recorded, list) and all(isinstance(a, dict) for a in recorded):
-        return [
-            {
-                "module": str(a.get("module", "?")),
-                "activation": str(a.get("activation", "?")),
-                "share": str(a.get("share", "?")),
-                "params": "; ".join(
-                    f"{k} = {_fmt(v)}"
-                    for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
-                ),
-            }
-            for a in recorded
-        ]
-    if not checkpoint or not Path(checkpoint).is_file():
-        return f"The checkpoint is not at {checkpoint or 'a known path'} here, so its learned parameters are not shown."
-    try:
-        ckpt = report_checkpoint(checkpoint, sha256)
-    except CheckpointChanged as e:
-        return f"{str(e).rstrip('.')}, so its parameters are not shown."
-    except Exception as e:  # an untrusted pickle, a damaged file: the page says so instead of failing
-        return (
-            f"The checkpoint could not be read safely ({str(e).rstrip('.')}), so its learned parameters are not shown."
-        )
-
+def _learned(record: dict | None):
+    """The learned activation parameters the store recorded when the model was evaluated, or a sentence
+    saying they were not recorded."""
+    recorded = (record or {}).get("learned")
+    if not isinstance(recorded, list):
+        return "The store holds no record of this model's activations (it was evaluated before robench kept one)."
     return [
         {
-            "module": a["module"],
-            "activation": a["activation"],
-            "share": a["share"],
-            "params": "; ".join(f"{k} = {_fmt(v)}" for k, v in a["values"].items()),
+            "module": str(a.get("module", "?")),
+            "activation": str(a.get("activation", "?")),
+            "share": str(a.get("share", "?")),
+            "params": "; ".join(
+                f"{k} = {_fmt(v)}" for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
+            ),
         }
-        for a in checkpoint_info(ckpt)["activations"]
+        for a in recorded
+        if isinstance(a, dict)
     ]
 
 
@@ -303,7 +281,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 model_page.render(
                     root="../../../",
                     card=card,
-                    learned=_learned(first["checkpoint"], sha, meta),
+                    learned=_learned(mine.sort_values("run_id").iloc[-1].get("record")),
                     rows=[{"eps": r["eps"], "rank": int(r["rank"]), "cells": _cells(r)} for _, r in rows.iterrows()],
                     flags=first["flags"],
                     runs=_runs(mine),

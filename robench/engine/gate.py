@@ -16,13 +16,13 @@ import pandas as pd
 
 from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import EvalConfig, parse_eps
-from ..engine.jobs import evaluate_many
 from ..errors import RobenchError
 from ..files import atomic_path
+from ..results.names import model_id, origin_text
+from ..results.runs import COLUMNS, METRICS, attack_kind, outcome_sets, results
 from ..stats import compare_outcomes, fisher_exact, unpaired_diff_ci
 from ..store import Store, store_path
-from .leaderboard import COLUMNS, METRICS, attack_kind, outcome_sets, results
-from .names import model_id, origin_text
+from .jobs import evaluate_many
 
 NEEDED = ("model_id", "name", "dataset", "norm", "eps", "sha256", "checkpoint", "config")
 N_COLUMN = {
