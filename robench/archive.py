@@ -99,17 +99,18 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
             runs = [_run_record(db, int(run_id)) for run_id in db.runs()["run_id"].tolist()]
             checks = db.checks().to_dict(orient="records")
         shas = {r["sha256"] for r in runs}  # what the pages need of each model whose runs are written
-        models = [{"sha256": k, "record": v} for k, v in sorted(db.models().items()) if k in shas]
+        models = [(sha, record) for sha, record in sorted(db.models().items()) if sha in shas]
     if not folder:
         lines = [_line(r) for r in runs] + [_line({"check": c}) for c in checks]
-        _write(out, _gzipped(lines + [_line({"model_record": m}) for m in models]))
+        lines += [_line({"model_record": {"sha256": sha, "record": record}}) for sha, record in models]
+        _write(out, _gzipped(lines))
         return {"runs": len(runs), "checks": len(checks), "path": out, "written": 1}
     parts = {f"run-{r['key'][:16]}.jsonl.gz": [_line(r)] for r in runs}
     for c in checks:  # one file per model (sha256, dataset, norm): its checks are replaced together
         group = hashlib.sha256(repr((c["sha256"], c["dataset"], c["norm"])).encode()).hexdigest()[:16]
         parts.setdefault(f"checks-{group}.jsonl.gz", []).append(_line({"check": c}))
-    for m in models:  # one file per model record: written once, as the model's weights never change
-        parts[f"model-{m['sha256'][:16]}.jsonl.gz"] = [_line({"model_record": m})]
+    for sha, record in models:  # one file per model record: written once, as the model's weights never change
+        parts[f"model-{sha[:16]}.jsonl.gz"] = [_line({"model_record": {"sha256": sha, "record": record}})]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

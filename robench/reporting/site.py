@@ -102,6 +102,11 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
+def _values(a: dict) -> dict:
+    values = a.get("values")
+    return values if isinstance(values, dict) else {}
+
+
 def _learned(record: dict | None):
     """The learned activation parameters the store recorded when the model was evaluated, or a sentence
     saying they were not recorded."""
@@ -113,9 +118,7 @@ def _learned(record: dict | None):
             "module": str(a.get("module", "?")),
             "activation": str(a.get("activation", "?")),
             "share": str(a.get("share", "?")),
-            "params": "; ".join(
-                f"{k} = {_fmt(v)}" for k, v in (a.get("values") if isinstance(a.get("values"), dict) else {}).items()
-            ),
+            "params": "; ".join(f"{k} = {_fmt(v)}" for k, v in _values(a).items()),
         }
         for a in recorded
         if isinstance(a, dict)
