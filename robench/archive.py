@@ -26,7 +26,7 @@ from .files import sha256_file
 from .store import RUN_FIELDS, Store
 
 FORMAT = "robench-results"
-VERSION = 1
+VERSION = 2  # 2 adds model records; a file without one is still written as version 1, which any robench reads
 MAX_ARCHIVE = 1 << 30  # bytes an archive may decompress to
 MAX_LINE = 64 << 20  # one run's line: far above what 10,000 examples at a dozen eps take
 
@@ -43,7 +43,8 @@ def _ranges(idx: list[int]) -> list[list[int]]:
 
 
 ORDER = "order.txt"  # a folder archive's run keys in the store's order
-HEADER = json.dumps({"format": FORMAT, "version": VERSION}, sort_keys=True)
+def _header(version: int) -> str:
+    return json.dumps({"format": FORMAT, "version": version}, sort_keys=True)
 
 
 def _line(obj) -> str:
@@ -53,7 +54,9 @@ def _line(obj) -> str:
 def _gzipped(lines: list[str]) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:  # mtime 0: the same store, the same bytes
-        gz.write(("\n".join([HEADER, *lines]) + "\n").encode())
+        # the oldest version that holds these lines: an older robench reads them, or says it is too old
+        version = VERSION if any(line.startswith('{"model_record"') for line in lines) else 1
+        gz.write(("\n".join([_header(version), *lines]) + "\n").encode())
     return buf.getvalue()
 
 
