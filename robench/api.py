@@ -104,10 +104,8 @@ def evaluate(checkpoints, *, config: str | Path | None = None, progress=None, **
     list (``eps="8/255"``, ``attacks=["pgd", "autoattack"]``). ``config`` names a TOML suite (one
     evaluation, or several ``[[run]]`` tables) whose keys fill in what is not given; ``jobs`` > 1 spreads
     checkpoint x run tasks over processes; ``progress`` is called with each progress event."""
-    options["progress"] = progress
     from .config import load_suite
 
-    progress = options.pop("progress", None)
     given = {k: v for k, v in options.items() if v is not None}
     runs = load_suite(config) if config else [{}]
     cfgs = [_eval_config({**run, **given}, checkpoints) for run in runs]  # typos end here, before torch loads

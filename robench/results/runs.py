@@ -63,14 +63,18 @@ def concerns(check_budget: str | None, attacks: list[str]) -> bool:
     return tested is None or tested in attacks
 
 
-def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
-    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals."""
-    run = db.run(run_id)
+def summarize(
+    db: Store, run_id: int, run: dict | None = None, checks: pd.DataFrame | None = None
+) -> tuple[list[dict], pd.DataFrame]:
+    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals. ``run`` and
+    ``checks`` (its model's) are read from ``db`` unless the caller, reading many runs, has them already."""
+    run = run if run is not None else db.run(run_id)
     oc = db.outcomes(run_id)
     names = [a["name"] for a in run["attacks"]]
     members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
     white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
-    checks = db.checks(run["sha256"], run["dataset"], run["norm"])
+    if checks is None:
+        checks = db.checks(run["sha256"], run["dataset"], run["norm"])
     flagged = checks[checks.status == "flag"]
     model_flags = [ev for ev, b in zip(flagged.evidence, flagged.budget) if concerns(b, names)]
     # of those, the checks that speak of an attack this run used rather than of the model
@@ -193,13 +197,16 @@ def results(db: Store) -> pd.DataFrame:
     rows, deterministic = [], {}
     with db.snapshot():  # one consistent view, even while evaluations write to the store
         records = db.models()
+        every_check = db.checks()  # once for the store, each run and each model read once
+        by_model = {k: c for k, c in every_check.groupby(["sha256", "dataset", "norm"], sort=False)}
         for run_id in db.runs()["run_id"].tolist():
-            summary, oc = summarize(db, int(run_id))
             run = db.run(int(run_id))
-            meta, eps_list = shown_meta(run["model_meta"]), [text for text, _ in run["eps"]]
             model = (run["sha256"], run["dataset"], run["norm"])
+            checks = by_model.get(model, every_check.iloc[0:0])
+            summary, oc = summarize(db, int(run_id), run, checks)
+            meta, eps_list = shown_meta(run["model_meta"]), [text for text, _ in run["eps"]]
             if model not in deterministic:  # the "randomized" check: ok, flag, or never run
-                status = db.checks(*model).query("check == 'randomized'").status.tolist()
+                status = checks.query("check == 'randomized'").status.tolist()
                 deterministic[model] = status == ["ok"] if status else None
             for r in summary:
                 o = oc[oc.eps == r["eps"]]
