@@ -43,6 +43,8 @@ def _ranges(idx: list[int]) -> list[list[int]]:
 
 
 ORDER = "order.txt"  # a folder archive's run keys in the store's order
+
+
 def _header(version: int) -> str:
     return json.dumps({"format": FORMAT, "version": version}, sort_keys=True)
 
@@ -76,12 +78,13 @@ def _write(path: Path, data: bytes) -> bool:
 
 def export_results(store: str | Path | None, out: str | Path, unfinished: bool = False) -> dict:
     """Write every finished run of ``store`` (with its outcomes, flags and query counts) and the model
-    checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
-    of runs the store lacks are left as they are). With ``unfinished``, write instead the runs not yet
-    finished that have stored batches, with those batches, marked unfinished, so that another store (a new
-    checkout, another machine) imports them and `robench eval` resumes them there after those batches. The
-    finished stages of the batch under way stay behind: another store never reads work done elsewhere as a
-    result, so it attacks that batch from the start. Returns {"runs", "checks", "path", "written"}."""
+        checks to ``out``: one .jsonl.gz file, or a folder with a file per run and per model's checks (files
+        of runs the store lacks are left as they are). With ``unfinished``, write instead the runs not yet
+        finished that have stored batches, with those batches, marked unfinished, so that another store (a new
+        checkout, another machine) imports them and `robench eval` resumes them there after those batches. The
+        finished stages of the batch under way stay behind: another store never reads work done elsewhere as a
+        result, so it attacks that batch from the start. With the finished runs go the records of their models
+    (what the pages show of each model's activations). Returns {"runs", "checks", "models", "path", "written"}."""
     out = Path(out)
     folder = not out.name.endswith(".jsonl.gz")
     if unfinished and folder:  # a folder's order.txt lists finished runs; unfinished ones travel apart
@@ -107,7 +110,7 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
         lines = [_line(r) for r in runs] + [_line({"check": c}) for c in checks]
         lines += [_line({"model_record": {"sha256": sha, "record": record}}) for sha, record in models]
         _write(out, _gzipped(lines))
-        return {"runs": len(runs), "checks": len(checks), "path": out, "written": 1}
+        return {"runs": len(runs), "checks": len(checks), "models": len(models), "path": out, "written": 1}
     parts = {f"run-{r['key'][:16]}.jsonl.gz": [_line(r)] for r in runs}
     for c in checks:  # one file per model (sha256, dataset, norm): its checks are replaced together
         group = hashlib.sha256(repr((c["sha256"], c["dataset"], c["norm"])).encode()).hexdigest()[:16]
@@ -120,7 +123,7 @@ def export_results(store: str | Path | None, out: str | Path, unfinished: bool =
         raise RobenchError(f"Cannot write {out} ({e.strerror}).") from None
     written = sum(_write(out / name, _gzipped(lines)) for name, lines in sorted(parts.items()))
     written += _write(out / ORDER, "".join(r["key"] + "\n" for r in runs).encode())
-    return {"runs": len(runs), "checks": len(checks), "path": out, "written": written}
+    return {"runs": len(runs), "checks": len(checks), "models": len(models), "path": out, "written": written}
 
 
 def _run_record(db: Store, run_id: int) -> dict:

@@ -586,7 +586,11 @@ def export_(
     changed = f" ({res['written']} files written)" if Path(res["path"]).is_dir() else ""
     what = ("unfinished run" if unfinished else "run") + ("" if res["runs"] == 1 else "s")
     out.print(
-        clean(f"Wrote {res['runs']} {what} and {res['checks']} model checks to {res['path']}{changed}"), markup=False
+        clean(
+            f"Wrote {res['runs']} {what}, {res['checks']} model checks and {res['models']} model "
+            f"record{'' if res['models'] == 1 else 's'} to {res['path']}{changed}"
+        ),
+        markup=False,
     )
 
 

@@ -72,7 +72,6 @@ def evaluate(
     group = distributed.current()
     dev = group.device(dev)
     db = Store(cfg.store) if group.main else None  # under torchrun only rank 0 touches the store
-    remember(db, targets)
     run_id = None
     try:
         for t, sl in zip(targets, slices):
@@ -81,6 +80,7 @@ def evaluate(
             model = t.model.to(dev)
             with attack_mode(model) as fast:
                 check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+                remember(db, [t])  # a model that passed its checks: what its pages need, kept
                 bs = bs_given or auto_batch_size(fast, info.shape, dev, len(idx))
                 atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
                 for a in atk:
