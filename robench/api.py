@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config import EvalConfig, TrainConfig
+from .config import CheckConfig, EvalConfig, SanityConfig, TrainConfig
 
 # torch and everything built on it are imported where a function needs them, so that `import robench.api`
 # (and `robench --help`) is fast
@@ -177,6 +177,10 @@ def transfer(
     source x target x eps; the outcomes are stored per example like any evaluation."""
     from .attacks.registry import create_transfer_attack
     from .engine.transfer import transfer as run
+    from .errors import RobenchError
+
+    if all_checkpoints and (sources or targets):
+        raise RobenchError("Use either --all or --source/--target, not both.")
 
     atk = create_transfer_attack(
         attack, steps=steps, decay=decay, resize_rate=resize_rate, diversity_prob=diversity_prob
@@ -201,28 +205,22 @@ def transfer(
     return df
 
 
-@_options_of(EvalConfig, skip=("checkpoints", "out", "jobs"))
-def sanity(
-    checkpoint,
-    *,
-    strong_steps: int | None = None,
-    strong_restarts: int = 3,
-    square_queries: int = 1000,
-    progress=None,
-    **options,
-) -> dict:
-    """The full gradient-masking checklist on one checkpoint (``options`` are evaluate's: dataset, n, eps,
-    seed, store, pgd_steps ...; the largest eps is the one under test). The checks are stored with their
-    evidence, together with the store's cross-run checks; returns {"model", "checks": DataFrame, "flagged"}."""
+@_options_of(SanityConfig)
+@_options_of(EvalConfig, skip=("checkpoints", "out", "jobs", "n"))
+def sanity(checkpoint, *, progress=None, **options) -> dict:
+    """The full gradient-masking checklist on one checkpoint (``options`` are SanityConfig's: n,
+    strong_steps, strong_restarts, square_queries, and evaluate's: dataset, eps, seed, store, pgd_steps ...;
+    the largest eps is the one under test). The checks are stored with their evidence, together with the
+    store's cross-run checks; returns {"model", "checks": DataFrame, "flagged"}."""
+    from .config import SanityConfig
     from .engine.core import as_target
     from .engine.sanity import sanity as run_checks
-    from .errors import RobenchError
 
-    cfg = _eval_config({k: v for k, v in options.items() if v is not None}, None)
-    if strong_restarts < 1 or square_queries < 1 or (strong_steps is not None and strong_steps < 1):
-        raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
+    own = {k: options.pop(k) for k in list(options) if k in SanityConfig.__dataclass_fields__}
+    checks = SanityConfig.checked(own)
+    cfg = _eval_config({k: v for k, v in options.items() if v is not None} | {"n": checks.n}, None)
     t = as_target(checkpoint, 0, cfg.trust_checkpoint, cfg.overrides())
-    return run_checks(t, cfg, strong_steps, strong_restarts, square_queries, progress)
+    return run_checks(t, cfg, checks.strong_steps, checks.strong_restarts, checks.square_queries, progress)
 
 
 @_options_of(TrainConfig)
@@ -301,54 +299,24 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     return load(archive, store)
 
 
-def check(
-    baseline: str | Path,
-    checkpoints=None,
-    *,
-    tolerance: float = 1.0,
-    alpha: float = 0.05,
-    store: str | Path | None = None,
-    device: str = "auto",
-    data_dir: str | None = None,
-    trust: bool = False,
-    arch: str | None = None,
-    activation: str | None = None,
-    dataset: str | None = None,
-    junit: str | Path | None = None,
-    json_out: str | Path | None = None,
-    progress=None,
-    autoattack: str = "fast",
-) -> dict:
+@_options_of(CheckConfig)
+def check(baseline: str | Path, checkpoints=None, *, progress=None, **options) -> dict:
     """Re-evaluate checkpoints (all of the baseline's, or the ones named) with the configuration the baseline
-    CSV recorded and compare model by model. Returns {"table": DataFrame, "failed": bool, "models": {...}};
-    a checkpoint with a new sha256 is matched by its model id and reported as changed. The baseline's
-    per-example outcomes are read from ``store`` when it holds them (paired test). The baseline's AutoAttack
-    standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it misses under one
-    AutoAttack break in two thousand, about as many as AutoAttack run again with another seed, and finds four
-    times as many AutoAttack misses: see docs/performance.md), or with the official code when
-    ``autoattack="official"``. ``arch``, ``activation`` and ``dataset`` describe plain state dicts, as for
-    `evaluate`."""
+    CSV recorded and compare model by model (``options`` are CheckConfig's). Returns {"table": DataFrame,
+    "failed": bool, "failures": ["model (metric)", ...], "models": {...}, "reran": [...]}; a checkpoint with
+    a new sha256 is matched by its model id and reported as changed. The baseline's per-example outcomes are
+    read from ``store`` when it holds them, else from the archive beside the CSV (paired test). The
+    baseline's AutoAttack standard runs are re-run with robench's ``fast`` (about 5x quicker; per example it
+    misses under one AutoAttack break in two thousand, about as many as AutoAttack run again with another
+    seed, and finds four times as many AutoAttack misses: see docs/performance.md), or with the official
+    code when ``autoattack="official"``. ``arch``, ``activation`` and ``dataset`` describe plain state
+    dicts, as for `evaluate`."""
+    from .config import CheckConfig
     from .engine.gate import run_check
-    from .errors import RobenchError
 
-    if not 0 < alpha < 1 or tolerance < 0:
-        raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
+    cfg = CheckConfig.checked(options)
     single = isinstance(checkpoints, (str, Path))
-    return run_check(
-        baseline,
-        [checkpoints] if single else checkpoints,
-        tolerance=tolerance,
-        alpha=alpha,
-        store=store,
-        device=device,
-        data_dir=data_dir,
-        trust=trust,
-        overrides={"arch": arch, "activation": activation, "dataset": dataset},
-        junit=junit,
-        json_out=json_out,
-        progress=progress,
-        autoattack=autoattack,
-    )
+    return run_check(baseline, [checkpoints] if single else checkpoints, cfg, progress=progress)
 
 
 def write_table(df, path: str | Path) -> Path:

@@ -37,7 +37,7 @@ from .cli_output import (
     verify_table,
 )
 from .cli_progress import EvalProgress, TrainProgress
-from .config import split_flags
+from .config import CheckConfig, EvalConfig, SanityConfig, TrainConfig, split_flags
 from .errors import CLI, RobenchError
 from .text import visible
 
@@ -115,6 +115,11 @@ def _root(
 # Options that several commands share, each written once (as sqlite-utils' shared option groups): the
 # model options (every command that loads checkpoints takes all four: MODEL_OPTIONS), the data slice and the
 # run settings. `_settings` turns them into robench.api's keywords.
+def _default(name: str) -> str:
+    """ "[default: X]" for an option whose default EvalConfig holds: written there once, shown here."""
+    return f"[default: {EvalConfig.__dataclass_fields__[name].default}]"
+
+
 Trust = Annotated[
     bool,
     typer.Option(
@@ -152,17 +157,18 @@ Examples = Annotated[
     typer.Option(
         "--n",
         "--examples",
-        help="Number of test examples [default: 1000] (--examples under torchrun, whose own options take --n).",
+        help=f"Number of test examples {_default('n')} (--examples under torchrun, whose own options take --n).",
     ),
 ]
 Seed = Annotated[
-    int | None, typer.Option("--seed", help="Seed for the subset, random starts, AutoAttack and Square [default: 0].")
+    int | None,
+    typer.Option("--seed", help=f"Seed for the subset, random starts, AutoAttack and Square {_default('seed')}."),
 ]
-Norm = Annotated[str | None, typer.Option("--norm", help="Linf or L2 [default: Linf].")]
+Norm = Annotated[str | None, typer.Option("--norm", help=f"Linf or L2 {_default('norm')}.")]
 Sweep = Annotated[
     list[str] | None, typer.Option("--eps", metavar="EPS", help="Budget, e.g. 8/255; repeat for a sweep.")
 ]
-BatchSize = Annotated[str | None, typer.Option("--batch-size", help="auto or a number [default: auto].")]
+BatchSize = Annotated[str | None, typer.Option("--batch-size", help=f"auto or a number {_default('batch_size')}.")]
 Device = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 StorePath = Annotated[
     Path | None, typer.Option("--store", help="Results store [default: $ROBENCH_STORE or results/robench.sqlite].")
@@ -170,8 +176,8 @@ StorePath = Annotated[
 Table_ = Annotated[Path | None, typer.Option("--out", help="Also write the rows to FILE.csv or FILE.json.")]
 Force = Annotated[bool, typer.Option("--force", help="Recompute runs that are already in the store.")]
 Quiet = Annotated[bool, typer.Option("--quiet", help="No progress or table.")]
-PgdSteps = Annotated[int | None, typer.Option("--pgd-steps", help="PGD steps [default: 20].")]
-PgdRestarts = Annotated[int | None, typer.Option("--pgd-restarts", help="PGD restarts [default: 1].")]
+PgdSteps = Annotated[int | None, typer.Option("--pgd-steps", help=f"PGD steps {_default('pgd_steps')}.")]
+PgdRestarts = Annotated[int | None, typer.Option("--pgd-restarts", help=f"PGD restarts {_default('pgd_restarts')}.")]
 
 
 def _settings(trust: bool = False, force: bool = False, **given) -> dict:
@@ -249,7 +255,7 @@ def eval_(
     pgd_steps: PgdSteps = None,
     pgd_restarts: PgdRestarts = None,
     pgd_step_size: str | None = typer.Option(None, "--pgd-step-size", help="PGD step size [default: 2.5*eps/steps]."),
-    pgd_loss: str | None = typer.Option(None, "--pgd-loss", help="ce, dlr or margin [default: ce]."),
+    pgd_loss: str | None = typer.Option(None, "--pgd-loss", help=f"ce, dlr or margin {_default('pgd_loss')}."),
     batch_size: BatchSize = None,
     device: Device = None,
     store: StorePath = None,
@@ -258,7 +264,7 @@ def eval_(
         None, "--config", help="TOML suite file with the same settings, or several [[run]] tables."
     ),
     jobs: int | None = typer.Option(
-        None, "--jobs", help="Worker processes, each running whole checkpoint x run tasks [default: 1]."
+        None, "--jobs", help=f"Worker processes, each running whole checkpoint x run tasks {_default('jobs')}."
     ),
     force: Force = False,
     trust: Trust = False,
@@ -350,8 +356,6 @@ def transfer(
 ):
     """Black-box transfer: craft adversarial examples on surrogates, score them on targets (a source x target
     matrix; the diagonal is white-box)."""
-    if all_ and (source or target):
-        raise RobenchError("Use either --all or --source/--target, not both.")
     kw = _settings(
         trust,
         force,
@@ -395,7 +399,7 @@ def sanity(
     eps: str | None = typer.Option(None, "--eps", help="The budget under test [default: the dataset's]."),
     dataset: Dataset = None,
     data_dir: DataDir = None,
-    n: int | None = typer.Option(200, "--n", help="Number of test examples."),
+    n: int | None = typer.Option(SanityConfig.n, "--n", help="Number of test examples."),
     seed: Seed = None,
     norm: Norm = None,
     attack: str = typer.Option(
@@ -406,8 +410,10 @@ def sanity(
     strong_steps: int | None = typer.Option(
         None, "--strong-steps", help="Steps (iterations for fast) of the stronger run [default: 5x those under test]."
     ),
-    strong_restarts: int = typer.Option(3, "--strong-restarts", help="Restarts of the stronger PGD."),
-    square_queries: int = typer.Option(1000, "--square-queries", help="Query budget of Square."),
+    strong_restarts: int = typer.Option(
+        SanityConfig.strong_restarts, "--strong-restarts", help="Restarts of the stronger PGD."
+    ),
+    square_queries: int = typer.Option(SanityConfig.square_queries, "--square-queries", help="Query budget of Square."),
     batch_size: BatchSize = None,
     device: Device = None,
     store: StorePath = None,
@@ -465,33 +471,39 @@ def train(
         "--out",
         help="Checkpoint to write (.safetensors or .pt); with --zoo, the folder [default: the zoo file's].",
     ),
-    arch: str = typer.Option("lenet5", "--arch", help="Architecture (see `robench models`), " + ARCH_HELP + "."),
-    activation: str = typer.Option("relu", "--activation", help="Activation spec, e.g. splash or pssilu:share=layer."),
-    dataset: str = typer.Option("fashion-mnist", "--dataset", help="Dataset (local files only)."),
+    arch: str = typer.Option(
+        TrainConfig.arch, "--arch", help="Architecture (see `robench models`), " + ARCH_HELP + "."
+    ),
+    activation: str = typer.Option(
+        TrainConfig.activation, "--activation", help="Activation spec, e.g. splash or pssilu:share=layer."
+    ),
+    dataset: str = typer.Option(TrainConfig.dataset, "--dataset", help="Dataset (local files only)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder holding the dataset."),
-    method: str = typer.Option("standard", "--method", help="standard, pgd-at, trades or fast-at."),
-    norm: str = typer.Option("Linf", "--norm", help="Linf or L2 (adversarial methods)."),
+    method: str = typer.Option(TrainConfig.method, "--method", help="standard, pgd-at, trades or fast-at."),
+    norm: str = typer.Option(TrainConfig.norm, "--norm", help="Linf or L2 (adversarial methods)."),
     eps: str | None = typer.Option(
         None, "--eps", help="Training budget [default: the dataset's, 0.1 for Fashion-MNIST]."
     ),
-    steps: int = typer.Option(10, "--steps", help="Attack steps of pgd-at and trades."),
+    steps: int = typer.Option(TrainConfig.steps, "--steps", help="Attack steps of pgd-at and trades."),
     step_size: str | None = typer.Option(
         None, "--step-size", help="Attack step, e.g. 0.01 or 0.25*eps [default: 2.5*eps/steps; fast-at 1.25*eps]."
     ),
-    trades_beta: float = typer.Option(6.0, "--trades-beta", help="TRADES robustness weight."),
-    epochs: int = typer.Option(10, "--epochs"),
-    batch_size: int = typer.Option(128, "--batch-size"),
-    lr: float = typer.Option(0.05, "--lr", help="Peak learning rate (SGD)."),
-    momentum: float = typer.Option(0.9, "--momentum"),
-    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="On conv/linear weights only."),
-    schedule: str = typer.Option("cosine", "--schedule", help="cosine, step or constant."),
+    trades_beta: float = typer.Option(TrainConfig.trades_beta, "--trades-beta", help="TRADES robustness weight."),
+    epochs: int = typer.Option(TrainConfig.epochs, "--epochs"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size"),
+    lr: float = typer.Option(TrainConfig.lr, "--lr", help="Peak learning rate (SGD)."),
+    momentum: float = typer.Option(TrainConfig.momentum, "--momentum"),
+    weight_decay: float = typer.Option(TrainConfig.weight_decay, "--weight-decay", help="On conv/linear weights only."),
+    schedule: str = typer.Option(TrainConfig.schedule, "--schedule", help="cosine, step or constant."),
     augment: str = typer.Option(
-        "auto", "--augment", help="none, crop, flip or crop,flip [default: the dataset's usual]."
+        TrainConfig.augment, "--augment", help="none, crop, flip or crop,flip [default: the dataset's usual]."
     ),
     train_images: int | None = typer.Option(None, "--train-images", help="Train on the first N images only."),
-    val_size: int = typer.Option(5000, "--val-size", help="Images held out from the end of the training split."),
-    seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    val_size: int = typer.Option(
+        TrainConfig.val_size, "--val-size", help="Images held out from the end of the training split."
+    ),
+    seed: int = typer.Option(TrainConfig.seed, "--seed"),
+    device: str = typer.Option(TrainConfig.device, "--device", help="auto, cpu, cuda, cuda:N or mps."),
     name: str | None = typer.Option(None, "--name", help="Model name stored in the checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing checkpoint."),
     zoo: Path | None = typer.Option(None, "--zoo", help="Train every member of a zoo TOML file instead."),
@@ -701,8 +713,8 @@ def check(
         None, metavar="CHECKPOINT", help="Checkpoints to check [default: every one the baseline names]."
     ),
     baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV written by `robench leaderboard`."),
-    tolerance: float = typer.Option(1.0, "--tolerance", help="Largest drop in points that passes."),
-    alpha: float = typer.Option(0.05, "--alpha", help="Significance level a drop must reach to fail."),
+    tolerance: float = typer.Option(CheckConfig.tolerance, "--tolerance", help="Largest drop in points that passes."),
+    alpha: float = typer.Option(CheckConfig.alpha, "--alpha", help="Significance level a drop must reach to fail."),
     store: Path | None = typer.Option(
         None,
         "--store",
@@ -714,7 +726,7 @@ def check(
     junit: Path | None = typer.Option(None, "--junit", help="Also write JUnit XML for CI systems."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the comparison as JSON."),
     autoattack: str = typer.Option(
-        "fast",
+        CheckConfig.autoattack,
         "--autoattack",
         help="Re-run the baseline's AutoAttack rows "
         "with robench's fast (about 5x quicker) or with the official code: "
@@ -757,13 +769,9 @@ def check(
         out.print(clean(unpaired_warning(res)), markup=False)
     for line in reran_lines(res["reran"]):
         out.print(clean(line), markup=False)
-    failed = res["table"][res["table"].verdict == "fail"]
-    if len(failed):
-        out.print(
-            f"{len(failed)} of {len(res['table'])} checks failed: "
-            + ", ".join(sorted({f"{r.model_id} ({r.metric})" for r in failed.itertuples()})),
-            markup=False,
-        )
+    failed = int((res["table"].verdict == "fail").sum())
+    if failed:
+        out.print(clean(f"{failed} of {len(res['table'])} checks failed: " + ", ".join(res["failures"])), markup=False)
         raise typer.Exit(1)
     out.print(f"All {len(res['table'])} checks passed.")
 

@@ -225,6 +225,62 @@ class TrainConfig:
     name: str | None = None
 
 
+@dataclass
+class CheckConfig:
+    """Everything `robench check` needs besides the baseline and the checkpoints: the gate's rule (a drop
+    fails when larger than ``tolerance`` points and significant at ``alpha``), what re-runs AutoAttack
+    (``fast`` or ``official``), where the baseline's outcomes are, and what describes plain state dicts."""
+
+    tolerance: float = 1.0
+    alpha: float = 0.05
+    autoattack: str = "fast"  # fast | official
+    store: str | None = None
+    device: str = "auto"
+    data_dir: str | None = None
+    trust: bool = False
+    arch: str | None = None
+    activation: str | None = None
+    dataset: str | None = None
+    junit: str | None = None
+    json_out: str | None = None
+
+    @classmethod
+    def checked(cls, settings: dict) -> CheckConfig:
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if v is not None}
+        settings = check_keys(settings, cls, "check")
+        check_types(settings, cls, "check options")
+        cfg = cls(**settings)
+        if not 0 < cfg.alpha < 1 or cfg.tolerance < 0:
+            raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
+        if cfg.autoattack not in ("fast", "official"):
+            raise RobenchError(f'--autoattack is fast or official, not "{cfg.autoattack}".')
+        return cfg
+
+    def overrides(self) -> dict:
+        """What the user says about the checkpoints themselves (for files that do not say it)."""
+        return {"arch": self.arch, "activation": self.activation, "dataset": self.dataset}
+
+
+@dataclass
+class SanityConfig:
+    """What `robench sanity` adds to an evaluation's settings: the stronger budget its checks compare with,
+    Square's queries, and its own number of examples."""
+
+    n: int = 200
+    strong_steps: int | None = None  # steps (iterations for fast) of the stronger run: 5x those under test
+    strong_restarts: int = 3
+    square_queries: int = 1000
+
+    @classmethod
+    def checked(cls, settings: dict) -> SanityConfig:
+        settings = {k: v for k, v in settings.items() if v is not None}
+        check_types(settings, cls, "sanity options")
+        cfg = cls(**settings)
+        if cfg.strong_restarts < 1 or cfg.square_queries < 1 or (cfg.strong_steps is not None and cfg.strong_steps < 1):
+            raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
+        return cfg
+
+
 def read_toml(path: str | Path) -> dict:
     path = Path(path)
     try:

@@ -299,3 +299,29 @@ def test_a_stopped_check_says_its_re_evaluation_is_not_kept():
         "re-evaluation (it runs in a temporary store), so the same command starts it over."
     )
     WHERE.clear()
+
+
+def test_the_command_line_shows_the_defaults_the_library_holds():
+    """Each default is written once, in the settings object, and the command line reads it from there: its
+    typed defaults (train, check, sanity) and the "[default: X]" of eval's help (whose options stay unset
+    so that a suite file's value stands)."""
+    import dataclasses
+
+    import typer.main
+
+    from robench.config import CheckConfig, EvalConfig, SanityConfig, TrainConfig
+
+    commands = typer.main.get_command(app).commands
+
+    def defaults(name):
+        return {p.name: p.default for p in commands[name].params}
+
+    for command, cls in (("train", TrainConfig), ("check", CheckConfig), ("sanity", SanityConfig)):
+        shown = defaults(command)
+        shared = [f for f in dataclasses.fields(cls) if f.name in shown and shown[f.name] is not None]
+        assert len(shared) >= 3, command
+        for f in shared:
+            assert shown[f.name] == f.default, (command, f.name)
+    helps = {p.name: p.help for p in commands["eval"].params}
+    for name in ("n", "seed", "norm", "batch_size", "pgd_steps", "pgd_restarts", "pgd_loss", "jobs"):
+        assert f"[default: {EvalConfig.__dataclass_fields__[name].default}]" in helps[name], name

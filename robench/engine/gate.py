@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..checkpoints import Checkpoint, load_checkpoint
-from ..config import EvalConfig, parse_eps
+from ..config import CheckConfig, EvalConfig, parse_eps
 from ..errors import RobenchError
 from ..files import atomic_path
 from ..results.names import model_id, origin_text
@@ -239,28 +239,14 @@ def _planned(mid: str, sha256: str, run: dict, autoattack: str) -> dict:
     }
 
 
-def run_check(
-    baseline: str | Path,
-    checkpoints: list | None,
-    *,
-    tolerance: float,
-    alpha: float,
-    store: str | Path | None,
-    device: str,
-    data_dir: str | None,
-    trust: bool,
-    junit: str | Path | None,
-    overrides: dict | None = None,
-    json_out: str | Path | None,
-    progress=None,
-    autoattack: str = "fast",
-) -> dict:
+def run_check(baseline: str | Path, checkpoints: list | None, cfg: CheckConfig, progress=None) -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
-    own, and compared model by model (see robench.api.check). With ``autoattack="fast"`` (the default) the
-    baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the autoattack
-    metric; with "official", with AutoAttack itself."""
-    if autoattack not in ("fast", "official"):
-        raise RobenchError(f'--autoattack is fast or official, not "{autoattack}".')
+    own, and compared model by model (see robench.api.check). With ``cfg.autoattack`` "fast" (the default)
+    the baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the
+    autoattack metric; with "official", with AutoAttack itself."""
+    tolerance, alpha, autoattack, store = cfg.tolerance, cfg.alpha, cfg.autoattack, cfg.store
+    device, data_dir, trust, overrides = cfg.device, cfg.data_dir, cfg.trust, cfg.overrides()
+    junit, json_out = cfg.junit, cfg.json_out
     base_csv = read_baseline(baseline)
     models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
     if checkpoints:
@@ -360,6 +346,7 @@ def run_check(
     return {
         "table": table,
         "failed": bool((table.verdict == "fail").any()),
+        "failures": sorted({f"{r.model_id} ({r.metric})" for r in table[table.verdict == "fail"].itertuples()}),
         "provenance": provenance,
         "outcomes_from": outcomes_from,
         "unpaired": int((table.test != "paired (McNemar)").sum()),
