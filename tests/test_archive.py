@@ -75,6 +75,7 @@ def test_a_folder_archive_gives_back_the_same_leaderboard_and_rewrites_only_new_
     assert api.import_results("committed/" + files[-1], "c.sqlite")["added"] == 1
     single = sorted(gzip.decompress(Path("one.jsonl.gz").read_bytes()).decode().splitlines())
     parts = [line for f in files for line in gzip.decompress(Path("committed", f).read_bytes()).decode().splitlines()]
+
     def body(lines):  # each file's header says the oldest version that reads it: 2 where a model record is
         return sorted({line for line in lines if not line.startswith('{"format"')})
 
