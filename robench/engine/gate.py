@@ -239,14 +239,14 @@ def _planned(mid: str, sha256: str, run: dict, autoattack: str) -> dict:
     }
 
 
-def run_check(baseline: str | Path, checkpoints: list | None, cfg: CheckConfig, progress=None) -> dict:
+def run_check(baseline: str | Path, checkpoints: list | None, settings: CheckConfig, progress=None) -> dict:
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
-    own, and compared model by model (see robench.api.check). With ``cfg.autoattack`` "fast" (the default)
+    own, and compared model by model (see robench.api.check). With ``settings.autoattack`` "fast" (the default)
     the baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the
     autoattack metric; with "official", with AutoAttack itself."""
-    tolerance, alpha, autoattack, store = cfg.tolerance, cfg.alpha, cfg.autoattack, cfg.store
-    device, data_dir, trust, overrides = cfg.device, cfg.data_dir, cfg.trust, cfg.overrides()
-    junit, json_out = cfg.junit, cfg.json_out
+    tolerance, alpha, autoattack, store = settings.tolerance, settings.alpha, settings.autoattack, settings.store
+    device, data_dir, trust, overrides = settings.device, settings.data_dir, settings.trust, settings.overrides()
+    junit, json_out = settings.junit, settings.json_out
     base_csv = read_baseline(baseline)
     models: dict[str, Checkpoint] = {}  # baseline model id -> checkpoint to evaluate
     if checkpoints:
