@@ -97,9 +97,9 @@ def batches(x, y, bs):
 def robench_run(model, x, y, bs, device, attack, eps_list, norm="Linf"):
     """Per eps, the robust flags of every example, through robench's engine as `robench eval` runs it."""
     robust = {e.text: [] for e in eps_list}
-    with attack_mode(model) as fast:  # eval mode, parameter gradients off, robench.nn.fast's layers
+    with attack_mode(model) as attacked:  # eval mode, parameter gradients off, robench.nn.accelerate's layers
         for idx, xb, yb in batches(x, y, bs):
-            rows, _, _ = attack_batch(fast, xb.to(device), yb.to(device), idx, eps_list, [attack], norm, 0)
+            rows, _, _ = attack_batch(attacked, xb.to(device), yb.to(device), idx, eps_list, [attack], norm, 0)
             for e_text, _, _, r, _ in rows:
                 robust[e_text].append(r)
     return {e: torch.tensor(v, dtype=torch.bool) for e, v in robust.items()}

@@ -1,4 +1,4 @@
-"""One attack step and one clean pass through robench.nn.fast's stand-ins, each kind's share measured.
+"""One attack step and one clean pass through robench.nn.accelerate's stand-ins, each kind's share measured.
 
     python benchmarks/layers.py [--checkpoint checkpoints/resnet20-splash-pgd-at.safetensors ...]
                                 [--batch-size 256] [--repeats 5] [--skip FastSPLASH] [--out FILE]
@@ -36,7 +36,7 @@ import robench  # noqa: E402
 from robench.attacks.registry import create_attack  # noqa: E402
 from robench.config import parse_eps  # noqa: E402
 from robench.engine.core import attack_batch  # noqa: E402
-from robench.nn import fast as stand_ins  # noqa: E402
+from robench.nn import accelerate as stand_ins  # noqa: E402
 
 DEFAULT = ["checkpoints/lenet5-splash-pgd-at.safetensors", "checkpoints/resnet20-splash-pgd-at.safetensors"]
 
@@ -57,7 +57,7 @@ def main(argv=None):
     ap.add_argument(
         "--skip",
         action="append",
-        help="a stand-in class of robench.nn.fast to time the model without [default: FastSPLASH]",
+        help="a stand-in class of robench.nn.accelerate to time the model without [default: FastSPLASH]",
     )
     ap.add_argument("--attack", action="append", default=[], help="an attack spec to time through the engine")
     ap.add_argument("--attack-repeats", type=int, default=1, help="timed rounds of each --attack [default: 1]")

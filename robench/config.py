@@ -1,4 +1,9 @@
-"""Run specifications: eps parsing, the evaluation config dataclass, TOML suite files."""
+"""Run specifications: eps parsing, the settings objects (EvalConfig, TrainConfig, CheckConfig,
+SanityConfig), TOML suite files, and the checks of option values that need no torch.
+
+Over the ~400-line guide on purpose: every settings object lives here with its defaults and the checks
+they share (keys, types, counts, value syntax), so that a default is written once and the command line,
+suite files and Python calls read the same one; split, the objects would import each other's checks."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """The threat models robench's own attacks and checks know: each norm a small object with its distance,
 projection into the eps ball, steepest-ascent step, random start and the diameter of the [0, 1] box
-(as Foolbox 3's LinfBaseGradientDescent / L2BaseGradientDescent split them). Everything that depends on the
-norm asks this module; no other module branches on a norm's name.
+(as Foolbox 3's LinfBaseGradientDescent / L2BaseGradientDescent split them). The gradient attacks ask this
+module for everything that depends on the norm. Two attacks choose per-norm code of their own by the norm's
+name: Square's random search (a different proposal per norm, in attacks/square.py) and the official
+AutoAttack, which robench runs for Linf and L2 only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
-"""The one projected-gradient ascent loop every robench gradient attack runs (as Foolbox 3's
+"""The projected-gradient ascent loop that robench's fixed-step gradient attacks share (as Foolbox 3's
 gradient_descent_base does): evaluation PGD and FGSM, the transfer attacks (PGD/I-FGSM, MI-FGSM, DI-FGSM)
-and the training-time attacks (PGD-AT, TRADES, fast AT).
+and the training-time attacks (PGD-AT, TRADES, fast AT). APGD (attacks/apgd.py) keeps a loop of its own:
+its step size halves at checkpoints where progress stalls, going back to the best point found, and each
+step carries momentum, as Croce and Hein's paper defines it, which a fixed-step loop with hooks does not
+express.
 
 The loop takes the norm (robench.norms), the loss to ascend and two optional hooks: ``grad`` turns the
 gradient into the ascent direction (MI-FGSM's momentum) and ``inputs`` turns the iterate into the model's

@@ -23,7 +23,7 @@ from ..checkpoints import Checkpoint, load_checkpoint
 from ..config import Eps, EvalConfig, check_eps_range, parse_eps
 from ..data import DatasetInfo, Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
-from ..nn.fast import accelerate
+from ..nn.accelerate import accelerate
 from ..nn.shapes import model_record
 from ..norms import get_norm, project
 from ..results.runs import summarize
@@ -77,7 +77,7 @@ def remember(db: Store | None, targets: list[Target]) -> None:
 def attack_mode(model: nn.Module):
     """Eval mode and parameter gradients off for the duration; the caller's settings come back after.
     Yields the model for attacks: the same weights, with the faster equivalent layers of
-    ``robench.nn.fast`` on the CPU (bit-identical forward pass)."""
+    ``robench.nn.accelerate`` on the CPU (bit-identical forward pass)."""
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
     model.eval()

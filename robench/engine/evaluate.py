@@ -78,10 +78,10 @@ def evaluate(
             run_id = None
             info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
             model = t.model.to(dev)
-            with attack_mode(model) as fast:
+            with attack_mode(model) as attacked:
                 check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
                 remember(db, [t])  # a model that passed its checks: what its pages need, kept
-                bs = bs_given or auto_batch_size(fast, info.shape, dev, len(idx))
+                bs = bs_given or auto_batch_size(attacked, info.shape, dev, len(idx))
                 atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
                 for a in atk:
                     a.check_norm(norm)
@@ -130,7 +130,7 @@ def evaluate(
                         token = STAGE_HOOK.set(stage if group.main else None)
                         kept = SAVED_STAGES.set(SavedStages(db, run_id) if group.world == 1 else None)
                         try:
-                            part = attack_batch(fast, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
+                            part = attack_batch(attacked, x.to(dev), y.to(dev), b, eps_list, atk, norm, cfg.seed)
                         finally:
                             STAGE_HOOK.reset(token)
                             SAVED_STAGES.reset(kept)

@@ -118,7 +118,7 @@ def checklist(
     checks: list[dict] = []
     outcomes: dict[str, dict[int, int]] = {}
     tic = time.perf_counter()
-    with attack_mode(model) as fast:
+    with attack_mode(model) as attacked:
         x64, y64 = x_all[:64].to(dev), y_all[:64].to(dev)
         checks += probe(model, x64, y64, t.name)
         checks.append(ascent(model, x64, y64, norm, t.name))
@@ -128,7 +128,7 @@ def checklist(
             pick = torch.arange(len(idx)) if subset is None else subset
             for s in range(0, len(pick), bs):
                 b = pick[s : s + bs]
-                rows, _, _ = attack_batch(fast, x_all[b].to(dev), y_all[b].to(dev), idx[b], [e], [atk], norm, seed)
+                rows, _, _ = attack_batch(attacked, x_all[b].to(dev), y_all[b].to(dev), idx[b], [e], [atk], norm, seed)
                 res.update({r[1]: r[3] for r in rows})
             notify(
                 {

@@ -231,11 +231,11 @@ def craft_cached(
             pass  # a damaged cache file is crafted again and replaced
     tic = time.perf_counter()
     out = []
-    with attack_mode(surrogate.to(dev)) as fast:
+    with attack_mode(surrogate.to(dev)) as attacked:
         for start in range(0, len(sl.idx), bs):
             b = sl.idx[start : start + bs]
             x, y = sl.data.batch(b)
-            out.append(attack.craft(fast, x.to(dev), y.to(dev), b, eps.value, norm, seed).cpu())
+            out.append(attack.craft(attacked, x.to(dev), y.to(dev), b, eps.value, norm, seed).cpu())
     surrogate.to("cpu")
     x_adv = torch.cat(out).contiguous()
     cache.mkdir(parents=True, exist_ok=True)

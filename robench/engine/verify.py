@@ -172,11 +172,11 @@ def _rerun(
     stored = {(r[0], r[1]): (r[2], r[3]) for r in rows}
     model = t.model.to(dev)
     tic = time.perf_counter()
-    with attack_mode(model) as fast:
+    with attack_mode(model) as attacked:
         for b in batches:
             idx = torch.tensor(b, dtype=torch.long)
             x, y = sl.data.batch(idx)
-            for eps, i, clean, robust, _ in batch(fast, x.to(dev), y.to(dev), idx):
+            for eps, i, clean, robust, _ in batch(attacked, x.to(dev), y.to(dev), idx):
                 if stored.get((eps, i)) != (clean, robust):
                     entry["mismatches"].append((eps, i, stored.get((eps, i)), (clean, robust)))
             entry["rerun"] += 1

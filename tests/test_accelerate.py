@@ -1,4 +1,4 @@
-"""robench.nn.fast: the accelerated model computes the same function, with the same weights."""
+"""robench.nn.accelerate: the accelerated model computes the same function, with the same weights."""
 
 import pytest
 import torch
@@ -7,8 +7,8 @@ from torch import nn
 
 import robench
 from robench.engine.core import attack_mode
+from robench.nn.accelerate import FastSPLASH, FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
 from robench.nn.activations import SPLASH
-from robench.nn.fast import FastSPLASH, FrozenBatchNorm, InputGradConv, WindowMaxPool, accelerate, swap
 
 
 def frozen(arch, act, seed=0, **kw):
