@@ -125,16 +125,15 @@ def evaluate(checkpoints, *, config: str | Path | None = None, progress=None, **
 def _eval_config(settings: dict, checkpoints):
     from .config import EvalConfig
 
-    cfg = EvalConfig.checked(settings)
     if isinstance(checkpoints, dict):  # {"name": model or path}: the tables name each as the caller did
         from .engine.core import Named
 
         checkpoints = [Named(name, item) for name, item in checkpoints.items()]
-    if checkpoints:
-        single = not isinstance(checkpoints, (list, tuple))
-        cfg.checkpoints = [checkpoints] if single else list(checkpoints)
-    cfg.checkpoints = _expand(cfg.checkpoints)
-    return cfg
+    if checkpoints:  # given here, they replace a suite's; one item or a list, made a list once
+        items = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
+    else:
+        items = settings.get("checkpoints") or []
+    return EvalConfig.checked({**settings, "checkpoints": _expand(list(items))})
 
 
 def _expand(items: list) -> list:

@@ -194,7 +194,7 @@ def test_an_unfinished_run_moves_to_another_store_and_resumes_there(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         robench.evaluate(["relu.pt"], store="a.sqlite", progress=stop_after_two_batches, **kw)
     r = CliRunner().invoke(app, ["export", "progress.jsonl.gz", "--unfinished", "--store", "a.sqlite"])
-    assert r.exit_code == 0 and "Wrote 1 unfinished run " in r.output, r.output
+    assert r.exit_code == 0 and "Wrote 1 unfinished run, " in r.output, r.output
     r = CliRunner().invoke(app, ["import", "progress.jsonl.gz", "--store", "b.sqlite"])
     assert r.exit_code == 0 and "1 of the runs imported is unfinished" in r.output, r.output
     with Store("b.sqlite", readonly=True) as db:

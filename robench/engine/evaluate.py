@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 import torch
-from torch import nn
 
 from ..attacks.base import SAVED_STAGES, STAGE_HOOK
 from ..attacks.registry import create_attack
-from ..checkpoints import Checkpoint
 from ..config import EvalConfig
 from ..data import Split
 from ..errors import RobenchError
@@ -49,9 +46,7 @@ def evaluate(
     ``cfg``. One row per model x eps; the per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame
     keyed by run_id). With ``cached_only``, return None unless every run is already finished in the store
     (nothing is attacked)."""
-    checkpoints = cfg.checkpoints
-    if isinstance(checkpoints, (str, Path, nn.Module, Checkpoint)):
-        checkpoints = [checkpoints]
+    checkpoints = cfg.checkpoints  # a list: robench.api made it one
     if not checkpoints:
         raise RobenchError("Name at least one checkpoint to evaluate.")
     norm, attacks, pgd = cfg.norm, cfg.attacks, cfg.pgd_options()
@@ -79,16 +74,16 @@ def evaluate(
             info, data, idx, eps_list = sl.info, sl.data, sl.idx, sl.eps
             model = t.model.to(dev)
             with attack_mode(model) as attacked:
-                check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
-                remember(db, [t])  # a model that passed its checks: what its pages need, kept
+                if not cached_only:  # (asking whether a run is stored needs no forward pass: see jobs)
+                    check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
                 bs = bs_given or auto_batch_size(attacked, info.shape, dev, len(idx))
+                # the specs and norms were checked above; now built for this batch size
                 atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]
-                for a in atk:
-                    a.check_norm(norm)
                 budgets = [a.budget() for a in atk]
                 key = run_key(t, sl, cfg, budgets, bs)
                 if cached_only and (cfg.force or not db.is_done(key)):
                     return None
+                remember(db, [t])  # a model that passed its checks (a stored run's did): its pages' record
                 run_id = status = todo = None
                 if group.main:
                     run_id, status, todo = open_run(
