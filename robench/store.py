@@ -172,7 +172,18 @@ class Store:
         """A store without robench's schema is either new (no tables yet, or robench's own half-created
         ones) or another program's database, which robench never writes into."""
         names = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        ours = {"meta", "runs", "outcomes", "run_flags", "checks", "models", "attack_stats", "sqlite_sequence"}
+        # with "stages": another robench may finish creating the store between our two reads of it
+        ours = {
+            "meta",
+            "runs",
+            "outcomes",
+            "run_flags",
+            "checks",
+            "models",
+            "attack_stats",
+            "stages",
+            "sqlite_sequence",
+        }
         if names - ours:
             raise RobenchError(
                 f"{self.path} is an SQLite database of another program, not a robench store; "
