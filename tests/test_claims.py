@@ -207,3 +207,58 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
     # no flip, no section
     g2 = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1", [relu, _member("tanh", 0, **relu.by_eps)])
     assert anomaly.section(pd.DataFrame(rows), g2, "0.1") == []
+
+
+def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkeypatch):
+    """The group's first table pools each activation's training runs: its numbers equal a recomputation
+    from the per-example outcomes (means over seeds, a Student-t interval over the seed-paired differences,
+    an exact McNemar test for a single pair), and the forest plot draws exactly the table's intervals."""
+    from scipy.stats import binomtest
+    from scipy.stats import t as student
+
+    from robench.reporting import glance, plots
+
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    acc = {("relu", 0): 60, ("relu", 1): 62, ("relu", 2): 61, ("splash", 0): 70, ("splash", 1): 66, ("splash", 2): 73}
+    acc |= {("tanh", 0): 58}
+    g.members = [
+        _member(act, seed, **{"0.1": {m: _outcomes(k + (m == "clean") * 20, 200, seed) for m in ("clean", "autoattack")}})
+        for (act, seed), k in acc.items()
+    ]
+    g.members[-1].unreliable = {"0.1": ["square broke what the white-box attacks left"]}
+    rows = {r["activation"]: r for r in glance.pooled(g, "0.1")}
+    assert list(rows) == ["relu", "splash", "tanh"] and rows["splash"]["seeds"] == [0, 1, 2]
+    for act, row in rows.items():
+        for metric in ("clean", "autoattack"):
+            def pct(a, s):
+                d = next(mb for mb in g.members if (mb.activation, mb.seed) == (a, s)).by_eps["0.1"][metric]
+                return 100 * sum(d.values()) / len(d)
+
+            cell = row["metrics"][metric]
+            assert cell["mean"] == pytest.approx(sum(pct(act, s) for s in row["seeds"]) / len(row["seeds"]))
+            if act == "splash":  # three seed-paired differences: Student-t over them
+                diffs = [pct("splash", s) - pct("relu", s) for s in (0, 1, 2)]
+                mean = sum(diffs) / 3
+                se = (sum((x - mean) ** 2 for x in diffs) / 2) ** 0.5 / 3**0.5
+                assert cell["diff"] == pytest.approx(mean)
+                assert cell["low"] == pytest.approx(mean - student.ppf(0.975, 2) * se)
+                assert cell["high"] == pytest.approx(mean + student.ppf(0.975, 2) * se)
+            if act == "tanh":  # one pair of runs: exact McNemar over the test examples
+                a = next(mb for mb in g.members if mb.activation == "tanh").by_eps["0.1"][metric]
+                b = next(mb for mb in g.members if (mb.activation, mb.seed) == ("relu", 0)).by_eps["0.1"][metric]
+                only_a, only_b = sum(a[i] and not b[i] for i in a), sum(b[i] and not a[i] for i in a)
+                assert cell["diff"] == pytest.approx(pct("tanh", 0) - pct("relu", 0))
+                assert cell["p"] == pytest.approx(binomtest(only_a, only_a + only_b).pvalue)
+    assert rows["relu"]["verdict"] == "the reference"
+    assert rows["splash"]["verdict"].startswith("more robust than ReLU (AutoAttack): ")
+    assert "1 of its 1 checkpoints carry a reliability flag" in rows["tanh"]["verdict"]
+
+    drawn = {}
+    monkeypatch.setattr(plots, "forest", lambda path, panels, title: drawn.setdefault("panels", panels) and path)
+    lines, _ = glance.section(g, "0.1", tmp_path)
+    for panel in drawn["panels"]:
+        metric = {"Clean": "clean", "AutoAttack": "autoattack"}[panel["title"]]
+        for act, diff, low, high in panel["rows"]:
+            cell = rows[act]["metrics"][metric]
+            assert (diff, low, high) == (cell["diff"], cell["low"], cell["high"])
+    assert any(line.startswith("| splash | 3 |") for line in lines)

@@ -372,3 +372,24 @@ def test_rows_ranked_on_fewer_examples_are_marked(tmp_path, monkeypatch):
     assert "‡ Ranked on fewer examples than the 40 of the table's largest n" in text
     page = Path("lb/index.html").read_text()
     assert page.count("‡</span>") == 1 and "Ranked on fewer examples than the 40" in page
+
+
+def test_a_model_page_shows_each_budget_as_a_row_a_reader_scans():
+    """Budgets as stored (JSON) become rows: attack, steps, restarts, step size, queries; a cascade's
+    members and a transfer attack's sources each named."""
+    from robench.reporting.site import _budget_rows
+
+    budget = [
+        {"name": "pgd", "steps": 20, "restarts": 1, "step_size": "2.5*eps/steps", "loss": "ce"},
+        {"name": "autoattack", "members": {"apgd-ce": {"iters": 100, "restarts": 1}, "square": {"queries": 5000}}},
+        {"name": "transfer", "attack": {"name": "mifgsm", "steps": 10}, "sources": [{"model": "a"}, {"model": "b"}]},
+    ]
+    assert _budget_rows(budget) == [
+        {"attack": "pgd", "steps": "20", "restarts": "1", "step": "2.5*eps/steps", "queries": "-"},
+        {"attack": "autoattack: apgd-ce", "steps": "100", "restarts": "1", "step": "-", "queries": "-"},
+        {"attack": "autoattack: square", "steps": "-", "restarts": "-", "step": "-", "queries": "5000"},
+        {"attack": "mifgsm from a, b", "steps": "10", "restarts": "-", "step": "-", "queries": "-"},
+    ]
+    assert _budget_rows("not a list") == [] and _budget_rows([{"members": "x", "name": 3}]) == [
+        {"attack": "3", "steps": "-", "restarts": "-", "step": "-", "queries": "-"}
+    ]

@@ -107,9 +107,21 @@ def test_the_shipped_leaderboard_sorts_filters_and_links_to_model_pages(browser)
     row = board[board.model_id == models[0]].iloc[0]
     assert browser.find_element("id", "sha256").text == row.sha256
     body = browser.find_element("tag name", "body").text
-    assert '"steps": 20' in body and "Stored runs" in body  # every run with its full budget
+    assert "Stored runs" in body and "Budget as stored (JSON)" in body  # every run with its full budget
+    budgets = [t.text for t in browser.find_elements("css selector", "table.budget")]
+    assert any("Steps" in t and "pgd 20 1 2.5*eps/steps" in t for t in budgets), budgets[:2]  # read as a table
     assert "Gradient-masking checks" in body
     browser.save_screenshot(str(SCREENSHOTS / "model.png"))
+    assert _console_errors(browser) == []
+
+    # a group page opens on its answer: the pooled table and the forest plot, then the claims on it
+    browser.get((REPO / "leaderboard" / "groups" / "fashion-mnist-lenet5-pgd-at-eps0.1.html").as_uri())
+    body = browser.find_element("tag name", "body").text
+    assert body.index("Activations at a glance") < body.index("Accuracy at Linf eps 0.1")
+    assert "The papers' claims on this group" in body
+    forest = browser.find_element("css selector", "img[src$='-forest.png']")
+    assert browser.execute_script("return arguments[0].naturalWidth", forest) > 0
+    browser.save_screenshot(str(SCREENSHOTS / "group.png"))
     assert _console_errors(browser) == []
 
 

@@ -355,9 +355,9 @@ def _movement_rows(adv, std, adv_shapes: dict, std_shapes: dict) -> list[dict]:
     return rows
 
 
-def section(found: list) -> list[str]:
-    """The Markdown section: one row per claim and setting."""
-    rows = claim_rows(found)
+def section(found: list, rows: list[dict] | None = None) -> list[str]:
+    """The Markdown section: one row per claim and setting (``rows``: claim_rows(found), where computed)."""
+    rows = rows if rows is not None else claim_rows(found)
     if not rows:
         return []
     lines = [
@@ -377,4 +377,16 @@ def section(found: list) -> list[str]:
     ]
     for r in rows:
         lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | {r['basis']} | **{r['verdict']}** |")
+    return lines
+
+
+def group_section(found: list, g, rows: list[dict] | None = None) -> list[str]:
+    """The claims that concern group ``g`` (those measured on it), repeated where its page opens."""
+    mine = [r for r in (rows if rows is not None else claim_rows(found)) if r["setting"].startswith(g.md_title)]
+    if not mine:
+        return []
+    lines = ["", "### The papers' claims on this group", "", "| Claim | Setting | Measured effect [95% CI] | Verdict |"]
+    lines.append("|---|---|---|---|")
+    for r in mine:
+        lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | **{r['verdict']}** |")
     return lines

@@ -13,7 +13,10 @@ import pandas as pd
 from ..stats import compare_outcomes, holm, wilson
 from ..text import md
 from .anomaly import section as anomaly_section
+from .claims import claim_rows
+from .claims import group_section as claims_on
 from .claims import section as claims_section
+from .glance import section as glance_section
 from .groups import (
     Group,
     Member,
@@ -400,13 +403,18 @@ def report(
     found = groups(res, sets)
     if not found:
         lines += ["", "No group of two or more models differing only in activation is in the store."]
-    parts = {"intro": lines, "claims": claims_section(found), "groups": []}
+    claim_table = claim_rows(found)
+    parts = {"intro": lines, "claims": claims_section(found, claim_table), "groups": []}
     for g in found:
         eps = comparison_eps(g)
         dl = deltas(g, eps)
         lines = ["", f"## {g.md_title}", ""]
         part = {"group": g, "lines": lines, "eps": eps, "figures": []}
         parts["groups"].append(part)
+        glance, forest = glance_section(g, eps, folder)  # the answer first: one row per activation
+        lines += glance[1:] + claims_on(found, g, claim_table) + ([""] if glance else [])
+        files += forest
+        part["figures"] += [(f, "Change against ReLU, per activation") for f in forest]
         lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
@@ -490,7 +498,7 @@ def report(
             folder / f"{g.slug}-activations.png", shape_panels(g), f"Learned activations: {g.title}"
         )
         files += [curve, shapes]
-        part["figures"] = [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
+        part["figures"] += [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
         n_curve = sorted(
             {len(d) for mb in g.members for e, d in ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d}
         )

@@ -177,3 +177,36 @@ def heatmap(path: Path, values: list[list[float]], rows: list[str], cols: list[s
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+@_as_written
+def forest(path: Path, panels: list[dict], title: str) -> Path:
+    """A forest plot: one panel per metric ({title, rows: [(label, change, low, high)]}), each row's change
+    against the reference as a dot with its 95% interval as a bar (an unbounded end drawn to the panel's
+    edge with an arrow), the zero line drawn, so the answer shows before a number is read."""
+    labels = list(dict.fromkeys(label for p in panels for label, *_ in p["rows"]))
+    fig = _figure(2.2 + 2.6 * len(panels), 0.9 + 0.32 * len(labels))
+    finite = [v for p in panels for _, d, lo, hi in p["rows"] for v in (d, lo, hi) if np.isfinite(v)]
+    reach = max([abs(v) for v in finite] + [1.0]) * 1.1
+    for k, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        ax.axvline(0, color="black", linewidth=0.8)
+        for label, d, lo, hi in panel["rows"]:
+            y = len(labels) - 1 - labels.index(label)
+            left, right = max(lo, -reach), min(hi, reach)
+            color = "tab:blue" if lo > 0 else "tab:red" if hi < 0 else "tab:gray"
+            ax.plot([left, right], [y, y], color=color, linewidth=2)
+            ax.plot([d], [y], "o", color=color, markersize=4)
+            for end, edge in ((lo, -reach), (hi, reach)):
+                if not np.isfinite(end):
+                    ax.annotate("", (edge, y), (edge * 0.9, y), arrowprops={"arrowstyle": "->", "color": color})
+        ax.set_xlim(-reach, reach)
+        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.set_yticks(range(len(labels)), labels[::-1] if k == 0 else [""] * len(labels), fontsize=7)
+        ax.set_title(panel["title"], fontsize=9)
+        ax.set_xlabel("change against ReLU, points", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

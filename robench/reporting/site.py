@@ -125,6 +125,38 @@ def _learned(record: dict | None):
     ]
 
 
+def _budget_rows(budget: list) -> list[dict]:
+    """A run's attack budgets as rows a reader scans (attack, steps, restarts, step size, queries): one per
+    attack, or per member of a cascade such as AutoAttack; a transfer attack's own budget, with its sources."""
+    rows = []
+    for b in budget if isinstance(budget, list) else []:
+        if not isinstance(b, dict):
+            continue
+        if isinstance(b.get("attack"), dict):  # transfer: the attack crafted on the sources
+            sources = ", ".join(str(x.get("model", "?")) for x in b.get("sources", []) if isinstance(x, dict))
+            rows.append(_budget_row(f"{b['attack'].get('name', '?')} from {sources}", b["attack"]))
+        elif isinstance(b.get("members"), dict):
+            rows += [
+                _budget_row(f"{b.get('name', '?')}: {k}", v) for k, v in b["members"].items() if isinstance(v, dict)
+            ]
+        else:
+            rows.append(_budget_row(str(b.get("name", "?")), b))
+    return rows
+
+
+def _budget_row(attack: str, b: dict) -> dict:
+    def get(*keys):
+        return next((str(b[k]) for k in keys if b.get(k) is not None), "-")
+
+    return {
+        "attack": attack,
+        "steps": get("steps", "iters", "iterations"),
+        "restarts": get("restarts"),
+        "step": get("step_size", "rel_step_size"),
+        "queries": get("queries", "n_queries"),
+    }
+
+
 def _runs(res: pd.DataFrame) -> list[dict]:
     out = []
     for _, r in res.sort_values(["run_id", "eps_value"]).iterrows():
@@ -140,6 +172,7 @@ def _runs(res: pd.DataFrame) -> list[dict]:
                 if r["attacks"] != "none"
                 else "-",
                 "budget": "\n".join(json.dumps(b, sort_keys=True) for b in budget) or "-",
+                "budget_rows": _budget_rows(budget),
                 "setting": f"{r['split']} split, {r['subset']} subset, seed {r['seed']}, batch {r['batch_size']}, "
                 f"{r['dtype']}",
                 "computed_by": computed_by(r),
