@@ -222,7 +222,9 @@ def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkey
     acc = {("relu", 0): 60, ("relu", 1): 62, ("relu", 2): 61, ("splash", 0): 70, ("splash", 1): 66, ("splash", 2): 73}
     acc |= {("tanh", 0): 58}
     g.members = [
-        _member(act, seed, **{"0.1": {m: _outcomes(k + (m == "clean") * 20, 200, seed) for m in ("clean", "autoattack")}})
+        _member(
+            act, seed, **{"0.1": {m: _outcomes(k + (m == "clean") * 20, 200, seed) for m in ("clean", "autoattack")}}
+        )
         for (act, seed), k in acc.items()
     ]
     g.members[-1].unreliable = {"0.1": ["square broke what the white-box attacks left"]}
@@ -230,6 +232,7 @@ def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkey
     assert list(rows) == ["relu", "splash", "tanh"] and rows["splash"]["seeds"] == [0, 1, 2]
     for act, row in rows.items():
         for metric in ("clean", "autoattack"):
+
             def pct(a, s):
                 d = next(mb for mb in g.members if (mb.activation, mb.seed) == (a, s)).by_eps["0.1"][metric]
                 return 100 * sum(d.values()) / len(d)
