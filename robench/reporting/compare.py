@@ -409,12 +409,13 @@ def report(
         eps = comparison_eps(g)
         dl = deltas(g, eps)
         lines = ["", f"## {g.md_title}", ""]
-        part = {"group": g, "lines": lines, "eps": eps, "figures": []}
+        figures: list[tuple[Path, str]] = []
+        part = {"group": g, "lines": lines, "eps": eps, "figures": figures}
         parts["groups"].append(part)
         glance, forest = glance_section(g, eps, folder)  # the answer first: one row per activation
         lines += glance[1:] + claims_on(found, g, claim_table) + ([""] if glance else [])
         files += forest
-        part["figures"] += [(f, "Change against ReLU, per activation") for f in forest]
+        figures += [(f, "Change against ReLU, per activation") for f in forest]
         lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
@@ -498,7 +499,7 @@ def report(
             folder / f"{g.slug}-activations.png", shape_panels(g), f"Learned activations: {g.title}"
         )
         files += [curve, shapes]
-        part["figures"] += [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
+        figures += [(curve, f"{LABELS[metric]} robust accuracy against eps"), (shapes, "Learned activations")]
         n_curve = sorted(
             {len(d) for mb in g.members for e, d in ((e, s.get(metric)) for e, s in mb.by_eps.items()) if d}
         )
