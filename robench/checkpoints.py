@@ -37,7 +37,7 @@ from .metadata import check_meta, describe, parse_meta
 from .metadata import model_card as _model_card
 from .nn.activations import parse_activation
 from .nn.architectures import Normalized, create_model, is_import_path, takes_activation
-from .nn.detect import detect_activation
+from .nn.detect import activation_label, detect_activation
 from .nn.shapes import learned_values
 
 FORMAT_VERSION = 1
@@ -440,36 +440,10 @@ def _from_state_dict(path: Path, sd: dict, meta: dict, kind: str, code_ok: bool 
     model = _build(meta, path)
     _load_weights(model, sd, path, meta)
     if is_import_path(str(meta["arch"])):
-        meta["activation"] = _activation_label(model.net, meta, path, built=takes_activation(meta["arch"]))
+        meta["activation"] = activation_label(model.net, meta, path, built=takes_activation(meta["arch"]))
     else:
         meta.setdefault("activation", "relu")  # what robench built
     return Checkpoint(model, meta, "", format=kind)
-
-
-def _activation_label(net: nn.Module, meta: dict, path: Path, built: bool = False) -> str:
-    """The activation a model of someone else's code applies, read from its forward pass; where it cannot be
-    read, the one the user or the card names; else "unknown", never a guess. ``built``: robench built it with
-    the named activation (the class takes one as an argument)."""
-    given = meta.get("activation")
-    if given and built:
-        return str(given)
-    seen = detect_activation(net)
-    if seen is None:
-        return str(given) if given else "unknown"
-    if given and _same_activation(str(given), seen) is False:
-        raise RobenchError(
-            f"{path} is a {meta.get('arch')} whose forward pass applies {seen}, but --activation (or its card) "
-            f"says {given}; leave --activation out, or name the activation it applies."
-        )
-    return seen
-
-
-def _same_activation(given: str, seen: str) -> bool:
-    try:
-        name = parse_activation(given).name
-    except RobenchError:
-        name = given.split(":")[0].strip().lower()
-    return name == seen
 
 
 def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
@@ -495,7 +469,7 @@ def _load_pickle(path: Path, trust: bool, overrides: dict) -> Checkpoint:
         )
     if isinstance(obj, nn.Module):
         meta = _foreign_meta(path, overrides, "pickled-module")
-        meta["activation"] = _activation_label(obj, meta, path)
+        meta["activation"] = activation_label(obj, meta, path)
         return Checkpoint(_wrap_module(obj, meta), meta, "", format="pickled-module")
     sd = _find_state_dict(obj)
     if sd is None:
@@ -535,7 +509,7 @@ def _load_exported(path: Path, trust: bool, overrides: dict) -> Checkpoint:
     program = load_exported(path, trust)
     meta = _foreign_meta(path, overrides, "exported-program")
     meta["arch"] = meta.get("arch") or "exported"
-    meta["activation"] = _activation_label(program.module(), meta, path)
+    meta["activation"] = activation_label(program.module(), meta, path)
     return Checkpoint(_wrap_module(_Exported(program.module()), meta), meta, "", format="exported-program")
 
 

@@ -469,6 +469,11 @@ class Store:
             )
         )
 
+    def has_model(self, sha256: str) -> bool:
+        return self.version >= 5 and bool(
+            self.conn.execute("SELECT 1 FROM models WHERE sha256=?", (sha256,)).fetchone()
+        )
+
     def models(self) -> dict[str, dict]:
         """Every model record, by sha256 (none in a store from before schema 5)."""
         if self.version < 5:

@@ -39,7 +39,6 @@ class Target:
     checkpoint: str | None
     sha256: str
     meta: dict
-    record: dict | None = None  # what the store keeps for the model's pages (nn.shapes.model_record)
 
 
 @dataclass(frozen=True)
@@ -53,24 +52,24 @@ class Named:
 def as_target(item, i: int, trust: bool, overrides: dict) -> Target:
     if isinstance(item, Named):
         t = as_target(item.item, i, trust, overrides)
-        return Target(t.model, str(item.name), t.checkpoint, t.sha256, {**t.meta, "name": str(item.name)}, t.record)
+        return Target(t.model, str(item.name), t.checkpoint, t.sha256, {**t.meta, "name": str(item.name)})
     if isinstance(item, nn.Module):
         h = hashlib.sha256()
         for k, v in item.state_dict().items():
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {}, model_record(item))
+        return Target(item.eval(), f"model{i}", None, h.hexdigest(), {})
     ck = item if isinstance(item, Checkpoint) else load_checkpoint(item, trust=trust, **overrides)
     path = str(ck.path) if ck.path else None
-    return Target(ck.model, ck.name, path, ck.sha256, ck.meta, model_record(ck.model))
+    return Target(ck.model, ck.name, path, ck.sha256, ck.meta)
 
 
 def remember(db: Store | None, targets: list[Target]) -> None:
     """Record in the store what the models' pages need from them (their activations' parameters, curves
     and shapes), so that reports are drawn from the store alone."""
-    for t in targets:
-        if db is not None and t.record is not None:
-            db.set_model(t.sha256, t.record)
+    for t in targets:  # computed only where the store has none: a model's record never changes
+        if db is not None and not db.has_model(t.sha256):
+            db.set_model(t.sha256, model_record(t.model))
 
 
 @contextmanager

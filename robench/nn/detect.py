@@ -9,12 +9,14 @@ forward pass cannot be traced (data-dependent control flow) gives ``None``: its 
 from __future__ import annotations
 
 import operator
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import Activation
+from ..errors import RobenchError
+from .activations import Activation, parse_activation
 
 MODULES: dict[type, str] = {
     nn.ReLU: "relu",
@@ -104,3 +106,30 @@ def _gates_own_input(node) -> bool:
         if (target in muls or str(target).startswith("aten.mul")) and x in user.args:
             return True
     return False
+
+
+def activation_label(net: nn.Module, meta: dict, path: Path, built: bool = False) -> str:
+    """The label of a model of someone else's code: the activation read from its forward pass; where it
+    cannot be read, the one the user or the card names (``meta["activation"]``); else "unknown", never a
+    guess. ``built``: robench built it with the named activation (the class takes one as an argument). A
+    named activation that contradicts the forward pass is one sentence."""
+    given = meta.get("activation")
+    if given and built:
+        return str(given)
+    seen = detect_activation(net)
+    if seen is None:
+        return str(given) if given else "unknown"
+    if given and not _same(str(given), seen):
+        raise RobenchError(
+            f"{path} is a {meta.get('arch')} whose forward pass applies {seen}, but --activation (or its card) "
+            f"says {given}; leave --activation out, or name the activation it applies."
+        )
+    return seen
+
+
+def _same(given: str, seen: str) -> bool:
+    try:
+        name = parse_activation(given).name
+    except RobenchError:
+        name = given.split(":")[0].strip().lower()
+    return name == seen

@@ -19,6 +19,11 @@ def curve_x() -> np.ndarray:
     return np.linspace(-SHAPE_RANGE, SHAPE_RANGE, CURVE_POINTS)
 
 
+def _cpu64(act: Activation) -> Activation:
+    """A float64 copy on the CPU (the model itself may be on a GPU, in float32)."""
+    return copy.deepcopy(act).to("cpu", torch.float64)
+
+
 def _apply(act: Activation, x: torch.Tensor) -> torch.Tensor:
     """The activation on a float64 copy, per-channel parameters averaged over the channels."""
     with torch.no_grad():
@@ -28,7 +33,7 @@ def _apply(act: Activation, x: torch.Tensor) -> torch.Tensor:
 def curve(act: Activation) -> list[float]:
     """One activation instance over curve_x(), in float64 and rounded far below a pixel: float32 kernels
     differ in the last bit between CPUs (vector widths), and the committed plots are compared byte for byte."""
-    y = _apply(copy.deepcopy(act).double(), torch.as_tensor(curve_x(), dtype=torch.float64))
+    y = _apply(_cpu64(act), torch.as_tensor(curve_x(), dtype=torch.float64))
     return np.round(y.numpy(), 9).tolist()
 
 
@@ -41,7 +46,7 @@ def shape_stats(acts: list[Activation]) -> dict | None:
         return None
     negs, curvs, kink = [], [], False
     for act in acts:
-        act = copy.deepcopy(act).double()
+        act = _cpu64(act)
 
         def f(h: float, act=act):
             x = torch.arange(-SHAPE_RANGE, SHAPE_RANGE + h / 2, h, dtype=torch.float64)
