@@ -14,7 +14,7 @@ import pickle
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 
 from .config import check_subset
 from .errors import RobenchError, unknown
+from .registry import Registry
 
 SYSTEM_DIR = Path("/usr/share/datasets")
 
@@ -37,6 +38,8 @@ class DatasetInfo:
     std: tuple[float, ...]
     how_to_get: str
     reader: Callable[[Path, str], Split] = field(repr=False, default=None)
+    # whether a folder holds a split (default: the folder exists)
+    present: Callable[[Path, str], bool] | None = field(repr=False, default=None, compare=False)
 
 
 class Split:
@@ -353,109 +356,128 @@ def _files_present(files: dict[str, list[str]]):
     return lambda folder, split: all((folder / f).is_file() for f in files[split])
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    d.name: d
-    for d in (
-        DatasetInfo(
-            "fashion-mnist",
-            10,
-            (1, 28, 28),
-            {"Linf": "0.1", "L2": "1.5"},
-            ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
-            (0.2860,),
-            (0.3530,),
-            "run `apt-get install dataset-fashion-mnist` (Debian) or put the four IDX files in ./data/fashion-mnist/",
-            _read_idx_split("fashion-mnist"),
-        ),
-        DatasetInfo(
-            "mnist",
-            10,
-            (1, 28, 28),
-            {"Linf": "0.3", "L2": "2.0"},
-            ("mnist", "MNIST/raw"),
-            (0.1307,),
-            (0.3081,),
-            "put the four MNIST IDX files in ./data/mnist/ (or MNIST/raw/ as torchvision keeps them)",
-            _read_idx_split("mnist"),
-        ),
-        DatasetInfo(
-            "cifar10",
-            10,
-            (3, 32, 32),
-            {"Linf": "8/255", "L2": "0.5"},
-            ("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
-            (0.4914, 0.4822, 0.4465),
-            (0.2471, 0.2435, 0.2616),
-            "unpack cifar-10-python.tar.gz into ./data/ so that ./data/cifar-10-batches-py/ exists",
-            _read_cifar("cifar10", CIFAR10_FILES, "labels"),
-        ),
-        DatasetInfo(
-            "cifar100",
-            100,
-            (3, 32, 32),
-            {"Linf": "8/255", "L2": "0.5"},
-            ("cifar-100-python", "cifar100/cifar-100-python"),
-            (0.5071, 0.4865, 0.4409),
-            (0.2673, 0.2564, 0.2762),
-            "unpack cifar-100-python.tar.gz into ./data/ so that ./data/cifar-100-python/ exists",
-            _read_cifar("cifar100", CIFAR100_FILES, "fine_labels"),
-        ),
-        DatasetInfo(
-            "svhn",
-            10,
-            (3, 32, 32),
-            {"Linf": "8/255", "L2": "0.5"},
-            ("svhn", "SVHN"),
-            (0.4377, 0.4438, 0.4728),
-            (0.1980, 0.2010, 0.1970),
-            "put test_32x32.mat (and train_32x32.mat) in ./data/svhn/",
-            _read_svhn,
-        ),
-        DatasetInfo(
-            "imagenet",
-            1000,
-            (3, 224, 224),
-            {"Linf": "4/255", "L2": "3.0"},
-            ("imagenet/val", "ImageNet/val", "imagenet"),
-            (0.485, 0.456, 0.406),
-            (0.229, 0.224, 0.225),
-            "put the validation set as ./data/imagenet/val/<wnid>/*.JPEG (torchvision's ImageFolder layout)",
-            _read_imagenet,
-        ),
-    )
-}
-
-_PRESENT = {
-    "fashion-mnist": _idx_present,
-    "mnist": _idx_present,
-    "cifar10": _files_present(CIFAR10_FILES),
-    "cifar100": _files_present(CIFAR100_FILES),
-    "svhn": lambda folder, split: (folder / f"{split}_32x32.mat").is_file(),
-    "imagenet": lambda folder, split: _image_classes(folder),
-}
-ALIASES = {
-    "fmnist": "fashion-mnist",
-    "fashion_mnist": "fashion-mnist",
-    "fashionmnist": "fashion-mnist",
-    "cifar-10": "cifar10",
-    "cifar-100": "cifar100",
-}
+# Other spellings of the built-in names; every dataset registers itself through register_dataset below.
+DATASETS: Registry[DatasetInfo] = Registry(
+    "dataset",
+    aliases={
+        "fmnist": "fashion-mnist",
+        "fashion_mnist": "fashion-mnist",
+        "fashionmnist": "fashion-mnist",
+        "cifar-10": "cifar10",
+        "cifar-100": "cifar100",
+    },
+)
 
 
 def register_dataset(info: DatasetInfo, present: Callable[[Path, str], bool] | None = None) -> DatasetInfo:
     """Make a dataset of your own known to robench under ``info.name`` (its reader returns a ``Split``,
-    usually with a per-example ``loader``); ``present(folder, split)`` says whether a folder holds it
-    (default: the folder exists). Use it from Python, or from a plugin imported before the CLI runs."""
-    DATASETS[info.name] = info
-    _PRESENT[info.name] = present or (lambda folder, split: folder.is_dir())
-    return info
+    usually with a per-example ``loader``); ``present(folder, split)`` (or ``info.present``) says whether a
+    folder holds it (default: the folder exists). Use it from Python, or from a plugin imported before the
+    CLI runs; registering a name again replaces it."""
+    if present is not None or info.present is None:
+        info = replace(info, present=present or (lambda folder, split: folder.is_dir()))
+    return DATASETS.add(info.name, info, replace=True)
+
+
+register_dataset(
+    DatasetInfo(
+        "fashion-mnist",
+        10,
+        (1, 28, 28),
+        {"Linf": "0.1", "L2": "1.5"},
+        ("fashion-mnist", "FashionMNIST/raw", "fashion_mnist"),
+        (0.2860,),
+        (0.3530,),
+        "run `apt-get install dataset-fashion-mnist` (Debian) or put the four IDX files in ./data/fashion-mnist/",
+        _read_idx_split("fashion-mnist"),
+        present=_idx_present,
+    )
+)
+
+
+register_dataset(
+    DatasetInfo(
+        "mnist",
+        10,
+        (1, 28, 28),
+        {"Linf": "0.3", "L2": "2.0"},
+        ("mnist", "MNIST/raw"),
+        (0.1307,),
+        (0.3081,),
+        "put the four MNIST IDX files in ./data/mnist/ (or MNIST/raw/ as torchvision keeps them)",
+        _read_idx_split("mnist"),
+        present=_idx_present,
+    )
+)
+
+
+register_dataset(
+    DatasetInfo(
+        "cifar10",
+        10,
+        (3, 32, 32),
+        {"Linf": "8/255", "L2": "0.5"},
+        ("cifar-10-batches-py", "cifar10/cifar-10-batches-py"),
+        (0.4914, 0.4822, 0.4465),
+        (0.2471, 0.2435, 0.2616),
+        "unpack cifar-10-python.tar.gz into ./data/ so that ./data/cifar-10-batches-py/ exists",
+        _read_cifar("cifar10", CIFAR10_FILES, "labels"),
+        present=_files_present(CIFAR10_FILES),
+    )
+)
+
+
+register_dataset(
+    DatasetInfo(
+        "cifar100",
+        100,
+        (3, 32, 32),
+        {"Linf": "8/255", "L2": "0.5"},
+        ("cifar-100-python", "cifar100/cifar-100-python"),
+        (0.5071, 0.4865, 0.4409),
+        (0.2673, 0.2564, 0.2762),
+        "unpack cifar-100-python.tar.gz into ./data/ so that ./data/cifar-100-python/ exists",
+        _read_cifar("cifar100", CIFAR100_FILES, "fine_labels"),
+        present=_files_present(CIFAR100_FILES),
+    )
+)
+
+
+register_dataset(
+    DatasetInfo(
+        "svhn",
+        10,
+        (3, 32, 32),
+        {"Linf": "8/255", "L2": "0.5"},
+        ("svhn", "SVHN"),
+        (0.4377, 0.4438, 0.4728),
+        (0.1980, 0.2010, 0.1970),
+        "put test_32x32.mat (and train_32x32.mat) in ./data/svhn/",
+        _read_svhn,
+        present=lambda folder, split: (folder / f"{split}_32x32.mat").is_file(),
+    )
+)
+
+
+register_dataset(
+    DatasetInfo(
+        "imagenet",
+        1000,
+        (3, 224, 224),
+        {"Linf": "4/255", "L2": "3.0"},
+        ("imagenet/val", "ImageNet/val", "imagenet"),
+        (0.485, 0.456, 0.406),
+        (0.229, 0.224, 0.225),
+        "put the validation set as ./data/imagenet/val/<wnid>/*.JPEG (torchvision's ImageFolder layout)",
+        _read_imagenet,
+        present=lambda folder, split: _image_classes(folder),
+    )
+)
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    key = ALIASES.get(str(name).lower(), str(name).lower())
-    if key not in DATASETS:
-        raise unknown("dataset", name, list(DATASETS))
-    return DATASETS[key]
+    """The dataset of this name (any case, or an alias), or an error naming the closest known ones."""
+    return DATASETS.find(name)
 
 
 def candidate_folders(name: str, data_dir: str | Path | None = None) -> list[Path]:
@@ -483,7 +505,7 @@ def load_split(name: str, split: str = "test", data_dir: str | Path | None = Non
     folders = candidate_folders(info.name, data_dir)
     for folder in folders:
         try:
-            present = folder.is_dir() and _PRESENT[info.name](folder, split)
+            present = folder.is_dir() and info.present(folder, split)
         except OSError:
             present = False
         if present:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .errors import unknown
+from .registry import Registry
 
 
 def _view(t: torch.Tensor) -> tuple[int, ...]:
@@ -55,6 +55,16 @@ class Norm:
         return self.name
 
 
+# every norm registers one instance of itself below, under its ``name``
+NORMS: Registry[Norm] = Registry("norm")
+
+
+def _registered(cls: type[Norm]) -> type[Norm]:
+    NORMS.add(cls.name, cls())
+    return cls
+
+
+@_registered
 class Linf(Norm):
     name = "Linf"
 
@@ -80,6 +90,7 @@ class Linf(Norm):
         return 1.0
 
 
+@_registered
 class L2(Norm):
     name = "L2"
 
@@ -108,17 +119,9 @@ class L2(Norm):
         return math.sqrt(numel)
 
 
-NORMS: dict[str, Norm] = {n.name: n for n in (Linf(), L2())}
-
-
 def get_norm(name: str | Norm) -> Norm:
     """The norm of this name (any case), or a RobenchError naming the known ones."""
-    if isinstance(name, Norm):
-        return name
-    for key, norm in NORMS.items():
-        if str(name).lower() == key.lower():
-            return norm
-    raise unknown("norm", name, list(NORMS))
+    return name if isinstance(name, Norm) else NORMS.find(name)
 
 
 def project(x: torch.Tensor, x_adv: torch.Tensor, eps: float, norm: str | Norm) -> torch.Tensor:

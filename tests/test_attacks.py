@@ -263,9 +263,9 @@ def test_an_attack_registers_where_it_is_defined():
     """A new family needs no edit of the registry: the decorator makes its name a spec, with its options
     checked and unknown ones refused, and lists it in the unknown-name message."""
     from robench.attacks.base import Attack, AttackOutput
-    from robench.attacks.registry import Registry
+    from robench.attacks.registry import AttackRegistry
 
-    reg = Registry("attack")
+    reg = AttackRegistry("attack")
 
     @reg.register("noise")
     class Noise(Attack):

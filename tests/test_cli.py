@@ -182,7 +182,7 @@ def test_progress_moves_inside_a_batch_and_a_resume_counts_what_was_stored(tmp_p
     from robench.cli_output import WHERE, interrupted
     from robench.cli_progress import EvalProgress
 
-    if "slow-cascade" not in ATTACKS._names:
+    if "slow-cascade" not in ATTACKS:
 
         @ATTACKS.register("slow-cascade")
         class SlowCascade(Attack):

@@ -13,7 +13,15 @@ import robench
 # to and from files) sit below the engine, which writes runs and drives the CI gate, and below reporting,
 # which reads them.
 LAYERS = [
-    ["robench._version", "robench.errors", "robench.stats", "robench.norms", "robench.files", "robench.text"],
+    [
+        "robench._version",
+        "robench.errors",
+        "robench.registry",
+        "robench.stats",
+        "robench.norms",
+        "robench.files",
+        "robench.text",
+    ],
     ["robench.config"],
     ["robench.store", "robench.metadata", "robench.pt2", "robench.data"],
     ["robench.nn"],

@@ -1,5 +1,5 @@
-"""Attack registries: each attack class registers itself where it is defined (as timm's models do), with the
-names its spec answers to. A spec is ``name`` or ``name(key=value, ...)``: ``pgd``, ``pgd(steps=100,loss=dlr)``,
+"""Attack registries (robench.registry's pattern): each attack class registers itself where it is defined
+(as timm's models do), with the names its spec answers to. A spec is ``name`` or ``name(key=value, ...)``: ``pgd``, ``pgd(steps=100,loss=dlr)``,
 ``fgsm``, ``apgd`` and ``fast`` (robench's own APGD and its MALT-targeted ensemble), ``autoattack``,
 ``autoattack:plus``, ``apgd-ce`` ... ``square`` (AutoAttack members at its official budget),
 ``fb:NAME(key=value,...)``; transfer attacks ``pgd``, ``mifgsm``, ``difgsm``. The class builds
@@ -10,7 +10,8 @@ stored budget (``Attack.spec_of``, the inverse). ``none`` (clean accuracy only) 
 from __future__ import annotations
 
 from ..config import split_spec
-from ..errors import RobenchError, suggest, unknown
+from ..errors import RobenchError, suggest
+from ..registry import Registry
 
 
 def _options(cls) -> list[str]:
@@ -21,43 +22,21 @@ def _options(cls) -> list[str]:
     return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-class Registry:
-    """Attack classes by the spec names they answer to (exact names, any case, or a prefix such as fb:)."""
+class AttackRegistry(Registry[type]):
+    """Attack classes by the spec names they answer to (exact names, any case, or a prefix such as fb:);
+    it also builds an attack from its spec and rebuilds the spec from a stored budget."""
 
     def __init__(self, kind: str, also: tuple[str, ...] = ()):
-        self.kind, self.also = kind, also  # ``also``: names the spec language knows that build no attack
-        self._names: dict[str, type] = {}
-        self._prefixes: dict[str, type] = {}
-
-    def register(self, *names: str, prefix: str | None = None):
-        """Class decorator: ``cls`` builds the attacks of these names (and of any name starting ``prefix``)."""
-
-        def add(cls):
-            for name in names:
-                if name in self._names:
-                    raise ValueError(f"{self.kind} {name} is registered twice")
-                self._names[name] = cls
-            if prefix:
-                self._prefixes[prefix] = cls
-            return cls
-
-        return add
+        super().__init__(kind)
+        self.also = also  # names the spec language knows that build no attack
 
     def names(self) -> list[str]:
-        return [*self.also, *self._names, *(f"{p}NAME(...)" for p in self._prefixes)]
-
-    def lookup(self, name: str) -> type | None:
-        low = str(name).lower()
-        if low in self._names:
-            return self._names[low]
-        return next((cls for p, cls in self._prefixes.items() if low.startswith(p)), None)
+        return [*self.also, *super().names()]
 
     def create(self, spec: str, **context):
         """The attack a spec names; ``context`` holds what the caller knows (--pgd-* flags, batch size)."""
         name, opts = split_spec(spec)
-        cls = self.lookup(name)
-        if cls is None:
-            raise unknown(self.kind, name, self.names())
+        cls = self.find(name)
         try:
             return cls.from_spec(name, opts, spec, **context)
         except TypeError as e:
@@ -82,8 +61,8 @@ class Registry:
         return cls is not None and cls.is_black_box(name)
 
 
-ATTACKS = Registry("attack", also=("none",))
-TRANSFER = Registry("transfer attack")
+ATTACKS = AttackRegistry("attack", also=("none",))
+TRANSFER = AttackRegistry("transfer attack")
 
 
 def create_attack(spec: str, pgd: dict | None = None, batch_size: int = 250):

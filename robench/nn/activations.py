@@ -20,8 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import RobenchError, unknown
+from ..registry import Registry
 
 SHARES = ("network", "layer", "channel")
+ALIASES = {"swish": "silu", "lrelu": "leaky_relu"}
+# every activation class registers itself below, under its ``name``
+ACTIVATIONS: Registry[type[Activation]] = Registry("activation", aliases=ALIASES)
 
 
 class Activation(nn.Module):
@@ -87,11 +91,13 @@ class _Fixed(Activation):
         return self.fn(x)
 
 
+@ACTIVATIONS.register()
 class ReLU(_Fixed):
     name, formula, grounded = "relu", "max(0, x)", True
     fn = staticmethod(F.relu)
 
 
+@ACTIVATIONS.register()
 class LeakyReLU(Activation):
     name, formula, grounded = "leaky_relu", "x if x > 0 else slope*x", True
     options = {"slope": 0.01}
@@ -100,6 +106,7 @@ class LeakyReLU(Activation):
         return F.leaky_relu(x, self.opts["slope"])
 
 
+@ACTIVATIONS.register()
 class ELU(Activation):
     name, formula, grounded = "elu", "x if x > 0 else alpha*(exp(x) - 1)", True
     options = {"alpha": 1.0}
@@ -108,16 +115,19 @@ class ELU(Activation):
         return F.elu(x, self.opts["alpha"])
 
 
+@ACTIVATIONS.register()
 class SiLU(_Fixed):
     name, formula, grounded = "silu", "x * sigmoid(x)", True
     fn = staticmethod(F.silu)
 
 
+@ACTIVATIONS.register()
 class GELU(_Fixed):
     name, formula, grounded = "gelu", "x * Phi(x)", True
     fn = staticmethod(F.gelu)
 
 
+@ACTIVATIONS.register()
 class Softplus(Activation):
     name, formula = "softplus", "log(1 + exp(beta*x)) / beta"
     options = {"beta": 1.0}
@@ -126,11 +136,13 @@ class Softplus(Activation):
         return F.softplus(x, beta=self.opts["beta"])
 
 
+@ACTIVATIONS.register()
 class Tanh(_Fixed):
     name, formula, grounded = "tanh", "tanh(x)", True
     fn = staticmethod(torch.tanh)
 
 
+@ACTIVATIONS.register()
 class Sigmoid(_Fixed):
     name, formula = "sigmoid", "1 / (1 + exp(-x))"
     fn = staticmethod(torch.sigmoid)
@@ -147,6 +159,7 @@ class _Alpha(Activation):
         self._param("alpha", self.opts["alpha0"])
 
 
+@ACTIVATIONS.register()
 class PReLU(_Alpha):
     name, formula, grounded = "prelu", "x if x > 0 else alpha*x", True
     options = {"alpha0": 0.0}
@@ -155,6 +168,7 @@ class PReLU(_Alpha):
         return torch.where(x > 0, x, self._b(self.alpha, x) * x)
 
 
+@ACTIVATIONS.register()
 class PELU(_Alpha):
     name, formula, grounded = "pelu", "x if x > 0 else alpha*(exp(x) - 1)", True
 
@@ -162,6 +176,7 @@ class PELU(_Alpha):
         return torch.where(x > 0, x, self._b(self.alpha, x) * torch.expm1(torch.clamp(x, max=0)))
 
 
+@ACTIVATIONS.register()
 class PSiLU(_Alpha):
     name, formula, grounded = "psilu", "x * sigmoid(|alpha|*x)", True
 
@@ -169,6 +184,7 @@ class PSiLU(_Alpha):
         return x * torch.sigmoid(self._b(self.alpha, x).abs() * x)
 
 
+@ACTIVATIONS.register()
 class PSoftplus(_Alpha):
     name, formula = "psoftplus", "log(1 + exp(|alpha|*x)) / |alpha|"
 
@@ -177,6 +193,7 @@ class PSoftplus(_Alpha):
         return -F.logsigmoid(-a * x) / a
 
 
+@ACTIVATIONS.register()
 class PSSiLU(Activation):
     name, formula, grounded = "pssilu", "x * (sigmoid(|alpha|*x) - |beta|) / (1 - |beta|)", True
     options, learned = {"alpha0": 1.0, "beta0": 1e-8, "lam": 10.0}, ("alpha", "beta")
@@ -198,6 +215,7 @@ class PSSiLU(Activation):
         return self.opts["lam"] * self.beta.abs().sum()
 
 
+@ACTIVATIONS.register()
 class SPLASH(Activation):
     """Symmetric hinges at fixed locations b_k = linspace(0, hinge_max, K), K = (hinges+1)/2; learned slopes."""
 
@@ -225,6 +243,7 @@ class SPLASH(Activation):
         return out
 
 
+@ACTIVATIONS.register()
 class APL(Activation):
     """Adaptive piecewise linear (Agostinelli et al. 2015): max(0,x) + sum_s a_s*max(0, -x + b_s)."""
 
@@ -248,29 +267,6 @@ class APL(Activation):
         for s in range(a.shape[-1]):
             out = out + a[..., s] * F.relu(-x + b[..., s])
         return out
-
-
-ACTIVATIONS: dict[str, type[Activation]] = {
-    c.name: c
-    for c in (
-        ReLU,
-        LeakyReLU,
-        PReLU,
-        ELU,
-        PELU,
-        SiLU,
-        PSiLU,
-        GELU,
-        Softplus,
-        PSoftplus,
-        Tanh,
-        Sigmoid,
-        SPLASH,
-        PSSiLU,
-        APL,
-    )
-}
-ALIASES = {"swish": "silu", "lrelu": "leaky_relu"}
 
 
 # ------------------------------------------------------------------------------------------- specs
@@ -310,11 +306,9 @@ def parse_activation(spec: str | ActivationSpec) -> ActivationSpec:
     if isinstance(spec, ActivationSpec):
         return spec
     text = str(spec).strip()
-    name, _, rest = text.partition(":")
-    name = ALIASES.get(name.strip().lower(), name.strip().lower())
-    if name not in ACTIVATIONS:
-        raise unknown("activation", name, list(ACTIVATIONS) + list(ALIASES))
-    cls = ACTIVATIONS[name]
+    typed, _, rest = text.partition(":")
+    cls = ACTIVATIONS.find(typed.strip().lower())
+    name = cls.name
     valid = set(cls.options) | ({"share"} if cls.learned else set())
     options = {}
     for item in filter(None, (p.strip() for p in rest.split(","))):

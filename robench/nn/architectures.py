@@ -20,9 +20,38 @@ from torch import nn
 
 from ..config import split_spec
 from ..errors import RobenchError, unknown
+from ..registry import Registry
 from .activations import ActivationFactory
 
 Factory = Callable[[int | None], nn.Module]
+
+
+# ---------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class ArchInfo:
+    name: str
+    build: Callable[..., nn.Module]
+    description: str
+    input: str  # the inputs it was designed for
+
+
+# Names fold to lower case with "_" for "-" (preact-resnet18 is preact_resnet18); every architecture
+# registers itself below, where it is defined. wrn-D-W stands for a family: resolve_arch reads D and W.
+ARCHITECTURES: Registry[ArchInfo] = Registry("architecture", fold=lambda n: n.lower().replace("-", "_"))
+
+
+def architecture(name: str, description: str, input: str):
+    """Decorator: register a builder ``f(act, num_classes, in_channels, input_size, ...)`` under ``name``."""
+
+    def add(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        ARCHITECTURES.add(name, ArchInfo(name, build, description, input))
+        return build
+
+    return add
+
+
+def _only(kw: dict) -> dict:
+    return {k: kw[k] for k in ("num_classes", "in_channels", "depth", "width") if k in kw}
 
 
 class Normalize(nn.Module):
@@ -58,6 +87,7 @@ def _conv_bn_act(act: Factory, cin: int, cout: int, k: int, stride: int = 1, pad
 
 
 # -------------------------------------------------------------------------------------------- LeNet5
+@architecture("lenet5", "LeNet-5 with batch norm (conv 6-16, fc 120-84)", "28x28 or 32x32")
 def lenet5(act: Factory, num_classes: int, in_channels: int, input_size: int, **_) -> nn.Module:
     """LeNet-5 (conv 6-16, fc 120-84) with batch norm; 28x28 inputs are padded as in the MNIST variant."""
     pad = 2 if input_size == 28 else 0
@@ -79,6 +109,7 @@ def lenet5(act: Factory, num_classes: int, in_channels: int, input_size: int, **
 
 
 # ------------------------------------------------------------------------------------------- All-CNN
+@architecture("allcnn", "All-CNN-C with batch norm (96/192 channels)", "any, >= 28x28")
 def allcnn(act: Factory, num_classes: int, in_channels: int, width: int = 96, **_) -> nn.Module:
     """All-CNN-C (Springenberg et al. 2015) with batch norm; `width` scales 96/192."""
     w1, w2 = width, 2 * width
@@ -98,6 +129,7 @@ def allcnn(act: Factory, num_classes: int, in_channels: int, width: int = 96, **
 
 
 # -------------------------------------------------------------------------------- Network in Network
+@architecture("nin", "Network-in-Network with batch norm", "any, >= 28x28")
 def nin(act: Factory, num_classes: int, in_channels: int, **_) -> nn.Module:
     """Network-in-Network (Lin et al. 2014) with batch norm."""
     return nn.Sequential(
@@ -162,6 +194,11 @@ class CifarResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+architecture("resnet20", "CIFAR ResNet-20 (16/32/64, 3 blocks per stage)", "32x32 (any)")(
+    lambda act, **kw: CifarResNet(act, depth=20, **_only(kw))
+)
+
+
 class PreActBlock(nn.Module):
     def __init__(self, act: Factory, cin: int, cout: int, stride: int):
         super().__init__()
@@ -202,6 +239,9 @@ class PreActResNet18(nn.Module):
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         out = self.act(self.bn(out))
         return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+architecture("preact_resnet18", "PreAct ResNet-18", "32x32 (any)")(lambda act, **kw: PreActResNet18(act, **_only(kw)))
 
 
 # ------------------------------------------------------------------------------------- WideResNet
@@ -262,6 +302,11 @@ class WideResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
+architecture("wrn-D-W", "WideResNet depth D, width W (RobustBench key layout), e.g. wrn-28-10", "32x32")(
+    lambda act, **kw: WideResNet(act, **_only(kw))
+)
+
+
 # ------------------------------------------------------------------------------------ torchvision
 TORCHVISION = ("resnet18", "resnet50", "wide_resnet50_2", "vgg16_bn", "mobilenet_v2", "efficientnet_b0")
 
@@ -288,43 +333,8 @@ def _torchvision(name: str):
     return build
 
 
-# ---------------------------------------------------------------------------------------- registry
-@dataclass(frozen=True)
-class ArchInfo:
-    name: str
-    build: Callable[..., nn.Module]
-    description: str
-    input: str  # the inputs it was designed for
-
-
-ARCHITECTURES: dict[str, ArchInfo] = {
-    a.name: a
-    for a in (
-        ArchInfo("lenet5", lenet5, "LeNet-5 with batch norm (conv 6-16, fc 120-84)", "28x28 or 32x32"),
-        ArchInfo("allcnn", allcnn, "All-CNN-C with batch norm (96/192 channels)", "any, >= 28x28"),
-        ArchInfo("nin", nin, "Network-in-Network with batch norm", "any, >= 28x28"),
-        ArchInfo(
-            "resnet20",
-            lambda act, **kw: CifarResNet(act, depth=20, **_only(kw)),
-            "CIFAR ResNet-20 (16/32/64, 3 blocks per stage)",
-            "32x32 (any)",
-        ),
-        ArchInfo(
-            "preact_resnet18", lambda act, **kw: PreActResNet18(act, **_only(kw)), "PreAct ResNet-18", "32x32 (any)"
-        ),
-        ArchInfo(
-            "wrn-D-W",
-            lambda act, **kw: WideResNet(act, **_only(kw)),
-            "WideResNet depth D, width W (RobustBench key layout), e.g. wrn-28-10",
-            "32x32",
-        ),
-        *(ArchInfo(n, _torchvision(n), f"torchvision {n}, activations replaced", "224x224 RGB") for n in TORCHVISION),
-    )
-}
-
-
-def _only(kw: dict) -> dict:
-    return {k: kw[k] for k in ("num_classes", "in_channels", "depth", "width") if k in kw}
+for _name in TORCHVISION:
+    architecture(_name, f"torchvision {_name}, activations replaced", "224x224 RGB")(_torchvision(_name))
 
 
 def is_import_path(arch: str) -> bool:
@@ -421,16 +431,18 @@ def takes_activation(arch: str) -> bool:
 
 
 def resolve_arch(arch: str) -> tuple[ArchInfo, dict]:
+    """The architecture ``arch`` names (a registered name, wrn-D-W with numbers, or an import path) and the
+    options its name carries."""
     if is_import_path(arch):
         return _user_arch(arch), {}
-    name = arch.strip().lower().replace("_", "-") if arch.lower().startswith("wrn") else arch.strip().lower()
-    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
+    m = re.fullmatch(r"wrn[-_](\d+)[-_](\d+)", arch.strip().lower())
     if m:
         return ARCHITECTURES["wrn-D-W"], {"depth": int(m.group(1)), "width": int(m.group(2))}
-    name = name.replace("-", "_") if name.replace("-", "_") in ARCHITECTURES else name
-    if name not in ARCHITECTURES or name == "wrn-D-W":
-        raise unknown("architecture", arch, [a for a in ARCHITECTURES if a != "wrn-D-W"] + ["wrn-28-10"])
-    return ARCHITECTURES[name], {}
+    choices = [a for a in ARCHITECTURES if a != "wrn-D-W"] + ["wrn-28-10"]
+    info = ARCHITECTURES.find(arch, choices)
+    if info.name == "wrn-D-W":  # the family's own name: D and W must be numbers
+        raise unknown("architecture", arch, choices)
+    return info, {}
 
 
 def create_model(
