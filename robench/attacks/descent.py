@@ -116,6 +116,20 @@ def _fingerprint(d: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass
+class _Live:
+    """The examples still attacked: their positions in the batch, inputs, labels and perturbations."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor | None
+    delta: torch.Tensor
+
+    def keep(self, mask: torch.Tensor) -> None:
+        self.idx, self.x, self.delta = self.idx[mask], self.x[mask], self.delta[mask]
+        self.y = self.y[mask] if self.y is not None else None
+
+
+@dataclass
 class Ascent:
     """``steps`` projected ascent steps of size ``alpha`` in the ``eps`` ball of ``norm``."""
 
@@ -141,48 +155,66 @@ class Ascent:
         the iterate alone, so from there the run would only repeat iterates already found correctly
         classified: the outcome is exactly that of the full run. Iterates are compared by fingerprints, each
         with the last ``CYCLE_WINDOW`` before it."""
-        norm, low = get_norm(self.norm), self.precision == "bf16"
+        norm = get_norm(self.norm)
         out = x.clone()
         found = torch.zeros(len(x), dtype=torch.bool, device=x.device) if stop is not None else None
-        live = torch.arange(len(x), device=x.device)
-        xl, yl, delta = x, stop, start.detach()
+        live = _Live(torch.arange(len(x), device=x.device), x, stop, start.detach())
         track = None
         if self.cycles and stop is not None and self.grad is None and self.inputs is None:
             track = torch.zeros(self.steps + 1, len(x), 2, dtype=torch.float64, device=x.device)
-            track[0] = _fingerprint(delta)
+            track[0] = _fingerprint(live.delta)
         for step in range(self.steps + (stop is not None)):
-            delta.requires_grad_(True)
-            xin = self.inputs(xl + delta, step, live) if self.inputs else xl + delta
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=low):
-                z = model(xin).float()
-            if step < self.steps:
-                (g,) = torch.autograd.grad(self.loss(z, live).sum(), delta)
-            delta = delta.detach()
-            if stop is not None:
-                hit = z.detach().argmax(1) != yl
-                if low and hit.any():  # a bf16 verdict is only a candidate: the fp32 model must agree
-                    with torch.no_grad():
-                        hit[hit.clone()] = model((xl + delta)[hit]).argmax(1) != yl[hit]
-                if hit.any():  # keep the adversarial point and drop the example from the batch
-                    out[live[hit]] = xl[hit] + delta[hit]
-                    found[live[hit]] = True
-                    keep = ~hit
-                    if not keep.any():
+            z, g = self._forward(model, live, step)
+            if found is not None:
+                hit = self._fooled(model, z, live)
+                if hit.any():  # keep each fooled example's point and drop it from the batch
+                    out[live.idx[hit]] = live.x[hit] + live.delta[hit]
+                    found[live.idx[hit]] = True
+                    if hit.all():
                         return found, out
-                    live, xl, yl, delta = live[keep], xl[keep], yl[keep], delta[keep]
-                    if step < self.steps:
-                        g = g[keep]
-            if step == self.steps:
+                    live.keep(~hit)
+                    g = g[~hit] if g is not None else None
+            if g is None:  # the check after the last step
                 break
-            delta = ascend(xl, delta, self.grad(g, live) if self.grad else g, self.alpha, self.eps, norm)
+            live.delta = ascend(
+                live.x, live.delta, self.grad(g, live.idx) if self.grad else g, self.alpha, self.eps, norm
+            )
             if track is not None:
-                h = _fingerprint(delta)
-                cycled = (track[max(0, step + 1 - CYCLE_WINDOW) : step + 1, live] == h).all(2).any(0)
-                track[step + 1, live] = h
+                cycled = _cycled(track, step, live)
                 if cycled.any():
-                    keep = ~cycled
-                    if not keep.any():
+                    if cycled.all():
                         return found, out
-                    live, xl, yl, delta = live[keep], xl[keep], yl[keep], delta[keep]
-        out[live] = (xl + delta).detach()
+                    live.keep(~cycled)
+        out[live.idx] = (live.x + live.delta).detach()
         return found, out
+
+    def _forward(self, model, live: _Live, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The logits at the live iterates and, before the last step, the loss's gradient in the
+        perturbation."""
+        live.delta.requires_grad_(True)
+        xin = self.inputs(live.x + live.delta, step, live.idx) if self.inputs else live.x + live.delta
+        with torch.autocast(xin.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            z = model(xin).float()
+        g = torch.autograd.grad(self.loss(z, live.idx).sum(), live.delta)[0] if step < self.steps else None
+        live.delta = live.delta.detach()
+        return z.detach(), g
+
+    def _fooled(self, model, z: torch.Tensor, live: _Live) -> torch.Tensor:
+        """Which live examples the logits ``z`` misclassify; a bf16 verdict is only a candidate that the
+        fp32 model must confirm."""
+        y = live.y
+        assert y is not None  # run checks only with labels
+        hit: torch.Tensor = z.argmax(1) != y
+        if self.precision == "bf16" and hit.any():
+            with torch.no_grad():
+                hit[hit.clone()] = model((live.x + live.delta)[hit]).argmax(1) != y[hit]
+        return hit
+
+
+def _cycled(track: torch.Tensor, step: int, live: _Live) -> torch.Tensor:
+    """Which live examples' new iterate equals one of their last ``CYCLE_WINDOW`` (``track`` keeps every
+    example's fingerprint per step)."""
+    h = _fingerprint(live.delta)
+    cycled = (track[max(0, step + 1 - CYCLE_WINDOW) : step + 1, live.idx] == h).all(2).any(0)
+    track[step + 1, live.idx] = h
+    return cycled
