@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .activations import SPLASH
+from .activations import SPLASH, hinge_sum
 
 SMALL_NORM = 2**17  # below this many elements PyTorch's batch-norm backward beats a Python-level one
 SMALL_CONV = 12  # at most this many output channels: the flipped forward convolution wins (benchmarks)
@@ -185,11 +185,10 @@ class FastSPLASH(nn.Module):
         a, grad = self.act, torch.is_grad_enabled()
         if x.dim() == 0 or x.dtype != a.slopes_pos.dtype or (grad and any(p.requires_grad for p in a.parameters())):
             return a(x)
-        pos, neg = a._b(a.slopes_pos, x, 1), a._b(a.slopes_neg, x, 1)
-        terms = [(b, pos[..., k], neg[..., k]) for k, b in enumerate(a.hinge_locations.tolist())]
+        terms = a.terms(x)
         if grad and x.requires_grad:
             return _HingeSum.apply(x, terms)
-        return in_slices(lambda c: hinge_sum(c, terms), x)
+        return in_slices(lambda c: hinge_sum(c, terms, inplace=True), x)
 
 
 def in_slices(fn, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
@@ -201,15 +200,6 @@ def in_slices(fn, x: torch.Tensor, *more: torch.Tensor) -> torch.Tensor:
     out = torch.empty_like(x)
     for o, *parts in zip(out.split(rows), x.split(rows), *(m.split(rows) for m in more)):
         o.copy_(fn(*parts))
-    return out
-
-
-def hinge_sum(x, terms):
-    """SPLASH's value, as its module computes it: ((0 + a+_0*relu(x - b_0)) + a-_0*relu(-x - b_0)) + ..."""
-    out = torch.zeros_like(x)
-    for b, p, n in terms:
-        out.add_(torch.sub(x, b).relu_().mul_(p))
-        out.add_(torch.neg(x).sub_(b).relu_().mul_(n))
     return out
 
 
@@ -228,7 +218,7 @@ class _HingeSum(torch.autograd.Function):
     def forward(ctx, x, terms):
         ctx.save_for_backward(x)
         ctx.terms = terms
-        return in_slices(lambda c: hinge_sum(c, terms), x)
+        return in_slices(lambda c: hinge_sum(c, terms, inplace=True), x)
 
     @staticmethod
     def backward(ctx, g):

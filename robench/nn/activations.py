@@ -235,12 +235,28 @@ class SPLASH(Activation):
         with torch.no_grad():
             self.slopes_pos[..., 0] = 1.0  # ReLU at init
 
-    def forward(self, x):
+    def terms(self, x: torch.Tensor) -> list[tuple[float, torch.Tensor, torch.Tensor]]:
+        """(b_k, a+_k, a-_k) per hinge, in order, the slopes viewed to broadcast over ``x``."""
         pos, neg = self._b(self.slopes_pos, x, 1), self._b(self.slopes_neg, x, 1)
-        out = torch.zeros_like(x)
-        for k, b in enumerate(self.hinge_locations.tolist()):
-            out = out + pos[..., k] * F.relu(x - b) + neg[..., k] * F.relu(-x - b)
-        return out
+        return [(b, pos[..., k], neg[..., k]) for k, b in enumerate(self.hinge_locations.tolist())]
+
+    def forward(self, x):
+        return hinge_sum(x, self.terms(x))
+
+
+def hinge_sum(x: torch.Tensor, terms, inplace: bool = False) -> torch.Tensor:
+    """SPLASH's value, ((0 + a+_0*relu(x - b_0)) + a-_0*relu(-x - b_0)) + ..., term by term in order: the
+    one definition that the module and its attack-time stand-in (nn/accelerate.py) both run. ``inplace``
+    computes the same operations into fewer temporaries, for inputs that need no autograd graph; the two
+    give bit-identical values."""
+    out = torch.zeros_like(x)
+    for b, p, n in terms:
+        if inplace:
+            out.add_(torch.sub(x, b).relu_().mul_(p))
+            out.add_(torch.neg(x).sub_(b).relu_().mul_(n))
+        else:
+            out = out + p * F.relu(x - b) + n * F.relu(-x - b)
+    return out
 
 
 @ACTIVATIONS.register()
