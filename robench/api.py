@@ -133,7 +133,7 @@ def _eval_config(settings: dict, checkpoints):
         items = list(checkpoints) if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     else:
         items = settings.get("checkpoints") or []
-    return EvalConfig.checked({**settings, "checkpoints": _expand(list(items))})
+    return EvalConfig.validated({**settings, "checkpoints": _expand(list(items))})
 
 
 def _expand(items: list) -> list:
@@ -216,7 +216,7 @@ def sanity(checkpoint, *, progress=None, **options) -> dict:
     from .engine.sanity import sanity as run_checks
 
     own = {k: options.pop(k) for k in list(options) if k in SanityConfig.__dataclass_fields__}
-    checks = SanityConfig.checked(own)
+    checks = SanityConfig.validated(own)
     cfg = _eval_config({k: v for k, v in options.items() if v is not None} | {"n": checks.n}, None)
     t = as_target(checkpoint, 0, cfg.trust_checkpoint, cfg.overrides())
     return run_checks(t, cfg, checks.strong_steps, checks.strong_restarts, checks.square_queries, progress)
@@ -227,14 +227,14 @@ def train(out: str | Path | None = None, *, overwrite: bool = False, progress=No
     """Train one network (options are TrainConfig's fields) and save it to ``out`` (.pt or .safetensors)
     with the whole recipe in its metadata. An existing ``out`` is kept unless ``overwrite``."""
     from .checkpoints import Checkpoint, save_checkpoint
-    from .config import TrainConfig, check_counts, check_keys, check_types
+    from .config import TrainConfig, validate_counts, validate_keys, validate_types
     from .errors import RobenchError
     from .files import sha256_file
     from .training.train import check, fit
 
-    settings = check_keys(options, TrainConfig, "train")
-    check_types(settings, TrainConfig, "train", skip=("data_dir", "eps", "step_size"))
-    check_counts(settings, "train")
+    settings = validate_keys(options, TrainConfig, "train")
+    validate_types(settings, TrainConfig, "train", skip=("data_dir", "eps", "step_size"))
+    validate_counts(settings, "train")
     cfg = check(TrainConfig(**settings))
     path = Path(out) if out else None
     if path is not None:
@@ -313,7 +313,7 @@ def check(baseline: str | Path, checkpoints=None, *, progress=None, **options) -
     from .config import CheckConfig
     from .engine.gate import run_check
 
-    cfg = CheckConfig.checked(options)
+    cfg = CheckConfig.validated(options)
     single = isinstance(checkpoints, (str, Path))
     return run_check(baseline, [checkpoints] if single else checkpoints, cfg, progress=progress)
 

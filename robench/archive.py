@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from .archive_check import Bad, check_check, check_model, check_run
+from .archive_validate import Bad, validate_check, validate_model, validate_run
 from .errors import RobenchError
 from .files import sha256_file
 from .store import RUN_FIELDS, Store
@@ -240,12 +240,12 @@ def _read(archive: Path, limit: int) -> tuple[list, list, list, int]:
             continue
         try:
             if "check" in rec:
-                checks.append(check_check(rec["check"]))
+                checks.append(validate_check(rec["check"]))
                 continue
             if "model_record" in rec:  # (a run record has a "model" field: its name)
-                models.append(check_model(rec["model_record"]))
+                models.append(validate_model(rec["model_record"]))
                 continue
-            records.append((rec, check_run(rec)))
+            records.append((rec, validate_run(rec)))
         except Bad as e:
             raise _bad(archive, n, str(e)) from None
     if not raw.strip():
@@ -299,7 +299,7 @@ def read_runs(source: str | Path) -> list[tuple[dict, list[tuple]]]:
             for run_id in map(int, db.runs()["run_id"].tolist()):
                 rec = _run_record(db, run_id)
                 try:
-                    out.append((rec, check_run(rec)))
+                    out.append((rec, validate_run(rec)))
                 except Bad as e:
                     raise RobenchError(f"Run {run_id} in {source} is damaged ({e}).") from None
             return out

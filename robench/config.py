@@ -86,7 +86,7 @@ def parse_batch_size(value) -> int | None:
     return v
 
 
-def check_device_name(device: str | None) -> None:
+def validate_device_name(device: str | None) -> None:
     """A device as torch names one (auto, cpu, cuda, cuda:N, mps, ...); whether it exists here is for torch."""
     import re
 
@@ -94,7 +94,7 @@ def check_device_name(device: str | None) -> None:
         raise RobenchError(f'Unknown device "{device}"; use auto, cpu, cuda, cuda:N or mps.')
 
 
-def check_subset(subset: str) -> None:
+def validate_subset(subset: str) -> None:
     """first, random or from:K."""
     if subset in ("first", "random"):
         return
@@ -111,7 +111,7 @@ def parse_norm(norm: str) -> str:
     return get_norm(norm).name
 
 
-def check_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
+def validate_eps_range(eps: Eps, norm: str, input_numel: int) -> None:
     """Inputs live in [0, 1]: an Linf eps above 1, or an L2 eps above the diameter of the cube, is an error."""
     from .norms import get_norm
 
@@ -152,7 +152,7 @@ class EvalConfig:
     jobs: int = 1  # worker processes for a suite (each runs whole checkpoint x run tasks)
 
     @classmethod
-    def checked(cls, settings: dict) -> EvalConfig:
+    def validated(cls, settings: dict) -> EvalConfig:
         """The settings from CLI keywords, a TOML run or Python keywords, checked: an unknown key, a wrong type,
         a count below 1 or an unknown norm is one sentence. The engine takes the result as it is."""
         valid = set(cls.__dataclass_fields__)
@@ -163,8 +163,10 @@ class EvalConfig:
         for key in ("eps", "attacks"):  # one budget or one attack given on its own: eps="0.1", attacks="fgsm"
             if isinstance(settings.get(key), (str, int, float)) and not isinstance(settings.get(key), bool):
                 settings[key] = [settings[key]]
-        check_types(settings, cls, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size"))
-        check_counts(settings, "evaluation options")
+        validate_types(
+            settings, cls, "evaluation options", skip=("checkpoints", "data_dir", "store", "out", "batch_size")
+        )
+        validate_counts(settings, "evaluation options")
         cfg = cls(**settings)
         cfg.precheck()
         cfg.norm = parse_norm(cfg.norm)
@@ -176,8 +178,8 @@ class EvalConfig:
         for e in self.eps or []:
             parse_eps(e)
         parse_batch_size(self.batch_size)
-        check_device_name(self.device)
-        check_subset(self.subset)
+        validate_device_name(self.device)
+        validate_subset(self.subset)
         if self.pgd_loss not in LOSSES:
             raise RobenchError(f'PGD loss "{self.pgd_loss}" is not one of {", ".join(LOSSES)}.')
         for a in self.attacks or []:
@@ -250,10 +252,10 @@ class CheckConfig:
     json_out: str | None = None
 
     @classmethod
-    def checked(cls, settings: dict) -> CheckConfig:
+    def validated(cls, settings: dict) -> CheckConfig:
         settings = {k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if v is not None}
-        settings = check_keys(settings, cls, "check")
-        check_types(settings, cls, "check options")
+        settings = validate_keys(settings, cls, "check")
+        validate_types(settings, cls, "check options")
         cfg = cls(**settings)
         if not 0 < cfg.alpha < 1 or cfg.tolerance < 0:
             raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
@@ -277,9 +279,9 @@ class SanityConfig:
     square_queries: int = 1000
 
     @classmethod
-    def checked(cls, settings: dict) -> SanityConfig:
+    def validated(cls, settings: dict) -> SanityConfig:
         settings = {k: v for k, v in settings.items() if v is not None}
-        check_types(settings, cls, "sanity options")
+        validate_types(settings, cls, "sanity options")
         cfg = cls(**settings)
         if cfg.strong_restarts < 1 or cfg.square_queries < 1 or (cfg.strong_steps is not None and cfg.strong_steps < 1):
             raise RobenchError("--strong-steps, --strong-restarts and --square-queries must be at least 1.")
@@ -296,7 +298,7 @@ def read_toml(path: str | Path) -> dict:
         raise RobenchError(f"{path} is not valid TOML ({e}).") from None
 
 
-def check_keys(data: dict, cls, where: str, extra: tuple[str, ...] = ()) -> dict:
+def validate_keys(data: dict, cls, where: str, extra: tuple[str, ...] = ()) -> dict:
     """``data`` with dashes turned to underscores; an unknown key is one sentence naming the closest."""
     valid = {f.name for f in fields(cls)} | set(extra)
     out = {}
@@ -345,7 +347,7 @@ def _show(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def check_types(values: dict, cls_or_fn, where: str, skip: tuple[str, ...] = ()) -> dict:
+def validate_types(values: dict, cls_or_fn, where: str, skip: tuple[str, ...] = ()) -> dict:
     """Each value must have the type its field (or parameter) is annotated with: one sentence otherwise."""
     target = cls_or_fn.__init__ if isinstance(cls_or_fn, type) and not is_dataclass(cls_or_fn) else cls_or_fn
     hints = typing.get_type_hints(target)
@@ -358,7 +360,7 @@ def check_types(values: dict, cls_or_fn, where: str, skip: tuple[str, ...] = ())
 MAX_SEED = 2**63 - 1
 
 
-def check_counts(
+def validate_counts(
     values: dict,
     where: str,
     fields_at_least_1=(
@@ -397,7 +399,7 @@ def load_suite(path: str | Path) -> list[dict]:
         run = dict(run)
         name = str(run.pop("name", f"run {i}"))
         where = f'{path} run "{name}"' if runs else str(path)
-        settings = {**check_keys(base, EvalConfig, str(path)), **check_keys(run, EvalConfig, where)}
+        settings = {**validate_keys(base, EvalConfig, str(path)), **validate_keys(run, EvalConfig, where)}
         for k in ("eps", "attacks", "checkpoints"):
             if k in settings and not isinstance(settings[k], list):
                 settings[k] = [settings[k]]
@@ -406,7 +408,7 @@ def load_suite(path: str | Path) -> list[dict]:
             if bad:
                 raise RobenchError(f'{where}: "eps" must be numbers or strings such as "8/255", not {_show(bad[0])}.')
             settings["eps"] = [str(e) for e in settings["eps"]]
-        check_types(settings, EvalConfig, where)
+        validate_types(settings, EvalConfig, where)
         out.append(settings)
     return out
 

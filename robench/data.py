@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import check_subset
+from .config import validate_subset
 from .errors import RobenchError, unknown
 from .registry import Registry
 
@@ -136,7 +136,7 @@ def select_indices(total: int, n: int | None, seed: int | None = None, subset: s
     from:1000`` is examples 1000 to 1999)."""
     if n is None or n <= 0:
         n = total
-    check_subset(subset)
+    validate_subset(subset)
     start = int(subset[5:]) if subset.startswith("from:") else 0
     if start + n > total:
         where = f"examples {start} to {start + n - 1}" if start else f"n={n} examples"
@@ -379,7 +379,8 @@ def register_dataset(info: DatasetInfo, present: Callable[[Path, str], bool] | N
     return DATASETS.add(info.name, info, replace=True)
 
 
-register_dataset(
+# the built-in datasets: their sizes, default eps, where they are found, normalisation and readers
+for _info in (
     DatasetInfo(
         "fashion-mnist",
         10,
@@ -391,11 +392,7 @@ register_dataset(
         "run `apt-get install dataset-fashion-mnist` (Debian) or put the four IDX files in ./data/fashion-mnist/",
         _read_idx_split("fashion-mnist"),
         present=_idx_present,
-    )
-)
-
-
-register_dataset(
+    ),
     DatasetInfo(
         "mnist",
         10,
@@ -407,11 +404,7 @@ register_dataset(
         "put the four MNIST IDX files in ./data/mnist/ (or MNIST/raw/ as torchvision keeps them)",
         _read_idx_split("mnist"),
         present=_idx_present,
-    )
-)
-
-
-register_dataset(
+    ),
     DatasetInfo(
         "cifar10",
         10,
@@ -423,11 +416,7 @@ register_dataset(
         "unpack cifar-10-python.tar.gz into ./data/ so that ./data/cifar-10-batches-py/ exists",
         _read_cifar("cifar10", CIFAR10_FILES, "labels"),
         present=_files_present(CIFAR10_FILES),
-    )
-)
-
-
-register_dataset(
+    ),
     DatasetInfo(
         "cifar100",
         100,
@@ -439,11 +428,7 @@ register_dataset(
         "unpack cifar-100-python.tar.gz into ./data/ so that ./data/cifar-100-python/ exists",
         _read_cifar("cifar100", CIFAR100_FILES, "fine_labels"),
         present=_files_present(CIFAR100_FILES),
-    )
-)
-
-
-register_dataset(
+    ),
     DatasetInfo(
         "svhn",
         10,
@@ -455,11 +440,7 @@ register_dataset(
         "put test_32x32.mat (and train_32x32.mat) in ./data/svhn/",
         _read_svhn,
         present=lambda folder, split: (folder / f"{split}_32x32.mat").is_file(),
-    )
-)
-
-
-register_dataset(
+    ),
     DatasetInfo(
         "imagenet",
         1000,
@@ -471,8 +452,9 @@ register_dataset(
         "put the validation set as ./data/imagenet/val/<wnid>/*.JPEG (torchvision's ImageFolder layout)",
         _read_imagenet,
         present=lambda folder, split: _image_classes(folder),
-    )
-)
+    ),
+):
+    register_dataset(_info)
 
 
 def dataset_info(name: str) -> DatasetInfo:

@@ -27,7 +27,7 @@ LAYERS = [
     ["robench.nn"],
     ["robench.checkpoints"],
     ["robench.attacks"],
-    ["robench.results", "robench.archive", "robench.archive_check"],
+    ["robench.results", "robench.archive", "robench.archive_validate"],
     ["robench.engine"],
     ["robench.training"],
     ["robench.reporting"],

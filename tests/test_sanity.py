@@ -165,7 +165,7 @@ def test_the_checklist_with_fast_passes_an_honest_model(honest, tmp_path):
 def test_a_step_along_the_gradient_raises_the_margin_of_honest_models_only(honest):
     """The gradient-ascent check: a straight-through decoy (and a zero gradient) fails it, honest models
     and the shipped checkpoints pass it, in both norms."""
-    from robench.engine.checks import ascent
+    from robench.engine.masking import ascent
 
     split = robench.load_split("fashion-mnist")
     x, y = split.batch(torch.arange(64))
@@ -197,7 +197,7 @@ def test_transfer_beating_white_box_is_flagged_and_shown_by_eval(honest, trained
 
 
 def test_robust_accuracy_rising_with_eps_across_runs_is_flagged(tmp_path):
-    from robench.engine.checks import cross_checks
+    from robench.engine.masking import cross_checks
 
     db = Store(tmp_path / "s.sqlite")
     budget = [{"name": "pgd", "steps": 20}]

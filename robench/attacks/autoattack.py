@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..config import check_types
+from ..config import validate_types
 from ..errors import RobenchError, unknown
 from .base import SAVED_STAGES, Attack, AttackOutput, report_stage
 from .registry import ATTACKS
@@ -89,7 +89,7 @@ class AutoAttack(Attack):
                     f"{low} runs at AutoAttack's official budget and takes no options"
                     + (" but queries=N." if low == "square" else ".")
                 )
-            check_types(opts, cls, f'Attack "{spec}"')
+            validate_types(opts, cls, f'Attack "{spec}"')
             if opts and opts["queries"] < 1:
                 raise RobenchError(f'Attack "{spec}": queries must be at least 1.')
             return cls(

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import check_types
+from ..config import validate_types
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Attack(ABC):
         """The attack a spec names (``name(opts)``); ``context`` holds what the caller knows (the --pgd-*
         flags, the batch size), which each class reads or ignores. A wrong type is one sentence; an unknown
         option raises TypeError, which the registry words."""
-        check_types(opts, cls, f'Attack "{spec}"')
+        validate_types(opts, cls, f'Attack "{spec}"')
         return cls(**{**cls.defaults(context), **opts})
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import check_device_name, parse_batch_size
+from ..config import parse_batch_size, validate_device_name
 from ..errors import RobenchError
 
 __all__ = ["resolve_device", "auto_batch_size", "parse_batch_size"]
@@ -18,7 +18,7 @@ def resolve_device(device: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    check_device_name(device)
+    validate_device_name(device)
     try:
         dev = torch.device(device)
     except RuntimeError:

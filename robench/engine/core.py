@@ -20,7 +20,7 @@ from torch import nn
 from .._version import __version__
 from ..attacks.base import Attack, report_stage
 from ..checkpoints import Checkpoint, load_checkpoint
-from ..config import Eps, EvalConfig, check_eps_range, parse_eps
+from ..config import Eps, EvalConfig, parse_eps, validate_eps_range
 from ..data import DatasetInfo, Split, dataset_info, load_split, select_indices
 from ..errors import RobenchError
 from ..nn.accelerate import accelerate
@@ -217,11 +217,11 @@ def data_slice(t: Target, cfg: EvalConfig, splits: dict, eps_given: list[Eps] | 
     data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, cfg.split, cfg.data_dir))
     eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
     for e in eps_list:
-        check_eps_range(e, norm, math.prod(info.shape))
+        validate_eps_range(e, norm, math.prod(info.shape))
     return Slice(info, data, select_indices(len(data), cfg.n, cfg.seed, cfg.subset), eps_list)
 
 
-def check_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
+def validate_model(model, sl: Slice, dev, name: str, input_shape=None) -> None:
     """Fail fast on a model that cannot take this dataset's images or does not return logits for it."""
     x0, _ = sl.data.batch(sl.idx[: min(len(sl.idx), 8)])
     want = tuple(input_shape or ())

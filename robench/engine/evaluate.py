@@ -23,20 +23,20 @@ from ..errors import RobenchError
 from ..store import Store
 from . import distributed
 from .batching import auto_batch_size, parse_batch_size, resolve_device
-from .checks import after_run
 from .core import (
     SavedStages,
     as_target,
     attack_batch,
     attack_mode,
-    check_model,
     close_run,
     data_slice,
     open_run,
     remember,
     run_fields,
     run_key,
+    validate_model,
 )
+from .masking import after_run
 
 
 def evaluate(
@@ -75,7 +75,7 @@ def evaluate(
             model = t.model.to(dev)
             with attack_mode(model) as attacked:
                 if not cached_only:  # (asking whether a run is stored needs no forward pass: see jobs)
-                    check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+                    validate_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
                 bs = bs_given or auto_batch_size(attacked, info.shape, dev, len(idx))
                 # the specs and norms were checked above; now built for this batch size
                 atk = [create_attack(a, pgd=pgd, batch_size=bs) for a in attacks]

@@ -274,7 +274,7 @@ def run_check(baseline: str | Path, checkpoints: list | None, settings: CheckCon
             data, runs = runs_of(rows)
             for run in runs:
                 plan.append(_planned(mid, ck.sha256, run, autoattack))
-                cfg = EvalConfig.checked(
+                cfg = EvalConfig.validated(
                     dict(
                         dataset=rows.iloc[0]["dataset"],
                         norm=rows.iloc[0]["norm"],

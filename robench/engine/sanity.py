@@ -29,8 +29,8 @@ from ..norms import get_norm
 from ..results.runs import ALPHA, SQUARE_MARGIN
 from ..stats import binom_above, mcnemar_exact, wilson
 from ..store import Store
-from .checks import TOLERANCE, ascent, cross_checks, finding, pct, probe
 from .core import Slice, attack_batch, attack_mode, remember
+from .masking import TOLERANCE, ascent, cross_checks, finding, pct, probe
 
 # -------------------------------------------------------------------------------------- the checklist
 # the checks only the checklist runs (every evaluation runs the probes and the transfer check too)
@@ -286,7 +286,7 @@ def sanity(
     import pandas as pd
 
     from .batching import auto_batch_size, parse_batch_size, resolve_device
-    from .core import check_model, data_slice
+    from .core import data_slice, validate_model
 
     dev = resolve_device(cfg.device)
     sl = data_slice(t, cfg, {})
@@ -296,7 +296,7 @@ def sanity(
         with torch.no_grad():
             z = model(x0.to(dev))
         if z.dim() != 2 or z.shape[1] != sl.info.num_classes:  # wrong shapes are an error, not a finding
-            check_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+            validate_model(model, sl, dev, t.checkpoint or t.name, t.meta.get("input_shape"))
         bs = parse_batch_size(cfg.batch_size) or auto_batch_size(model, sl.info.shape, dev, len(sl.idx))
     found, white = checklist(
         model,

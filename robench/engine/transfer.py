@@ -25,20 +25,20 @@ from ..norms import project
 from ..stats import wilson
 from ..store import Store
 from .batching import auto_batch_size, parse_batch_size, resolve_device
-from .checks import after_run
 from .core import (
     Slice,
     Target,
     as_target,
     attack_mode,
-    check_model,
     close_run,
     data_slice,
     open_run,
     remember,
     run_fields,
     run_key,
+    validate_model,
 )
+from .masking import after_run
 
 
 def transfer(
@@ -182,7 +182,7 @@ def _same_inputs(models: list[Target], slices: dict, dev) -> None:
                 f"{tuple(slices[id(t)].info.shape)} of {ds}; sources and targets must share it."
             )
         with attack_mode(t.model.to(dev)):
-            check_model(t.model, slices[id(t)], dev, t.checkpoint or t.name, t.meta.get("input_shape"))
+            validate_model(t.model, slices[id(t)], dev, t.checkpoint or t.name, t.meta.get("input_shape"))
 
 
 def cache_key(members: list[Target], attack: TransferAttack, sl: Slice, eps, norm: str, split: str, seed: int) -> str:

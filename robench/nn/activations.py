@@ -222,6 +222,9 @@ class SPLASH(Activation):
     name, grounded = "splash", True
     formula = "sum_k a+_k*max(0, x - b_k) + a-_k*max(0, -x - b_k)"
     options, learned = {"hinges": 7, "hinge_max": 2.5}, ("slopes_pos", "slopes_neg")
+    slopes_pos: torch.Tensor
+    slopes_neg: torch.Tensor
+    hinge_locations: torch.Tensor
 
     def __init__(self, channels=None, share=None, **opts):
         super().__init__(channels, share, **opts)

@@ -22,7 +22,7 @@ from .._version import __version__
 from ..attacks.descent import Ascent, labels_loss
 from ..attacks.pgd import PGD
 from ..checkpoints import model_meta
-from ..config import TrainConfig, check_eps_range, parse_eps, parse_norm
+from ..config import TrainConfig, parse_eps, parse_norm, validate_eps_range
 from ..data import dataset_info, load_split
 from ..engine.batching import resolve_device
 from ..engine.core import attack_batch
@@ -56,7 +56,7 @@ def check(cfg: TrainConfig) -> TrainConfig:
     info = dataset_info(cfg.dataset)
     cfg.dataset, cfg.norm = info.name, parse_norm(cfg.norm)
     eps = parse_eps(cfg.eps if cfg.eps is not None else info.eps[cfg.norm])
-    check_eps_range(eps, cfg.norm, math.prod(info.shape))
+    validate_eps_range(eps, cfg.norm, math.prod(info.shape))
     cfg.eps = eps.text
     if cfg.step_size is None and cfg.method != "standard":
         cfg.step_size = f"{1.25 if cfg.method == 'fast-at' else 2.5 / cfg.steps:.6g}*eps"

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..config import TrainConfig, check_counts, check_keys, check_types, read_toml
+from ..config import TrainConfig, read_toml, validate_counts, validate_keys, validate_types
 from ..errors import RobenchError
 from ..files import atomic_path
 from ..nn.activations import parse_activation
@@ -58,9 +58,9 @@ def read_zoo(path: str | Path) -> list[Member]:
                 f'{path}: group "{name}" needs either one seed or a list of distinct '
                 "whole-number seeds between 0 and 2**31 - 1."
             )
-        recipe = check_keys(group, TrainConfig, f'{path} group "{name}"')
-        check_types(recipe, TrainConfig, f'{path} group "{name}"', skip=("eps", "step_size"))
-        check_counts(recipe, f'{path} group "{name}"')
+        recipe = validate_keys(group, TrainConfig, f'{path} group "{name}"')
+        validate_types(recipe, TrainConfig, f'{path} group "{name}"', skip=("eps", "step_size"))
+        validate_counts(recipe, f'{path} group "{name}"')
         for seed in seeds or [recipe.get("seed", TrainConfig.seed)]:
             for act in acts:
                 cfg = TrainConfig(**{**recipe, "seed": seed, "activation": act})

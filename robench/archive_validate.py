@@ -174,7 +174,7 @@ def _outcomes(oc, eps: list[str], limit: int) -> tuple[list[tuple], list[int]]:
     return rows, idx
 
 
-def check_run(rec: dict) -> list[tuple]:
+def validate_run(rec: dict) -> list[tuple]:
     """The outcome rows of one run record, after checking every field robench reads; raises Bad."""
     from .store import RUN_FIELDS
 
@@ -237,7 +237,7 @@ def check_run(rec: dict) -> list[tuple]:
     return rows
 
 
-def check_check(c) -> dict:
+def validate_check(c) -> dict:
     """One model check of an archive, checked; raises Bad."""
     if not isinstance(c, dict):
         raise Bad("a malformed check")
@@ -264,7 +264,7 @@ def _number(v, name: str) -> float:
     return v
 
 
-def check_model(m) -> dict:
+def validate_model(m) -> dict:
     """One model record of an archive (what the pages show of a model's activations), checked; raises Bad."""
     if not isinstance(m, dict) or set(m) != {"sha256", "record"} or not isinstance(m["record"], dict):
         raise Bad("a malformed model record")
