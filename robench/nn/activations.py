@@ -91,6 +91,17 @@ class _Fixed(Activation):
         return self.fn(x)
 
 
+# --------------------------------------------------------------------------------- learned functions
+class _Alpha(Activation):
+    """A learned function of one parameter, alpha, started at the option ``alpha0``."""
+
+    options, learned = {"alpha0": 1.0}, ("alpha",)
+
+    def __init__(self, channels=None, share=None, **opts):
+        super().__init__(channels, share, **opts)
+        self._param("alpha", self.opts["alpha0"])
+
+
 @ACTIVATIONS.register()
 class ReLU(_Fixed):
     name, formula, grounded = "relu", "max(0, x)", True
@@ -107,6 +118,15 @@ class LeakyReLU(Activation):
 
 
 @ACTIVATIONS.register()
+class PReLU(_Alpha):
+    name, formula, grounded = "prelu", "x if x > 0 else alpha*x", True
+    options = {"alpha0": 0.0}
+
+    def forward(self, x):
+        return torch.where(x > 0, x, self._b(self.alpha, x) * x)
+
+
+@ACTIVATIONS.register()
 class ELU(Activation):
     name, formula, grounded = "elu", "x if x > 0 else alpha*(exp(x) - 1)", True
     options = {"alpha": 1.0}
@@ -116,9 +136,25 @@ class ELU(Activation):
 
 
 @ACTIVATIONS.register()
+class PELU(_Alpha):
+    name, formula, grounded = "pelu", "x if x > 0 else alpha*(exp(x) - 1)", True
+
+    def forward(self, x):
+        return torch.where(x > 0, x, self._b(self.alpha, x) * torch.expm1(torch.clamp(x, max=0)))
+
+
+@ACTIVATIONS.register()
 class SiLU(_Fixed):
     name, formula, grounded = "silu", "x * sigmoid(x)", True
     fn = staticmethod(F.silu)
+
+
+@ACTIVATIONS.register()
+class PSiLU(_Alpha):
+    name, formula, grounded = "psilu", "x * sigmoid(|alpha|*x)", True
+
+    def forward(self, x):
+        return x * torch.sigmoid(self._b(self.alpha, x).abs() * x)
 
 
 @ACTIVATIONS.register()
@@ -137,54 +173,6 @@ class Softplus(Activation):
 
 
 @ACTIVATIONS.register()
-class Tanh(_Fixed):
-    name, formula, grounded = "tanh", "tanh(x)", True
-    fn = staticmethod(torch.tanh)
-
-
-@ACTIVATIONS.register()
-class Sigmoid(_Fixed):
-    name, formula = "sigmoid", "1 / (1 + exp(-x))"
-    fn = staticmethod(torch.sigmoid)
-
-
-# --------------------------------------------------------------------------------- learned functions
-class _Alpha(Activation):
-    """A learned function of one parameter, alpha, started at the option ``alpha0``."""
-
-    options, learned = {"alpha0": 1.0}, ("alpha",)
-
-    def __init__(self, channels=None, share=None, **opts):
-        super().__init__(channels, share, **opts)
-        self._param("alpha", self.opts["alpha0"])
-
-
-@ACTIVATIONS.register()
-class PReLU(_Alpha):
-    name, formula, grounded = "prelu", "x if x > 0 else alpha*x", True
-    options = {"alpha0": 0.0}
-
-    def forward(self, x):
-        return torch.where(x > 0, x, self._b(self.alpha, x) * x)
-
-
-@ACTIVATIONS.register()
-class PELU(_Alpha):
-    name, formula, grounded = "pelu", "x if x > 0 else alpha*(exp(x) - 1)", True
-
-    def forward(self, x):
-        return torch.where(x > 0, x, self._b(self.alpha, x) * torch.expm1(torch.clamp(x, max=0)))
-
-
-@ACTIVATIONS.register()
-class PSiLU(_Alpha):
-    name, formula, grounded = "psilu", "x * sigmoid(|alpha|*x)", True
-
-    def forward(self, x):
-        return x * torch.sigmoid(self._b(self.alpha, x).abs() * x)
-
-
-@ACTIVATIONS.register()
 class PSoftplus(_Alpha):
     name, formula = "psoftplus", "log(1 + exp(|alpha|*x)) / |alpha|"
 
@@ -194,25 +182,15 @@ class PSoftplus(_Alpha):
 
 
 @ACTIVATIONS.register()
-class PSSiLU(Activation):
-    name, formula, grounded = "pssilu", "x * (sigmoid(|alpha|*x) - |beta|) / (1 - |beta|)", True
-    options, learned = {"alpha0": 1.0, "beta0": 1e-8, "lam": 10.0}, ("alpha", "beta")
-    default_share = "network"
-    grad_clip = {"beta": 0.01}  # as in the official PAF code
+class Tanh(_Fixed):
+    name, formula, grounded = "tanh", "tanh(x)", True
+    fn = staticmethod(torch.tanh)
 
-    def __init__(self, channels=None, share=None, **opts):
-        super().__init__(channels, share, **opts)
-        self._param("alpha", self.opts["alpha0"])
-        self._param("beta", self.opts["beta0"])
 
-    def forward(self, x):
-        a, b = self._b(self.alpha, x).abs(), self._b(self.beta, x).abs()
-        return x * (torch.sigmoid(a * x) - b) / (1 - b)
-
-    penalty_formula = "lam*|beta|, lam={lam}"
-
-    def penalty(self):
-        return self.opts["lam"] * self.beta.abs().sum()
+@ACTIVATIONS.register()
+class Sigmoid(_Fixed):
+    name, formula = "sigmoid", "1 / (1 + exp(-x))"
+    fn = staticmethod(torch.sigmoid)
 
 
 @ACTIVATIONS.register()
@@ -260,6 +238,28 @@ def hinge_sum(x: torch.Tensor, terms, inplace: bool = False) -> torch.Tensor:
         else:
             out = out + p * F.relu(x - b) + n * F.relu(-x - b)
     return out
+
+
+@ACTIVATIONS.register()
+class PSSiLU(Activation):
+    name, formula, grounded = "pssilu", "x * (sigmoid(|alpha|*x) - |beta|) / (1 - |beta|)", True
+    options, learned = {"alpha0": 1.0, "beta0": 1e-8, "lam": 10.0}, ("alpha", "beta")
+    default_share = "network"
+    grad_clip = {"beta": 0.01}  # as in the official PAF code
+
+    def __init__(self, channels=None, share=None, **opts):
+        super().__init__(channels, share, **opts)
+        self._param("alpha", self.opts["alpha0"])
+        self._param("beta", self.opts["beta0"])
+
+    def forward(self, x):
+        a, b = self._b(self.alpha, x).abs(), self._b(self.beta, x).abs()
+        return x * (torch.sigmoid(a * x) - b) / (1 - b)
+
+    penalty_formula = "lam*|beta|, lam={lam}"
+
+    def penalty(self):
+        return self.opts["lam"] * self.beta.abs().sum()
 
 
 @ACTIVATIONS.register()
