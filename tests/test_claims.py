@@ -104,6 +104,26 @@ def test_claims_pair_training_runs_by_seed_and_give_a_verdict():
     )
 
 
+def test_a_verdict_resting_on_flagged_checkpoints_says_so_beside_it():
+    """Every SPLASH checkpoint carrying AutoAttack's own warning at eps 0.1 shows beside the white-box verdict
+    at 0.1, in both claims tables; clean accuracy rests on no attack and carries no note."""
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    for seed in range(3):
+        g.members.append(
+            _member("relu", seed, **{"0.1": {"clean": _outcomes(400, 500), "autoattack": _outcomes(300, 500)}})
+        )
+        splash = _member("splash", seed, **{"0.1": {"clean": _outcomes(410, 500), "autoattack": _outcomes(340, 500)}})
+        splash.unreliable = {"0.1": ["AutoAttack's own reliability warning"]}
+        g.members.append(splash)
+    rows = claims.claim_rows([g])
+    white = next(r for r in rows if "white-box" in r["claim"])
+    assert white["note"] == "3 of the 6 checkpoints it rests on carry a reliability flag"
+    assert next(r for r in rows if "clean accuracy" in r["claim"])["note"] == ""
+    for table in (claims.section([g], rows), claims.group_section([g], g, rows)):
+        line = next(x for x in table if x.startswith("| SPLASH is more robust than ReLU to white-box"))
+        assert line.endswith("| **supported**; 3 of the 6 checkpoints it rests on carry a reliability flag |")
+
+
 def test_a_single_training_run_gets_a_test_sampling_interval():
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
     g.members += [
@@ -211,8 +231,9 @@ def test_the_anomaly_section_lays_the_attacks_side_by_side():
 
 def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkeypatch):
     """The group's first table pools each activation's training runs: its numbers equal a recomputation
-    from the per-example outcomes (means over seeds, a Student-t interval over the seed-paired differences,
-    an exact McNemar test for a single pair), and the forest plot draws exactly the table's intervals."""
+    from the per-example outcomes (means over seeds and their intervals, a Student-t interval over the
+    seed-paired differences, an exact McNemar test for a single pair), and the forest plot draws exactly
+    the table's intervals."""
     from scipy.stats import binomtest
     from scipy.stats import t as student
 
@@ -238,7 +259,16 @@ def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkey
                 return 100 * sum(d.values()) / len(d)
 
             cell = row["metrics"][metric]
-            assert cell["mean"] == pytest.approx(sum(pct(act, s) for s in row["seeds"]) / len(row["seeds"]))
+            accs = [pct(act, s) for s in row["seeds"]]
+            assert cell["mean"] == pytest.approx(sum(accs) / len(accs))
+            if len(accs) > 1:  # the mean's interval: Student-t over the seeds' accuracies
+                m, sd = sum(accs) / len(accs), statistics.stdev(accs)
+                half = student.ppf(0.975, len(accs) - 1) * sd / len(accs) ** 0.5
+                assert (cell["mean_low"], cell["mean_high"]) == pytest.approx((max(0, m - half), min(100, m + half)))
+            else:  # one run: Wilson over its test examples
+                d = next(mb for mb in g.members if (mb.activation, mb.seed) == (act, 0)).by_eps["0.1"][metric]
+                ci = binomtest(sum(d.values()), len(d)).proportion_ci(method="wilson")
+                assert (cell["mean_low"], cell["mean_high"]) == pytest.approx((100 * ci.low, 100 * ci.high))
             if act == "splash":  # three seed-paired differences: Student-t over them
                 diffs = [pct("splash", s) - pct("relu", s) for s in (0, 1, 2)]
                 mean = sum(diffs) / 3
@@ -254,7 +284,9 @@ def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkey
                 assert cell["p"] == pytest.approx(binomtest(only_a, only_a + only_b).pvalue)
     assert rows["relu"]["verdict"] == "the reference"
     assert rows["splash"]["verdict"].startswith("more robust than ReLU (AutoAttack): ")
-    assert "1 of its 1 checkpoints carry a reliability flag" in rows["tanh"]["verdict"]
+    # tanh's one run against ReLU's run of the same seed: two checkpoints, tanh's flagged
+    assert rows["tanh"]["verdict"].endswith("; 1 of the 2 checkpoints it rests on carries a reliability flag")
+    assert "reliability" not in rows["splash"]["verdict"]
 
     drawn = {}
     monkeypatch.setattr(plots, "forest", lambda path, panels, title: drawn.setdefault("panels", panels) and path)

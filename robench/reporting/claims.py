@@ -107,15 +107,46 @@ def _n(e: dict) -> str:
     return "n = " + ", ".join(f"{n:,}" for n in e["n"])
 
 
-def _row(claim: str, setting: str, e: dict | None, missing: str) -> dict:
+def flag_note(flagged: int, total: int) -> str:
+    """What a verdict says beside it when checkpoints it rests on carry a reliability flag."""
+    if not flagged:
+        return ""
+    verb = "carries" if flagged == 1 else "carry"
+    return f"{flagged} of the {total} checkpoint{'s' * (total != 1)} it rests on {verb} a reliability flag"
+
+
+def rests_on(g, acts: tuple[str, ...], seeds: list[int] | None, eps: str | None) -> str:
+    """The flag note for a claim measured at ``eps`` on the ``acts`` members of ``g`` of these training
+    ``seeds`` (None: every seed); clean accuracy (``eps`` None) rests on no attack, so it carries none."""
+    if eps is None:
+        return ""
+    used = [
+        mb
+        for mb in g.members
+        if mb.activation in acts and (seeds is None or (0 if mb.seed is None else mb.seed) in seeds)
+    ]
+    return flag_note(sum(bool(mb.unreliable.get(eps)) for mb in used), len(used))
+
+
+def _row(claim: str, setting: str, e: dict | None, missing: str, g=None, acts: tuple[str, ...] = (), eps=None) -> dict:
+    """One claim's row; with the group ``g``, the activations ``acts`` compared and the ``eps`` attacked at,
+    its ``note`` says how many of the checkpoints it rests on carry a reliability flag."""
     if e is None:
-        return {"claim": claim, "setting": setting, "effect": "-", "basis": missing, "verdict": "not yet measured"}
+        return {
+            "claim": claim,
+            "setting": setting,
+            "effect": "-",
+            "basis": missing,
+            "verdict": "not yet measured",
+            "note": "",
+        }
     return {
         "claim": claim,
         "setting": setting,
         "effect": f"{_ci(e)} ({e['a']:.1f}% vs {e['b']:.1f}%)",
         "basis": f"{e['basis']}; {_n(e)}; {e['test']} p={e['p']:.3g}",
         "verdict": verdict(e["low"], e["high"], e["p"]),
+        "note": rests_on(g, acts, e["seeds"], eps) if g is not None else "",
     }
 
 
@@ -152,7 +183,7 @@ def _spearman(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return float(r.statistic), float(r.pvalue)
 
 
-def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: str) -> dict:
+def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: str, note: str = "") -> dict:
     if len(pairs) < 4 or len({x for x, _ in pairs}) < 2 or len({y for _, y in pairs}) < 2:
         return {
             "claim": claim,
@@ -160,6 +191,7 @@ def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: 
             "effect": "-",
             "basis": f"{len(pairs)} checkpoint{'s' * (len(pairs) != 1)} with {what}: too few to correlate",
             "verdict": "not yet measured",
+            "note": "",
         }
     rho, p = _spearman([x for x, _ in pairs], [y for _, y in pairs])
     v = (
@@ -175,6 +207,7 @@ def _corr_row(claim: str, setting: str, pairs: list[tuple[float, float]], what: 
         "effect": f"Spearman rho {rho:+.2f}, p={p:.3g}",
         "basis": f"{len(pairs)} checkpoints ({what}); checkpoints of one activation are not independent",
         "verdict": v,
+        "note": note,
     }
 
 
@@ -202,7 +235,7 @@ def claim_rows(found: list) -> list[dict]:
             e = effect(g, "splash", "relu", "autoattack", eps)
             if max(e["a"], e["b"]) == 0:
                 continue  # both at 0%: a budget these models have no robustness at, so nothing to compare
-            rows.append(_row(white, f"{g.md_title}, attacked at eps {md(eps)}", e, ""))
+            rows.append(_row(white, f"{g.md_title}, attacked at eps {md(eps)}", e, "", g, ("splash", "relu"), eps))
             shown += 1
         if not shown:
             rows.append(
@@ -223,6 +256,9 @@ def claim_rows(found: list) -> list[dict]:
                     f"{g.md_title}, attacked at eps {md(eps)}",
                     effect(g, "splash", "relu", "transfer", eps),
                     "",
+                    g,
+                    ("splash", "relu"),
+                    eps,
                 )
             )
     # Dai et al.: smooth PAFs under adversarial training, PSSiLU most
@@ -235,6 +271,9 @@ def claim_rows(found: list) -> list[dict]:
                         f"{g.md_title}, attacked at eps {md(g.train_eps)}",
                         effect(g, act, "relu", "autoattack", g.train_eps),
                         "no AutoAttack run on both",
+                        g,
+                        (act, "relu"),
+                        g.train_eps,
                     )
                 )
         if {"pssilu", "psoftplus"} <= _acts(g):
@@ -245,6 +284,9 @@ def claim_rows(found: list) -> list[dict]:
                 f"{g.md_title}, attacked at eps {md(g.train_eps)}",
                 e,
                 "no AutoAttack run on both",
+                g,
+                ("pssilu", "psoftplus"),
+                g.train_eps,
             )
             rank = _rank(g, "pssilu", "autoattack", g.train_eps)
             if rank:
@@ -268,22 +310,25 @@ def claim_rows(found: list) -> list[dict]:
         )
         on = f"; AutoAttack on n = {ns[0]:,}" + (f" to {ns[-1]:,}" if len(ns) > 1 else "") if ns else ""
         st = shapes[id(g)]
-        neg = [(st[s]["negative_output"], r) for s, r in robust.items() if s in st]
-        smooth = [(st[s]["curvature"], r) for s, r in robust.items() if s in st and st[s]["curvature"] != KINK]
+        flagged = {mb.sha256 for mb in g.members if mb.unreliable.get(g.train_eps)}
+        neg_on = [s for s in robust if s in st]
+        smooth_on = [s for s in robust if s in st and st[s]["curvature"] != KINK]
         rows.append(
             _corr_row(
                 "Positive outputs on negative inputs go with higher robust accuracy (AutoAttack)",
                 f"{g.md_title}, attacked at eps {md(g.train_eps)}",
-                neg,
+                [(st[s]["negative_output"], robust[s]) for s in neg_on],
                 "mean activation output on [-4, 0)" + on,
+                flag_note(len(flagged & set(neg_on)), len(neg_on)),
             )
         )
         rows.append(
             _corr_row(
                 "Higher finite curvature goes with higher robust accuracy (AutoAttack)",
                 f"{g.md_title}, attacked at eps {md(g.train_eps)}",
-                smooth,
+                [(st[s]["curvature"], robust[s]) for s in smooth_on],
                 "largest absolute f'' of the smooth activations" + on,
+                flag_note(len(flagged & set(smooth_on)), len(smooth_on)),
             )
         )
     for g in adversarial:
@@ -335,6 +380,7 @@ def _movement_rows(adv, std, adv_shapes: dict, std_shapes: dict) -> list[dict]:
                     "effect": "-",
                     "basis": f"{len(diffs)} paired training runs of parametric smooth activations",
                     "verdict": "not yet measured",
+                    "note": "",
                 }
             )
             continue
@@ -350,6 +396,7 @@ def _movement_rows(adv, std, adv_shapes: dict, std_shapes: dict) -> list[dict]:
                 else "not supported (significant the other way)"
                 if hi < 0
                 else "inconclusive at this n",
+                "note": "",
             }
         )
     return rows
@@ -370,14 +417,21 @@ def section(found: list, rows: list[dict] | None = None) -> list[str]:
         "Robust accuracy is official AutoAttack (standard). The verdict follows from the interval: "
         f"**supported** when it lies above 0 (with p < 0.05); **not supported** when it lies below 0 or below "
         f"+{MIN_EFFECT:g} point (it rules out a gain worth acting on); otherwise **inconclusive at this n**. Shape claims use "
-        "Spearman's rank correlation (p < 0.05) or a t-interval over paired training runs.",
+        "Spearman's rank correlation (p < 0.05) or a t-interval over paired training runs. Beside a verdict, "
+        "how many of the checkpoints it rests on carry a reliability flag at that eps (see their flags): "
+        "their robust accuracy may be overstated.",
         "",
         "| Claim | Setting | Measured effect [95% CI] | Basis | Verdict |",
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | {r['basis']} | **{r['verdict']}** |")
+        lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | {r['basis']} | {_verdict_cell(r)} |")
     return lines
+
+
+def _verdict_cell(r: dict) -> str:
+    """The verdict in bold, and beside it how many checkpoints it rests on carry a reliability flag."""
+    return f"**{r['verdict']}**" + (f"; {r['note']}" if r.get("note") else "")
 
 
 def group_section(found: list, g, rows: list[dict] | None = None) -> list[str]:
@@ -388,5 +442,5 @@ def group_section(found: list, g, rows: list[dict] | None = None) -> list[str]:
     lines = ["", "### The papers' claims on this group", "", "| Claim | Setting | Measured effect [95% CI] | Verdict |"]
     lines.append("|---|---|---|---|")
     for r in mine:
-        lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | **{r['verdict']}** |")
+        lines.append(f"| {r['claim']} | {r['setting']} | {r['effect']} | {_verdict_cell(r)} |")
     return lines

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from ..stats import compare_outcomes
 from ..text import md
-from .claims import verdict
+from .claims import rests_on, verdict
 from .seeds import LABELS, by_seed, seed_rows
 
 FOREST_METRICS = ("clean", "autoattack", "transfer")  # the panels of the forest plot
-VERDICT_METRIC = ("autoattack", "best_known")  # the robust accuracy a verdict rests on, first that is measured
+VERDICT_METRIC = ("autoattack", "best_known")
+TABLE_HEAD = "| Activation | Seeds | "  # how the pooled table starts (the web page draws it in HTML instead)  # the robust accuracy a verdict rests on, first that is measured
 
 
 def pooled(g, eps: str) -> list[dict]:
@@ -27,7 +28,7 @@ def pooled(g, eps: str) -> list[dict]:
     for r in rows:
         row = out.setdefault(r["activation"], {"activation": r["activation"], "seeds": set(), "metrics": {}})
         row["seeds"] |= set(r["seeds"])
-        cell = {"mean": r["mean"], "seeds": len(r["seeds"])}
+        cell = {"mean": r["mean"], "mean_low": r["mean_low"], "mean_high": r["mean_high"], "seeds": len(r["seeds"])}
         if "diff" in r:
             cell.update(diff=r["diff"], low=r["low"], high=r["high"], p=r["p"], pairs=len(r["paired"]))
             if len(r["paired"]) == 1:  # one pair of training runs: the interval over its test examples
@@ -36,35 +37,35 @@ def pooled(g, eps: str) -> list[dict]:
                 c = compare_outcomes(runs[r["activation"]][seed], runs["relu"][seed])
                 cell.update(diff=c["diff"], low=c["low"], high=c["high"], p=c["p"])
         row["metrics"][r["metric"]] = cell
+    relu_seeds = out["relu"]["seeds"] if "relu" in out else set()
     for row in out.values():
+        act = row["activation"]
         row["seeds"] = sorted(row["seeds"])
-        row["flagged"] = [
-            mb.model_id for mb in g.members if mb.activation == row["activation"] and mb.unreliable.get(eps)
-        ]
-        row["checkpoints"] = sum(mb.activation == row["activation"] for mb in g.members)
+        # the checkpoints its comparison with ReLU rests on: its own and ReLU's, of the seeds both have
+        row["note"] = rests_on(g, (act, "relu"), sorted(set(row["seeds"]) & relu_seeds), eps) if act != "relu" else ""
         row["verdict"] = _verdict(row)
     return list(out.values())
 
 
 def _verdict(row: dict) -> str:
-    """Whether the activation is more robust than ReLU, from the first robust metric measured against ReLU,
-    with the reliability flags its checkpoints carry beside it."""
+    """Whether the activation is more robust than ReLU, from the first robust metric measured against ReLU
+    (``row["answer"]``, ``row["answered_by"]``), with the reliability flags its checkpoints carry beside it."""
+    row["answer"], row["answered_by"] = "", ""
     if row["activation"] == "relu":
         return "the reference"
     metric = next((m for m in VERDICT_METRIC if "diff" in row["metrics"].get(m, {})), None)
     if metric is None:
         return "not compared with ReLU"
     c = row["metrics"][metric]
-    text = f"more robust than ReLU ({LABELS[metric]}): {verdict(c['low'], c['high'], c['p'])}"
-    if row["flagged"]:
-        text += f"; {len(row['flagged'])} of its {row['checkpoints']} checkpoints carry a reliability flag"
-    return text
+    row["answer"], row["answered_by"] = verdict(c["low"], c["high"], c["p"]), LABELS[metric]
+    text = f"more robust than ReLU ({LABELS[metric]}): {row['answer']}"
+    return text + (f"; {row['note']}" if row["note"] else "")
 
 
 def _cell(c: dict | None) -> str:
     if not c:
         return "-"
-    text = f"{c['mean']:.1f}"
+    text = f"{c['mean']:.1f} [{c['mean_low']:.1f}, {c['mean_high']:.1f}]"
     if "diff" in c:
         lo = "-inf" if math.isinf(c["low"]) else f"{c['low']:+.1f}"
         hi = "+inf" if math.isinf(c["high"]) else f"{c['high']:+.1f}"
@@ -73,21 +74,24 @@ def _cell(c: dict | None) -> str:
     return text
 
 
-def section(g, eps: str, folder: Path) -> tuple[list[str], list[Path]]:
-    """The Markdown section that opens a group, and its forest plot (none without a ReLU to compare with)."""
-    rows = pooled(g, eps)
+def section(g, eps: str, folder: Path, rows: list[dict] | None = None) -> tuple[list[str], list[Path]]:
+    """The Markdown section that opens a group, and its forest plot (none without a ReLU to compare with);
+    ``rows``: ``pooled(g, eps)`` where the caller has them."""
+    rows = pooled(g, eps) if rows is None else rows
     if not rows:
         return [], []
     metrics = [m for m in LABELS if any(m in r["metrics"] for r in rows)]
     lines = [
         f"### Activations at a glance, {md(g.norm)} eps {md(eps)}",
         "",
-        "Per activation, its training runs pooled: accuracy in % as the mean over its seeds and, in brackets, "
-        "the change against ReLU in points with its 95% interval and p (over the seed-paired differences; "
-        "for a single pair of runs, over their test examples); **bold** where p < 0.05. The per-checkpoint "
+        "Per activation, its training runs pooled: accuracy in % as the mean over its seeds with its 95% "
+        "interval (Student-t over the seeds; for a single run, Wilson over its test examples), then its "
+        "change against ReLU in points with its 95% interval and p (over the seed-paired differences; for "
+        "a single pair of runs, over their test examples); **bold** where p < 0.05. The "
+        "verdict says how many of the checkpoints it rests on carry a reliability flag. The per-checkpoint "
         "numbers follow below.",
         "",
-        "| Activation | Seeds | " + " | ".join(LABELS[m] for m in metrics) + " | Verdict |",
+        TABLE_HEAD + " | ".join(LABELS[m] for m in metrics) + " | Verdict |",
         "|---" * (len(metrics) + 3) + "|",
     ]
     for r in rows:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ..stats import compare_outcomes, t_interval
+from ..stats import compare_outcomes, t_interval, wilson
 from ..text import md
 from .groups import best_known
 
@@ -30,7 +30,7 @@ def by_seed(g, eps: str, metric: str) -> dict[str, dict]:
 
 
 def seed_rows(g, eps: str) -> list[dict]:
-    """One row per activation and metric: seeds, mean and sample SD over seeds; for the others, the
+    """One row per activation and metric: seeds, mean, its 95% interval and sample SD over seeds; for the others, the
     seed-paired difference from ReLU (mean, t-interval, p) and the per-seed McNemar p-values."""
     rows = []
     for metric in SEED_METRICS:
@@ -41,6 +41,7 @@ def seed_rows(g, eps: str) -> list[dict]:
             mean = sum(accs) / len(accs)
             sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else float("nan")
             row = {"metric": metric, "activation": act, "seeds": sorted(seeds), "mean": mean, "sd": sd}
+            row["mean_low"], row["mean_high"] = _mean_interval(accs, seeds)
             paired = sorted(set(seeds) & set(ref)) if act != "relu" else []
             if paired:
                 diffs = [_acc(seeds[s]) - _acc(ref[s]) for s in paired]
@@ -49,6 +50,17 @@ def seed_rows(g, eps: str) -> list[dict]:
                 row["paired"] = paired
             rows.append(row)
     return rows
+
+
+def _mean_interval(accs: list[float], seeds: dict) -> tuple[float, float]:
+    """The 95% interval of the mean accuracy: Student-t over the seeds' accuracies (the variation between
+    training runs), within [0, 100]; for a single run, Wilson's over its test examples."""
+    if len(accs) > 1:
+        _, low, high, _ = t_interval(accs)
+        return max(0.0, low), min(100.0, high)
+    (d,) = seeds.values()
+    low, high = wilson(sum(d.values()), len(d))
+    return 100 * low, 100 * high
 
 
 def _num(v: float) -> str:
