@@ -114,14 +114,35 @@ def test_the_shipped_leaderboard_sorts_filters_and_links_to_model_pages(browser)
     browser.save_screenshot(str(SCREENSHOTS / "model.png"))
     assert _console_errors(browser) == []
 
-    # a group page opens on its answer: the pooled table and the forest plot, then the claims on it
+    # the index's second view: each activation of a group, its training runs pooled; a cell's mean is the mean
+    # of that activation's checkpoints in the CSV
+    browser.get(index.as_uri())
+    pooled = browser.find_element("id", "view-activations")
+    assert not pooled.is_displayed()  # the index opens on the headline per-checkpoint table
+    browser.find_element("css selector", "button[data-view=activations]").click()
+    assert pooled.is_displayed() and not browser.find_element("id", "view-checkpoints").is_displayed()
+    group = pooled.find_element("css selector", "#pooled-fashion-mnist-lenet5-pgd-at-eps0\\.1 table")
+    rows = group.find_elements("css selector", "tbody tr")
+    splash = board[(board.architecture == "lenet5") & (board.activation == "splash")]
+    splash = splash[splash.training_method == "pgd-at"]
+    assert len(splash) == 3 and len(rows) == board[board.architecture == "lenet5"].activation.nunique()
+    row = next(r for r in rows if r.find_element("tag name", "td").text == "splash")
+    aa = row.find_elements("tag name", "td")[3]  # Activation, Seeds, Clean, AutoAttack
+    assert float(aa.get_attribute("data-value")) == pytest.approx(splash.autoattack_acc.mean(), abs=0.006)
+    assert "reliability flag" in row.text  # every SPLASH checkpoint there carries AutoAttack's warning
+    browser.save_screenshot(str(SCREENSHOTS / "index-activations.png"))
+
+    # a group page opens on its answer: the pooled table and the forest plot, then the claims on it; the
+    # per-checkpoint numbers are folded below
     browser.get((REPO / "leaderboard" / "groups" / "fashion-mnist-lenet5-pgd-at-eps0.1.html").as_uri())
     body = browser.find_element("tag name", "body").text
-    assert body.index("Activations at a glance") < body.index("Accuracy at Linf eps 0.1")
-    assert "The papers' claims on this group" in body
+    assert body.index("Activations at a glance") < body.index("The papers' claims on this group")
+    assert "Accuracy at Linf eps 0.1" not in body  # folded
     forest = browser.find_element("css selector", "img[src$='-forest.png']")
     assert browser.execute_script("return arguments[0].naturalWidth", forest) > 0
     browser.save_screenshot(str(SCREENSHOTS / "group.png"))
+    browser.find_element("css selector", "#per-checkpoint summary").click()
+    assert "Accuracy at Linf eps 0.1" in browser.find_element("tag name", "body").text
     assert _console_errors(browser) == []
 
 

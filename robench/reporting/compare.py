@@ -16,6 +16,7 @@ from .anomaly import section as anomaly_section
 from .claims import claim_rows
 from .claims import group_section as claims_on
 from .claims import section as claims_section
+from .glance import pooled
 from .glance import section as glance_section
 from .groups import (
     Group,
@@ -379,6 +380,21 @@ def first_runs(matrix: pd.DataFrame, g: Group) -> pd.DataFrame:
     return matrix.loc[[r for r in matrix.index if r not in later], [c for c in matrix.columns if c not in later]]
 
 
+def _per_checkpoint(g: Group, eps: str, lines: list[str]) -> list[str]:
+    """The per-checkpoint numbers as a section of their own: a heading, then their subsections one level
+    down."""
+    n = len(g.members)
+    head = [
+        "",
+        f"### Per checkpoint at {md(g.norm)} eps {md(eps)}",
+        "",
+        f"The {n} checkpoints one by one: what the table above pools, each against the ReLU checkpoint of "
+        "its training seed.",
+        "",
+    ]
+    return head + [("#" + line if line.startswith("### ") else line) for line in lines]
+
+
 def report(
     res: pd.DataFrame, folder: Path, checks: pd.DataFrame | None = None, sets: dict | None = None
 ) -> tuple[str, list[Path], dict]:
@@ -412,10 +428,12 @@ def report(
         figures: list[tuple[Path, str]] = []
         part = {"group": g, "lines": lines, "eps": eps, "figures": figures}
         parts["groups"].append(part)
-        glance, forest = glance_section(g, eps, folder)  # the answer first: one row per activation
-        lines += glance[1:] + claims_on(found, g, claim_table) + ([""] if glance else [])
+        part["pooled"] = pooled(g, eps)
+        glance, forest = glance_section(g, eps, folder, part["pooled"])  # the answer first: one row per activation
+        lines += glance[1:] + claims_on(found, g, claim_table)
         files += forest
         figures += [(f, "Change against ReLU, per activation") for f in forest]
+        answer_end = len(lines)  # then the per-checkpoint numbers, in a section of their own (folded on the web)
         lines += [f"- {s}" for s in summary(g, eps, dl) + _checklist_sentence(g, checks)]
         ns = {m: {len(mb.by_eps.get(eps, {}).get(m) or {}) for mb in g.members} - {0} for m in METRICS}
         head = [f"{LABELS[m]}" + (f" (n={next(iter(ns[m]))})" if len(ns[m]) == 1 else "") for m in METRICS]
@@ -423,8 +441,8 @@ def report(
             "",
             f"### Accuracy at {md(g.norm)} eps {md(eps)}",
             "",
-            "| Activation | Model | " + " | ".join(head) + " | Flags |",
-            "|---" * (len(METRICS) + 3) + "|",
+            "| Activation | Seed | Model | " + " | ".join(head) + " | Flags |",
+            "|---" * (len(METRICS) + 4) + "|",
         ]
         notes: list[str] = []
         aside = {m.label for m in set_aside(g, eps)}
@@ -437,7 +455,12 @@ def report(
             cells = [_cell(mb.by_eps.get(eps, {}).get(m), len(ns[m]) > 1) for m in METRICS]
             if mb.label in aside:
                 cells[-1] += " †"
-            lines.append(f"| {mb.label} | {md(mb.model_id)} | " + " | ".join(cells) + f" | {' '.join(marks) or '-'} |")
+            seed = "-" if mb.seed is None else mb.seed
+            lines.append(
+                f"| {md(mb.activation)} | {seed} | {md(mb.model_id)} | "
+                + " | ".join(cells)
+                + f" | {' '.join(marks) or '-'} |"
+            )
         if notes:
             lines += [""] + [f"[{i}] At eps {md(eps)}: {md(n)}  " for i, n in enumerate(notes, 1)]
         if aside:
@@ -487,6 +510,7 @@ def report(
             lines += ["| Activation | " + " | ".join(LABELS[m] for m in shown) + " |", "|---" * (len(shown) + 1) + "|"]
             for mb in compared(g):
                 lines.append(f"| {mb.label} | " + " | ".join(_delta(dl[m].get(mb.label)) for m in shown) + " |")
+        detail_end = len(lines)
         metric, series = curve_series(g)
         curve = eps_curves(
             folder / f"{g.slug}-eps.png",
@@ -525,5 +549,11 @@ def report(
                 else ""
             ),
         ]
-    text = parts["intro"] + parts["claims"] + [line for part in parts["groups"] for line in part["lines"]]
+        part["lines"], part["detail"], part["after"] = (
+            lines[:answer_end],
+            _per_checkpoint(g, eps, lines[answer_end:detail_end]),
+            lines[detail_end:],
+        )
+    text = parts["intro"] + parts["claims"]
+    text += [line for part in parts["groups"] for key in ("lines", "detail", "after") for line in part[key]]
     return "\n".join(text) + "\n", files, parts

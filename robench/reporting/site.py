@@ -16,7 +16,9 @@ import pandas as pd
 
 from ..results.names import computed_by, csv_name, info_path, safe_name
 from ..text import http_link, slug
+from .glance import TABLE_HEAD
 from .leaderboard import fewer_examples, fewer_note, headline_eps, measured, weaker_attacks_only
+from .seeds import LABELS
 
 METRIC_LABELS = [
     {"key": "clean", "name": "Clean"},
@@ -90,6 +92,46 @@ def _cells(row) -> list[dict]:
             }
         )
     return out
+
+
+POOLED_METRICS = ("clean", "autoattack", "transfer", "best_known")
+
+
+def _pooled_row(g, row: dict) -> dict:
+    """One activation of a group as the index's per-activation view shows it: per metric, the mean over its
+    training seeds with its interval and the change against ReLU (the group page's first table)."""
+    cells = []
+    for key in POOLED_METRICS:
+        c = row["metrics"].get(key)
+        if not c:
+            cells.append({"value": "", "acc": "", "ci": "", "change": "", "significant": False})
+            continue
+        change = ""
+        if "diff" in c:
+            lo = "-inf" if c["low"] == float("-inf") else f"{c['low']:+.1f}"
+            hi = "+inf" if c["high"] == float("inf") else f"{c['high']:+.1f}"
+            change = f"{c['diff']:+.1f} [{lo}, {hi}], p={c['p']:.2g}"
+        cells.append(
+            {
+                "value": f"{c['mean']:.2f}",
+                "acc": f"{c['mean']:.1f}",
+                "ci": f"[{c['mean_low']:.1f}, {c['mean_high']:.1f}]",
+                "change": change,
+                "significant": "diff" in c and c["p"] < 0.05,
+            }
+        )
+    act = row["activation"]
+    return {
+        "activation": act,
+        "architecture": g.arch,
+        "training": g.method or "",
+        "seeds": len(row["seeds"]),
+        "cells": cells,
+        "verdict": row["answer"] or row["verdict"],  # the answer alone where there is one: the header asks
+        "by": row["answered_by"],
+        "note": row["note"],
+        "search": " ".join([act, g.arch, g.method or "", row["verdict"]]).lower(),
+    }
 
 
 def _model_path(dataset: str, norm: str, mid: str) -> str:
@@ -215,6 +257,8 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 "n": len(g.members),
                 "members": members,
                 "part": part,
+                "eps": part.get("eps", ""),
+                "pooled": [_pooled_row(g, r) for r in part.get("pooled", [])],
             }
         )
     common = {"groups": groups, "metric_labels": METRIC_LABELS}
@@ -265,15 +309,30 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
             options={k: sorted(v) for k, v in options.items()},
             claims=claims,
             csvs=[csv_name(d, n) for d, n in boards],
+            pooled_labels=[LABELS[m] for m in POOLED_METRICS],
             **common,
         ),
     )
 
     for group in groups:
+        part = group["part"]
+        lines = part["lines"]
+        # the pooled table is drawn in HTML, as on the index; the Markdown around it stays
+        start = next((i for i, line in enumerate(lines) if line.startswith(TABLE_HEAD)), len(lines))
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        if not group["pooled"]:
+            start = end = len(lines)
         write(
             out / "groups" / f"{group['slug']}.html",
             env.get_template("group.html").render(
-                root="../", group=group, body=_markdown(group["part"]["lines"], "../"), **common
+                root="../",
+                group=group,
+                body=_markdown(lines[:start], "../"),
+                rest=_markdown(lines[end:], "../"),
+                pooled_labels=[LABELS[m] for m in POOLED_METRICS],
+                detail=_markdown(part.get("detail", []), "../"),
+                after=_markdown(part.get("after", []), "../"),
+                **common,
             ),
         )
 

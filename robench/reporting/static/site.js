@@ -1,4 +1,5 @@
-// robench leaderboard: sort any column, filter by architecture, training and activation, search by text.
+// robench leaderboard: sort any column, filter by architecture, training and activation, search by text,
+// switch between the per-checkpoint and the per-activation view.
 // Plain JavaScript, no libraries, works from file://.
 (function () {
   "use strict";
@@ -45,7 +46,8 @@
       });
       var count = table.parentNode.querySelector(".count");
       var total = count.getAttribute("data-total");
-      count.textContent = shown + (shown == total ? "" : " of " + total) + " models";
+      var unit = count.getAttribute("data-unit") || "models";
+      count.textContent = shown + (shown == total ? "" : " of " + total) + " " + unit;
     });
   }
   document.querySelectorAll("table.leaderboard thead th").forEach(function (th) {
@@ -56,4 +58,17 @@
   if (filters) filters.addEventListener("submit", function (e) { e.preventDefault(); });
   var search = document.getElementById("search");
   if (search) search.addEventListener("input", applyFilters);
+  // two views of the same results: per checkpoint (the default) and per activation; without script both show
+  function showView(name) {
+    document.querySelectorAll("#views button").forEach(function (b) {
+      var on = b.getAttribute("data-view") === name;
+      b.setAttribute("aria-pressed", on ? "true" : "false");
+      var view = document.getElementById("view-" + b.getAttribute("data-view"));
+      if (view) view.hidden = !on;
+    });
+  }
+  document.querySelectorAll("#views button").forEach(function (b) {
+    b.addEventListener("click", function () { showView(b.getAttribute("data-view")); });
+  });
+  if (document.getElementById("views")) showView(location.hash === "#view-activations" ? "activations" : "checkpoints");
 })();
