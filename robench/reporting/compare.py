@@ -2,7 +2,8 @@
 dataset, norm, architecture, training method and training eps), accuracies with n and 95% intervals, the
 change against the ReLU member with paired intervals and exact McNemar p-values from per-example outcomes,
 robust accuracy against eps, the learned activation shapes, the gradient-masking flags and a plain summary.
-Deterministic: the same store gives the same Markdown and the same PNG bytes."""
+Each group opens with its answer (``glance``: one row per activation, its training runs pooled) and puts the
+per-checkpoint numbers in a section of their own below it. Deterministic: the same store gives the same Markdown and the same PNG bytes."""
 
 from __future__ import annotations
 
@@ -400,8 +401,10 @@ def report(
 ) -> tuple[str, list[Path], dict]:
     """The report's Markdown and figures (written into ``folder``), and its parts for the web site (``sets``:
     ``model_outcome_sets(res)`` where the caller has them):
-    {"intro": lines, "claims": lines, "groups": [{"group", "lines", "eps", "transfer", "figures"}, ...]} (the
-    Markdown is the concatenation of the lines)."""
+    {"intro": lines, "claims": lines, "groups": [{"group", "eps", "pooled", "lines", "detail", "after",
+    "transfer", "figures"}, ...]}: per group its pooled rows, then its Markdown in three parts, the answer
+    (pooled table, forest plot, claims), the per-checkpoint section (folded on the web page) and the figures
+    after it (the Markdown is the concatenation of the parts)."""
     from .plots import activation_shapes, eps_curves, heatmap
 
     folder = Path(folder)
