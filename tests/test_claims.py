@@ -297,3 +297,22 @@ def test_the_pooled_table_is_what_the_per_example_outcomes_give(tmp_path, monkey
             cell = rows[act]["metrics"][metric]
             assert (diff, low, high) == (cell["diff"], cell["low"], cell["high"])
     assert any(line.startswith("| splash | 3 |") for line in lines)
+
+
+def test_a_group_is_compared_where_its_models_keep_some_robustness():
+    """Standard-trained models are all at 0% at eps 0.1: once AutoAttack covers a smaller eps as fully, the
+    tables move there; until then the best covered eps stays (a comparison on fewer members is worse)."""
+    from robench.reporting.groups import comparison_eps
+
+    def member(act, seed, small_aa: bool):
+        zero = {m: _outcomes(0, 100) for m in ("clean", "autoattack", "best_known")}
+        zero["clean"] = _outcomes(90, 100)
+        small = {"clean": _outcomes(90, 100), "best_known": _outcomes(30, 100)}
+        small |= {"autoattack": _outcomes(30, 100)} if small_aa else {}
+        return _member(act, seed, **{"0.1": zero, "0.02": small})
+
+    g = Group("fashion-mnist", "Linf", "lenet5", "standard", None)
+    g.members = [member("relu", 0, True), member("splash", 0, False)]
+    assert comparison_eps(g) == "0.1"  # AutoAttack covers 0.1 for both, 0.02 for one
+    g.members[1] = member("splash", 0, True)
+    assert comparison_eps(g) == "0.02"  # covered alike: 0.02, where they keep 30%

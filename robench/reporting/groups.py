@@ -110,13 +110,15 @@ def eps_value(text: str) -> float:
 
 def comparison_eps(g: Group) -> str:
     """The eps the tables use: where the most members have AutoAttack, then where all have a best known
-    result, preferring the training eps, then the largest."""
+    result, preferring the training eps, then an eps at which some member keeps any robust accuracy (at one
+    where every model is at 0% there is nothing to compare), then the largest."""
     all_eps = sorted({e for mb in g.members for e in mb.by_eps}, key=eps_value)
 
     def score(e):
         aa = sum("autoattack" in mb.by_eps.get(e, {}) for mb in g.members)
         known = sum("best_known" in mb.by_eps.get(e, {}) for mb in g.members)
-        return aa, known, e == g.train_eps, eps_value(e)
+        robust = any(any((mb.by_eps.get(e, {}).get("best_known") or {}).values()) for mb in g.members)
+        return aa, known, e == g.train_eps, robust, eps_value(e)
 
     return max(all_eps, key=score)
 
