@@ -396,3 +396,23 @@ def test_a_model_page_shows_each_budget_as_a_row_a_reader_scans():
     assert _budget_rows("not a list") == [] and _budget_rows([{"members": "x", "name": 3}]) == [
         {"attack": "3", "steps": "-", "restarts": "-", "step": "-", "queries": "-"}
     ]
+
+
+def test_a_long_list_of_significant_checkpoints_is_counted_per_activation():
+    """Up to five significant changes are named one by one; more are counted per activation, so a sentence
+    stays readable with 30 checkpoints, and the change table marks each."""
+    from robench.reporting import compare
+    from robench.reporting.groups import Group, Member
+
+    def member(act, seed, right):
+        s = {"clean": _right(right), "pgd": _right(right), "best_known": _right(right)}
+        return Member(f"{act}{seed}", f"m-{act}-{seed}", act, "", {"0.1": s}, {}, label=f"{act}-{seed}", seed=seed)
+
+    g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
+    g.members = [member("relu", s, 50) for s in range(4)]
+    g.members += [member("splash", s, 95) for s in range(4)] + [member("elu", s, 5) for s in range(2)]
+    text = " ".join(compare.summary(g, "0.1", compare.deltas(g, "0.1")))
+    assert "6 of 6 checkpoints" in text and "higher: splash (4); lower: elu (2)" in text
+    g.members = g.members[:4] + g.members[4:6]  # two significant: named one by one
+    text = " ".join(compare.summary(g, "0.1", compare.deltas(g, "0.1")))
+    assert "splash-0 +45.0 points" in text and "higher: splash" not in text

@@ -148,6 +148,9 @@ def shape_panels(g: Group) -> list[dict]:
     return panels
 
 
+LISTED = 5  # a sentence names at most this many checkpoints; more are counted and marked in the tables
+
+
 def summary(g: Group, eps: str, dl: dict) -> list[str]:
     """Plain sentences: what the numbers support and what they do not."""
     lines = []
@@ -199,11 +202,15 @@ def summary(g: Group, eps: str, dl: dict) -> list[str]:
             "its training seed)"
         )
         if sig:
-            parts = ", ".join(f"{k} {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}]" for k, c in sig)
-            lines.append(
+            head = (
                 f"In {name}, {len(sig)} of {len(rows)} {what} differ from ReLU significantly "
-                f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA}): {parts}."
+                f"(exact McNemar, Holm-adjusted over {len(rows)} comparisons, alpha {ALPHA})"
             )
+            if len(sig) <= LISTED:
+                parts = ", ".join(f"{k} {c['diff']:+.1f} points [{c['low']:+.1f}, {c['high']:+.1f}]" for k, c in sig)
+                lines.append(f"{head}: {parts}.")
+            else:  # too many to read in a sentence: counted per activation, each bold in the change table below
+                lines.append(f"{head}: {_per_activation(g, sig)} (each in bold in the change table below).")
         else:
             lines.append(
                 f"In {name}, none of the {len(rows)} {what} differs from ReLU significantly (Holm-adjusted "
@@ -340,11 +347,29 @@ def _far_eps(g: Group, eps: str) -> list[str]:
     )
     if not worse and not better:
         return [text + "; no activation differs from it significantly there."]
-    parts = [f"{k} {c['diff']:+.1f} points" for k, c in worse + better]
+    if len(worse + better) <= LISTED:
+        parts = ", ".join(f"{k} {c['diff']:+.1f} points" for k, c in worse + better)
+    else:
+        parts = _per_activation(g, worse + better)
     return [
-        text + f"; significantly different there (Holm-adjusted): {', '.join(parts)}. A ranking at eps {md(eps)} "
+        text + f"; significantly different there (Holm-adjusted): {parts}. A ranking at eps {md(eps)} "
         "does not carry over to larger budgets unless these agree."
     ]
+
+
+def _per_activation(g: Group, found: list[tuple[str, dict]]) -> str:
+    """Checkpoints (by label, with their change) counted per activation: 'higher: splash (3), tanh (2);
+    lower: elu (1)'."""
+    act = {mb.label: mb.activation for mb in g.members}
+    out = []
+    for word, keep in (("higher", lambda d: d > 0), ("lower", lambda d: d < 0)):
+        counts: dict[str, int] = {}
+        for label, c in found:
+            if keep(c["diff"]):
+                counts[act[label]] = counts.get(act[label], 0) + 1
+        if counts:
+            out.append(f"{word}: " + ", ".join(f"{md(a)} ({k})" for a, k in sorted(counts.items())))
+    return "; ".join(out)
 
 
 def transfer_matrix(res: pd.DataFrame, g: Group, eps: str) -> pd.DataFrame:
