@@ -258,6 +258,7 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 "members": members,
                 "part": part,
                 "eps": part.get("eps", ""),
+                "norm": g.norm,
                 "pooled": [_pooled_row(g, r) for r in part.get("pooled", [])],
             }
         )
@@ -330,7 +331,8 @@ def write_site(out: Path, boards: dict, res: pd.DataFrame, checks: pd.DataFrame,
                 body=_markdown(lines[:start], "../"),
                 rest=_markdown(lines[end:], "../"),
                 pooled_labels=[LABELS[m] for m in POOLED_METRICS],
-                detail=_markdown(part.get("detail", []), "../"),
+                # the section's own heading is the fold's summary here
+                detail=_markdown([x for x in part.get("detail", []) if not x.startswith("### Per checkpoint")], "../"),
                 after=_markdown(part.get("after", []), "../"),
                 **common,
             ),
