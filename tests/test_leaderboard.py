@@ -118,16 +118,18 @@ def test_the_report_compares_each_activation_with_relu_on_the_same_examples():
     kw = dict(n=40, eps=["0.02", "0.1"], attacks=["pgd"], store="s.sqlite")
     a = robench.evaluate(["a.pt"], **kw).attrs["outcomes"]
     b = robench.evaluate(["b.pt"], **kw).attrs["outcomes"]
-    at = lambda o, col: dict(zip(o[o.eps == "0.1"].idx, o[o.eps == "0.1"][col]))  # noqa: E731
+    # both tiny models are at 0% at eps 0.1, so the group is compared at 0.02, where they keep some robustness
+    assert not a[a.eps == "0.1"].robust.any() and not b[b.eps == "0.1"].robust.any()
+    at = lambda o, col: dict(zip(o[o.eps == "0.02"].idx, o[o.eps == "0.02"][col]))  # noqa: E731
     pgd = compare_outcomes(at(b, "robust"), at(a, "robust"))  # splash minus relu, paired on the 40 examples
     clean = compare_outcomes(at(b, "clean"), at(a, "clean"))
-    change = text.split("### Change against ReLU")[1]
+    change = text.split("#### Change against ReLU at Linf eps 0.02")[1]
     row = next(line for line in change.splitlines() if line.startswith("| splash |"))
     assert f"{pgd['diff']:+.1f} [{pgd['low']:+.1f}, {pgd['high']:+.1f}]" in row
     assert f"{clean['diff']:+.1f} [{clean['low']:+.1f}, {clean['high']:+.1f}]" in row
     # the per-checkpoint numbers in a section of their own; the activation column names the activation, not
     # the model id again
-    assert text.index("### Per checkpoint at Linf eps 0.1") < text.index("#### Accuracy at Linf eps 0.1")
+    assert text.index("### Per checkpoint at Linf eps 0.02") < text.index("#### Accuracy at Linf eps 0.02")
     assert "| relu | - | tiny-relu |" in text
     assert "Each activation was trained once" in text  # the summary says what the intervals do not cover
     for name in ("-eps.png", "-activations.png"):
@@ -138,7 +140,7 @@ def test_the_report_compares_each_activation_with_relu_on_the_same_examples():
 def test_best_known_with_autoattack_is_never_set_against_best_known_without():
     # ReLU and tanh carry AutoAttack at eps 0.1, SPLASH only PGD: SPLASH's best known (higher, because it was
     # attacked less) must not count as a lead over ReLU, while its PGD and clean changes still do
-    from robench.reporting import compare, seeds
+    from robench.reporting import compare, seeds, summary
     from robench.reporting.groups import Group, Member
 
     def member(act, seed, aa, pgd):
@@ -156,7 +158,7 @@ def test_best_known_with_autoattack_is_never_set_against_best_known_without():
     ]
     dl = compare.deltas(g, "0.1")
     assert set(dl["best_known"]) == {"splash-1", "tanh-0"} and set(dl["pgd"]) == {"splash-0", "splash-1", "tanh-0"}
-    text = " ".join(compare.summary(g, "0.1", dl))
+    text = " ".join(summary.summary(g, "0.1", dl))
     assert "Not yet attacked with AutoAttack at this eps: splash-0." in text
     assert "(the members with AutoAttack at this eps)" in text and "85.0%" not in text
     best = {r["activation"]: r["seeds"] for r in seeds.seed_rows(g, "0.1") if r["metric"] == "best_known"}
@@ -169,7 +171,7 @@ def test_best_known_with_autoattack_is_never_set_against_best_known_without():
 def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagged():
     """The group summary names the members `robench sanity` has examined, from the checks stored for them,
     and its flags; the probes every evaluation runs do not count as the checklist."""
-    from robench.reporting import compare
+    from robench.reporting import summary
     from robench.reporting.groups import Group, Member
 
     g = Group("fashion-mnist", "Linf", "resnet20", "pgd-at", "0.1")
@@ -190,7 +192,7 @@ def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagge
     probes = [check(act, "zero-gradients") for act in ("relu", "pssilu", "silu")]
     assert (
         "has examined 0 of the 3 members; the flags above come from the checks every evaluation runs"
-        in compare._checklist_sentence(g, pd.DataFrame(probes))[0]
+        in summary.checklist_sentence(g, pd.DataFrame(probes))[0]
     )
     checks = pd.DataFrame(
         probes
@@ -202,10 +204,10 @@ def test_the_report_says_which_members_the_checklist_examined_and_what_it_flagge
             check("pssilu", "square"),
         ]
     )
-    text = compare._checklist_sentence(g, checks)[0]
+    text = summary.checklist_sentence(g, checks)[0]
     assert "has examined 2 of the 3 members (relu, pssilu); it flags pssilu on step-size (see the flags)" in text, text
     checks.loc[checks.status == "flag", "status"] = "ok"
-    text = compare._checklist_sentence(g, checks)[0]
+    text = summary.checklist_sentence(g, checks)[0]
     assert text.endswith("has examined 2 of the 3 members (relu, pssilu); every check passed on each."), text
 
 
@@ -343,7 +345,7 @@ def test_the_headline_eps_comes_first_and_alone_unfolded():
 def test_a_flag_belongs_to_the_eps_it_was_measured_at():
     """A finding at eps 0.2 does not make a member unreliable in the report's eps 0.1 comparison; at 0.2 it
     does, and the sentence says which eps."""
-    from robench.reporting import compare
+    from robench.reporting import compare, summary
     from robench.reporting.groups import Group, Member
 
     s = {"clean": _right(90), "pgd": _right(70), "best_known": _right(70)}
@@ -353,7 +355,7 @@ def test_a_flag_belongs_to_the_eps_it_was_measured_at():
         Member("r", "m-relu", "relu", "", {"0.1": s, "0.2": s}, {"0.2": [finding]}, {"0.2": [finding]}, label="relu"),
         Member("t", "m-tanh", "tanh", "", {"0.1": s, "0.2": s}, {}, {}, label="tanh"),
     ]
-    at = {eps: " ".join(compare.summary(g, eps, compare.deltas(g, eps))) for eps in ("0.1", "0.2")}
+    at = {eps: " ".join(summary.summary(g, eps, compare.deltas(g, eps))) for eps in ("0.1", "0.2")}
     assert "unreliable" not in at["0.1"]
     assert "Potentially unreliable at eps 0.2 (see the flags): relu;" in at["0.2"]
 
@@ -401,7 +403,7 @@ def test_a_model_page_shows_each_budget_as_a_row_a_reader_scans():
 def test_a_long_list_of_significant_checkpoints_is_counted_per_activation():
     """Up to five significant changes are named one by one; more are counted per activation, so a sentence
     stays readable with 30 checkpoints, and the change table marks each."""
-    from robench.reporting import compare
+    from robench.reporting import compare, summary
     from robench.reporting.groups import Group, Member
 
     def member(act, seed, right):
@@ -411,8 +413,8 @@ def test_a_long_list_of_significant_checkpoints_is_counted_per_activation():
     g = Group("fashion-mnist", "Linf", "lenet5", "pgd-at", "0.1")
     g.members = [member("relu", s, 50) for s in range(4)]
     g.members += [member("splash", s, 95) for s in range(4)] + [member("elu", s, 5) for s in range(2)]
-    text = " ".join(compare.summary(g, "0.1", compare.deltas(g, "0.1")))
+    text = " ".join(summary.summary(g, "0.1", compare.deltas(g, "0.1")))
     assert "6 of 6 checkpoints" in text and "higher: splash (4); lower: elu (2)" in text
     g.members = g.members[:4] + g.members[4:6]  # two significant: named one by one
-    text = " ".join(compare.summary(g, "0.1", compare.deltas(g, "0.1")))
+    text = " ".join(summary.summary(g, "0.1", compare.deltas(g, "0.1")))
     assert "splash-0 +45.0 points" in text and "higher: splash" not in text

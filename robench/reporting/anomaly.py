@@ -12,8 +12,7 @@ import pandas as pd
 from ..stats import compare_outcomes, holm, wilson
 from ..text import md
 from .groups import comparable, compared, eps_value, reference
-
-ALPHA = 0.05
+from .summary import ALPHA
 
 
 def attack_label(budget_json: str) -> str:
