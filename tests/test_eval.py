@@ -220,7 +220,7 @@ def test_autoattack_checks_become_flags(trained, tmp_path):
     )
 
 
-def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
+def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path, monkeypatch):
     from helpers import save_tiny, write_mnist_like
 
     write_mnist_like(Path("data/fashion-mnist"), n_test=40)
@@ -241,6 +241,18 @@ def test_a_suite_of_runs_gives_the_same_outcomes_with_two_jobs(tmp_path):
     assert {e["event"] for e in events} >= {"start", "batch", "end", "unit"}
     r = cli("eval", "--config", "suite.toml", "--store", "two.sqlite", "--jobs", "2")
     assert r.exit_code == 0 and "4 tasks: 4 already in the store, 0 to run on 2 workers." in r.output
+    # asking of each of the 4 units whether it is stored reads each checkpoint and the dataset once
+    from robench.engine import core
+
+    loads = {"checkpoint": 0, "split": 0}
+
+    def counted(kind, fn):
+        return lambda *a, **k: loads.__setitem__(kind, loads[kind] + 1) or fn(*a, **k)
+
+    monkeypatch.setattr(core, "load_checkpoint", counted("checkpoint", core.load_checkpoint))
+    monkeypatch.setattr(core, "load_split", counted("split", core.load_split))
+    robench.evaluate(None, config="suite.toml", store="two.sqlite", jobs=2)
+    assert loads == {"checkpoint": 2, "split": 1}
     clean = one[one.attacks == "none"]
     assert (clean.n == 40).all() and (clean.robust_acc == clean.clean_acc).all()  # no attack: robust = clean
     key = ["model", "attacks", "eps"]

@@ -214,7 +214,8 @@ def data_slice(t: Target, cfg: EvalConfig, splits: dict, eps_given: list[Eps] | 
     if not ds:
         raise RobenchError(f"{t.checkpoint or t.name} carries no dataset; name it with --dataset.")
     info = dataset_info(ds)
-    data = splits.get(info.name) or splits.setdefault(info.name, load_split(info.name, cfg.split, cfg.data_dir))
+    key = (info.name, cfg.split, str(cfg.data_dir))
+    data = splits.get(key) or splits.setdefault(key, load_split(info.name, cfg.split, cfg.data_dir))
     eps_list = sorted(set(eps_given or [parse_eps(info.eps[norm])]))
     for e in eps_list:
         validate_eps_range(e, norm, math.prod(info.shape))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -39,13 +40,28 @@ from .core import (
 from .masking import after_run
 
 
+def _target(memo: dict, item, i: int, cfg: EvalConfig):
+    """``as_target``, loading a checkpoint file once per ``memo`` (with the same trust and overrides)."""
+    if not isinstance(item, (str, Path)):
+        return as_target(item, i, cfg.trust_checkpoint, cfg.overrides())
+    key = (str(Path(item).resolve()), cfg.trust_checkpoint, repr(sorted(cfg.overrides().items())))
+    cache = memo.setdefault("targets", {})
+    if key not in cache:
+        cache[key] = as_target(item, i, cfg.trust_checkpoint, cfg.overrides())
+    return cache[key]
+
+
 def evaluate(
-    cfg: EvalConfig, progress: Callable[[dict], None] | None = None, cached_only: bool = False
+    cfg: EvalConfig,
+    progress: Callable[[dict], None] | None = None,
+    cached_only: bool = False,
+    memo: dict | None = None,
 ) -> pd.DataFrame | None:
     """Evaluate ``cfg.checkpoints`` (paths, Checkpoint objects or nn.Modules) with the checked settings
     ``cfg``. One row per model x eps; the per-example outcomes are in ``df.attrs["outcomes"]`` (a DataFrame
     keyed by run_id). With ``cached_only``, return None unless every run is already finished in the store
-    (nothing is attacked)."""
+    (nothing is attacked). ``memo``, a dict kept between calls, keeps the loaded datasets and checkpoints
+    (as the ``--jobs`` parent does, asking of unit after unit whether it is stored)."""
     checkpoints = cfg.checkpoints  # a list: robench.api made it one
     if not checkpoints:
         raise RobenchError("Name at least one checkpoint to evaluate.")
@@ -58,11 +74,12 @@ def evaluate(
     eps_given = cfg.eps_values()
     for a in attacks:  # names, options and norms are checked before anything is loaded or stored
         create_attack(a, pgd=pgd, batch_size=bs_given or 1).check_norm(norm)
-    splits: dict[str, Split] = {}
+    memo = {} if memo is None else memo
+    splits: dict[tuple, Split] = memo.setdefault("splits", {})
     rows, outcomes = [], []
     notify = progress or (lambda event: None)
     # every checkpoint and its data are checked before any attack runs, so a bad one fails fast
-    targets = [as_target(c, i, cfg.trust_checkpoint, cfg.overrides()) for i, c in enumerate(checkpoints)]
+    targets = [_target(memo, c, i, cfg) for i, c in enumerate(checkpoints)]
     slices = [data_slice(t, cfg, splits, eps_given) for t in targets]
     group = distributed.current()
     dev = group.device(dev)

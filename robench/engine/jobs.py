@@ -35,7 +35,8 @@ def evaluate_many(
         units = [dataclasses.replace(t, checkpoints=[c]) for t in tasks for c in t.checkpoints]
         threads = max(1, torch.get_num_threads() // jobs)
         notify = progress or (lambda event: None)
-        frames = [evaluate(u, cached_only=True) for u in units]  # what the store holds needs no worker
+        memo: dict = {}  # each dataset and checkpoint loaded once, however many units name it
+        frames = [evaluate(u, cached_only=True, memo=memo) for u in units]  # what the store holds needs no worker
         todo = [i for i, f in enumerate(frames) if f is None]
         notify(
             {
