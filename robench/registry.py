@@ -30,6 +30,8 @@ class Registry(Mapping[str, T], Generic[T]):
     ):
         self.kind, self.fold = kind, fold
         self.aliases: dict[str, str] = dict(aliases or {})
+        # folded once: a lookup (a norm's, inside attack loops) must not rebuild it
+        self._aliases = {fold(a): fold(target) for a, target in self.aliases.items()}
         self._items: dict[str, T] = {}
         self._index: dict[str, str] = {}  # folded name -> registered name
         self._prefixes: dict[str, T] = {}
@@ -61,8 +63,7 @@ class Registry(Mapping[str, T], Generic[T]):
     def key(self, name: str) -> str | None:
         """The registered name that ``name`` (any case, or an alias) stands for, or None."""
         folded = self.fold(str(name).strip())
-        aliases = {self.fold(a): self.fold(target) for a, target in self.aliases.items()}
-        return self._index.get(aliases.get(folded, folded))
+        return self._index.get(self._aliases.get(folded, folded))
 
     def lookup(self, name: str) -> T | None:
         """The thing of this name (exact, alias or prefix), or None."""

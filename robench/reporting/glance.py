@@ -62,15 +62,20 @@ def _verdict(row: dict) -> str:
     return text + (f"; {row['note']}" if row["note"] else "")
 
 
+def change(c: dict) -> str:
+    """A pooled cell's change against ReLU as the report and the web pages write it: '+2.0 [+1.3, +2.8],
+    p=0.0079'."""
+    lo = "-inf" if math.isinf(c["low"]) else f"{c['low']:+.1f}"
+    hi = "+inf" if math.isinf(c["high"]) else f"{c['high']:+.1f}"
+    return f"{c['diff']:+.1f} [{lo}, {hi}], p={c['p']:.2g}"
+
+
 def _cell(c: dict | None) -> str:
     if not c:
         return "-"
     text = f"{c['mean']:.1f} [{c['mean_low']:.1f}, {c['mean_high']:.1f}]"
     if "diff" in c:
-        lo = "-inf" if math.isinf(c["low"]) else f"{c['low']:+.1f}"
-        hi = "+inf" if math.isinf(c["high"]) else f"{c['high']:+.1f}"
-        change = f"{c['diff']:+.1f} [{lo}, {hi}], p={c['p']:.2g}"
-        text += f" ({'**' + change + '**' if c['p'] < 0.05 else change})"
+        text += f" ({'**' + change(c) + '**' if c['p'] < 0.05 else change(c)})"
     return text
 
 

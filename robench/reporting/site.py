@@ -17,6 +17,7 @@ import pandas as pd
 from ..results.names import computed_by, csv_name, info_path, safe_name
 from ..text import http_link, slug
 from .glance import TABLE_HEAD
+from .glance import change as glance_change
 from .leaderboard import fewer_examples, fewer_note, headline_eps, measured, weaker_attacks_only
 from .seeds import LABELS
 
@@ -106,11 +107,7 @@ def _pooled_row(g, row: dict) -> dict:
         if not c:
             cells.append({"value": "", "acc": "", "ci": "", "change": "", "significant": False})
             continue
-        change = ""
-        if "diff" in c:
-            lo = "-inf" if c["low"] == float("-inf") else f"{c['low']:+.1f}"
-            hi = "+inf" if c["high"] == float("inf") else f"{c['high']:+.1f}"
-            change = f"{c['diff']:+.1f} [{lo}, {hi}], p={c['p']:.2g}"
+        change = glance_change(c) if "diff" in c else ""
         cells.append(
             {
                 "value": f"{c['mean']:.2f}",
