@@ -11,6 +11,7 @@ import binascii
 import json
 import math
 import re
+from itertools import repeat
 
 from .config import CURVE_POINTS
 from .errors import RobenchError
@@ -166,11 +167,11 @@ def _outcomes(oc, eps: list[str], limit: int) -> tuple[list[tuple], list[int]]:
             ):
                 raise Bad("its broken_by positions are not inside its examples")
     idx = [i for a, b in oc["idx"] for i in range(a, b)]
-    rows = []
+    rows: list[tuple] = []
     for text in eps:
         d = oc["eps"][text]
         by = {p: name for name, ps in d["broken_by"].items() for p in ps}
-        rows += [(text, i, int(d["clean"][p]), int(d["robust"][p]), by.get(p)) for p, i in enumerate(idx)]
+        rows += zip(repeat(text), idx, map(int, d["clean"]), map(int, d["robust"]), map(by.get, range(count)))
     return rows, idx
 
 

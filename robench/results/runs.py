@@ -63,13 +63,18 @@ def concerns(check_budget: str | None, attacks: list[str]) -> bool:
     return tested is None or tested in attacks
 
 
-def summarize(
-    db: Store, run_id: int, run: dict | None = None, checks: pd.DataFrame | None = None
-) -> tuple[list[dict], pd.DataFrame]:
-    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals. ``run`` and
-    ``checks`` (its model's) are read from ``db`` unless the caller, reading many runs, has them already."""
-    run = run if run is not None else db.run(run_id)
-    oc = db.outcomes(run_id)
+def summarize(db: Store, run_id: int) -> tuple[list[dict], pd.DataFrame]:
+    """One row per eps of a stored run (see `_summary`), and its per-example outcomes."""
+    return _summary(db, run_id, db.run(run_id), None)[0], db.outcomes(run_id)
+
+
+def _summary(
+    db: Store, run_id: int, run: dict, checks: pd.DataFrame | None
+) -> tuple[list[dict], dict[str, tuple[tuple, tuple, tuple, tuple]]]:
+    """One row per eps of a stored run: accuracies in percent with n and Wilson 95% intervals; and its
+    outcomes per eps as columns (idx, clean, robust, broken_by). ``checks`` (the model's) are read from
+    ``db`` unless the caller, reading many runs, has them already."""
+    columns = {text: db.outcome_columns(run_id, text) for text, _ in run["eps"]}
     names = [a["name"] for a in run["attacks"]]
     members = [m for a in run["attacks"] for m in (a.get("members") or {a["name"]: None})]
     white_box = [m for m in members if not black_box(m) and m not in ("none", "transfer")]
@@ -82,12 +87,12 @@ def summarize(
     queries = db.queries(run_id)
     rows = []
     for text, value in run["eps"]:
-        o = oc[oc.eps == text]
-        n = len(o)
-        k_clean, k_rob = int(o.clean.sum()), int(o.robust.sum())
+        _, clean, robust, broken_by = columns[text]
+        n = len(clean)
+        k_clean, k_rob = sum(clean), sum(robust)
         c_lo, c_hi = wilson(k_clean, n)
         r_lo, r_hi = wilson(k_rob, n)
-        broken = Counter(o.broken_by.dropna())
+        broken = Counter(b for b in broken_by if b is not None)
         flags = list(run["flags"]) + black_box_flags(broken, n, white_box) + model_flags
         rows.append(
             {
@@ -127,7 +132,7 @@ def summarize(
                 "run_id": run_id,
             }
         )
-    return rows, oc
+    return rows, columns
 
 
 COLUMNS = [
@@ -203,13 +208,13 @@ def results(db: Store) -> pd.DataFrame:
             run = db.run(int(run_id))
             model = (run["sha256"], run["dataset"], run["norm"])
             checks = by_model.get(model, every_check.iloc[0:0])
-            summary, oc = summarize(db, int(run_id), run, checks)
+            summary, columns = _summary(db, int(run_id), run, checks)
             meta, eps_list = shown_meta(run["model_meta"]), [text for text, _ in run["eps"]]
             if model not in deterministic:  # the "randomized" check: ok, flag, or never run
                 status = checks.query("check == 'randomized'").status.tolist()
                 deterministic[model] = status == ["ok"] if status else None
             for r in summary:
-                o = oc[oc.eps == r["eps"]]
+                idx, clean, robust, _ = columns[r["eps"]]
                 rows.append(
                     {
                         **r,
@@ -222,8 +227,8 @@ def results(db: Store) -> pd.DataFrame:
                         "meta": meta,
                         "eps_list": eps_list,
                         "sources": visible(_sources(run["attacks"])),
-                        "robust_by_idx": dict(zip(o.idx.tolist(), o.robust.tolist())),
-                        "clean_by_idx": dict(zip(o.idx.tolist(), o.clean.tolist())),
+                        "robust_by_idx": dict(zip(idx, robust)),
+                        "clean_by_idx": dict(zip(idx, clean)),
                         # what the store recorded about the model for its pages (None: evaluated before it did)
                         "record": records.get(run["sha256"]),
                     }

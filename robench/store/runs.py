@@ -11,6 +11,8 @@ import pandas as pd
 from ..errors import RobenchError
 from .database import PROVENANCE, RUN_FIELDS, Database, sql_value
 
+OUTCOMES = "SELECT eps, idx, clean, robust, broken_by FROM outcomes WHERE run_id=? ORDER BY eps, idx"
+
 
 class RunTables(Database):
     def open_run(self, key: str, fields: dict, force: bool = False) -> tuple[int, str]:
@@ -188,8 +190,12 @@ class RunTables(Database):
         return pd.read_sql_query(q, self.conn, params=(status,) if status else ())
 
     def outcomes(self, run_id: int) -> pd.DataFrame:
-        return pd.read_sql_query(
-            "SELECT eps, idx, clean, robust, broken_by FROM outcomes WHERE run_id=? ORDER BY eps, idx",
-            self.conn,
-            params=(run_id,),
-        )
+        return pd.read_sql_query(OUTCOMES, self.conn, params=(run_id,))
+
+    def outcome_columns(self, run_id: int, eps: str) -> tuple[tuple, tuple, tuple, tuple]:
+        """A run's outcomes at ``eps`` as columns (idx, clean, robust, broken_by), in example order: what the
+        summaries of many runs read, without building a DataFrame per run."""
+        rows = self.conn.execute(
+            "SELECT idx, clean, robust, broken_by FROM outcomes WHERE run_id=? AND eps=? ORDER BY idx", (run_id, eps)
+        ).fetchall()
+        return tuple(zip(*rows)) if rows else ((), (), (), ())  # type: ignore[return-value]
