@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from .archive_validate import Bad, validate_check, validate_model, validate_run
@@ -156,15 +157,17 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-def import_results(archive: str | Path, store: str | Path | None = None) -> dict:
+def import_results(archive: str | Path, store: str | Path | None = None, models: Collection[str] | None = None) -> dict:
     """Add the runs of ``archive`` (a file or a folder archive) to ``store``: a run the store already
     finished is kept as it is, any other is written whole, recorded as imported from this archive. Every
     line of every file is checked before anything is written, and the writes are one transaction: a refusal
     leaves the store as it was. An archive's checks only fill gaps (the store's own are never replaced), and
     the stages of an unfinished run are dropped (its batch under way is recomputed here: work from elsewhere
-    never decides an outcome). Returns {"added", "kept", "checks", "unfinished"}."""
+    never decides an outcome). With ``models`` (sha256s), only the runs, checks and records of those models
+    are checked and written; the archive's other lines are skipped. Returns {"added", "kept", "checks",
+    "unfinished"}."""
     archive = Path(archive)
-    records, checks, models = _read_all(archive)
+    records, checks, records_of_models = _read_all(archive, models)
     if archive.is_dir() and (archive / ORDER).is_file():  # the exporting store's order; runs it lacks last
         try:
             with open(archive / ORDER, "rb") as f:  # 65 bytes a key: read no more than the runs need
@@ -176,19 +179,20 @@ def import_results(archive: str | Path, store: str | Path | None = None) -> dict
     origin = {"archive": archive.name, "imported": round(time.time(), 3)}
     if archive.is_file():
         origin["sha256"] = sha256_file(archive)
-    return _add(records, checks, models, store, origin)
+    return _add(records, checks, records_of_models, store, origin)
 
 
-def _read_all(archive: Path) -> tuple[list, list, list]:
+def _read_all(archive: Path, only: Collection[str] | None = None) -> tuple[list, list, list]:
     """The checked run records (with their outcome rows), checks and model records of an archive file or
-    folder, one record per run: two records of one run that disagree are refused."""
+    folder (of the models ``only`` names, if given), one record per run: two records of one run that
+    disagree are refused."""
     files = sorted(archive.glob("*.jsonl.gz")) if archive.is_dir() else [archive]
     if not files:
         raise RobenchError(f"{archive} holds no results archive (.jsonl.gz files).")
     records: dict[str, tuple] = {}
     checks, models, size = [], [], 0
     for path in files:
-        r, c, m, n = _read(path, MAX_ARCHIVE - size)
+        r, c, m, n = _read(path, MAX_ARCHIVE - size, only)
         for rec, rows in r:
             same = records.get(rec["key"])
             if same is not None and _line(same[0]) != _line(rec):
@@ -203,9 +207,9 @@ def _read_all(archive: Path) -> tuple[list, list, list]:
     return list(records.values()), checks, models
 
 
-def _read(archive: Path, limit: int) -> tuple[list, list, list, int]:
-    """The checked run records (with their outcome rows), checks and model records of one archive file, and
-    its size."""
+def _read(archive: Path, limit: int, only: Collection[str] | None = None) -> tuple[list, list, list, int]:
+    """The checked run records (with their outcome rows), checks and model records of one archive file (of
+    the models ``only`` names, if given), and its size."""
     try:
         with gzip.open(archive, "rb") as f:
             raw = f.read(limit + 1)
@@ -238,6 +242,8 @@ def _read(archive: Path, limit: int) -> tuple[list, list, list, int]:
                     "upgrade robench to read it."
                 )
             continue
+        if only is not None and _model_of(rec) not in only:
+            continue
         try:
             if "check" in rec:
                 checks.append(validate_check(rec["check"]))
@@ -251,6 +257,13 @@ def _read(archive: Path, limit: int) -> tuple[list, list, list, int]:
     if not raw.strip():
         raise RobenchError(f"{archive} is empty; it is not a results archive.")
     return records, checks, models, len(raw)
+
+
+def _model_of(rec: dict) -> str | None:
+    """The sha256 a line of an archive speaks of (unchecked: it only decides which lines are read)."""
+    inner = rec.get("check", rec.get("model_record", rec))
+    sha = inner.get("sha256") if isinstance(inner, dict) else None
+    return sha if isinstance(sha, str) else None
 
 
 def _add(records: list, checks: list, models: list, store, origin: dict) -> dict:

@@ -147,6 +147,26 @@ def test_a_malformed_archive_is_refused_before_anything_is_written(store, text, 
     assert store_rows(store) == before
 
 
+
+def test_an_import_of_some_models_writes_only_theirs_and_skips_the_rest(store):
+    """What `robench check` reads from the archive beside a baseline: only the checked models' lines, so a
+    gate on one model does not import the whole leaderboard (nor stop at another model's damaged line)."""
+    from robench.archive import import_results
+
+    api.export_results(store, "all.jsonl.gz")
+    with Store(store, readonly=True) as db:
+        runs = db.runs()
+    relu, silu = (runs[runs.model == f"tiny-{a}"].sha256.iloc[0] for a in ("relu", "silu"))
+    lines = gzip.decompress(Path("all.jsonl.gz").read_bytes()).decode().splitlines()
+    damaged = [json.dumps({**json.loads(line), "eps": "not a list"}) if silu in line else line for line in lines]
+    Path("some.jsonl.gz").write_bytes(gzip.compress(("\n".join(damaged) + "\n").encode()))
+    with pytest.raises(RobenchError, match="not a valid robench results record"):
+        api.import_results("some.jsonl.gz", "whole.sqlite")
+    got = import_results("some.jsonl.gz", "some.sqlite", {relu})
+    assert got["added"] == 2 and got["kept"] == 0
+    with Store("some.sqlite", readonly=True) as db:
+        assert set(db.runs().sha256) == {relu} and set(db.checks().sha256) <= {relu}
+
 def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, monkeypatch):
     """The committed leaderboard is a function of its archive alone: imported into a store and rendered in a
     folder with no checkpoint files (reporting reads the store only), it comes out byte for byte; and `make

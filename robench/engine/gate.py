@@ -304,7 +304,7 @@ def run_check(baseline: str | Path, checkpoints: list | None, settings: CheckCon
     beside = _archive_beside(baseline)
     outcomes_from = None
     if (base is None or not wanted <= set(base.sha256)) and beside is not None:
-        base, outcomes_from = _outcomes_from_archive(beside), str(beside)
+        base, outcomes_from = _outcomes_from_archive(beside, wanted), str(beside)
     mapping = {ck.sha256: mid for mid, ck in models.items()}
     table = compare(base_csv, now, mapping, base, tolerance, alpha)
     if table.empty:
@@ -378,14 +378,14 @@ def _archive_beside(baseline: str | Path) -> Path | None:
     return None
 
 
-def _outcomes_from_archive(archive: Path) -> pd.DataFrame:
-    """The baseline's results read from an archive, through a temporary store: the archive is checked field
-    by field like any import, and nothing of the user's is written."""
+def _outcomes_from_archive(archive: Path, models: set[str]) -> pd.DataFrame:
+    """The baseline's results of ``models`` (sha256s) read from an archive, through a temporary store: their
+    lines are checked field by field like any import, and nothing of the user's is written."""
     from ..archive import import_results
 
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "baseline.sqlite"
-        import_results(archive, store)
+        import_results(archive, store, models)
         with Store(store, readonly=True) as db:
             return results(db)
 
