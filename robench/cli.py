@@ -732,6 +732,12 @@ def check(
         "with robench's fast (about 5x quicker) or with the official code: "
         "fast or official.",
     ),
+    n: int | None = typer.Option(
+        None,
+        "--n",
+        help="Re-run each of the baseline's runs on at most this many of its examples (its first), compared "
+        "paired with the baseline on those: quicker, less sensitive [default: all of them].",
+    ),
     trust: Trust = False,
     arch: Arch = None,
     activation: Activation = None,
@@ -754,6 +760,7 @@ def check(
         junit=junit,
         json_out=json_out,
         autoattack=autoattack,
+        n=n,
     )
     if quiet:
         res = api.check(baseline, ckpts, progress=track, **kw)

@@ -236,11 +236,13 @@ class TrainConfig:
 class CheckConfig:
     """Everything `robench check` needs besides the baseline and the checkpoints: the gate's rule (a drop
     fails when larger than ``tolerance`` points and significant at ``alpha``), what re-runs AutoAttack
-    (``fast`` or ``official``), where the baseline's outcomes are, and what describes plain state dicts."""
+    (``fast`` or ``official``), how many of each run's examples to re-run (``n``: at most that many, the first of
+    the baseline's; None: all), where the baseline's outcomes are, and what describes plain state dicts."""
 
     tolerance: float = 1.0
     alpha: float = 0.05
     autoattack: str = "fast"  # fast | official
+    n: int | None = None
     store: str | None = None
     device: str = "auto"
     data_dir: str | None = None
@@ -259,6 +261,8 @@ class CheckConfig:
         cfg = cls(**settings)
         if not 0 < cfg.alpha < 1 or cfg.tolerance < 0:
             raise RobenchError("--alpha must lie between 0 and 1 and --tolerance must be zero or more.")
+        if cfg.n is not None and cfg.n < 1:
+            raise RobenchError(f"--n must be at least 1, not {cfg.n}.")
         if cfg.autoattack not in ("fast", "official"):
             raise RobenchError(f'--autoattack is fast or official, not "{cfg.autoattack}".')
         return cfg

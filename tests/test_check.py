@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -51,6 +52,30 @@ def test_an_unchanged_checkpoint_passes_with_the_paired_test(baseline):
     suite = ET.parse("j.xml").getroot()
     assert suite.get("tests") == "6" and suite.get("failures") == "0"
 
+
+
+@requires_fmnist
+def test_n_rechecks_the_first_examples_against_the_baselines_own_on_them(baseline):
+    """--n re-runs each baseline run on its first n examples only and sets them, paired, against the
+    baseline's outcomes on those same examples: an unchanged model passes unchanged, a weakened one fails."""
+    r = cli("check", "--baseline", baseline, "--store", "base.sqlite", "--n", 50, "--json", "c.json")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "on n=50 (the first of the baseline's 300)" in text and "(the first of the baseline's 100)" in text, text
+    rows = pd.DataFrame(json.loads(Path("c.json").read_text())["rows"])
+    assert len(rows) == 6 and set(rows.now_n) == {50} and set(rows.baseline_n) == {50} and set(rows.change) == {0}
+    con = sqlite3.connect("base.sqlite")  # the baseline's PGD outcomes on the first 50, read independently
+    (k,) = con.execute(
+        "SELECT SUM(robust) FROM outcomes JOIN runs USING (run_id) WHERE attacks LIKE '%pgd%' "
+        "AND outcomes.eps = '0.1' AND idx < 50"
+    ).fetchone()
+    pgd = rows[(rows.metric == "pgd") & (rows.eps == "0.1")].iloc[0]
+    assert pgd.baseline == pgd.now == 2 * k
+    _weaken()
+    r = cli("check", "--baseline", baseline, "weak.safetensors", "--store", "base.sqlite", "--n", 50, "--quiet")
+    assert r.exit_code == 1 and "lenet5-relu-pgd-at (pgd)" in r.output, r.output
+    r = cli("check", "--baseline", baseline, "--store", "base.sqlite", "--n", 0)
+    assert r.exit_code == 2 and "--n must be at least 1, not 0." in r.output, r.output
 
 @requires_fmnist
 def test_a_weakened_checkpoint_fails_with_exit_1(baseline):

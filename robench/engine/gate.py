@@ -154,6 +154,9 @@ def compare(
             if metric in base_sets:
                 c = compare_outcomes(d1, base_sets[metric])
                 change, low, high, p, test = c["diff"], c["low"], c["high"], c["p"], "paired (McNemar)"
+                if c["n"] < n0:  # re-run on fewer examples (--n): the baseline on those same examples
+                    b = base_sets[metric]
+                    acc0, n0 = round(100 * sum(b[i] for i in d1 if i in b) / c["n"], 2) if c["n"] else math.nan, c["n"]
             else:
                 k0 = round(acc0 * n0 / 100)
                 d, lo, hi = unpaired_diff_ci(k0, n0, k1, n1)
@@ -214,8 +217,9 @@ def stand_in(spec: str, autoattack: str) -> str:
     return "fast" if autoattack == "fast" and spec in ("autoattack", "autoattack:standard") else spec
 
 
-def _planned(mid: str, sha256: str, run: dict, autoattack: str) -> dict:
-    """One baseline run as check re-runs it: the attacks run now, the baseline's, and why they differ."""
+def _planned(mid: str, sha256: str, run: dict, autoattack: str, n: int | None = None) -> dict:
+    """One baseline run as check re-runs it (on its first ``n`` examples, if given): the attacks run now, the
+    baseline's, and why they differ."""
     now = [stand_in(a, autoattack) for a in run["attacks"]]
     swapped = [a for a, b in zip(run["attacks"], now) if a != b]
 
@@ -229,7 +233,8 @@ def _planned(mid: str, sha256: str, run: dict, autoattack: str) -> dict:
         "baseline_attacks": names(run["attacks"]),
         "specs": now,
         "kind": attack_kind([a.split("(")[0] for a in run["attacks"]]),
-        "n": run["n"],
+        "n": min(run["n"], n or run["n"]),
+        "baseline_n": run["n"],
         "eps": [str(e) for e in run["eps"]],
         "why": (
             f"robench's fast in place of {', '.join(swapped)}, about 5x quicker; --autoattack official runs it"
@@ -243,7 +248,8 @@ def run_check(baseline: str | Path, checkpoints: list | None, settings: CheckCon
     """``robench check``: the checkpoints re-evaluated as the baseline CSV recorded them, in a store of their
     own, and compared model by model (see robench.api.check). With ``settings.autoattack`` "fast" (the default)
     the baseline's AutoAttack standard runs are re-run with robench's ``fast`` and compared as the
-    autoattack metric; with "official", with AutoAttack itself."""
+    autoattack metric; with "official", with AutoAttack itself. With ``settings.n``, each run is re-run on at
+    most that many of its examples (its first, in the baseline's order) and compared on them, paired."""
     tolerance, alpha, autoattack, store = settings.tolerance, settings.alpha, settings.autoattack, settings.store
     device, data_dir, trust, overrides = settings.device, settings.data_dir, settings.trust, settings.overrides()
     junit, json_out = settings.junit, settings.json_out
@@ -273,13 +279,13 @@ def run_check(baseline: str | Path, checkpoints: list | None, settings: CheckCon
             rows = base_csv[base_csv.model_id == mid]
             data, runs = runs_of(rows)
             for run in runs:
-                plan.append(_planned(mid, ck.sha256, run, autoattack))
+                plan.append(_planned(mid, ck.sha256, run, autoattack, settings.n))
                 cfg = EvalConfig.validated(
                     dict(
                         dataset=rows.iloc[0]["dataset"],
                         norm=rows.iloc[0]["norm"],
                         data_dir=data_dir,
-                        n=run["n"],
+                        n=plan[-1]["n"],
                         eps=run["eps"],
                         attacks=[stand_in(a, autoattack) for a in run["attacks"]],
                         batch_size=run["batch_size"],
