@@ -147,7 +147,6 @@ def test_a_malformed_archive_is_refused_before_anything_is_written(store, text, 
     assert store_rows(store) == before
 
 
-
 def test_an_import_of_some_models_writes_only_theirs_and_skips_the_rest(store):
     """What `robench check` reads from the archive beside a baseline: only the checked models' lines, so a
     gate on one model does not import the whole leaderboard (nor stop at another model's damaged line)."""
@@ -166,6 +165,7 @@ def test_an_import_of_some_models_writes_only_theirs_and_skips_the_rest(store):
     assert got["added"] == 2 and got["kept"] == 0
     with Store("some.sqlite", readonly=True) as db:
         assert set(db.runs().sha256) == {relu} and set(db.checks().sha256) <= {relu}
+
 
 def test_the_committed_leaderboard_is_what_the_committed_results_give(tmp_path, monkeypatch):
     """The committed leaderboard is a function of its archive alone: imported into a store and rendered in a

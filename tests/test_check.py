@@ -53,7 +53,6 @@ def test_an_unchanged_checkpoint_passes_with_the_paired_test(baseline):
     assert suite.get("tests") == "6" and suite.get("failures") == "0"
 
 
-
 @requires_fmnist
 def test_n_rechecks_the_first_examples_against_the_baselines_own_on_them(baseline):
     """--n re-runs each baseline run on its first n examples only and sets them, paired, against the
@@ -76,6 +75,7 @@ def test_n_rechecks_the_first_examples_against_the_baselines_own_on_them(baselin
     assert r.exit_code == 1 and "lenet5-relu-pgd-at (pgd)" in r.output, r.output
     r = cli("check", "--baseline", baseline, "--store", "base.sqlite", "--n", 0)
     assert r.exit_code == 2 and "--n must be at least 1, not 0." in r.output, r.output
+
 
 @requires_fmnist
 def test_a_weakened_checkpoint_fails_with_exit_1(baseline):

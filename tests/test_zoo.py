@@ -8,6 +8,7 @@ from conftest import requires_fmnist
 
 import robench
 from robench.data import load_split
+from robench.nn.accelerate import accelerate
 from robench.training.zoo import read_zoo
 
 ZOO = Path(__file__).resolve().parent.parent / "checkpoints"
@@ -27,7 +28,10 @@ def test_every_zoo_member_is_shipped_and_small():
 @requires_fmnist
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_a_zoo_checkpoint_loads_alone_and_reproduces_its_validation_accuracy(path):
+    """Run as an evaluation runs it: through `accelerate`'s stand-ins, whose forward pass is bit-identical
+    (test_accelerate) and, for SPLASH on a CPU, about four times quicker."""
     ck = robench.load_checkpoint(path)  # nothing else given: the metadata rebuilds the model
+    model = accelerate(ck.model, torch.device("cpu"))
     meta = ck.meta
     assert meta["name"] == path.stem and meta["dataset"] == "fashion-mnist"
     member = next(m for m in MEMBERS if ZOO / m.file == path)
@@ -38,7 +42,7 @@ def test_a_zoo_checkpoint_loads_alone_and_reproduces_its_validation_accuracy(pat
     with torch.no_grad():
         for chunk in torch.arange(start, stop).split(1000):
             x, y = split.batch(chunk)
-            correct += int((ck.model(x).argmax(1) == y).sum())
+            correct += int((model(x).argmax(1) == y).sum())
     assert abs(100 * correct / (stop - start) - meta["validation"]["clean_acc"]) <= 0.1
 
 
@@ -57,9 +61,10 @@ def test_standard_lenet5s_reach_about_90_percent_on_the_test_set():
     x, y = test.batch(torch.arange(len(test)))
     for m in MEMBERS:
         if m.config.arch == "lenet5" and m.config.method == "standard":
-            model = robench.load_checkpoint(ZOO / m.file).model
-            with torch.no_grad():
-                acc = 100 * (model(x).argmax(1) == y).float().mean().item()
+            model = accelerate(robench.load_checkpoint(ZOO / m.file).model, torch.device("cpu"))
+            with torch.no_grad():  # in batches of 250, which stay in cache (3x quicker than one of 10,000)
+                right = sum(int((model(xb).argmax(1) == yb).sum()) for xb, yb in zip(x.split(250), y.split(250)))
+            acc = 100 * right / len(y)
             assert 88.5 <= acc <= 93, (m.file, acc)
 
 
