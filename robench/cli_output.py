@@ -269,7 +269,7 @@ def reran_lines(plan: list[dict]) -> list[str]:
         runs = [p for p in plan if p["model_id"] == mid]
         done = "; ".join(
             f"{p['attacks']} on n={p['n']}"
-            + (f" (the first of the baseline's {p['baseline_n']})" if p.get("baseline_n", p["n"]) > p["n"] else "")
+            + (f" (the first of the baseline's {p['baseline_n']})" if p["baseline_n"] > p["n"] else "")
             + f" at eps {', '.join(p['eps'])}"
             + (f" for the baseline's {p['baseline_attacks']} ({p['why']})" if p["why"] else "")
             for p in runs
